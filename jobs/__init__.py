@@ -1,0 +1,1 @@
+"""Click commands: thin wrappers that parse options and call one library function."""

@@ -1,0 +1,73 @@
+"""The ``faceflow`` command group.
+
+Subcommands live one per module in ``jobs/`` and are imported only when used,
+so ``faceflow --help`` starts fast and never loads dlib or pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from pipeline import __version__
+
+#: name -> ("module:attribute", one-line help shown by ``faceflow --help``)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "enroll": ("jobs.enroll:enroll", "Enroll the faces of a manifest (detect, quality gate, add)."),
+    "rerun": ("jobs.enroll:rerun", "Retry the failed rows of a run, in a new linked run."),
+    "report": ("jobs.report:report", "Summarise a run directory (counts, reasons, latency, HTML)."),
+    "audit": ("jobs.audit:audit", "Find one person under several uids, or several under one."),
+    "engine": ("jobs.engine:engine", "Run the local face engine (the Baidu v2 API on dlib)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (target, _) in COMMANDS.items() if _available(target)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None or not _available(entry[0]):
+            return None
+        module_name, attr = entry[0].split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(target: str) -> bool:
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+@click.group(
+    cls=LazyGroup,
+    epilog="""\b
+Examples:
+  faceflow engine serve --data-dir ./faceset &
+  faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
+  faceflow rerun runs/20261125-0100-abcd
+  faceflow report runs/20261125-0100-abcd --html report.html
+  faceflow audit runs/20261125-0100-abcd --group staff""",
+)
+@click.version_option(__version__, prog_name="faceflow")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """faceflow: bulk face enrollment and duplicate audits for the Baidu Face API v2.
+
+    Credentials come from --api-key/--secret-key or FACEFLOW_API_KEY and
+    FACEFLOW_SECRET_KEY; the service from --endpoint or FACEFLOW_ENDPOINT.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,52 @@
+"""Options shared by every command, and the documented exit codes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+
+# Exit codes (documented in the README).
+EXIT_OK = 0  # every row has a terminal outcome and none failed
+EXIT_FAILED_ROWS = 1  # the run finished, some rows failed (see failures.csv)
+EXIT_CONFIG = 2  # bad options, manifest or credentials: nothing was sent
+EXIT_QUOTA = 3  # stopped by the daily/total quota (17/19): resume later
+EXIT_AUTH = 4  # the service refused the credentials mid-run
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
+
+F = Callable[..., Any]
+
+
+def connection_options(func: F) -> F:
+    """--endpoint, --api-key, --secret-key, --app-id and the two timeouts."""
+    options = [
+        click.option("--endpoint", envvar="FACEFLOW_ENDPOINT", default=None, metavar="URL",
+                     help="Base URL of the face service [env FACEFLOW_ENDPOINT; "
+                          "default https://aip.baidubce.com]."),
+        click.option("--api-key", envvar="FACEFLOW_API_KEY", default=None, metavar="KEY",
+                     help="API Key [env FACEFLOW_API_KEY]. Never printed or stored."),
+        click.option("--secret-key", envvar="FACEFLOW_SECRET_KEY", default=None, metavar="KEY",
+                     help="Secret Key [env FACEFLOW_SECRET_KEY]. Never printed or stored."),
+        click.option("--app-id", envvar="FACEFLOW_APP_ID", default=None,
+                     help="App ID [env FACEFLOW_APP_ID]; informational, never sent."),
+        click.option("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                     help="Connect timeout in seconds [default 10]."),
+        click.option("--read-timeout", type=float, default=None, metavar="SECONDS",
+                     help="Socket read timeout in seconds [default 60]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings_from(kwargs: dict[str, Any]) -> Settings:
+    """Pop the connection options out of a command's kwargs and build Settings."""
+    names = ("endpoint", "api_key", "secret_key", "app_id", "connect_timeout", "read_timeout")
+    overrides = {name: kwargs.pop(name, None) for name in names}
+    try:
+        return Settings.from_env(**overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
