@@ -53,6 +53,7 @@ OUTCOMES_DIR = "outcomes"
 _PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 _SEG_RE = re.compile(r"^seg-(\d{5,})\.jsonl$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
 def new_run_id(now: datetime | None = None, token: Callable[[int], str] = secrets.token_hex) -> str:

@@ -1,0 +1,384 @@
+"""``faceflow enroll`` and ``faceflow rerun``: parse options, run pipeline.enroll, show progress."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from jobs.options import EXIT_CONFIG, connection_options, settings_from
+from pipeline.enroll import (
+    MODES,
+    EnrollConfig,
+    EnrollObserver,
+    RunResult,
+    RunStart,
+    plan_rerun,
+    run_enroll,
+)
+from pipeline.enroll import Progress as RunProgress
+from pipeline.errors import ConfigError
+from pipeline.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
+from pipeline.rundir import RunDir, new_run_id
+
+#: Seconds between plain progress lines when stderr is not a terminal (cron, CI).
+PLAIN_INTERVAL_S = 10.0
+
+
+class ConfigProblem(click.ClickException):
+    """A configuration error: nothing was sent. Exit code 2 (EXIT_CONFIG)."""
+
+    exit_code = EXIT_CONFIG
+
+
+def parse_qps(text: str | None) -> float | dict[str, float] | None:
+    """``"5"`` -> 5.0 for every interface; ``"detect=5,add=2"`` -> per interface (calls/s)."""
+    if text is None or not text.strip():
+        return None
+    if "=" not in text:
+        return _positive("--qps", text)
+    limits: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{part!r}: write NAME=N, e.g. detect=5,add=2",
+                                     param_hint="--qps")
+        limits[name.strip()] = _positive(f"--qps {name.strip()}", value)
+    return limits
+
+
+def _positive(what: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=what) from None
+    if not value > 0:
+        raise click.BadParameter(f"{text!r} must be above 0 (calls per second)", param_hint=what)
+    return value
+
+
+def parse_thresholds(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.quality checks them."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise click.BadParameter(f"{pair!r}: write KEY=VALUE, e.g. blur=0.5",
+                                     param_hint="--threshold")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _settings(kwargs: dict[str, Any]) -> Any:
+    try:
+        return settings_from(kwargs)
+    except click.ClickException as exc:
+        exc.exit_code = EXIT_CONFIG  # missing/bad credentials are configuration
+        raise
+
+
+# -- progress on the terminal ------------------------------------------------------------
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    return "  ".join(f"{s} {counts[s]}" for s in STATUSES if counts.get(s))
+
+
+class ConsoleObserver(EnrollObserver):
+    """A rich progress bar on a TTY; a plain line every ``interval`` s otherwise."""
+
+    def __init__(self, console: Console, *, interval: float = PLAIN_INTERVAL_S) -> None:
+        self.console, self.interval = console, interval
+        self.bar: Progress | None = None
+        self.task_id: Any = None
+        self._last_line = time.monotonic()
+
+    def started(self, start: RunStart) -> None:
+        if start.resumed:
+            self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
+                               f"{start.already_done} of {start.total_rows} rows already have an "
+                               f"outcome; skipping them.", highlight=False)
+        else:
+            self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
+                               highlight=False)
+        if start.recovered:
+            self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
+                               "interrupted session.", highlight=False)
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[counts]}"), console=self.console,
+                                transient=False)
+            self.task_id = self.bar.add_task("enroll", total=start.total_rows,
+                                             completed=start.already_done, rate="-", counts="")
+            self.bar.start()
+
+    def row_done(self, outcome: Outcome, progress: RunProgress) -> None:
+        if self.bar is not None:
+            self._update(progress)
+
+    def tick(self, progress: RunProgress) -> None:
+        if self.bar is not None:
+            self._update(progress)
+        elif time.monotonic() - self._last_line >= self.interval:
+            self._last_line = time.monotonic()
+            done = progress.already_done + progress.done
+            rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
+            self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
+                               f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
+                               highlight=False)
+
+    def _update(self, progress: RunProgress) -> None:
+        rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
+        assert self.bar is not None
+        self.bar.update(self.task_id, completed=progress.already_done + progress.done,
+                        rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
+
+    def stopping(self, reason: str, message: str) -> None:
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def summary_table(result: RunResult) -> Table:
+    """Rows per status over the whole run (every session)."""
+    table = Table(title=f"run {result.run_id}", title_justify="left")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    total = max(1, sum(result.counts.values()))
+    for status in STATUSES:
+        n = result.counts.get(status, 0)
+        if n:
+            style = "green" if status in SUCCESS_STATUSES else "red"
+            table.add_row(f"[{style}]{status}[/]", str(n), f"{100 * n / total:.0f}%")
+    if result.remaining:
+        table.add_row("[yellow]not done yet[/]", str(result.remaining), "")
+    return table
+
+
+def print_summary(console: Console, result: RunResult, resume_hint: str) -> None:
+    console.print(summary_table(result))
+    console.print(f"Outcomes (Parquet): {result.outcomes_dir}", highlight=False)
+    console.print(f"Failures (a manifest you can rerun): {result.failures_csv}", highlight=False)
+    console.print(f"Report: faceflow report {shlex.quote(str(result.run_dir))}", highlight=False)
+    if result.stop_reason is not None:
+        console.print(_stop_advice(result, resume_hint), highlight=False)
+
+
+def _stop_advice(result: RunResult, resume_hint: str) -> str:
+    left = f"{result.remaining} rows have no outcome yet"
+    what = {
+        "quota": "The daily/total request quota is used up (error 17/19). Wait until it "
+                 "resets (or raise it in the console), then resume",
+        "auth": "The service refused the credentials mid-run. Fix --api-key/--secret-key or "
+                "the app's settings, then resume",
+        "interrupted": "Interrupted. Outcomes so far are saved; resume",
+    }[result.stop_reason or "interrupted"]
+    return f"{what}; {left}:\n  {resume_hint}"
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+async def _run_with_signals(config: EnrollConfig, observer: EnrollObserver) -> RunResult:
+    """run_enroll with Ctrl-C and SIGTERM setting the stop event (clean stop, exit 130)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. under a test runner): no handler
+    try:
+        return await run_enroll(config, observer=observer, stop=stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def execute(config: EnrollConfig, resume_hint: str, console: Console | None = None) -> RunResult:
+    """Run ``config`` with progress on stderr, print the summary; ConfigError -> exit 2."""
+    console = console or Console(stderr=True)
+    observer = ConsoleObserver(console)
+    try:
+        result = asyncio.run(_run_with_signals(config, observer))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    finally:
+        observer.close()
+    print_summary(console, result, resume_hint)
+    return result
+
+
+def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
+    parts = ["faceflow", "enroll", str(config.manifest), "--run-dir", str(run_dir), "--resume"]
+    if config.group:
+        parts += ["--group", config.group]
+    if config.mode != "add":
+        parts += ["--mode", config.mode]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _run_options(func: Any) -> Any:
+    """Options enroll and rerun share (rerun: each overrides the old run's value)."""
+    options = [
+        click.option("--concurrency", type=click.IntRange(min=1), default=None,
+                     help="Rows in flight at once [default 8]."),
+        click.option("--qps", default=None, metavar="N | NAME=N,...",
+                     help="Calls per second: one number for every interface, or per "
+                          "interface, e.g. detect=10,add=5."),
+        click.option("--thresholds", "thresholds_file", default=None, metavar="FILE",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="Quality thresholds (TOML) instead of the reference defaults."),
+        click.option("--threshold", "threshold_pairs", multiple=True, metavar="KEY=VALUE",
+                     help="Override one threshold, e.g. blur=0.5 or occlusion.mouth=0.6 "
+                          "(repeatable)."),
+        click.option("--largest-face", is_flag=True, default=None,
+                     help="With several faces, judge the largest instead of refusing the row."),
+        click.option("--flush-rows", type=click.IntRange(min=1), default=None,
+                     help="Write a Parquet part every N outcomes [default 1000]."),
+        click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
+                     help="... or every S seconds [default 10]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """EnrollConfig keywords for the shared options that were given."""
+    out: dict[str, Any] = {
+        "concurrency": kwargs.pop("concurrency"),
+        "qps": parse_qps(kwargs.pop("qps")),
+        "thresholds_file": kwargs.pop("thresholds_file"),
+        "largest_face": kwargs.pop("largest_face"),
+        "flush_rows": kwargs.pop("flush_rows"),
+        "flush_seconds": kwargs.pop("flush_seconds"),
+    }
+    pairs = kwargs.pop("threshold_pairs")
+    if pairs:
+        out["threshold_overrides"] = parse_thresholds(pairs)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@click.command(epilog="""\b
+Examples:
+  faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
+  faceflow enroll members.csv --group staff --run-dir runs/staff --resume
+  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5""")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--group", default=None, help="group_id for rows without a group_id column.")
+@click.option("--mode", type=click.Choice(MODES), default="add", show_default=True,
+              help="add: register (append the face); update: replace the faces of known "
+                   "uids; upsert: replace, registering unknown uids.")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
+@click.option("--resume", is_flag=True,
+              help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@_run_options
+@connection_options
+def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
+           **kwargs: Any) -> None:
+    """Enroll the faces of MANIFEST (CSV, JSONL or Parquet: image, uid, user_info[, group_id]).
+
+    Each row: read the image, detect with qualities, apply the quality gate, then
+    add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
+    succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
+    2 bad configuration, 3 quota, 4 credentials refused, 130 interrupted.
+    """
+    settings = _settings(kwargs)
+    overrides = _overrides(kwargs)
+    if resume and run_dir is None:
+        raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
+    try:
+        config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
+                              run_dir=run_dir, resume=resume, **overrides)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    result = _execute_enroll(config)
+    sys.exit(result.exit_code)
+
+
+def _execute_enroll(config: EnrollConfig) -> RunResult:
+    # Pick the run dir here so the resume hint (printed on a stop) can name it.
+    if config.run_dir is None:
+        config = replace(config, run_dir=config.runs_root / new_run_id())
+    assert config.run_dir is not None
+    return execute(config, _resume_hint(config, config.run_dir))
+
+
+@click.command(epilog="""\b
+Examples:
+  faceflow rerun runs/20261125T010203Z-3fa9c1
+  faceflow rerun runs/20261125T010203Z-3fa9c1 --all --run-dir runs/retry1""")
+@click.argument("old_run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--all", "include_all", is_flag=True,
+              help="Retry every row that did not succeed, not only retryable failures.")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The new run's directory [default: a new run id next to the old run]. "
+                   "The same dir again resumes the rerun.")
+@_run_options
+@connection_options
+def rerun(old_run_dir: Path, include_all: bool, run_dir: Path | None, **kwargs: Any) -> None:
+    """Retry the failed rows of OLD_RUN_DIR in a new run linked to it (parent_run_id).
+
+    Retryable failures (timeouts, server errors, rate limits that outlasted the
+    retries) by default; --all for every row that did not succeed. The old
+    run's options apply unless given again here.
+    """
+    old_endpoint = _old_endpoint(old_run_dir)
+    if kwargs.get("endpoint") is None and old_endpoint and "FACEFLOW_ENDPOINT" not in _env():
+        kwargs["endpoint"] = old_endpoint
+    settings = _settings(kwargs)
+    try:
+        config = plan_rerun(old_run_dir, settings, include_all=include_all, run_dir=run_dir,
+                            overrides=_overrides(kwargs))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    if config is None:
+        which = "rows that did not succeed" if include_all else "retryable failures"
+        click.echo(f"Nothing to rerun: {old_run_dir} has no {which}"
+                   f"{'' if include_all else ' (--all retries every failed row)'}.", err=True)
+        sys.exit(0)
+    assert config.run_dir is not None
+    hint = " ".join(shlex.quote(p) for p in ["faceflow", "rerun", str(old_run_dir), "--run-dir",
+                                             str(config.run_dir)] + (["--all"] if include_all
+                                                                     else []))
+    result = execute(config, hint)
+    sys.exit(result.exit_code)
+
+
+def _old_endpoint(old_run_dir: Path) -> str | None:
+    try:
+        return str(RunDir(old_run_dir).read_info().settings.get("endpoint") or "") or None
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+def _env() -> Mapping[str, str]:
+    import os  # noqa: PLC0415
+
+    return os.environ
