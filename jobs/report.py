@@ -1,0 +1,83 @@
+"""``faceflow report``: summarise a run directory from its Parquet outcomes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from jobs.options import EXIT_CONFIG
+from pipeline.errors import ConfigError
+from pipeline.outcomes import SUCCESS_STATUSES
+from pipeline.report import Summary, render_html, summarize
+
+
+def summary_tables(s: Summary) -> list[Table]:
+    """Statuses, reasons and timing as rich tables."""
+    counts = Table(title=f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome",
+                   title_justify="left")
+    counts.add_column("status")
+    counts.add_column("rows", justify="right")
+    for status, n in s.counts:
+        style = "green" if status in SUCCESS_STATUSES else "red"
+        counts.add_row(f"[{style}]{status}[/]", str(n))
+    if s.remaining:
+        counts.add_row("[yellow]not done yet[/]", str(s.remaining))
+    tables = [counts]
+    if s.reasons:
+        reasons = Table(title="reasons", title_justify="left")
+        for col in ("status", "reason", "rows"):
+            reasons.add_column(col, justify="right" if col == "rows" else "left")
+        for status, reason, n in s.reasons:
+            reasons.add_row(status, reason, str(n))
+        tables.append(reasons)
+    tables.append(_timing(s))
+    return tables
+
+
+def _timing(s: Summary) -> Table:
+    timing = Table(title="latency and throughput", title_justify="left")
+    timing.add_column("measure")
+    timing.add_column("value", justify="right")
+    if s.latency:
+        lat = s.latency
+        timing.add_row("row latency p50 / p90 / p99 (s)",
+                       f"{lat.p50:.3f} / {lat.p90:.3f} / {lat.p99:.3f}")
+    timing.add_row("requests (max for one row)", f"{s.attempts_total} ({s.attempts_max})")
+    timing.add_row("rows that needed retries", str(s.rows_retried))
+    timing.add_row("active time (s)", f"{s.active_s:.1f}")
+    timing.add_row("rows/s, calls/s", f"{s.rows_per_s:.2f}, {s.calls_per_s:.2f}")
+    if s.error_codes:
+        timing.add_row("error codes", ", ".join(f"{c}: {n}" for c, n in s.error_codes))
+    return timing
+
+
+@click.command(epilog="""\b
+Examples:
+  faceflow report runs/20261125T010203Z-3fa9c1
+  faceflow report runs/20261125T010203Z-3fa9c1 --html report.html
+  faceflow report runs/20261125T010203Z-3fa9c1 --json | jq .counts""")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Also write a self-contained HTML page (thumbnails included).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
+def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
+    """Counts per status and reason, latency percentiles, attempts and throughput of RUN_DIR."""
+    try:
+        summary = summarize(run_dir)
+    except ConfigError as exc:
+        err = click.ClickException(str(exc))
+        err.exit_code = EXIT_CONFIG
+        raise err from None
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        console = Console()
+        for table in summary_tables(summary):
+            console.print(table)
+    if html_path is not None:
+        html_path.write_text(render_html(run_dir, summary), encoding="utf-8")
+        click.echo(f"HTML report: {html_path}", err=True)

@@ -1,0 +1,259 @@
+"""Summaries of an enroll run, computed from its Parquet outcomes alone, and the HTML page.
+
+:func:`summarize` reads ``<run_dir>/outcomes/*.parquet`` (and ``run.json`` for
+the run's identity) and returns a frozen :class:`Summary`: counts per status
+and per reason, error codes, latency percentiles, attempts and throughput.
+
+Throughput is measured over *active* time: the union of the rows'
+``[started_at, finished_at]`` intervals, so the hours between a stopped
+session and its resume do not dilute rows/s. Latency is per row,
+``finished_at - started_at`` in seconds (image read, detect, write, retries
+and the rate limiter's waits included).
+
+:func:`render_html` turns a Summary into one self-contained page (CSS inline,
+thumbnails as base64 JPEG) with the jinja2 templates in ``pipeline/templates``;
+``base.html`` holds the layout and CSS for every report page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import __version__
+from pipeline.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
+from pipeline.rundir import RunDir, RunInfo
+
+#: Thumbnails per reason in the HTML page, and their longest side in pixels.
+THUMBS_PER_REASON = 3
+THUMB_PX = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Seconds per row (finished_at - started_at)."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Everything a report shows. Tuples are ordered: statuses in STATUSES order,
+    reasons and codes by count, largest first."""
+
+    run_id: str
+    parent_run_id: str | None
+    manifest: str
+    manifest_rows: int
+    rows: int  # rows with an outcome
+    succeeded: int
+    counts: tuple[tuple[str, int], ...]
+    reasons: tuple[tuple[str, str, int], ...]  # (status, reason, rows)
+    error_codes: tuple[tuple[str, int], ...]
+    retryable_failed: int
+    latency: Latency | None
+    attempts_total: int
+    attempts_max: int
+    rows_retried: int  # rows that needed more requests than their stages
+    active_s: float
+    rows_per_s: float
+    calls_per_s: float
+    first_started: str | None
+    last_finished: str | None
+    exit_code: int | None
+    stop_reason: str | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.manifest_rows - self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["counts"] = dict(self.counts)
+        out["reasons"] = [{"status": s, "reason": r, "rows": n} for s, r, n in self.reasons]
+        out["error_codes"] = dict(self.error_codes)
+        out["remaining"] = self.remaining
+        return out
+
+
+def summarize(run_dir: Path | str) -> Summary:
+    """The Summary of the run in ``run_dir`` (ConfigError when it holds no run)."""
+    rundir = RunDir(run_dir)
+    info = rundir.read_info()
+    table = rundir.read_records(OUTCOME_SCHEMA)
+    return summarize_table(table, info)
+
+
+def summarize_table(table: pa.Table, info: RunInfo) -> Summary:
+    """The pure part of :func:`summarize`: an outcomes table + run.json -> Summary."""
+    counts = _counts(table)
+    started = _micros(table, "started_at")
+    finished = _micros(table, "finished_at")
+    active = active_seconds(started, finished)
+    attempts = table.column("attempts").to_numpy(zero_copy_only=False).astype(np.int64)
+    return Summary(
+        run_id=info.run_id, parent_run_id=info.parent_run_id, manifest=info.manifest.path,
+        manifest_rows=info.manifest.num_rows, rows=table.num_rows,
+        succeeded=sum(n for s, n in counts if s in SUCCESS_STATUSES), counts=counts,
+        reasons=_reasons(table), error_codes=_codes(table),
+        retryable_failed=_count(table, pc.and_(pc.equal(table["status"], "failed"),
+                                               table["retryable"])),
+        latency=latency_of((finished - started) / 1e6),
+        attempts_total=int(attempts.sum()), attempts_max=int(attempts.max(initial=0)),
+        rows_retried=_rows_retried(table, attempts), active_s=active,
+        rows_per_s=table.num_rows / active if active > 0 else 0.0,
+        calls_per_s=float(attempts.sum()) / active if active > 0 else 0.0,
+        first_started=_iso(started.min()) if len(started) else None,
+        last_finished=_iso(finished.max()) if len(finished) else None,
+        exit_code=info.exit_code, stop_reason=info.stop_reason)
+
+
+def latency_of(seconds: np.ndarray) -> Latency | None:
+    """p50/p90/p99 (linear interpolation), mean and max; None for no rows."""
+    if len(seconds) == 0:
+        return None
+    p50, p90, p99 = np.percentile(seconds, [50, 90, 99])
+    return Latency(float(p50), float(p90), float(p99), float(seconds.mean()),
+                   float(seconds.max()))
+
+
+def active_seconds(started_us: np.ndarray, finished_us: np.ndarray) -> float:
+    """Length in seconds of the union of the intervals [started, finished] (microseconds)."""
+    if len(started_us) == 0:
+        return 0.0
+    order = np.argsort(started_us, kind="stable")
+    starts, ends = started_us[order], np.maximum.accumulate(finished_us[order])
+    # A new stretch begins where a row starts after every earlier row has finished.
+    gap = np.empty(len(starts), dtype=bool)
+    gap[0] = True
+    gap[1:] = starts[1:] > ends[:-1]
+    first = np.flatnonzero(gap)
+    last = np.append(first[1:] - 1, len(starts) - 1)
+    return float((ends[last] - starts[first]).sum()) / 1e6
+
+
+def _micros(table: pa.Table, column: str) -> np.ndarray:
+    arr = table.column(column).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(int(us) / 1e6, tz=UTC).isoformat(timespec="seconds")
+
+
+def _count(table: pa.Table, mask: Any) -> int:
+    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+
+def _counts(table: pa.Table) -> tuple[tuple[str, int], ...]:
+    found = {d["values"]: d["counts"] for d in table.column("status").value_counts().to_pylist()}
+    return tuple((s, int(found[s])) for s in STATUSES if found.get(s))
+
+
+def _reasons(table: pa.Table) -> tuple[tuple[str, str, int], ...]:
+    flat = table.select(["status", "reasons"]).to_pandas().explode("reasons").dropna()
+    if flat.empty:
+        return ()
+    grouped = flat.groupby(["status", "reasons"]).size().sort_values(ascending=False)
+    return tuple((str(s), str(r), int(n)) for (s, r), n in grouped.items())
+
+
+def _codes(table: pa.Table) -> tuple[tuple[str, int], ...]:
+    codes = table.column("error_code").drop_null()
+    if len(codes) == 0:
+        return ()
+    pairs = [(str(d["values"]), int(d["counts"])) for d in codes.value_counts().to_pylist()]
+    return tuple(sorted(pairs, key=lambda p: -p[1]))
+
+
+def _rows_retried(table: pa.Table, attempts: np.ndarray) -> int:
+    # A row's stages: detect (1 request) when it had a detect log id, write (1) likewise.
+    # More requests than that means retries or a token refresh.
+    stages = np.zeros(table.num_rows, dtype=np.int64)
+    for column in ("detect_log_id", "write_log_id"):
+        stages += table.column(column).is_valid().to_numpy(zero_copy_only=False)
+    return int(((attempts > stages) & (stages > 0)).sum())
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Thumb:
+    """A rejected row shown in the page: its image as a data: URL (None if unreadable)."""
+
+    row: int
+    uid: str | None
+    image: str | None
+    status: str
+    reasons: str
+    data_url: str | None
+
+
+def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
+    """The enrollment report page of ``run_dir`` as one self-contained HTML string."""
+    from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415
+
+    rundir = RunDir(run_dir)
+    summary = summary or summarize(rundir.path)
+    env = Environment(loader=PackageLoader("pipeline", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    template = env.get_template("enroll.html")
+    return template.render(s=summary, thumbs=_thumbs(rundir, summary), version=__version__,
+                           success=SUCCESS_STATUSES)
+
+
+def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, list[Thumb]]:
+    """Up to THUMBS_PER_REASON non-success rows per reason, keyed by "status: reason"."""
+    columns = ["row", "uid", "image", "status", "reasons", "transformed", *_BOX]
+    table = rundir.read_records(OUTCOME_SCHEMA, columns)
+    base = Path(summary.manifest).parent
+    out: dict[str, list[Thumb]] = {}
+    for rec in table.to_pylist():
+        if rec["status"] in SUCCESS_STATUSES:
+            continue
+        for reason in rec["reasons"] or [rec["status"]]:
+            shown = out.setdefault(f"{rec['status']}: {reason}", [])
+            if len(shown) < THUMBS_PER_REASON:
+                shown.append(Thumb(rec["row"], rec["uid"], rec["image"], rec["status"],
+                                   "; ".join(rec["reasons"]), _thumbnail(base, rec)))
+    return out
+
+
+_BOX = ["face_left", "face_top", "face_width", "face_height"]
+
+
+def _thumbnail(base: Path, rec: dict[str, Any]) -> str | None:
+    """A small JPEG data: URL of the row's image, the face box drawn when known."""
+    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415
+
+    if not rec["image"]:
+        return None
+    path = Path(rec["image"])
+    path = path if path.is_absolute() else base / path
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            if None not in [rec[k] for k in _BOX] and not rec["transformed"]:
+                left, top, width, height = (float(rec[k]) for k in _BOX)
+                line = max(2, round(max(img.size) / 150))
+                ImageDraw.Draw(img).rectangle((left, top, left + width, top + height),
+                                              outline=(230, 40, 40), width=line)
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=70)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
