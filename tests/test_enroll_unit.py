@@ -1,0 +1,88 @@
+"""The pure deciding parts of the enroll runner (no server, no files)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import errors as E
+from pipeline.enroll import (
+    EnrollConfig,
+    Verdict,
+    classify_error,
+    decide_face,
+    exit_code_for,
+    success_status,
+)
+from pipeline.errors import ConfigError
+from pipeline.quality import FaceChoice
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (216616, "image exist", Verdict("already_enrolled")),
+        (216402, "face not found", Verdict("no_face", ("no_face",))),
+        (216612, "user not exist", Verdict("failed", ("user_not_found",))),
+        (216611, "user not exist", Verdict("failed", ("user_not_found",))),
+        (216500, "unknown error", Verdict("failed", ("retries_exhausted",), retryable=True)),
+        (18, "Open api qps request limit reached",
+         Verdict("failed", ("retries_exhausted",), retryable=True)),
+        ("SDK108", "timeout", Verdict("failed", ("retries_exhausted",), retryable=True)),
+        (216201, "image format error", Verdict("invalid_input", ("refused_by_service",))),
+        (216618, "no user in group", Verdict("failed", ("library_state",))),
+        (999999, "something new", Verdict("failed", ("api_error",))),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, Verdict) else v.status,
+)
+def test_classify_error(code: int | str, message: str, expected: Verdict) -> None:
+    assert classify_error(E.make_error(code, message, 7)) == expected
+
+
+@pytest.mark.parametrize(
+    ("stop", "counts", "code"),
+    [
+        (None, {"enrolled": 3, "already_enrolled": 1, "updated": 2}, 0),
+        (None, {"enrolled": 3, "no_face": 1}, 1),
+        (None, {}, 0),
+        ("quota", {"enrolled": 3}, 3),
+        ("auth", {"failed": 3}, 4),
+        ("interrupted", {"enrolled": 1}, 130),
+    ],
+)
+def test_exit_codes(stop: str | None, counts: dict[str, int], code: int) -> None:
+    assert exit_code_for(stop, counts) == code
+
+
+def test_exit_codes_match_the_cli_constants() -> None:
+    from jobs import options
+    from pipeline import enroll
+
+    assert (enroll.EXIT_OK, enroll.EXIT_FAILED_ROWS, enroll.EXIT_QUOTA, enroll.EXIT_AUTH,
+            enroll.EXIT_INTERRUPTED) == (options.EXIT_OK, options.EXIT_FAILED_ROWS,
+                                         options.EXIT_QUOTA, options.EXIT_AUTH,
+                                         options.EXIT_INTERRUPTED)
+
+
+def test_decide_face() -> None:
+    assert decide_face(FaceChoice("ok", None, None, ())) is None
+    assert decide_face(FaceChoice("multiple_faces", None, None, ("multiple_faces",))) == \
+        Verdict("multiple_faces", ("multiple_faces",))
+    rejected = FaceChoice("rejected_quality", None, None, ("blur", "pose_yaw"))
+    assert decide_face(rejected) == Verdict("rejected_quality", ("blur", "pose_yaw"))
+
+
+def test_success_status_by_action() -> None:
+    assert [success_status(a) for a in ("add", "update", "upsert")] == \
+        ["enrolled", "updated", "updated"]
+
+
+def test_config_refuses_bad_values(tmp_path) -> None:
+    from pipeline.config import Secret, Settings
+
+    s = Settings(endpoint="http://127.0.0.1:1", api_key=Secret("k"), secret_key=Secret("s"))
+    with pytest.raises(ConfigError, match="--mode"):
+        EnrollConfig(manifest=tmp_path / "m.csv", settings=s, mode="merge")
+    with pytest.raises(ConfigError, match="concurrency"):
+        EnrollConfig(manifest=tmp_path / "m.csv", settings=s, concurrency=0)
+    opts = EnrollConfig(manifest=tmp_path / "m.csv", settings=s, qps={"detect": 2}).options()
+    assert opts["qps"] == {"detect": 2} and "api_key" not in str(opts)
