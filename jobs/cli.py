@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("jobs.report:report", "Summarise a run directory (counts, reasons, latency, HTML)."),
     "audit": ("jobs.audit:audit", "Find one person under several uids, or several under one."),
     "engine": ("jobs.engine:engine", "Run the local face engine (the Baidu v2 API on dlib)."),
+    "demo": ("jobs.demo:demo", "Enroll sample photos and degraded variants on the local engine."),
 }
 
 
