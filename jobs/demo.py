@@ -129,8 +129,9 @@ Examples:
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 def demo(base: Path, concurrency: int) -> None:
     """Start the local engine, enroll the sample photos and degraded variants, show the result."""
-    from pipeline.config import Secret, Settings  # noqa: PLC0415
     from pipeline.engine.server import EngineServer  # noqa: PLC0415
+
+    from pipeline.config import Secret, Settings  # noqa: PLC0415
     from pipeline.enroll import EnrollConfig  # noqa: PLC0415
 
     if not (SAMPLES / "obama_01.jpg").exists():
