@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -68,6 +69,8 @@ from pipeline.rundir import (
     new_run_id,
     utc_now,
 )
+
+_log = logging.getLogger(__name__)
 
 MODES = ("add", "update", "upsert")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
@@ -457,6 +460,7 @@ class _Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 — a bug on one row must not end the run
+            _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
             outcome = make_outcome(
                 run_id=self.rows.run_id, row=row.row, line=row.line, uid=row.uid,
                 group_id=row.group_id, image=row.image, status="failed",
