@@ -114,13 +114,13 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False)
+                               "interrupted session.", highlight=False, soft_wrap=True)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -143,7 +143,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -152,7 +152,8 @@ class ConsoleObserver(EnrollObserver):
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.")
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
+                           soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -179,11 +180,13 @@ def summary_table(result: RunResult) -> Table:
 
 def print_summary(console: Console, result: RunResult, resume_hint: str) -> None:
     console.print(summary_table(result))
-    console.print(f"Outcomes (Parquet): {result.outcomes_dir}", highlight=False)
-    console.print(f"Failures (a manifest you can rerun): {result.failures_csv}", highlight=False)
-    console.print(f"Report: faceflow report {shlex.quote(str(result.run_dir))}", highlight=False)
+    lines = [f"Outcomes (Parquet): {result.outcomes_dir}",
+             f"Failures (a manifest you can rerun): {result.failures_csv}",
+             f"Report: faceflow report {shlex.quote(str(result.run_dir))}"]
     if result.stop_reason is not None:
-        console.print(_stop_advice(result, resume_hint), highlight=False)
+        lines.append(_stop_advice(result, resume_hint))
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:
