@@ -68,7 +68,7 @@ def darkened(img: Image.Image, factor: float) -> Image.Image:
     return ImageEnhance.Brightness(img.convert("RGB")).enhance(factor)
 
 
-def cropped_through_face(img: Image.Image, box: BoxLike, keep: float = 0.55) -> Image.Image:
+def cropped_through_face(img: Image.Image, box: BoxLike, keep: float = 0.75) -> Image.Image:
     """Crop so the left edge cuts the face: only the right ``keep`` fraction of it remains."""
     left, _, width, _ = _box(box)
     cut = max(1, left + round(width * (1.0 - keep)))

@@ -38,7 +38,7 @@ def test_darkened_is_darker(photo: Image.Image) -> None:
 
 def test_cropped_through_face_cuts_the_box(photo: Image.Image) -> None:
     out = variants.cropped_through_face(photo, BOX)
-    assert out.width == photo.width - (BOX[0] + 45)
+    assert out.width == photo.width - (BOX[0] + 25)
     assert out.height == photo.height
 
 
