@@ -1,0 +1,126 @@
+"""The audit's ``report.html``: one self-contained page, no external URL.
+
+A summary, then one card per finding with its two photos side by side (small
+base64 JPEG thumbnails, at most :data:`THUMB_PX` px), the score and the kind; a
+few lines of inline JavaScript filter the cards by kind and sort them by score
+or cluster. The page extends ``templates/base.html`` (the enrollment report's
+stylesheet) with ``templates/audit.html``. Jinja2 autoescapes everything:
+uids, user_info and paths come from users' files and are untrusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.audit import (
+    CLUSTERS_FILE,
+    KINDS,
+    PLAN_FILE,
+    REPORT_FILE,
+    AuditImage,
+    Finding,
+    read_findings,
+    read_plan,
+    table_records,
+)
+from pipeline.clusters import CLUSTER_SCHEMA, Cluster
+from pipeline.rundir import RunDir
+
+#: Longest side of a thumbnail, pixels.
+THUMB_PX = 160
+#: Cards drawn at most; the rest are counted (findings.parquet has them all). Keeps the
+#: page small enough to open (about 10 kB per card).
+MAX_CARDS = 1000
+
+KIND_LABELS = {
+    "same_person_multiple_uids": "same person, several uids",
+    "multiple_people_one_uid": "several people, one uid",
+    "exact_copy": "exact copy",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """One side of a card: ``data_url`` is None when the file cannot be read any more."""
+
+    uid: str
+    image: str | None
+    user_info: str | None
+    data_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    finding: Finding
+    label: str
+    a: Photo
+    b: Photo
+
+
+def render_audit_html(run_dir: Path | str) -> str:
+    """The report page of the audit in ``run_dir`` as one HTML string."""
+    from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415
+
+    rundir = RunDir(run_dir)
+    info = rundir.read_info()
+    plan = read_plan(rundir) if (rundir.path / PLAN_FILE).exists() else []
+    findings = read_findings(rundir.path)
+    clusters: list[Cluster] = table_records(
+        pq.read_table(rundir.path / CLUSTERS_FILE, schema=CLUSTER_SCHEMA), Cluster)
+    env = Environment(loader=PackageLoader("pipeline", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    counts = Counter(f.kind for f in findings)
+    return env.get_template("audit.html").render(
+        info=info, plan_size=len(plan), probes=sum(p.probe for p in plan),
+        counts=[(k, KIND_LABELS[k], counts.get(k, 0)) for k in KINDS],
+        cards=cards(plan, findings[:MAX_CARDS]), hidden=max(0, len(findings) - MAX_CARDS),
+        total=len(findings), clusters=clusters, version=__version__)
+
+
+def write_audit_report(run_dir: Path | str) -> Path:
+    """Render and write ``<run_dir>/report.html`` (temporary file, then rename)."""
+    path = Path(run_dir) / REPORT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_audit_html(run_dir), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def cards(plan: list[AuditImage], findings: list[Finding]) -> list[Card]:
+    """One card per finding; each photo is read and shrunk once however often it appears."""
+    thumbs: dict[int, str | None] = {}
+
+    def photo(row: int | None, uid: str, image: str | None, info: str | None) -> Photo:
+        if row is None or row >= len(plan):
+            return Photo(uid, image, info, None)
+        if row not in thumbs:
+            thumbs[row] = thumbnail(Path(plan[row].path))
+        return Photo(uid, image, info, thumbs[row])
+
+    return [Card(f, KIND_LABELS[f.kind],
+                 photo(f.row_a, f.uid_a, f.image_a, f.user_info_a),
+                 photo(f.row_b, f.uid_b, f.image_b, f.user_info_b)) for f in findings]
+
+
+def thumbnail(path: Path, size: int = THUMB_PX) -> str | None:
+    """A JPEG ``data:`` URL of the image, longest side at most ``size`` px; None if unreadable."""
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale, fast
+            small = ImageOps.exif_transpose(img).convert("RGB")
+            small.thumbnail((size, size))
+            buf = io.BytesIO()
+            small.save(buf, format="JPEG", quality=75)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
