@@ -1,0 +1,688 @@
+"""Manifest files -> validated rows, streamed in batches in bounded memory.
+
+A manifest lists one registration per row. Formats, by extension: CSV (``.csv``),
+Parquet (``.parquet``, ``.pq``), JSON Lines (``.jsonl``, ``.ndjson``; one object per
+line, blank lines ignored). Columns (matched ignoring case and surrounding spaces):
+
+- ``image`` (required): path of the photo; relative paths are read from the
+  manifest's folder. Paths are normalised (``a/../b``) but symlinks are not followed.
+- ``uid`` (required): the user id, always text (CSV cells are never type-inferred,
+  so ``007`` stays ``007``).
+- ``group_id``: else the default group (``--group``); one of the two is required.
+- ``user_info``: else ``""``.
+- ``action``: ``add`` / ``update`` / ``upsert``, else the default mode.
+
+Any other column is kept as text in :attr:`ManifestRow.columns` (failures.csv
+repeats them). :func:`open_manifest` makes one streaming pass that finds every
+problem of the file as a whole (raising :class:`ManifestError` with the line)
+before any API call. Problems of one row (an empty ``uid`` cell, a bad action) are
+not manifest errors: the runner reports them on that row.
+
+Duplicates: a row whose (uid, group_id, resolved image path) equals an earlier
+row's is a duplicate of it. The pass keeps 8 bytes per row (a 64-bit hash) plus
+24 bytes per row whose hash is shared; only rows with shared hashes are read a
+second time, to confirm them with a 128-bit key. Rows with an empty ``uid`` or
+``image`` are never duplicates (they fail on their own).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from pipeline.errors import ManifestError
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+           ".ndjson": "jsonl"}
+REQUIRED_COLUMNS = ("image", "uid")
+KNOWN_COLUMNS = ("image", "uid", "group_id", "user_info", "action")
+_WHAT = {"image": "the path of the photo", "uid": "the user id to register"}
+# CSV bytes parsed per block; also roughly the memory a batch of text takes.
+_CSV_BLOCK = 1 << 20
+_PARQUET_BATCH = 32_768
+_JSONL_BATCH = 16_384
+_READ_CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One data row of a manifest, with the defaults applied."""
+
+    row: int  # 0-based index among data rows: the row's identity across resumes
+    line: int  # 1-based line where the record starts (Parquet: row + 1)
+    image: str  # as written
+    image_path: Path  # absolute and normalised, symlinks not resolved
+    uid: str
+    group_id: str  # the cell, else the default group, else ""
+    user_info: str
+    action: str  # the cell stripped and lower-cased, else the default; not validated
+    columns: dict[str, str]  # every original column's value as text
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Consecutive rows as text columns (no nulls); ``lines`` holds each row's start line."""
+
+    start: int
+    columns: dict[str, pa.Array]
+    lines: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lines)
+
+
+class Manifest:
+    """An opened, validated manifest. Re-reads the file on each :meth:`batches` call."""
+
+    def __init__(self, path: Path, fmt: str, reader: Any, fingerprint: str, num_rows: int,
+                 names: dict[str, str], defaults: tuple[str, str]) -> None:
+        self.path = path
+        self.format = fmt
+        self.folder = path.parent
+        self.columns: list[str] = list(reader.columns)
+        self.fingerprint = fingerprint
+        self.num_rows = num_rows
+        self._reader = reader
+        self._names = names  # canonical name -> column name in the file
+        self._default_group, self._default_action = defaults
+        self._dup_rows = np.empty(0, np.int64)  # sorted duplicate rows
+        self._dup_of = np.empty(0, np.int64)  # ... and the earlier row each repeats
+
+    @property
+    def num_duplicates(self) -> int:
+        """How many rows repeat an earlier row's (uid, group_id, image path)."""
+        return len(self._dup_rows)
+
+    def row_is_duplicate_of(self, row: int) -> int | None:
+        """The earlier row this row repeats, or None (also for rows out of range)."""
+        i = int(np.searchsorted(self._dup_rows, row))
+        if i < len(self._dup_rows) and self._dup_rows[i] == row:
+            return int(self._dup_of[i])
+        return None
+
+    def batches(self, size: int = 1024, start_row: int = 0) -> Iterator[list[ManifestRow]]:
+        """Rows ``start_row``, ``start_row + 1``, ... in file order, ``size`` at a time
+        (the last batch may be shorter). CSV and JSONL are re-read from the top to
+        skip to ``start_row``; Parquet skips whole row groups."""
+        if size < 1:
+            raise ValueError("batch size must be at least 1")
+        pending: list[ManifestRow] = []
+        for chunk in self._reader.chunks(None, start_row):
+            pending.extend(self._rows(chunk, start_row))
+            while len(pending) >= size:
+                yield pending[:size]
+                pending = pending[size:]
+        if pending:
+            yield pending
+
+    def _rows(self, chunk: _Chunk, start_row: int) -> Iterator[ManifestRow]:
+        skip = max(0, start_row - chunk.start)
+        names = list(chunk.columns)
+        values = [chunk.columns[n].slice(skip).to_pylist() for n in names]
+        lines = chunk.lines[skip:].tolist()
+        folder = str(self.folder)
+        n = self._names
+        image_col, uid_col = n["image"], n["uid"]
+        group_col, info_col, action_col = n.get("group_id"), n.get("user_info"), n.get("action")
+        for offset, cells in enumerate(zip(*values, strict=True)):
+            cols = dict(zip(names, cells, strict=True))
+            image = cols.get(image_col, "")
+            action = cols.get(action_col, "").strip().lower() if action_col else ""
+            yield ManifestRow(
+                row=chunk.start + skip + offset, line=lines[offset], image=image,
+                image_path=Path(os.path.normpath(os.path.join(folder, image))),
+                uid=cols.get(uid_col, ""),
+                group_id=(cols.get(group_col, "") if group_col else "") or self._default_group,
+                user_info=cols.get(info_col, "") if info_col else "",
+                action=action or self._default_action,
+                columns=cols,
+            )
+
+
+def open_manifest(
+    path: str | Path, *, default_group: str | None = None, default_action: str = "add"
+) -> Manifest:
+    """Open and validate a manifest (one streaming pass, two when rows share a hash).
+
+    Raises :class:`ManifestError` (with the 1-based line when one is to blame) for a
+    missing, unreadable or empty file, an unknown extension, a missing ``image`` /
+    ``uid`` column, no ``group_id`` column and no ``default_group``, and any CSV, JSON
+    or UTF-8 error. A CSV with only its header, an empty JSONL file and a Parquet
+    file without rows are valid manifests with 0 rows.
+    """
+    p = Path(os.path.abspath(path))
+    fmt = _check_file(p)
+    reader = _READERS[fmt](p)
+    scan = _scan_bytes(p, count_lines=fmt == "csv")
+    only = None  # the columns the pass reads (None: all; only Parquet reads fewer)
+    if reader.columns is not None:  # CSV and Parquet: check the columns before reading on
+        only = _key_columns(_column_names(p, reader.columns, default_group, _line(fmt)))
+    keys = _KeyBuilder(p.parent, default_group or "")
+    hashes = _HashBuckets()
+    num_rows = 0
+    for chunk in reader.chunks(only, 0):
+        hashes.add(_hash64(keys.build(chunk)[1]))
+        num_rows += chunk.num_rows
+    reader.finish(scan)
+    names = _column_names(p, reader.columns, default_group, _line(fmt))
+    manifest = Manifest(p, fmt, reader, f"sha256:{scan.sha256}", num_rows, names,
+                        (default_group or "", default_action))
+    candidates = hashes.shared()
+    if len(candidates):
+        manifest._dup_rows, manifest._dup_of = _confirm_duplicates(
+            reader, keys, candidates, _key_columns(names))
+    return manifest
+
+
+# ------------------------------------------------------------------ file and columns
+
+
+def _check_file(p: Path) -> str:
+    """The format of ``p`` from its extension, after checking it is a readable file."""
+    try:
+        mode = p.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ManifestError(str(p), "this is a directory; pass the manifest file itself")
+        if not stat.S_ISREG(mode):
+            raise ManifestError(str(p), "not a regular file; pass the manifest file itself")
+        with p.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ManifestError(str(p), "file not found") from None
+    except PermissionError:
+        raise ManifestError(str(p), "cannot read the file (permission denied)") from None
+    except OSError as exc:
+        raise ManifestError(str(p), f"cannot read the file: {exc.strerror}") from None
+    fmt = FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise ManifestError(str(p), f"unknown manifest type {p.suffix or '(no extension)'!r}; "
+                            "use .csv, .parquet / .pq or .jsonl / .ndjson")
+    return fmt
+
+
+def _line(fmt: str) -> int | None:
+    """Where column problems are: the CSV header line; JSONL and Parquet have none."""
+    return 1 if fmt == "csv" else None
+
+
+def _canonical(name: str) -> str:
+    return name.replace("\ufeff", "").strip().lower()
+
+
+def _column_names(
+    p: Path, columns: Sequence[str], default_group: str | None, line: int | None
+) -> dict[str, str]:
+    """Canonical name -> the file's column name; ManifestError for missing or doubled ones."""
+    names: dict[str, str] = {}
+    for col in columns:
+        key = _canonical(col)
+        if key in KNOWN_COLUMNS and key in names:
+            raise ManifestError(str(p), f"columns {names[key]!r} and {col!r} both name "
+                                f"{key!r}; keep one of them", line)
+        if key in KNOWN_COLUMNS:
+            names[key] = col
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing and columns:
+        found = ", ".join(repr(c) for c in columns) or "none"
+        need = "; ".join(f"{c!r} ({_WHAT[c]})" for c in missing)
+        raise ManifestError(str(p), f"missing required column {need}; the columns found are "
+                            f"{found}. Add or rename the column", line)
+    if missing:  # no column at all: an empty JSONL file has nothing to register
+        names.update({c: c for c in missing})
+    elif "group_id" not in names and not default_group:
+        raise ManifestError(str(p), "no group for the rows: add a group_id column or pass "
+                            "--group G", line)
+    return names
+
+
+def _key_columns(names: dict[str, str]) -> list[str]:
+    return [names[c] for c in ("image", "uid", "group_id") if c in names]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    sha256: str
+    lines: int  # physical lines (\n, \r\n or \r end one); 0 when not counted
+    trailing_blank: int  # empty lines at the very end of the file
+
+
+def _scan_bytes(p: Path, *, count_lines: bool) -> _Scan:
+    """SHA-256 of the file, streamed, and (for CSV) its physical line count."""
+    digest, lines, tail, prev_cr = hashlib.sha256(), 0, b"", False
+    with p.open("rb") as fh:
+        while block := fh.read(_READ_CHUNK):
+            digest.update(block)
+            if count_lines:
+                # \r\n is one line end, also when a block boundary splits it.
+                crlf = block.count(b"\r\n") + (prev_cr and block[:1] == b"\n")
+                lines += block.count(b"\n") + block.count(b"\r") - crlf
+                prev_cr = block[-1:] == b"\r"
+                tail = (tail + block)[-4096:]
+    if tail and tail[-1:] not in (b"\n", b"\r"):
+        lines += 1  # the last line has no line end
+    run = tail[len(tail.rstrip(b"\r\n")):]
+    ends = run.count(b"\n") + run.count(b"\r") - run.count(b"\r\n")
+    return _Scan(digest.hexdigest(), lines, max(0, ends - 1))
+
+
+# ------------------------------------------------------------------ CSV
+
+
+class _CsvReader:
+    """pyarrow's streaming CSV reader, every column read as text.
+
+    pyarrow reports no line numbers, so they are counted: a record starts one line
+    after the previous one plus the line ends inside its quoted cells. Blank lines
+    are skipped by pyarrow and invisible in the data; when the file has any (other
+    than at its end) the lines are taken from Python's csv module instead.
+    """
+
+    def __init__(self, p: Path) -> None:
+        self.path = p
+        self.exact_lines = False
+        try:
+            with pcsv.open_csv(p, parse_options=self._parse()) as probe:
+                self.columns: list[str] = probe.schema.names
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                raise ManifestError(str(p), "the file is empty; a CSV manifest needs at least "
+                                    "its header line, e.g. image,uid,group_id") from None
+            raise _diagnose_csv(p, str(exc)) from None
+        except UnicodeDecodeError as exc:  # in the header names
+            raise _diagnose_csv(p, str(exc)) from None
+        dupes = {c for c in self.columns if self.columns.count(c) > 1}
+        if dupes:
+            raise ManifestError(str(p), f"column {sorted(dupes)[0]!r} appears more than once "
+                                "in the header; rename or drop the copies", 1)
+        self.first_line = 1 + sum(_line_ends(c) for c in self.columns) + 1
+        self._accounted = 0
+
+    @staticmethod
+    def _parse() -> pcsv.ParseOptions:
+        return pcsv.ParseOptions(newlines_in_values=True)
+
+    def _open(self) -> pcsv.CSVStreamingReader:
+        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in self.columns},
+                                      strings_can_be_null=False)
+        read = pcsv.ReadOptions(block_size=_CSV_BLOCK)
+        return pcsv.open_csv(self.path, read_options=read, parse_options=self._parse(),
+                             convert_options=convert)
+
+    def chunks(self, only: Sequence[str] | None, start_row: int) -> Iterator[_Chunk]:
+        del only  # line counting needs every column
+        exact = _csv_record_lines(self.path) if self.exact_lines else None
+        row, line = 0, self.first_line
+        try:
+            with self._open() as stream:
+                for batch in stream:
+                    n = batch.num_rows
+                    cols = dict(zip(self.columns, batch.columns, strict=True))
+                    extra = _row_line_ends(cols.values(), n)
+                    lines = line + np.arange(n) + np.concatenate(([0], np.cumsum(extra)[:-1]))
+                    if exact is not None:
+                        lines = np.fromiter(islice(exact, n), np.int64, n)
+                    row, line = row + n, line + n + int(extra.sum())
+                    if row > start_row:
+                        yield _Chunk(row - n, cols, lines)
+        except pa.ArrowInvalid as exc:
+            raise _diagnose_csv(self.path, str(exc)) from None
+        self._accounted = line - 1
+
+    def finish(self, scan: _Scan) -> None:
+        """After the first pass: are the counted lines the file's? Else count exactly."""
+        self.exact_lines = self._accounted + scan.trailing_blank != scan.lines
+
+
+def _line_ends(text: str) -> int:
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+def _row_line_ends(columns: Any, n: int) -> np.ndarray:
+    """Line ends inside each row's cells (quoted newlines), as an int64 array."""
+    total = np.zeros(n, np.int64)
+    for col in columns:
+        if not pc.any(pc.match_substring_regex(col, "[\r\n]")).as_py():
+            continue
+        for needle, sign in (("\n", 1), ("\r", 1), ("\r\n", -1)):
+            total += sign * pc.count_substring(col, needle).to_numpy(zero_copy_only=False)
+    return total
+
+
+def _decoded_lines(p: Path) -> Iterator[str]:
+    """The file's lines as text, raising ManifestError at the first one not UTF-8."""
+    with p.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1:
+                raw = raw.removeprefix(_BOM)
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(str(p), f"the text is not UTF-8 (byte {exc.start + 1} of "
+                                    "the line); save the file as UTF-8", number) from None
+
+
+def _csv_records(p: Path) -> Iterator[tuple[int, list[str]]]:
+    """(start line, fields) of every non-blank record, header included, by Python's csv."""
+    reader = csv.reader(_decoded_lines(p))
+    previous = 0
+    try:
+        for fields in reader:
+            start, previous = previous + 1, reader.line_num
+            if fields:
+                yield start, fields
+    except csv.Error as exc:
+        raise ManifestError(str(p), f"CSV syntax error: {exc}", previous + 1) from None
+
+
+def _csv_record_lines(p: Path) -> Iterator[int]:
+    records = _csv_records(p)
+    next(records, None)  # the header
+    return (start for start, _ in records)
+
+
+def _diagnose_csv(p: Path, arrow_message: str) -> ManifestError:
+    """pyarrow failed without saying where: find the line with Python's csv module."""
+    width = None
+    for start, fields in _csv_records(p):
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            hint = ("a quoted cell opened here is never closed" if any("\n" in f for f in fields)
+                    else "quote cells that contain commas")
+            return ManifestError(str(p), f"expected {width} fields like the header, found "
+                                 f"{len(fields)}; {hint}", start)
+    return ManifestError(str(p), f"the CSV cannot be parsed: {arrow_message}")
+
+
+# ------------------------------------------------------------------ Parquet
+
+
+class _ParquetReader:
+    """Parquet row groups, batch by batch; non-text columns are cast to text."""
+
+    def __init__(self, p: Path) -> None:
+        self.path = p
+        try:
+            self._file = pq.ParquetFile(p)
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(str(p), f"not a readable Parquet file ({exc})") from None
+        self.columns: list[str] = self._file.schema_arrow.names
+        dupes = {c for c in self.columns if self.columns.count(c) > 1}
+        if dupes:
+            raise ManifestError(str(p), f"column {sorted(dupes)[0]!r} appears more than once")
+
+    def chunks(self, only: Sequence[str] | None, start_row: int) -> Iterator[_Chunk]:
+        row = 0
+        meta = self._file.metadata
+        for group in range(meta.num_row_groups):
+            size = meta.row_group(group).num_rows
+            if row + size <= start_row:
+                row += size  # skipped without reading
+                continue
+            yield from self._group(group, row, only)
+            row += size
+
+    def _group(self, group: int, row: int, only: Sequence[str] | None) -> Iterator[_Chunk]:
+        names = list(only) if only is not None else self.columns
+        try:
+            for batch in self._file.iter_batches(_PARQUET_BATCH, row_groups=[group],
+                                                 columns=names):
+                cols = {n: _as_text(batch.column(n)) for n in names}
+                yield _Chunk(row, cols, np.arange(row, row + batch.num_rows) + 1)
+                row += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(str(self.path), f"cannot read row group {group}: {exc}",
+                                row + 1) from None
+
+    def finish(self, scan: _Scan) -> None:
+        pass
+
+
+def _as_text(arr: pa.Array) -> pa.Array:
+    """Any Arrow column as non-null UTF-8 text: numbers as written, nested values as JSON."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not pa.types.is_string(arr.type):
+        try:
+            arr = pc.cast(arr, pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            arr = pa.array([None if v is None else _json_text(v) for v in arr.to_pylist()],
+                           pa.string())
+    return pc.fill_null(arr, "")
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# ------------------------------------------------------------------ JSON Lines
+
+
+class _JsonlReader:
+    """One JSON object per line, parsed with :mod:`json`; blank lines are skipped.
+
+    The columns are the keys in order of first appearance, known after the first pass.
+    """
+
+    def __init__(self, p: Path) -> None:
+        self.path = p
+        self.columns: list[str] | None = None
+        self._seen: dict[str, None] = {}  # keys in order of first appearance
+
+    def chunks(self, only: Sequence[str] | None, start_row: int) -> Iterator[_Chunk]:
+        del only
+        row, objs, lines = 0, [], []
+        for number, text in enumerate(_decoded_lines(self.path), 1):
+            if not text.strip():
+                continue
+            if row >= start_row:
+                objs.append(self._parse(text, number))
+                lines.append(number)
+            row += 1
+            if len(objs) == _JSONL_BATCH:
+                yield self._chunk(row - len(objs), objs, lines)
+                objs, lines = [], []
+        if objs:
+            yield self._chunk(row - len(objs), objs, lines)
+
+    def _parse(self, text: str, number: int) -> dict[str, Any]:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(str(self.path), f"invalid JSON: {exc.msg} (column "
+                                f"{exc.colno})", number) from None
+        if not isinstance(obj, dict):
+            kind = type(obj).__name__.replace("dict", "object").replace("list", "array")
+            raise ManifestError(str(self.path), f"each line must be a JSON object "
+                                f"{{...}}, this one is a JSON {kind}", number)
+        if self.columns is None and not self._seen.keys() >= obj.keys():
+            self._seen.update(dict.fromkeys(obj))
+        return obj
+
+    def _chunk(self, start: int, objs: list[dict[str, Any]], lines: list[int]) -> _Chunk:
+        names = self.columns if self.columns is not None else list(self._seen)
+        cols = {n: pa.array([_cell(o.get(n)) for o in objs], pa.string()) for n in names}
+        return _Chunk(start, cols, np.asarray(lines, np.int64))
+
+    def finish(self, scan: _Scan) -> None:
+        self.columns = list(self._seen)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else _json_text(value)
+
+
+_READERS: dict[str, Any] = {"csv": _CsvReader, "parquet": _ParquetReader, "jsonl": _JsonlReader}
+
+
+# ------------------------------------------------------------------ duplicates
+
+
+class _KeyBuilder:
+    """Each row's identity ``uid \\x1f group_id \\x1f resolved image path``, vectorised.
+
+    The path is built exactly as :meth:`Manifest.batches` builds ``image_path``
+    (``normpath(join(folder, image))``); Python's ``normpath`` only runs on the few
+    paths that hold ``//``, ``/./``, ``/../`` or end in ``/``.
+    """
+
+    def __init__(self, folder: Path, default_group: str) -> None:
+        self.prefix = str(folder).rstrip("/")
+        self.default_group = default_group
+        self.names: dict[str, str] = {}
+
+    def build(self, chunk: _Chunk) -> tuple[np.ndarray, pa.Array]:
+        """(indices in the chunk of rows with a uid and an image, their keys)."""
+        # Per chunk: JSONL discovers its keys as it goes.
+        self.names = {_canonical(c): c for c in chunk.columns}
+        empty = pa.array([""] * chunk.num_rows, pa.string())
+        image = chunk.columns.get(self.names.get("image", ""), empty)
+        uid = chunk.columns.get(self.names.get("uid", ""), empty)
+        group = chunk.columns.get(self.names.get("group_id", ""))
+        if group is None:
+            group = pa.array([self.default_group] * chunk.num_rows, pa.string())
+        elif self.default_group:
+            group = pc.if_else(pc.equal(group, ""), self.default_group, group)
+        valid = pc.and_(pc.not_equal(uid, ""), pc.not_equal(image, ""))
+        key = pc.binary_join_element_wise(uid, group, self._paths(image), "\x1f")
+        rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+        return rows, key.filter(valid)
+
+    def _paths(self, image: pa.Array) -> pa.Array:
+        image = pc.replace_substring_regex(image, r"^(\./)+", "")
+        joined = pc.binary_join_element_wise(self.prefix, image, "/")
+        path = pc.if_else(pc.starts_with(image, "/"), image, joined)
+        odd = pc.or_(pc.match_substring_regex(path, r"//|/\.\.?/"),
+                     pc.match_substring_regex(path, r"/(\.\.?)?$"))
+        if not pc.any(odd).as_py():
+            return path
+        fixed = path.to_pylist()
+        for i in np.flatnonzero(odd.to_numpy(zero_copy_only=False)):
+            fixed[i] = os.path.normpath(fixed[i])
+        return pa.array(fixed, pa.string())
+
+
+def _powers(n: int, _cache: list[np.ndarray] = []) -> np.ndarray:  # noqa: B006 - a cache
+    """K**0 .. K**(n-1) modulo 2**64 for the polynomial hash."""
+    if not _cache or len(_cache[0]) < n:
+        size = max(n, 4096)
+        pw = np.empty(size, np.uint64)
+        pw[0] = 1
+        pw[1:] = np.cumprod(np.full(size - 1, 0x100000001B3, np.uint64))
+        _cache[:] = [pw]
+    return _cache[0]
+
+
+def _hash64(keys: pa.Array, step: int = 4096) -> np.ndarray:
+    """A 64-bit hash of each string (polynomial over the bytes, then splitmix64).
+
+    Not cryptographic: shared hashes are confirmed with a 128-bit key afterwards.
+    """
+    keys = keys.cast(pa.string())
+    out = np.empty(len(keys), np.uint64)
+    for start in range(0, len(keys), step):
+        out[start:start + step] = _hash_slice(keys.slice(start, step))
+    return out
+
+
+def _hash_slice(keys: pa.Array) -> np.ndarray:
+    n = len(keys)
+    if n == 0:
+        return np.empty(0, np.uint64)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32)[keys.offset:keys.offset + n + 1]
+    data = np.frombuffer(keys.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    lengths = np.diff(offsets)
+    starts = (offsets[:-1] - offsets[0]).astype(np.int64)
+    position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+    terms = (data.astype(np.uint64) + np.uint64(1)) * _powers(int(lengths.max()))[position]
+    sums = np.add.reduceat(terms, starts)  # every key is non-empty, as reduceat needs
+    h = np.asarray(sums ^ lengths.astype(np.uint64), dtype=np.uint64)
+    # splitmix64's finaliser spreads the bits (uint64 arithmetic wraps, as intended).
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
+
+
+class _HashBuckets:
+    """Row hashes split by their top 4 bits, so finding shared ones sorts 1/16 at a time."""
+
+    def __init__(self) -> None:
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(16)]
+
+    def add(self, hashes: np.ndarray) -> None:
+        bucket = (hashes >> np.uint64(60)).astype(np.int8)
+        for b in np.unique(bucket):
+            self.parts[b].append(hashes[bucket == b])
+
+    def shared(self) -> np.ndarray:
+        """The sorted hash values seen more than once (the parts are freed on the way)."""
+        found = []
+        for b, part in enumerate(self.parts):
+            values = np.concatenate(part) if part else np.empty(0, np.uint64)
+            self.parts[b] = []
+            values.sort()
+            found.append(np.unique(values[1:][values[1:] == values[:-1]]))
+        return np.concatenate(found)
+
+
+def _confirm_duplicates(
+    reader: Any, keys: _KeyBuilder, candidates: np.ndarray, only: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Second pass over rows whose hash is shared: exact groups by a 128-bit key.
+
+    Returns (duplicate rows ascending, the first row of each one's group).
+    """
+    rows, h1, h2 = [], [], []
+    for chunk in reader.chunks(only, 0):
+        idx, key = keys.build(chunk)
+        first = _hash64(key)
+        hit = np.isin(first, candidates)
+        if not hit.any():
+            continue
+        rows.append(chunk.start + idx[hit])
+        h1.append(first[hit])
+        texts = key.filter(pa.array(hit)).to_pylist()
+        h2.append(np.fromiter((_blake64(t) for t in texts), np.uint64, len(texts)))
+    return _group_duplicates(np.concatenate(rows), np.concatenate(h1), np.concatenate(h2))
+
+
+def _blake64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _group_duplicates(
+    rows: np.ndarray, h1: np.ndarray, h2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((rows, h2, h1))  # by key, then by row: each group's first row leads
+    rows, h1, h2 = rows[order], h1[order], h2[order]
+    same = np.zeros(len(rows), bool)
+    same[1:] = (h1[1:] == h1[:-1]) & (h2[1:] == h2[:-1])
+    leader = np.maximum.accumulate(np.where(same, 0, np.arange(len(rows))))
+    dup_rows, dup_of = rows[same], rows[leader][same]
+    order = np.argsort(dup_rows)
+    return dup_rows[order], dup_of[order]
