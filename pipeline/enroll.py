@@ -453,7 +453,7 @@ class _Session:
 
     async def _one(self, row: Any) -> None:
         try:
-            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row))
+            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row.row))
         except _StopRun as stop:
             self._stop(stop.reason, f"{stop.error}")
             return
