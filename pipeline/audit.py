@@ -1252,9 +1252,7 @@ def finish_audit(
 ) -> AuditResult:
     """Derive and write findings, clusters and the report; update run.json."""
     records = _latest(rundir)
-    findings, clusters = derive_findings(plan, records, config.threshold, info.run_id, utc_now())
-    write_table_atomic(rundir.path / FINDINGS_FILE, records_table(findings, FINDING_SCHEMA))
-    write_table_atomic(rundir.path / CLUSTERS_FILE, records_table(clusters, CLUSTER_SCHEMA))
+    findings, clusters = write_findings(rundir, plan, records, config.threshold, info.run_id)
     statuses = Counter(r.status for r in records.values())
     probes = sum(p.probe for p in plan)
     kinds = {k: sum(f.kind == k for f in findings) for k in KINDS}
@@ -1275,6 +1273,17 @@ def finish_audit(
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
         scratch_left=session.scratch_left if _scratch_pending(rundir) else None)
+
+
+def write_findings(
+    rundir: RunDir, plan: Sequence[AuditImage], records: Mapping[int, ProbeRecord],
+    threshold: float, run_id: str,
+) -> tuple[list[Finding], list[Cluster]]:
+    """Derive findings and clusters and write ``findings.parquet`` and ``clusters.parquet``."""
+    findings, clusters = derive_findings(plan, records, threshold, run_id, utc_now())
+    write_table_atomic(rundir.path / FINDINGS_FILE, records_table(findings, FINDING_SCHEMA))
+    write_table_atomic(rundir.path / CLUSTERS_FILE, records_table(clusters, CLUSTER_SCHEMA))
+    return findings, clusters
 
 
 def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:

@@ -1,0 +1,184 @@
+"""``faceflow audit``: parse options, run pipeline.audit, print progress and the counts."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobs.enroll import ConfigProblem, parse_qps
+from jobs.options import EXIT_CONFIG, connection_options, settings_from
+from pipeline.audit import (
+    KINDS,
+    AuditConfig,
+    AuditObserver,
+    AuditProgress,
+    AuditResult,
+    AuditStart,
+    ProbeRecord,
+    resume_config,
+    run_audit,
+)
+from pipeline.errors import ConfigError
+from pipeline.rundir import RunDir, new_run_id
+
+#: Seconds between progress lines on stderr.
+PROGRESS_INTERVAL_S = 10.0
+LABELS = {"same_person_multiple_uids": "same person under several uids",
+          "multiple_people_one_uid": "several people under one uid",
+          "exact_copy": "exact copies (same bytes, different uids)"}
+
+
+class LineObserver(AuditObserver):
+    """Plain progress lines on stderr: phases, then one line every ``interval`` seconds."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.interval, self._last = interval, time.monotonic()
+
+    def started(self, start: AuditStart) -> None:
+        verb = "Resuming audit" if start.resumed else "Audit"
+        _err(f"{verb} {start.run_id} -> {start.run_dir}: {start.probes} photos to probe "
+             f"({start.already_done} already done), {start.photos} known photos")
+
+    def phase(self, name: str, detail: str) -> None:
+        _err(f"{name}: {detail}")
+
+    def probe_done(self, record: ProbeRecord, progress: AuditProgress) -> None:
+        if time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
+            done = progress.already_done + progress.done
+            rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
+            _err(f"{done}/{progress.total} probes, {rate:.1f}/s, {progress.failed} failed")
+
+    def stopping(self, reason: str, message: str) -> None:
+        _err(f"Stopping ({reason}): {message}")
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def print_result(result: AuditResult, resume_hint: str) -> None:
+    """The counts on stdout; where the files are and what to do next on stderr."""
+    total = sum(result.counts.values())
+    click.echo(f"audit {result.run_id}: {total} findings in {result.clusters} clusters; "
+               f"{result.checked}/{result.probes} probes checked, {result.failed} failed")
+    for kind in KINDS:
+        click.echo(f"  {result.counts.get(kind, 0):6d}  {LABELS[kind]}")
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items())) or "none"
+    _err(f"API calls this session: {calls} ({result.elapsed_s:.1f} s)")
+    _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")
+    if result.report_path is not None:
+        _err(f"Report: {result.report_path}")
+    if result.scratch_left:
+        _err(f"The scratch group {result.scratch_left} is still in the library; "
+             "resume to finish and delete it.")
+    if result.stop_reason is not None or result.failed:
+        _err(f"Resume (finished probes are not called again):\n  {resume_hint}")
+
+
+async def _run_with_signals(config: AuditConfig, observer: AuditObserver) -> AuditResult:
+    """run_audit with Ctrl-C and SIGTERM setting the stop event (clean stop, exit 130)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. under a test runner): no handler
+    try:
+        return await run_audit(config, observer=observer, stop=stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _config(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
+            run_dir: Path | None, settings: Any, options: dict[str, Any]) -> AuditConfig:
+    """A new audit, or the resume of the audit in ``run_dir`` when no input is given."""
+    if run_dir is not None and not sources and manifest is None:
+        if not RunDir(run_dir).exists():
+            raise ConfigError(f"{run_dir} holds no audit to resume; give RUN_DIRs or --manifest")
+        given = {k: v for k, v in options.items() if v is not None}
+        if groups:
+            given["groups"] = groups
+        return resume_config(run_dir, settings, **given)
+    if not sources and manifest is None:
+        raise ConfigError("nothing to audit: give enrollment RUN_DIRs and/or --manifest")
+    given = {k: v for k, v in options.items() if v is not None}
+    return AuditConfig(settings=settings, groups=groups, run_dirs=sources, manifest=manifest,
+                       run_dir=run_dir or Path("runs") / new_run_id(), **given)
+
+
+def _hint(config: AuditConfig) -> str:
+    return " ".join(shlex.quote(p) for p in
+                    ["faceflow", "audit", "--run-dir", str(config.run_dir)])
+
+
+@click.command(epilog="""\b
+Examples:
+  faceflow audit runs/20261125T010203Z-3fa9c1 --group staff
+  faceflow audit --manifest members.csv --group staff --top-k 3 --qps 5
+  faceflow audit --manifest new.csv --group staff --before-enroll
+  faceflow audit --run-dir runs/20261126T090000Z-77aa01    # resume""")
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path, file_okay=False,
+                                                      exists=True))
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Audit the photos of a manifest (CSV, JSONL, Parquet).")
+@click.option("--group", "groups", multiple=True, metavar="G",
+              help="Group to search (repeatable); the first is the manifest's default group.")
+@click.option("--threshold", type=click.FloatRange(0, 100), default=None,
+              help="Same-person score, 0-100 [default 80, the reference's advice].")
+@click.option("--top-k", type=click.IntRange(1, 5), default=None,
+              help="Users returned per identify, at most 5 [default 5].")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The audit's directory [default runs/<run_id>]; an audit there resumes.")
+@click.option("--qps", default=None, metavar="N | NAME=N,...",
+              help="Calls per second: one number, or per interface, e.g. identify=5,match=5.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Probes in flight at once [default 4].")
+@click.option("--before-enroll", is_flag=True, default=None,
+              help="Audit --manifest before enrolling it: against the groups and itself "
+                   "(through a scratch group deleted afterwards).")
+@click.option("--settle-seconds", "scratch_settle_s", type=click.FloatRange(min=0),
+              default=None, help="Wait after filling the scratch group [default 6].")
+@click.option("--no-report", "report", flag_value=False, default=None,
+              help="Skip report.html.")
+@connection_options
+def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
+          run_dir: Path | None, **kwargs: Any) -> None:
+    """Find one person enrolled under several uids, several people under one uid, and
+    exact copies, in the photos of enrollment RUN_DIRs and/or a --manifest.
+
+    Each photo is searched with identify (top-k users); every other uid over the
+    threshold is confirmed with match; each photo of a uid is matched against the
+    uid's first photo. Calls grow as n*k, never n^2. Writes findings.parquet,
+    clusters.parquet and report.html to the audit's run directory. Exit 0 audit
+    completed (findings or not), 1 some probes failed, 2 bad configuration,
+    3 quota, 4 credentials refused, 130 interrupted.
+    """
+    try:
+        settings = settings_from(kwargs)
+    except click.ClickException as exc:
+        exc.exit_code = EXIT_CONFIG
+        raise
+    options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
+               "qps": parse_qps(kwargs.pop("qps")), "concurrency": kwargs.pop("concurrency"),
+               "before_enroll": kwargs.pop("before_enroll"),
+               "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report")}
+    observer = LineObserver()
+    try:
+        config = _config(sources, manifest, groups, run_dir, settings, options)
+        result = asyncio.run(_run_with_signals(config, observer))
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    print_result(result, _hint(config))
+    sys.exit(result.exit_code)
