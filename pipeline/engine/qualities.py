@@ -194,7 +194,8 @@ def _part_rect(part: str, p: np.ndarray) -> tuple[float, float, float, float]:
         x0, x1 = sorted((jaw[0] + 0.25 * (inner[0] - jaw[0]), jaw[0] + 0.85 * (inner[0] - jaw[0])))
         return (x0, p[41, 1] + 0.3 * (p[33, 1] - p[41, 1]), x1, p[33, 1])
     # chin: between the lower lip and the jaw's lowest point
-    return (p[7, 0], p[57, 1] + 0.25 * (p[8, 1] - p[57, 1]), p[9, 0], p[8, 1] - 0.1 * (p[8, 1] - p[57, 1]))
+    drop = p[8, 1] - p[57, 1]
+    return (p[7, 0], p[57, 1] + 0.25 * drop, p[9, 0], p[8, 1] - 0.1 * drop)
 
 
 def _grow(pts: np.ndarray, fx: float, fy: float) -> tuple[float, float, float, float]:

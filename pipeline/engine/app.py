@@ -1,0 +1,344 @@
+"""The engine's aiohttp application: token endpoint, the face interfaces, admin endpoints.
+
+Order of work for a face call (``POST /rest/2.0/face/v2/<path>``):
+
+1. a fresh random uint64 ``log_id`` (on every reply, errors included);
+2. the token: ``access_token`` missing or unknown -> 110, expired -> 111;
+3. emulation (QPS 18, quota 17, injected faults; emulation.py) - before any work;
+4. the form body (``client_max_size`` 25 MiB; larger -> 216103 param too long);
+5. the interface (interfaces.py); API errors are HTTP 200 JSON (contract §1.5).
+
+Anything unexpected becomes 216401 ``internal error`` as JSON, never a traceback. Unknown
+paths answer HTTP 200 with 216102 ``service not support: unknown path ...`` and a log_id.
+
+``/oauth/2.0/token`` (GET or POST, ``grant_type=client_credentials``, ``client_id``,
+``client_secret``) issues tokens that expire after ``token_ttl`` seconds (tokens are
+stored in SQLite, so they survive a restart). Bad credentials: HTTP 401
+``{"error": "invalid_client", "error_description": "unknown client id"}``.
+
+``/admin/emulation`` (GET shows, POST JSON merges) and ``/admin/stats`` answer only to
+loopback peers; others get HTTP 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
+import ipaddress
+import logging
+import multiprocessing
+import secrets
+import sys
+import threading
+import time
+import types
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.engine.emulation import Emulation, EmulationConfig
+from pipeline.engine.index import SearchIndex
+from pipeline.engine.interfaces import INTERFACES, Params, Reply
+from pipeline.engine.models import (
+    AnalyseOptions,
+    ImageAnalysis,
+    ImageRejected,
+    analyse,
+    init_worker,
+    warm_up,
+)
+from pipeline.engine.params import Failure
+from pipeline.engine.store import Change, Store
+from pipeline.errors import error_message
+
+log = logging.getLogger("faceflow.engine")
+
+API_PREFIX = "/rest/2.0/face/v2/"
+CLIENT_MAX_SIZE = 25 * 2**20
+SCOPE = "public brain_all_scope vis-faceverify_faceverify_v2 brain_face_match"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How to run one engine. ``token_ttl`` in seconds; ``workers`` model processes."""
+
+    data_dir: Path
+    api_key: str
+    secret_key: str
+    workers: int = 1
+    token_ttl: float = 2592000.0
+    detector: str = "hog"
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
+
+
+class EngineState:
+    """Everything one running engine holds: store, index, pool, emulation, counters.
+
+    Used from the event loop's thread only (the store has its own lock for readers).
+    ``clock_offset`` (seconds) shifts the engine's clocks so tests can expire tokens and
+    move QPS windows without sleeping.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.clock_offset = 0.0
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.data_dir / "faceset.sqlite3")
+        self.index = SearchIndex()
+        self.index.load(self.store.all_faces())
+        self.emulation = Emulation(config.emulation, self.monotonic, self.today)
+        self.calls: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.clock_offset
+
+    def today(self) -> date:
+        return datetime.fromtimestamp(self.now()).date()
+
+    def start_pool(self) -> None:
+        """Start the model processes and wait until each has loaded its models.
+
+        "spawn", not fork: forking a process that has threads (the server's loop, BLAS)
+        can deadlock the child. The pool starts every process during the warm-up
+        submits, so they are all created inside :func:`_without_main_module`.
+        """
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(self.config.detector,),
+        )
+        with _without_main_module():
+            futures = [self.pool.submit(warm_up) for _ in range(self.config.workers)]
+        for future in futures:
+            future.result(timeout=180)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.store.close()
+
+    async def analyse(self, data: bytes, options: AnalyseOptions) -> ImageAnalysis:
+        """Run the models on ``data`` in the pool; image problems raise :class:`Failure`."""
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.pool, analyse, data, options)
+        except concurrent.futures.BrokenExecutor:
+            log.error("a model process died; restarting the pool")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.start_pool()
+            raise Failure(216401, "a model process failed; retry") from None
+        if isinstance(result, ImageRejected):
+            raise Failure(result.code, _detail(result))
+        return result
+
+    def apply(self, change: Change) -> None:
+        self.index.apply(change)
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": dict(self.calls), "errors": dict(self.errors),
+                **self.store.counts(), "indexed_faces": self.index.size()}
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    # A spawned child re-imports the parent's __main__ script unless it is guarded by
+    # `if __name__ == "__main__"`; the workers only need pipeline.engine.models, so the
+    # script is hidden while they are created (tests, benchmarks, the demo need no guard).
+    with _SPAWN_LOCK:
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if saved is not None:
+                sys.modules["__main__"] = saved
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
+def _detail(rejected: ImageRejected) -> str:
+    base = error_message(rejected.code)
+    return rejected.message[len(base) + 2:] if rejected.message.startswith(base + ":") else ""
+
+
+STATE: web.AppKey[EngineState] = web.AppKey("state", EngineState)
+
+
+def new_log_id() -> int:
+    """A random uint64 request id (64 random bits: collisions are negligible)."""
+    return secrets.randbits(64)
+
+
+def is_loopback(remote: str | None) -> bool:
+    """True when the peer address is a loopback address (127.0.0.0/8, ::1)."""
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(state: EngineState) -> web.Application:
+    """The aiohttp application for ``state`` (its pool must be started by the caller)."""
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[_safety])
+    app[STATE] = state
+    app.router.add_route("*", "/oauth/2.0/token", _token)
+    for name, (path, handler) in INTERFACES.items():
+        app.router.add_post(API_PREFIX + path, _face_call(name, handler))
+    app.router.add_route("*", "/admin/emulation", _admin_emulation)
+    app.router.add_get("/admin/stats", _admin_stats)
+    app.router.add_route("*", "/{tail:.*}", _unknown_path)
+    return app
+
+
+def _error_reply(code: int, message: str, log_id: int | None = None) -> web.Response:
+    body = {"error_code": code, "error_msg": message, "log_id": log_id or new_log_id()}
+    return web.json_response(body)
+
+
+@web.middleware
+async def _safety(request: web.Request, handler: Callable[[web.Request], Awaitable]):
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return _error_reply(216102, f"service not support: use POST for {request.path}")
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error on %s", request.path)
+        return _error_reply(216401, "internal error")
+
+
+def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Reply]]):
+    async def call(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        log_id = new_log_id()
+        state.calls[name] += 1
+        try:
+            early = await _gate(request, state, name)
+            if early is not None:
+                return early
+            reply = await handler(state, await _form(request))
+        except Failure as failure:
+            state.errors[str(failure.code)] += 1
+            return _error_reply(failure.code, failure.message, log_id)
+        return web.json_response({**reply, "log_id": log_id})
+
+    return call
+
+
+async def _gate(request: web.Request, state: EngineState, name: str) -> web.StreamResponse | None:
+    """Token check, then emulation; returns a reply to send instead of doing the work."""
+    _check_token(state, request.query.get("access_token", ""))
+    verdict = state.emulation.admit(name)
+    if verdict.kind == "error":
+        raise Failure(int(verdict.code or 0))
+    if verdict.kind == "slow":
+        await asyncio.sleep(verdict.delay)
+    elif verdict.kind == "http500":
+        state.errors["http500"] += 1
+        return web.Response(status=500, text="500 Internal Server Error (injected)")
+    elif verdict.kind == "drop":
+        state.errors["drop"] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError  # nothing more to send on a dropped connection
+    return None
+
+
+def _check_token(state: EngineState, token: str) -> None:
+    expires = state.store.token_expiry(token) if token else None
+    if expires is None:
+        raise Failure(110)
+    if expires <= state.now():
+        raise Failure(111)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise Failure(216103, "the request body is over 25M") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Failure(216100, "the body is not a form-encoded request") from None
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def _token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    args: dict[str, str] = dict(request.query)
+    if request.method == "POST":
+        args.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+    if args.get("grant_type") != "client_credentials":
+        return web.json_response({"error": "unsupported_grant_type",
+                                  "error_description": "unsupported grant type"}, status=400)
+    if not _same(args.get("client_id", ""), state.config.api_key):
+        return web.json_response({"error": "invalid_client",
+                                  "error_description": "unknown client id"}, status=401)
+    if not _same(args.get("client_secret", ""), state.config.secret_key):
+        return web.json_response({"error": "invalid_client",
+                                  "error_description": "Client authentication failed"}, status=401)
+    ttl = state.config.token_ttl
+    token = f"24.{secrets.token_hex(16)}.{int(ttl)}.{int(state.now())}-faceflow"
+    state.store.put_token(token, state.now() + ttl)
+    return web.json_response({
+        "refresh_token": f"25.{secrets.token_hex(16)}.315360000.{int(state.now())}-faceflow",
+        "expires_in": max(1, int(ttl)),
+        "session_key": secrets.token_hex(24),
+        "access_token": token,
+        "scope": SCOPE,
+        "session_secret": secrets.token_hex(16),
+    })
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _loopback_only(request: web.Request) -> None:
+    if not is_loopback(request.remote):
+        raise web.HTTPForbidden(text="admin endpoints answer loopback peers only")
+
+
+async def _admin_emulation(request: web.Request) -> web.Response:
+    _loopback_only(request)
+    state = request.app[STATE]
+    if request.method == "POST":
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("send a JSON object")
+            state.emulation.configure(changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+    elif request.method != "GET":
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
+    return web.json_response(state.emulation.config.as_json())
+
+
+async def _admin_stats(request: web.Request) -> web.Response:
+    _loopback_only(request)
+    return web.json_response(request.app[STATE].stats())
+
+
+async def _unknown_path(request: web.Request) -> web.Response:
+    return _error_reply(216102, f"service not support: unknown path {request.path}")

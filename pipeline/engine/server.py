@@ -1,0 +1,239 @@
+"""Running the engine: :class:`EngineServer` in a background thread, or :func:`serve` in front.
+
+``EngineServer`` is a sync context manager for tests, benchmarks and the demo::
+
+    with EngineServer() as engine:          # temp data dir, 127.0.0.1, a free port
+        settings = Settings(endpoint=engine.url, api_key=Secret(engine.api_key), ...)
+
+It runs the aiohttp app on its own event loop in a daemon thread; ``.store`` (thread-safe
+reads: ``.store.counts()``) and ``.emulation`` are there for assertions and control.
+
+``serve`` is what ``faceflow engine serve`` and ``python -m pipeline.engine`` run: it
+prints ``faceflow engine listening on http://HOST:PORT`` (flushed) once bound, and shuts
+down cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from pipeline.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.engine.app import EngineConfig, EngineState, create_app
+from pipeline.engine.emulation import Emulation, EmulationConfig
+from pipeline.engine.store import Store
+
+
+def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(api_key, secret_key) from FACEFLOW_API_KEY / FACEFLOW_SECRET_KEY, else the demo pair."""
+    env = os.environ if env is None else env
+    return (env.get("FACEFLOW_API_KEY") or ENGINE_DEMO_API_KEY,
+            env.get("FACEFLOW_SECRET_KEY") or ENGINE_DEMO_SECRET_KEY)
+
+
+def _qps_config(qps: float | Mapping[str, float] | None) -> float | dict[str, float] | None:
+    return dict(qps) if isinstance(qps, Mapping) else qps
+
+
+class EngineServer:
+    """The engine on 127.0.0.1 in a background thread (see the module docstring).
+
+    ``data_dir`` None means a temporary folder removed by :meth:`stop`. ``token_ttl`` in
+    seconds; ``qps`` None / one number / per-interface numbers; ``daily_quota`` per
+    interface and day.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        workers: int = 1,
+        api_key: str = ENGINE_DEMO_API_KEY,
+        secret_key: str = ENGINE_DEMO_SECRET_KEY,
+        token_ttl: float = 2592000,
+        qps: float | Mapping[str, float] | None = None,
+        daily_quota: int | None = None,
+        detector: str = "hog",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Mapping[str, float] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="faceflow-engine-")
+        self.data_dir = Path(data_dir if data_dir is not None else self._tmp or ".")
+        self.api_key, self.secret_key = api_key, secret_key
+        self.host, self._port = host, port
+        emulation = EmulationConfig(qps=_qps_config(qps), daily_quota=daily_quota,
+                                    faults=dict(faults or {}), seed=seed)
+        self.config = EngineConfig(self.data_dir, api_key, secret_key, workers, token_ttl,
+                                   detector, emulation)
+        self.state: EngineState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> EngineServer:
+        """Load the models, bind, and serve in the background; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("this EngineServer is already running")
+        self.state = EngineState(self.config)
+        self.state.start_pool()
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
+                                        name="faceflow-engine")
+        self._thread.start()
+        ready.wait(timeout=60)
+        if not self.url:
+            self.stop()
+            raise RuntimeError("the engine did not start")
+        return self
+
+    def _run(self, ready: threading.Event) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._bind())
+        finally:
+            ready.set()
+        self._loop.run_forever()
+
+    async def _bind(self) -> None:
+        assert self.state is not None
+        self._runner = web.AppRunner(create_app(self.state), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{port}"
+
+    def stop(self) -> None:
+        """Stop serving, shut the model processes down, remove a temporary data dir."""
+        if self._loop is not None and self._thread is not None:
+            if self._runner is not None:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+        if self.state is not None:
+            self.state.close()
+        self._loop = self._thread = self._runner = None
+        self.state = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> EngineServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- access for tests and benchmarks -------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1]) if self.url else 0
+
+    @property
+    def store(self) -> Store:
+        assert self.state is not None, "the engine is not running"
+        return self.state.store
+
+    @property
+    def emulation(self) -> Emulation:
+        assert self.state is not None, "the engine is not running"
+        return self.state.emulation
+
+    def call_in_loop(self, func: Any, *args: Any) -> Any:
+        """Run ``func(*args)`` on the engine's loop thread and return its result."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return func(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(120)
+
+    def configure_emulation(self, **changes: Any) -> dict[str, Any]:
+        """Change limits/faults at run time (same keys as POST /admin/emulation)."""
+        return self.call_in_loop(lambda: self.emulation.configure(changes).as_json())
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the engine's clocks forward (token expiry, QPS windows, quota days)."""
+        def shift() -> None:
+            assert self.state is not None
+            self.state.clock_offset += seconds
+        self.call_in_loop(shift)
+
+    def seed_faces(self, group_id: str, uids: list[str], descriptors: np.ndarray) -> int:
+        """Bulk-register one face per uid (unit vectors, shape (n, 128)) without images."""
+        def seed() -> int:
+            assert self.state is not None
+            rows = [(uid, f"synthetic {uid}", vec) for uid, vec in zip(uids, descriptors,
+                                                                       strict=True)]
+            self.state.apply(self.state.store.seed_faces(group_id, rows))
+            return len(rows)
+        return int(self.call_in_loop(seed))
+
+
+def build_config(
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    qps: float | None = None,
+    daily_quota: int | None = None,
+    token_ttl: float = 2592000.0,
+    detector: str = "hog",
+    faults: Mapping[str, float] | None = None,
+    delay: float = 2.0,
+    seed: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> EngineConfig:
+    """The configuration ``faceflow engine serve`` builds from its flags and environment."""
+    api_key, secret_key = credentials_from_env(env)
+    emulation = EmulationConfig(qps=qps, daily_quota=daily_quota, faults=dict(faults or {}),
+                                delay=delay, seed=seed)
+    return EngineConfig(Path(data_dir), api_key, secret_key, workers, token_ttl, detector,
+                        emulation)
+
+
+def serve(
+    config: EngineConfig, host: str = "127.0.0.1", port: int = 8480, out: Any = None
+) -> None:
+    """Run the engine in the foreground until SIGTERM/SIGINT (see the module docstring)."""
+    out = out or sys.stdout
+    state = EngineState(config)
+    state.start_pool()
+    try:
+        asyncio.run(_serve(state, host, port, out))
+    finally:
+        state.close()
+
+
+async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
+    runner = web.AppRunner(create_app(state), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1]
+    print(f"faceflow engine listening on http://{host}:{bound}", file=out, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,287 @@
+"""The engine's durable state in SQLite: users, groups, faces, persons, tokens.
+
+Model: a *membership* is one (group_id, uid) pair with its own ``user_info`` (user get
+answers one record per group, so user_info is per group); each membership owns its
+faces (descriptor + sha256 of the image bytes). group adduser copies faces into the new
+membership. A group exists while it has a membership.
+
+Durability: WAL journal with ``synchronous=FULL``. In WAL mode NORMAL never corrupts the
+file but may drop the last commits on power loss; FULL fsyncs the WAL on every commit,
+so a write the engine has acknowledged survives kill -9 and power loss. Each API write
+is one transaction (``with self._tx()``), so a crash leaves it wholly done or not done.
+
+Thread safety: one connection, guarded by a lock, so tests may read counts from another
+thread while the server runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS memberships (
+    group_id TEXT NOT NULL, uid TEXT NOT NULL, user_info TEXT NOT NULL,
+    created REAL NOT NULL, PRIMARY KEY (group_id, uid));
+CREATE INDEX IF NOT EXISTS memberships_uid ON memberships (uid);
+CREATE TABLE IF NOT EXISTS faces (
+    face_id INTEGER PRIMARY KEY AUTOINCREMENT, group_id TEXT NOT NULL, uid TEXT NOT NULL,
+    sha256 TEXT NOT NULL, descriptor BLOB NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS faces_member ON faces (group_id, uid);
+CREATE TABLE IF NOT EXISTS persons (
+    id_card_number TEXT PRIMARY KEY, name TEXT NOT NULL, descriptor BLOB NOT NULL,
+    sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, expires REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    group_id: str
+    uid: str
+    user_info: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRow:
+    """A stored face; ``descriptor`` is a (128,) float32 unit vector."""
+
+    face_id: int
+    group_id: str
+    uid: str
+    sha256: str
+    descriptor: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a write did to the faces, for the in-memory index to follow."""
+
+    added: tuple[FaceRow, ...] = ()
+    removed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    id_card_number: str
+    name: str
+    descriptor: np.ndarray
+    sha256: str
+
+
+class Store:
+    """SQLite-backed faceset at ``path`` (created when missing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- reads ---------------------------------------------------------------------
+
+    def memberships(self, uid: str) -> list[Membership]:
+        """Every group the uid is in, ordered by group_id."""
+        rows = self._query(
+            "SELECT group_id, uid, user_info FROM memberships WHERE uid=? ORDER BY group_id",
+            (uid,),
+        )
+        return [Membership(*row) for row in rows]
+
+    def membership(self, group_id: str, uid: str) -> Membership | None:
+        rows = self._query(
+            "SELECT group_id, uid, user_info FROM memberships WHERE group_id=? AND uid=?",
+            (group_id, uid),
+        )
+        return Membership(*rows[0]) if rows else None
+
+    def groups(self, start: int = 0, num: int = 100) -> list[str]:
+        """Group ids in sorted order, ``num`` of them from index ``start``."""
+        rows = self._query(
+            "SELECT DISTINCT group_id FROM memberships ORDER BY group_id LIMIT ? OFFSET ?",
+            (num, start),
+        )
+        return [row[0] for row in rows]
+
+    def group_users(self, group_id: str, start: int = 0, num: int = 100) -> list[Membership]:
+        """Users of a group ordered by uid."""
+        rows = self._query(
+            "SELECT group_id, uid, user_info FROM memberships WHERE group_id=? "
+            "ORDER BY uid LIMIT ? OFFSET ?",
+            (group_id, num, start),
+        )
+        return [Membership(*row) for row in rows]
+
+    def faces_of(self, group_id: str, uid: str) -> list[FaceRow]:
+        rows = self._query(
+            "SELECT face_id, group_id, uid, sha256, descriptor FROM faces "
+            "WHERE group_id=? AND uid=? ORDER BY face_id",
+            (group_id, uid),
+        )
+        return [_face(row) for row in rows]
+
+    def all_faces(self) -> list[FaceRow]:
+        """Every stored face, in face_id order (to rebuild the index at start)."""
+        rows = self._query(
+            "SELECT face_id, group_id, uid, sha256, descriptor FROM faces ORDER BY face_id"
+        )
+        return [_face(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """users (distinct uids), memberships, groups, faces, persons."""
+        sql = (
+            "SELECT (SELECT COUNT(DISTINCT uid) FROM memberships),"
+            " (SELECT COUNT(*) FROM memberships),"
+            " (SELECT COUNT(DISTINCT group_id) FROM memberships),"
+            " (SELECT COUNT(*) FROM faces), (SELECT COUNT(*) FROM persons)"
+        )
+        users, members, groups, faces, persons = self._query(sql)[0]
+        return {"users": users, "memberships": members, "groups": groups,
+                "faces": faces, "persons": persons}
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer ("ok" when sound)."""
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # -- writes (one transaction each) ---------------------------------------------
+
+    def add_face(
+        self, groups: Sequence[str], uid: str, user_info: str, sha256: str,
+        descriptor: np.ndarray, replace: bool = False,
+    ) -> Change:
+        """Add one face to ``uid`` in every group (creating memberships).
+
+        ``replace``: first drop the uid's existing faces in those groups.
+        """
+        added: list[FaceRow] = []
+        removed: list[int] = []
+        with self._tx() as db:
+            for group in groups:
+                if replace:
+                    removed += _delete_faces(db, group, uid)
+                _upsert_membership(db, group, uid, user_info)
+                added.append(_insert_face(db, group, uid, sha256, descriptor))
+        return Change(tuple(added), tuple(removed))
+
+    def delete_user(self, uid: str, group_id: str | None = None) -> Change:
+        """Remove the uid from one group or from all; returns the faces removed."""
+        removed: list[int] = []
+        with self._tx() as db:
+            groups = [group_id] if group_id else [m.group_id for m in self.memberships(uid)]
+            for group in groups:
+                removed += _delete_faces(db, group, uid)
+                db.execute("DELETE FROM memberships WHERE group_id=? AND uid=?", (group, uid))
+        return Change(removed=tuple(removed))
+
+    def copy_user(self, src_group: str, targets: Sequence[str], uid: str) -> Change:
+        """Copy the uid's membership (user_info + faces) from ``src_group`` into ``targets``."""
+        source = self.membership(src_group, uid)
+        assert source is not None
+        faces = self.faces_of(src_group, uid)
+        added: list[FaceRow] = []
+        with self._tx() as db:
+            for group in targets:
+                _upsert_membership(db, group, uid, source.user_info)
+                added += [_insert_face(db, group, uid, f.sha256, f.descriptor) for f in faces]
+        return Change(tuple(added))
+
+    def seed_faces(self, group_id: str, items: Sequence[tuple[str, str, np.ndarray]]) -> Change:
+        """Bulk fast path for benchmarks: (uid, user_info, descriptor) rows, one transaction."""
+        added: list[FaceRow] = []
+        with self._tx() as db:
+            for uid, info, descriptor in items:
+                _upsert_membership(db, group_id, uid, info)
+                added.append(_insert_face(db, group_id, uid, "", descriptor))
+        return Change(tuple(added))
+
+    # -- persons and tokens ----------------------------------------------------------
+
+    def put_person(self, person: Person) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO persons VALUES (?, ?, ?, ?)",
+                (person.id_card_number, person.name, _blob(person.descriptor), person.sha256),
+            )
+
+    def person(self, id_card_number: str) -> Person | None:
+        rows = self._query(
+            "SELECT id_card_number, name, descriptor, sha256 FROM persons "
+            "WHERE id_card_number=?",
+            (id_card_number,),
+        )
+        if not rows:
+            return None
+        number, name, blob, sha = rows[0]
+        return Person(number, name, np.frombuffer(blob, dtype=np.float32).copy(), sha)
+
+    def put_token(self, token: str, expires: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?)", (token, expires))
+
+    def token_expiry(self, token: str) -> float | None:
+        """Wall-clock expiry (epoch seconds) of a token, or None when unknown."""
+        rows = self._query("SELECT expires FROM tokens WHERE token=?", (token,))
+        return float(rows[0][0]) if rows else None
+
+
+def _blob(descriptor: np.ndarray) -> bytes:
+    return np.asarray(descriptor, dtype=np.float32).tobytes()
+
+
+def _face(row: tuple) -> FaceRow:
+    face_id, group, uid, sha, blob = row
+    return FaceRow(face_id, group, uid, sha, np.frombuffer(blob, dtype=np.float32).copy())
+
+
+def _upsert_membership(db: sqlite3.Connection, group: str, uid: str, info: str) -> None:
+    db.execute(
+        "INSERT INTO memberships VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (group_id, uid) DO UPDATE SET user_info=excluded.user_info",
+        (group, uid, info, time.time()),
+    )
+
+
+def _insert_face(
+    db: sqlite3.Connection, group: str, uid: str, sha: str, descriptor: np.ndarray
+) -> FaceRow:
+    cur = db.execute(
+        "INSERT INTO faces (group_id, uid, sha256, descriptor, created) VALUES (?, ?, ?, ?, ?)",
+        (group, uid, sha, _blob(descriptor), time.time()),
+    )
+    vec = np.asarray(descriptor, dtype=np.float32)
+    return FaceRow(int(cur.lastrowid or 0), group, uid, sha, vec)
+
+
+def _delete_faces(db: sqlite3.Connection, group: str, uid: str) -> list[int]:
+    ids = [r[0] for r in db.execute(
+        "SELECT face_id FROM faces WHERE group_id=? AND uid=?", (group, uid))]
+    db.execute("DELETE FROM faces WHERE group_id=? AND uid=?", (group, uid))
+    return ids
