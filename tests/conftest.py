@@ -27,3 +27,17 @@ def devset_dir() -> Path:
     if not (DEVSET / "labels.csv").exists():
         pytest.skip("../shared/faces is not present")
     return DEVSET
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    """A running local engine (pipeline.engine.server.EngineServer) shared by the session.
+
+    One model process, a fresh data dir, demo credentials; ``engine.url``,
+    ``engine.api_key`` / ``engine.secret_key``, ``engine.store.counts()``. Tests that
+    change its emulation must restore it (``engine.configure_emulation(...)``).
+    """
+    from pipeline.engine.server import EngineServer  # noqa: PLC0415
+
+    with EngineServer(tmp_path_factory.mktemp("engine-data"), workers=1) as server:
+        yield server
