@@ -1,0 +1,105 @@
+"""``faceflow engine``: run the local face engine, import its ID-photo registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.config import ENGINE_DEFAULT_PORT
+
+
+@click.group()
+def engine() -> None:
+    """The local face engine: the Baidu Face API v2 on 127.0.0.1, built on dlib.
+
+    Credentials it accepts come from FACEFLOW_API_KEY / FACEFLOW_SECRET_KEY, or the
+    documented demo pair (faceflow-demo-key / faceflow-demo-secret) when unset.
+    """
+
+
+@engine.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; admin endpoints answer loopback only).")
+@click.option("--port", type=int, default=ENGINE_DEFAULT_PORT, show_default=True,
+              help="Port; 0 picks a free one (printed on stdout).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("engine-data"), show_default=True,
+              help="Folder of the faceset database (created when missing).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Model processes (one per core is the most useful).")
+@click.option("--qps", type=float, default=None, help="Emulated QPS limit per interface (18).")
+@click.option("--daily-quota", type=click.IntRange(0), default=None,
+              help="Emulated daily calls per interface (17 when spent).")
+@click.option("--token-ttl", type=float, default=2592000.0, show_default=True,
+              help="Access-token lifetime in seconds.")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
+              help="Face detector: HOG (fast) or dlib's CNN (slower, finds more poses).")
+@click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
+              help="Inject faults: an error code (4, 18, 216400...), http500, drop or slow, "
+                   "with a 0-1 rate; repeatable.")
+@click.option("--delay", type=float, default=2.0, show_default=True,
+              help="Seconds a 'slow' fault delays the reply.")
+@click.option("--seed", type=int, default=None, help="Seed of the fault draws.")
+def serve(host: str, port: int, data_dir: Path, workers: int, qps: float | None,
+          daily_quota: int | None, token_ttl: float, detector: str, faults: tuple[str, ...],
+          delay: float, seed: int | None) -> None:
+    """Serve the face API until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      faceflow engine serve --data-dir ./faceset --port 8480 --workers 2
+    """
+    from pipeline.engine.server import build_config, serve as run
+
+    try:
+        config = build_config(data_dir, workers=workers, qps=qps, daily_quota=daily_quota,
+                              token_ttl=token_ttl, detector=detector,
+                              faults=_parse_faults(faults), delay=delay, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    run(config, host, port)
+
+
+def _parse_faults(items: tuple[str, ...]) -> dict[str, float]:
+    faults = {}
+    for item in items:
+        kind, _, rate = item.partition("=")
+        try:
+            faults[kind.strip()] = float(rate)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: use KIND=RATE, e.g. 216400=0.05",
+                                     param_hint="--fault") from None
+    return faults
+
+
+@engine.command("import-persons")
+@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("engine-data"), show_default=True,
+              help="The engine's data folder (stop the engine or restart it afterwards).")
+def import_persons(csv_path: Path, data_dir: Path) -> None:
+    """Load ID-photo records for person verify from a CSV.
+
+    Columns: id_card_number,name,photo (photo paths relative to the CSV).
+
+    \b
+    Example:
+      faceflow engine import-persons persons.csv --data-dir ./faceset
+    """
+    from pipeline.engine.persons import import_persons as run
+    from pipeline.engine.store import Store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(data_dir / "faceset.sqlite3")
+    try:
+        report = run(csv_path, store)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    for line, reason in report.refused:
+        click.echo(f"line {line}: refused: {reason}", err=True)
+    click.echo(f"imported {report.imported} person(s), refused {len(report.refused)}")
+    if report.refused:
+        raise SystemExit(1)
