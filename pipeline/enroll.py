@@ -225,15 +225,18 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
                        message=f"same uid and image as row {duplicate_of}; kept the first")
     problems = [
         validate.check_uid(row.uid),
-        validate.check_user_info(row.user_info),
+        # user_info is a required field of user add/update: an empty one is refused (216101).
+        validate.check_user_info(row.user_info) if row.user_info else "user_info_empty",
         validate.check_group_ids(row.group_id),
         None if row.action in MODES else "bad_action",
     ]
     reasons = tuple(p for p in problems if p)
     if not reasons:
         return None
-    texts = [validate.REASON_TEXT.get(r, r) if r != "bad_action" else
-             f"action {row.action!r} is not one of {', '.join(MODES)}" for r in reasons]
+    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
+           "user_info_empty": "user_info is empty; the service requires it for user add "
+                              "and update (fill the user_info column)"}
+    texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
 
 

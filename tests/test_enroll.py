@@ -32,7 +32,8 @@ pytestmark = pytest.mark.dlib
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from pipeline.engine.server import EngineServer
 
-    with EngineServer(tmp_path_factory.mktemp("engine")) as srv:
+    with EngineServer(tmp_path_factory.mktemp("engine"), api_key="ak-TEST-7f3a9c",
+                      secret_key="sk-TEST-b41e02", workers=2) as srv:
         yield srv
 
 
@@ -79,12 +80,13 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "too_big": ("invalid_input", "file_too_large"),
     "bad uid!": ("invalid_input", "uid_charset"),
     "long_info": ("invalid_input", "user_info_too_long"),
+    "no_info": ("invalid_input", "user_info_empty"),
     "obama#dup": ("invalid_input", "duplicate_row"),
 }
 
 
 def _build_main_manifest(folder: Path, samples: Path) -> Path:
-    obama = Image.open(samples / "obama_02.jpg").convert("RGB")
+    obama = Image.open(samples / "obama_01.jpg").convert("RGB")  # passes the gate as is
     biden = Image.open(samples / "biden_01.jpg").convert("RGB")
     made = {
         "blurred.jpg": v.to_bytes(v.blurred(obama, 8)),
@@ -100,10 +102,11 @@ def _build_main_manifest(folder: Path, samples: Path) -> Path:
     obama1 = str(samples / "obama_01.jpg")
     rows = [
         ("obama", obama1, "Barack"), ("biden", str(samples / "biden_01.jpg"), "Joe"),
-        ("blurred", "blurred.jpg", ""), ("dark", "dark.jpg", ""), ("two_faces", "two.jpg", ""),
-        ("cat", str(samples / "no_face_cat.png"), ""), ("corrupt", "corrupt.jpg", ""),
-        ("text", "text.jpg", ""), ("empty", "empty.jpg", ""), ("missing", "nowhere.jpg", ""),
-        ("too_big", "big.jpg", ""), ("bad uid!", obama1, ""), ("long_info", obama1, "x" * 300),
+        ("blurred", "blurred.jpg", "i"), ("dark", "dark.jpg", "i"), ("two_faces", "two.jpg", "i"),
+        ("cat", str(samples / "no_face_cat.png"), "i"), ("corrupt", "corrupt.jpg", "i"),
+        ("text", "text.jpg", "i"), ("empty", "empty.jpg", "i"), ("missing", "nowhere.jpg", "i"),
+        ("too_big", "big.jpg", "i"), ("bad uid!", obama1, "i"), ("long_info", obama1, "x" * 300),
+        ("no_info", obama1, ""),
         ("obama", obama1, "the same row again"),
     ]
     return _write_manifest(folder / "members.csv", rows)
@@ -274,8 +277,13 @@ class _StopAfter(EnrollObserver):
 
 
 def _four_faces(folder: Path, samples: Path) -> Path:
-    names = ["obama_01.jpg", "obama_02.jpg", "obama_03.jpg", "biden_01.jpg"]
-    rows = [(f"u{i}", str(samples / n), "") for i, n in enumerate(names)]
+    """Four rows that pass the gate: the two frontal samples and their mirror images."""
+    rows = []
+    for i, name in enumerate(["obama_01.jpg", "biden_01.jpg"]):
+        rows.append((f"u{i}", str(samples / name), "member"))
+        mirrored = folder / f"mirrored_{name}"
+        Image.open(samples / name).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+        rows.append((f"u{i + 2}", str(mirrored), "member"))
     return _write_manifest(folder / "four.csv", rows)
 
 
@@ -304,11 +312,11 @@ def test_quota_stops_cleanly_exit_3_and_resume_finishes(
     manifest = _four_faces(tmp_path, samples_dir)
     args = ["enroll", str(manifest), "--group", "quota", "--run-dir", str(tmp_path / "run"),
             "--concurrency", "1"]
-    server.emulation.configure({"daily_quota": 2, "reset": True})  # per interface per day
+    server.configure_emulation(daily_quota=2, reset=True)  # per interface and day
     try:
         first = CliRunner().invoke(main, args, env=_env(server))
     finally:
-        server.emulation.configure({"daily_quota": None, "reset": True})
+        server.configure_emulation(daily_quota=None, reset=True)
     assert first.exit_code == 3, first.output
     assert "quota" in first.output and "--resume" in first.output
     assert _outcomes(tmp_path / "run")["status"].tolist() == ["enrolled", "enrolled"]
