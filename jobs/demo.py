@@ -129,9 +129,8 @@ Examples:
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 def demo(base: Path, concurrency: int) -> None:
     """Start the local engine, enroll the sample photos and degraded variants, show the result."""
-    from pipeline.engine.server import EngineServer  # noqa: PLC0415
-
     from pipeline.config import Secret, Settings  # noqa: PLC0415
+    from pipeline.engine.server import EngineServer  # noqa: PLC0415
     from pipeline.enroll import EnrollConfig  # noqa: PLC0415
 
     if not (SAMPLES / "obama_01.jpg").exists():
@@ -148,10 +147,15 @@ def demo(base: Path, concurrency: int) -> None:
                               concurrency=concurrency, run_dir=folder / "run")
         result = execute(config, "faceflow demo  # (the demo starts over each time)",
                          console=console)
-    out = Console()
+    # Not a terminal (e.g. piped into the README): wide enough that rows stay on one line.
+    out = Console() if sys.stdout.isatty() else Console(width=110)
     out.print(rows_table(result.run_dir))
-    parquet = str(result.outcomes_dir)
-    out.print("Read the outcomes with pandas:\n  python -c \"import pandas as pd; "
-              f"print(pd.read_parquet('{parquet}')[['row', 'uid', 'status', 'reasons']])\"",
-              highlight=False)
+    lines = [
+        "Read the outcomes with pandas:",
+        f"  python -c \"import pandas as pd; print(pd.read_parquet('{result.outcomes_dir}')"
+        "[['row', 'uid', 'status', 'reasons']])\"",
+        f"HTML report: faceflow report {result.run_dir} --html report.html",
+    ]
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True)
     sys.exit(0)
