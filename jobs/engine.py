@@ -50,7 +50,8 @@ def serve(host: str, port: int, data_dir: Path, workers: int, qps: float | None,
     Example:
       faceflow engine serve --data-dir ./faceset --port 8480 --workers 2
     """
-    from pipeline.engine.server import build_config, serve as run
+    from pipeline.engine.server import build_config
+    from pipeline.engine.server import serve as run
 
     try:
         config = build_config(data_dir, workers=workers, qps=qps, daily_quota=daily_quota,
