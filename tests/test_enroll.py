@@ -323,3 +323,31 @@ def test_quota_stops_cleanly_exit_3_and_resume_finishes(
     second = CliRunner().invoke(main, args, env=_env(server))
     assert second.exit_code == 0, second.output
     assert _outcomes(tmp_path / "run")["status"].tolist() == ["enrolled"] * 4
+
+
+async def test_retryable_failures_then_rerun_from_the_failures(
+    server: Any, tmp_path: Path, samples_dir: Path
+) -> None:
+    from pipeline.client import FaceClient
+    from pipeline.retry import RetryPolicy
+
+    fast = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02, jitter=0)
+    manifest = _four_faces(tmp_path, samples_dir)
+    config = EnrollConfig(manifest=manifest, settings=_settings(server), group="flaky",
+                          run_dir=tmp_path / "run", concurrency=2)
+    server.configure_emulation(faults={"216500": 1.0}, seed=1)
+    try:
+        first = await run_enroll(config, client_factory=lambda s, q: FaceClient(s, retry=fast))
+    finally:
+        server.configure_emulation(faults={})
+    assert first.exit_code == 1 and first.counts == {"failed": 4}
+    df = _outcomes(tmp_path / "run")
+    assert df["retryable"].all() and set(df["error_code"]) == {"216500"}
+    assert (df["attempts"] == 2).all() and list(df["reasons"].map(list)) == [
+        ["retries_exhausted"]] * 4
+    new_dir = tmp_path / "rerun"
+    out = await asyncio.to_thread(CliRunner().invoke, main, [
+        "rerun", str(tmp_path / "run"), "--run-dir", str(new_dir)], env=_env(server))
+    assert out.exit_code == 0, out.output
+    assert _outcomes(new_dir)["status"].tolist() == ["enrolled"] * 4
+    assert json.loads((new_dir / "run.json").read_text())["parent_run_id"] == first.run_id
