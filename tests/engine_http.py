@@ -38,13 +38,16 @@ class Api:
         await self.session.close()
 
     async def get_token(self, client_id: str | None = None, client_secret: str | None = None):
-        """(HTTP status, JSON body) of a token request."""
+        """(HTTP status, JSON body) of a token request; a granted token becomes the default."""
         params = {"grant_type": "client_credentials",
                   "client_id": self.server.api_key if client_id is None else client_id,
                   "client_secret": self.server.secret_key if client_secret is None
                   else client_secret}
         async with self.session.get(self.server.url + "/oauth/2.0/token", params=params) as r:
-            return r.status, await r.json()
+            body = await r.json()
+        if r.status == 200:
+            self.token = body["access_token"]
+        return r.status, body
 
     async def call(self, path: str, token: str | None = None, **fields: str) -> dict[str, Any]:
         """POST a face interface (form-encoded, like the SDK) and return the JSON reply."""
