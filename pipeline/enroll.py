@@ -449,10 +449,17 @@ class _Session:
                 break
             task = asyncio.create_task(self._one(row))
             self.tasks.add(task)
-            task.add_done_callback(lambda t: (self.tasks.discard(t), slots.release()))
+            task.add_done_callback(self._done_callback(slots))
             await asyncio.sleep(0)  # let rows start before the next batch is read
         if self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _done_callback(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            slots.release()
+
+        return done
 
     async def _one(self, row: Any) -> None:
         try:
@@ -615,8 +622,8 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
     ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
     limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
-    current = {"settings": config.settings.public(), "options": config.options(),
-               "thresholds": limits}
+    current: dict[str, Any] = {"settings": config.settings.public(),
+                               "options": config.options(), "thresholds": limits}
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)

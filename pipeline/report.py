@@ -244,8 +244,8 @@ def _thumbnail(base: Path, rec: dict[str, Any]) -> str | None:
     path = Path(rec["image"])
     path = path if path.is_absolute() else base / path
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened).convert("RGB")
             if None not in [rec[k] for k in _BOX] and not rec["transformed"]:
                 left, top, width, height = (float(rec[k]) for k in _BOX)
                 line = max(2, round(max(img.size) / 150))
