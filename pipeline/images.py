@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
+
 #: Decoded pixels above which an image is refused as a decompression bomb (50 MP:
 #: well over any camera photo a face service needs, and ~150 MB as RGB). Checked
 #: from the header, before decoding; Pillow's own (larger) limit stays in force too.
@@ -233,8 +235,6 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
 
 
 def _prepare(img: Image.Image, data: bytes, fmt: str, fit: bool) -> LoadedImage:
-    from pipeline.validate import MIN_SIDE  # noqa: PLC0415 - sibling module, lazy on purpose
-
     if min(img.size) < MIN_SIDE:
         raise ImageProblem("image_too_small", f"the image is {img.width}x{img.height} px; "
                            f"its shortest side must be at least {MIN_SIDE} px")
@@ -305,8 +305,6 @@ def _fit(
     img: Image.Image, out: bytes, fmt: str, fit: bool
 ) -> tuple[Image.Image, bytes, str, str | None]:
     """Shrink until the longest side and the base64 size are within the service's limits."""
-    from pipeline.validate import IMAGE_B64_MAX, MAX_SIDE  # noqa: PLC0415
-
     longest = max(img.size)
     if longest <= MAX_SIDE and _b64_len(out) <= IMAGE_B64_MAX:
         return img, out, fmt, None
@@ -322,8 +320,6 @@ def _fit(
 def _shrink(
     img: Image.Image, scale: float, limit: int
 ) -> tuple[Image.Image, bytes, str, str | None]:
-    from pipeline.validate import MIN_SIDE  # noqa: PLC0415
-
     for _ in range(8):
         size = (max(1, math.floor(img.width * scale)), max(1, math.floor(img.height * scale)))
         if min(size) < MIN_SIDE:

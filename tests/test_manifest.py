@@ -273,8 +273,8 @@ def test_duplicates_by_uid_group_and_resolved_path(tmp_path: Path) -> None:
 
 def test_shared_hashes_are_confirmed_exactly(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Force every row onto one 64-bit hash: only true repeats may come out as duplicates."""
-    monkeypatch.setattr(manifest_mod, "_hash64", lambda keys: np.zeros(len(keys), np.uint64))
+    """Force every row onto one hash: only true repeats may come out as duplicates."""
+    monkeypatch.setattr(manifest_mod, "_row_hash", lambda keys: np.ones(len(keys), np.uint32))
     path = write_csv(tmp_path / "m.csv", [
         {"image": f"{i % 3}.jpg", "uid": str(i % 2), "group_id": "g"} for i in range(8)])
     m = open_manifest(path)
