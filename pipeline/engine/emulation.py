@@ -9,7 +9,8 @@ parsing, decoding or write, so a rejected call does no work and changes nothing.
   window, so a client must spread its calls to stay under the limit over any second.
 * **Daily quota** (error 17): per interface, the number of calls admitted per calendar
   day (local time of the engine). Every admitted call counts, whether it then succeeds
-  or fails; calls refused by the QPS limit or the quota itself do not count.
+  or fails; calls refused by the QPS limit or the quota itself do not count (a call
+  refused by the quota has still used its slot of the QPS window, checked first).
 * **Faults**, drawn after the limits from a seeded ``random.Random`` (one draw per admitted
   call; rates are probabilities that add up to at most 1):
   ``"4"`` and ``"18"`` (rate-limit codes), any transient server code such as

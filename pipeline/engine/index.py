@@ -127,17 +127,21 @@ def _distances(matrix: np.ndarray, probe: np.ndarray) -> np.ndarray:
 def _search_group(
     name: str, group: _Group, probe: np.ndarray, top_users: int, per_user: int
 ) -> list[Hit]:
-    dist = _distances(group.matrix[: group.size], probe)
+    # Rank by cosine (one matrix-vector product); distances only for the candidates.
+    cos = group.matrix[: group.size] @ probe.astype(np.float32)
     uids = group.uids[: group.size]
     # Look at the nearest faces first, widening until enough distinct users are seen.
     want = min(group.size, max(32, 8 * top_users * per_user))
     while True:
-        nearest = np.argpartition(dist, want - 1)[:want] if want < group.size else np.arange(
-            group.size)
-        nearest = nearest[np.argsort(dist[nearest], kind="stable")]
+        if want < group.size:
+            nearest = np.argpartition(-cos, want - 1)[:want]
+        else:
+            nearest = np.arange(group.size)
+        nearest = nearest[np.argsort(-cos[nearest], kind="stable")]
+        dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * cos[nearest]))
         found: dict[str, list[float]] = {}
-        for i in nearest:
-            found.setdefault(uids[i], []).append(float(dist[i]))
+        for i, d in zip(nearest, dist, strict=True):
+            found.setdefault(uids[i], []).append(float(d))
         if len(found) >= top_users or want >= group.size:
             break
         want = min(group.size, want * 4)

@@ -110,6 +110,12 @@ def _face_json(face: FaceAnalysis, image: ImageAnalysis, fields: list[str]) -> d
     return out
 
 
+def _vec(face: FaceAnalysis) -> np.ndarray:
+    # Faces analysed with descriptor=True always carry one.
+    assert face.descriptor is not None
+    return face.descriptor
+
+
 def _score(dist: float) -> float:
     return round(float(score_from_distance(dist)), 4)
 
@@ -150,8 +156,7 @@ async def match(state: EngineState, params: Params) -> Reply:
               for i, t in enumerate(texts)]
     faces = [img.faces[0] for img in images]
     result = [
-        {"index_i": i, "index_j": j, "score": _score(distance(faces[i].descriptor,
-                                                             faces[j].descriptor))}
+        {"index_i": i, "index_j": j, "score": _score(distance(_vec(faces[i]), _vec(faces[j])))}
         for i in range(len(faces)) for j in range(i + 1, len(faces))
     ]
     reply: Reply = {"result_num": len(result), "result": result}
@@ -193,7 +198,7 @@ async def identify(state: EngineState, params: Params) -> Reply:
     top = P.optional_int(params, "user_top_num", 1, 1, 5)
     data = P.image_param(params)
     present = _existing_groups(state, groups)
-    probe = (await _probe(state, data)).faces[0].descriptor
+    probe = _vec((await _probe(state, data)).faces[0])
     hits = state.index.search(probe, present, top, per_user=5)
     result = [{"group_id": h.group_id, "uid": h.uid,
                "user_info": _member_info(state, h.group_id, h.uid),
@@ -209,7 +214,7 @@ async def verify(state: EngineState, params: Params) -> Reply:
     data = P.image_param(params)
     if not any(state.store.membership(g, uid) for g in groups):
         raise Failure(216611)
-    probe = (await _probe(state, data)).faces[0].descriptor
+    probe = _vec((await _probe(state, data)).faces[0])
     dists = sorted(d for g in groups for d in state.index.distances_of(probe, g, uid))
     result = [_score(d) for d in dists[:top]]
     return {"result_num": len(result), "result": result}
@@ -227,7 +232,7 @@ async def multi_identify(state: EngineState, params: Params) -> Reply:
     for face in image.faces:
         position = {**_location(face, image.width, image.height),
                     "degree": face.rotation_angle, "prob": round(face.probability, 6)}
-        for hit in state.index.search(face.descriptor, present, top, per_user=1):
+        for hit in state.index.search(_vec(face), present, top, per_user=1):
             result.append({"group_id": hit.group_id, "uid": hit.uid,
                            "user_info": _member_info(state, hit.group_id, hit.uid),
                            "position": position, "scores": [_score(hit.distances[0])]})
@@ -271,7 +276,7 @@ async def _register(
     # Checked again after the await: a concurrent add of the same image may have landed.
     if not replace:
         _refuse_duplicate(state, uid, groups, sha, face.descriptor)
-    state.apply(state.store.add_face(groups, uid, info, sha, face.descriptor, replace=replace))
+    state.apply(state.store.add_face(groups, uid, info, sha, _vec(face), replace=replace))
 
 
 def _refuse_duplicate(
@@ -384,7 +389,7 @@ async def person_verify(state: EngineState, params: Params) -> Reply:
     face = image.faces[0]
     if check:
         _quality_gate(face, thresholds)
-    reply: Reply = {"result": round(_score(distance(face.descriptor, person.descriptor)) / 100, 6)}
+    reply: Reply = {"result": round(_score(distance(_vec(face), person.descriptor)) / 100, 6)}
     if ext:
         reply["ext_info"] = {"qualities": qualities_json(face)}
     return reply

@@ -153,7 +153,7 @@ def analyse_array(
 ) -> ImageAnalysis:
     """Analyse an upright RGB array (see :func:`analyse`)."""
     found = detect_faces(models, rgb)
-    found.sort(key=lambda item: -(item[0].width() * item[0].height()))
+    found.sort(key=lambda item: -(item[0].width() * item[0].height()))  # type: ignore[attr-defined]
     faces = tuple(_describe(models, rgb, rect, score, options) for rect, score in
                   found[: max(0, options.max_faces)])
     height, width = rgb.shape[:2]
