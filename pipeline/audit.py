@@ -990,6 +990,7 @@ class _Session:
         self.observer, self.photos = observer, photos
         self.calls: Counter[str] = Counter()
         self.done = self.failed = 0
+        self.total = sum(p.probe for p in plan)
         self.started = time.monotonic()
         self.scratch_left: str | None = None
 
@@ -1020,7 +1021,7 @@ class _Session:
         store.append(record)
         self.done += 1
         self.failed += record.status == "failed"
-        progress = AuditProgress(sum(p.probe for p in self.plan), already, self.done,
+        progress = AuditProgress(self.total, already, self.done,
                                  self.failed, time.monotonic() - self.started)
         self.observer.probe_done(record, progress)
 
