@@ -21,32 +21,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import io
 import json
 import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from audit_double import FaceDouble, descriptors, variant  # noqa: E402
+from audit_double import FaceDouble, descriptors, enroll_run, png, variant  # noqa: E402
 
 from pipeline.audit import AuditConfig, read_findings, run_audit  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome  # noqa: E402
-from pipeline.rundir import ManifestRef, RunDir, RunInfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "audit.json"
 GROUP = "bench"
@@ -79,45 +71,8 @@ def build(root: Path, n: int, double: FaceDouble, seed: int = 7
         elif roll < 0.09:  # a second photo of the same person, same uid: not a finding
             rows.append((uid, png(i, 3), variant(face, i + 1), i))
         i += 1
-    run_dir, photos = _enroll_run(root, rows[:n], double)
+    run_dir, photos = enroll_run(root, GROUP, rows[:n], double)
     return run_dir, photos, planted
-
-
-def _enroll_run(root: Path, rows: list[tuple[str, bytes, np.ndarray, int]],
-                double: FaceDouble) -> tuple[Path, dict[str, bytes]]:
-    """The run directory an enrollment of ``rows`` leaves (run.json, one outcome part).
-
-    The photos stay in memory (path -> bytes): 10k small files cost more to delete
-    on this disk than the audit takes, which would measure the file system.
-    """
-    now = datetime.now(UTC)
-    outcomes, photos = [], {}
-    for k, (uid, data, face, person) in enumerate(rows):
-        image = f"photos/p{k:06d}.png"
-        photos[str(root / image)] = data
-        outcomes.append(make_outcome(
-            run_id="bench-enroll", row=k, line=k + 2, uid=uid, group_id=GROUP, image=image,
-            image_sha256=hashlib.sha256(data).hexdigest(), status="enrolled",
-            started_at=now, finished_at=now))
-        double.register(data, face, person)
-        double.enroll(GROUP, uid, face, bucket=person)
-    rundir = RunDir(root / "enroll")
-    rundir.write_info(RunInfo(run_id="bench-enroll", job="enroll", created_at=now.isoformat(),
-                              manifest=ManifestRef(str(root / "manifest.csv"), "-", len(rows))))
-    rundir.outcomes_dir.mkdir()
-    table = pa.Table.from_pylist([{f: getattr(o, f) for f in OUTCOME_SCHEMA.names}
-                                  for o in outcomes], schema=OUTCOME_SCHEMA)
-    pq.write_table(table, rundir.outcomes_dir / "part-00000.parquet")
-    return rundir.path, photos
-
-
-def png(i: int, salt: int) -> bytes:
-    """A unique 16x16 PNG for identity ``i`` (``salt`` tells its photos apart)."""
-    img = Image.new("RGB", (16, 16), (salt * 40, 90, 160))
-    img.putpixel((0, 0), ((i >> 16) & 255, (i >> 8) & 255, i & 255))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 async def measure(n: int, concurrency: int) -> dict[str, Any]:

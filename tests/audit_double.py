@@ -23,15 +23,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from aiohttp import web
+from PIL import Image
 
 from pipeline.errors import error_message
+from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.rundir import ManifestRef, RunDir, RunInfo
 
 DIM = 128
 TOKEN = "double-token"
@@ -233,3 +241,50 @@ class _Fail(Exception):
 def _error(code: int, log_id: int) -> web.Response:
     return web.json_response({"error_code": code, "error_msg": error_message(code),
                               "log_id": log_id})
+
+
+# -- building inputs -------------------------------------------------------------------------
+
+#: One enrolled photo: (uid, photo bytes, descriptor, bucket = the person's number).
+Row = tuple[str, bytes, np.ndarray, int]
+
+
+def png(i: int, salt: int) -> bytes:
+    """A unique 16x16 PNG for person ``i`` (``salt`` tells that person's photos apart)."""
+    img = Image.new("RGB", (16, 16), (salt * 40, 90, 160))
+    img.putpixel((0, 0), ((i >> 16) & 255, (i >> 8) & 255, i & 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def enroll_run(root: Path, group: str, rows: list[Row], double: FaceDouble, *,
+               write_files: bool = False, name: str = "enroll") -> tuple[Path, dict[str, bytes]]:
+    """The run directory an enrollment of ``rows`` into ``group`` leaves (run.json and one
+    outcome part), with the double seeded (faceset and photos). Returns (run dir, path ->
+    bytes). Photos are written under ``root/photos`` only with ``write_files``; otherwise
+    serve them from the returned mapping (the benchmark's 10k small files would cost
+    more to delete on this disk than the audit takes)."""
+    now = datetime.now(UTC)
+    outcomes, photos = [], {}
+    if write_files:
+        (root / "photos").mkdir(parents=True, exist_ok=True)
+    for k, (uid, data, face, person) in enumerate(rows):
+        image = f"photos/{name}_{k:06d}.png"
+        photos[str(root / image)] = data
+        if write_files:
+            (root / image).write_bytes(data)
+        outcomes.append(make_outcome(
+            run_id=name, row=k, line=k + 2, uid=uid, group_id=group, image=image,
+            image_sha256=hashlib.sha256(data).hexdigest(), status="enrolled",
+            started_at=now, finished_at=now))
+        double.register(data, face, person)
+        double.enroll(group, uid, face, bucket=person)
+    rundir = RunDir(root / name)
+    rundir.write_info(RunInfo(run_id=name, job="enroll", created_at=now.isoformat(),
+                              manifest=ManifestRef(str(root / "manifest.csv"), "-", len(rows))))
+    rundir.outcomes_dir.mkdir()
+    table = pa.Table.from_pylist([{f: getattr(o, f) for f in OUTCOME_SCHEMA.names}
+                                  for o in outcomes], schema=OUTCOME_SCHEMA)
+    pq.write_table(table, rundir.outcomes_dir / "part-00000.parquet")
+    return rundir.path, photos
