@@ -182,12 +182,13 @@ def check_match_images(images: Sequence[bytes]) -> str | None:
     """Match: at least 2 images, each valid, all base64 texts plus commas <= 20 MiB."""
     if len(images) < 2:
         return "images_too_few"
-    total = sum(b64_size(len(img)) for img in images) + len(images) - 1
+    if sum(b64_size(len(img)) for img in images) + len(images) - 1 > MATCH_B64_MAX:
+        return "image_too_large"
     for img in images:
         reason = check_image(img, max_b64_bytes=MATCH_B64_MAX)
         if reason:
             return reason
-    return "image_too_large" if total > MATCH_B64_MAX else None
+    return None
 
 
 def check_fields(value: str | Sequence[str], allowed: frozenset[str]) -> str | None:

@@ -29,6 +29,7 @@ API
     ``revoke_tokens(code=110)``  every token issued so far is answered ``code`` (110/111)
     ``qps_limit[name] = q``      at most q accepted calls per sliding 1-s window, else 18
     ``requests``                 every API request received, as :class:`Received`
+    ``last_log_id``              the ``log_id`` of the latest API reply
     ``calls(name)``              the requests of one interface
 
 Replies (:class:`Reply`): a plain dict is sent as JSON with HTTP 200; ``error(code,
@@ -138,6 +139,7 @@ class ProtocolDouble:
         self.url = ""
         self.requests: list[Received] = []
         self.token_fetches = 0
+        self.last_log_id: int | None = None
         self.token_expires_in: int | None = 2592000
         self.token_scope = "public brain_all_scope vis-faceverify_faceverify"
         self.qps_limit: dict[str, float] = {}
@@ -256,6 +258,7 @@ class ProtocolDouble:
         body = reply.body if reply.body is not None else self._default_body(received)
         if isinstance(body, dict) and received is not None:
             body = {"log_id": next(self._log_ids), **body}
+            self.last_log_id = body["log_id"]
         return web.Response(status=reply.status, text=json.dumps(body),
                             content_type="application/json")
 
