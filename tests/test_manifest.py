@@ -271,11 +271,13 @@ def test_duplicates_by_uid_group_and_resolved_path(tmp_path: Path) -> None:
     assert m.num_duplicates == 4 and m.row_is_duplicate_of(99) is None
 
 
-def test_shared_hashes_are_confirmed_exactly(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_shared_hashes_are_confirmed_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             fmt: str) -> None:
     """Force every row onto one hash: only true repeats may come out as duplicates."""
     monkeypatch.setattr(manifest_mod, "_row_hash", lambda keys: np.ones(len(keys), np.uint32))
-    path = write_csv(tmp_path / "m.csv", [
+    writer = {"csv": write_csv, "parquet": write_parquet, "jsonl": write_jsonl}[fmt]
+    path = writer(tmp_path / f"m.{fmt}", [
         {"image": f"{i % 3}.jpg", "uid": str(i % 2), "group_id": "g"} for i in range(8)])
     m = open_manifest(path)
     # keys cycle with period 6: rows 6 and 7 repeat rows 0 and 1.
