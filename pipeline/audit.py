@@ -485,7 +485,7 @@ def derive_findings(
     """
     checked = [p for _, p in sorted(probes.items()) if p.status == "checked"]
     exact, edges = exact_copies(plan)
-    same, same_edges = _same_person(plan, checked, threshold, {_pair(f) for f in exact})
+    same, same_edges = _same_person(plan, checked, threshold, _shared_bytes(plan))
     multi, ref_edges = _multiple_people(plan, checked, threshold)
     drafts = exact + same + multi
     comps = components(len(plan), [*edges, *same_edges, *ref_edges])
@@ -501,6 +501,8 @@ def exact_copies(plan: Sequence[AuditImage]) -> tuple[list[Finding], list[tuple[
 
     Per sha256, the first photo is the anchor; each other uid holding those bytes
     gives one finding against it (a star, so k uids cost k-1 findings, not k^2).
+    Copies among photos that are not probed (the library side of a before-enroll
+    audit) are not this audit's business and give no finding.
     """
     by_sha: dict[str, list[AuditImage]] = {}
     for img in plan:
@@ -512,15 +514,29 @@ def exact_copies(plan: Sequence[AuditImage]) -> tuple[list[Finding], list[tuple[
         anchor, seen = images[0], {images[0].uid}
         for img in images[1:]:
             edges.append((anchor.row, img.row))
-            if img.uid not in seen:
+            if img.uid not in seen and (img.probe or anchor.probe):
                 seen.add(img.uid)
                 findings.append(_draft(EXACT_COPY, anchor, img, anchor.group_id))
     return findings, edges
 
 
+def _shared_bytes(plan: Sequence[AuditImage]) -> dict[str, set[str]]:
+    """uid -> the sha256 of its photos that some other uid holds too."""
+    holders: dict[str, set[str]] = {}
+    for img in plan:
+        if img.sha256:
+            holders.setdefault(img.sha256, set()).add(img.uid)
+    out: dict[str, set[str]] = {}
+    for sha, uids in holders.items():
+        if len(uids) > 1:
+            for uid in uids:
+                out.setdefault(uid, set()).add(sha)
+    return out
+
+
 def _same_person(
     plan: Sequence[AuditImage], checked: Sequence[ProbeRecord], threshold: float,
-    exact_pairs: set[frozenset[str]],
+    shared: Mapping[str, set[str]],
 ) -> tuple[list[Finding], list[tuple[int, int]]]:
     best: dict[frozenset[str], Finding] = {}
     edges: list[tuple[int, int]] = []
@@ -530,7 +546,9 @@ def _same_person(
             if draft.confirmed and draft.row_b is not None:
                 edges.append((draft.row_a, draft.row_b))
             key = _pair(draft)
-            if key not in exact_pairs and _better(draft, best.get(key)):
+            if shared.get(draft.uid_a, set()) & shared.get(draft.uid_b, set()):
+                continue  # the same bytes: reported as an exact copy (or not this audit's)
+            if _better(draft, best.get(key)):
                 best[key] = draft
     return list(best.values()), edges
 
