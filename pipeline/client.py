@@ -46,7 +46,13 @@ from tenacity import RetryCallState
 
 from pipeline import validate as v
 from pipeline.config import Settings
-from pipeline.errors import TOKEN_CODES, ApiError, InvalidInputError, QpsLimitError
+from pipeline.errors import (
+    TOKEN_CODES,
+    ApiError,
+    InvalidInputError,
+    QpsLimitError,
+    make_error,
+)
 from pipeline.ratelimit import Aimd, RateLimiter
 from pipeline.records import (
     Box,
@@ -179,7 +185,7 @@ class FaceClient:
         self._state = _OPEN
         await self._transport.open()
         try:
-            await self.retry.run(self._transport.token)
+            await self.retry.run(self._token, self._before_sleep)
         except BaseException:
             await self.aclose()
             raise
@@ -208,15 +214,23 @@ class FaceClient:
             raise
         return reply, call.sent
 
+    async def _token(self) -> str:
+        try:
+            return await self._transport.token()
+        except ApiError as exc:
+            self.stats.errors[exc.code if exc.code is not None else "client"] += 1
+            raise
+
     async def _attempt(self, call: _Call) -> dict[str, Any]:
-        token = await self._transport.token()
+        token = await self._token()
         status, reply = await self._send(call, token)
         if _is_token_error(reply) and not call.refreshed:
             # Once per call and outside the retry budget (contract §1.3).
             call.refreshed = True
             self.stats.token_refreshes += 1
+            self.stats.errors[make_error(reply["error_code"], "").code or "client"] += 1
             self._transport.invalidate(token)
-            status, reply = await self._send(call, await self._transport.token())
+            status, reply = await self._send(call, await self._token())
         error = check_reply(reply, status, self._transport.scrub)
         if error is not None:
             self._count_error(call, error)

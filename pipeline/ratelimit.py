@@ -221,12 +221,14 @@ class _Lane:
         if now - self._last_decrease < self.aimd.cooldown:
             return
         new = self._decreased(now)
+        if new is None:
+            return
         self.backoffs += 1
         self._last_decrease = self._last_probe = now
         self._step = self.aimd.probe_step
         self._set(new, now)
 
-    def _decreased(self, now: float) -> float:
+    def _decreased(self, now: float) -> float | None:
         a = self.aimd
         if self._good is not None and now - self._last_probe < a.probe:
             # The last probe overshot: go back to the level that was quiet before it,
@@ -237,10 +239,11 @@ class _Lane:
             return max(self.rate * a.max_drop, self._target())
         self._good, self._probe_wait = None, a.probe
         accepted = self._accepted(now)
-        if accepted is None:  # too early to measure: a blind multiplicative step
-            elapsed = max(now - self._win_start, 1.0)
-            current = self.rate if self.rate is not None else self._sent / elapsed
-            self.found = max(a.min_rate, current * a.decrease) / (1 - HEADROOM)
+        if accepted is None:
+            if self.rate is None:
+                return None  # unlimited and nothing measured yet: wait for the next one
+            # too early to measure: a blind multiplicative step
+            self.found = max(a.min_rate, self.rate * a.decrease) / (1 - HEADROOM)
             return self._target()
         self.found = max(a.min_rate, accepted)
         if self.rate is None:

@@ -23,7 +23,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import stop_base
 
@@ -63,7 +64,8 @@ class RetryPolicy:
         return AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.max_attempts) | _StopBeforeDeadline(self),
-            wait=wait_exponential_jitter(self.initial_wait, self.max_wait, 2, self.jitter),
+            wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
+            + wait_random(0, self.jitter),
             sleep=self.sleep,
             reraise=True,
             before_sleep=before_sleep,
