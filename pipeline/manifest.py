@@ -101,6 +101,7 @@ class Manifest:
         self.path = path
         self.format = fmt
         self.folder = path.parent
+        self._inside = str(path.parent).rstrip("/") + "/"
         self.columns: list[str] = list(reader.columns)
         self.fingerprint = fingerprint
         self.num_rows = num_rows
@@ -141,33 +142,28 @@ class Manifest:
     def _rows(self, chunk: _Chunk, start_row: int) -> Iterator[ManifestRow]:
         skip = int(np.searchsorted(chunk.rows, start_row))
         names = list(chunk.columns)
-        values = [chunk.columns[n].slice(skip).to_pylist() for n in names]
-        lines = chunk.lines[skip:].tolist()
-        rows = chunk.rows[skip:].tolist()
-        n = self._names
-        image_col, uid_col = n["image"], n["uid"]
-        group_col, info_col, action_col = n.get("group_id"), n.get("user_info"), n.get("action")
-        for offset, cells in enumerate(zip(*values, strict=True)):
-            cols = dict(zip(names, cells, strict=True))
-            image = cols.get(image_col, "")
-            action = cols.get(action_col, "").strip().lower() if action_col else ""
-            yield ManifestRow(
-                row=rows[offset], line=lines[offset], image=image,
-                image_path=self._image_path(image),
-                uid=cols.get(uid_col, ""),
-                group_id=(cols.get(group_col, "") if group_col else "") or self._default_group,
-                user_info=cols.get(info_col, "") if info_col else "",
-                action=action or self._default_action,
-                columns=cols,
-            )
-
+        # An empty column stands in for optional columns the file lacks.
+        values = [chunk.columns[n].slice(skip).to_pylist() for n in names] + [[""] * (
+            chunk.num_rows - skip)]
+        at = {key: names.index(col) for key, col in self._names.items() if col in names}
+        image_at, uid_at = at.get("image", -1), at.get("uid", -1)
+        group_at, info_at, action_at = (at.get(k, -1) for k in ("group_id", "user_info",
+                                                                  "action"))
+        group, mode = self._default_group, self._default_action
+        for row, line, *cells in zip(chunk.rows[skip:].tolist(), chunk.lines[skip:].tolist(),
+                                     *values, strict=True):
+            image = cells[image_at]
+            yield ManifestRow(row, line, image, self._image_path(image), cells[uid_at],
+                              cells[group_at] or group, cells[info_at],
+                              cells[action_at].strip().lower() or mode,
+                              dict(zip(names, cells, strict=False)))  # not the stand-in
 
     def _image_path(self, image: str) -> Path:
         """``normpath(join(folder, image))`` as a Path; symlinks are left as they are."""
         plain = not (image[:1] in ("", "/", ".") or image.endswith("/") or "//" in image
                      or "/." in image)
-        if plain:  # nothing to normalise: joining parsed parts is twice as fast
-            return self.folder / image
+        if plain:  # nothing to normalise: skipping normpath halves the cost
+            return Path(self._inside + image)
         return Path(os.path.normpath(os.path.join(self.folder, image)))
 
 
@@ -358,7 +354,7 @@ class _CsvReader:
                     if exact is not None:
                         lines = np.fromiter(islice(exact, n), np.int64, n)
                     row, line = row + n, line + n + int(extra.sum())
-                    if row > start_row:
+                    if row > start_row and n:
                         yield _Chunk(np.arange(row - n, row), cols, lines)
         except pa.ArrowInvalid as exc:
             raise _diagnose_csv(self.path, str(exc)) from None
@@ -471,7 +467,8 @@ class _ParquetReader:
                                                  columns=names, use_threads=False):
                 cols = {n: _as_text(batch.column(n)) for n in names}
                 rows = np.arange(row, row + batch.num_rows)
-                yield _Chunk(rows, cols, rows + 1)
+                if len(rows):
+                    yield _Chunk(rows, cols, rows + 1)
                 row += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             raise ManifestError(str(self.path), f"cannot read row group {group}: {exc}",
