@@ -38,6 +38,7 @@ import math
 import os
 import stat
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +218,12 @@ def _sniff(data: bytes) -> str:
 def _decode(data: bytes, fmt: str) -> Image.Image:
     """Open with the one decoder the magic bytes name and decode every pixel."""
     try:
-        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
+        with warnings.catch_warnings():
+            # Pillow only warns between its two limits; here that is an error like any
+            # other bomb. (catch_warnings is process-wide: racing threads can at worst
+            # leave this one filter installed, which is the behaviour we want anyway.)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
         if img.width * img.height > PIXEL_LIMIT:
             raise Image.DecompressionBombError(f"{img.width}x{img.height}")
         img.load()  # a lazy open would accept a truncated file

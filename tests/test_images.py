@@ -55,6 +55,7 @@ BAD_CONTENT = {
     "png_header_only": (encode(picture(), "PNG")[:40], "image_corrupt"),
     "bomb_30000": (variants.decompression_bomb_png(30000), "decompression_bomb"),
     "bomb_8000": (variants.decompression_bomb_png(8000), "decompression_bomb"),  # our 50 MP cap
+    "bomb_10000": (variants.decompression_bomb_png(10000), "decompression_bomb"),  # Pillow warns
     "tiny_10x10": (encode(picture(10, 10)), "image_too_small"),
     "thin_200x14": (encode(picture(200, 14), "PNG"), "image_too_small"),
 }
