@@ -15,17 +15,16 @@ import click
 from jobs.enroll import ConfigProblem, parse_qps
 from jobs.options import EXIT_CONFIG, connection_options, settings_from
 from pipeline.audit import (
-    KINDS,
     AuditConfig,
     AuditObserver,
     AuditProgress,
     AuditResult,
     AuditStart,
-    ProbeRecord,
     resume_config,
     run_audit,
 )
 from pipeline.errors import ConfigError
+from pipeline.findings import KINDS, ProbeRecord
 from pipeline.rundir import RunDir, new_run_id
 
 #: Seconds between progress lines on stderr.

@@ -20,18 +20,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.audit import (
-    CLUSTERS_FILE,
-    KINDS,
-    PLAN_FILE,
-    REPORT_FILE,
-    AuditImage,
-    Finding,
-    read_findings,
-    read_plan,
-    table_records,
-)
+from pipeline.audit import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
 from pipeline.clusters import CLUSTER_SCHEMA, Cluster
+from pipeline.findings import KINDS, AuditImage, Finding, table_records
 from pipeline.rundir import RunDir
 
 #: Longest side of a thumbnail, pixels.

@@ -12,18 +12,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.audit import (
-    PLAN_FILE,
-    PLAN_SCHEMA,
-    AuditImage,
-    ProbeRecord,
-    file_sha256,
-    records_table,
-    write_findings,
-    write_table_atomic,
-)
+from pipeline.audit import PLAN_FILE, file_sha256, write_findings, write_table_atomic
 from pipeline.audit_report import write_audit_report
 from pipeline.config import Settings
+from pipeline.findings import PLAN_SCHEMA, AuditImage, ProbeRecord, records_table
 from pipeline.rundir import ManifestRef, RunDir, RunInfo
 
 HOSTILE_UID = 'x"><script>document.title="pwned"</script>'

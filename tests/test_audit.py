@@ -21,18 +21,10 @@ from audit_double import FaceDouble, Row, descriptors, enroll_run, png, variant
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.audit import (
-    EXACT_COPY,
-    FINDING_SCHEMA,
-    MULTIPLE_PEOPLE,
-    SAME_PERSON,
-    AuditConfig,
-    audit,
-    read_findings,
-    run_audit,
-)
+from pipeline.audit import AuditConfig, audit, read_findings, run_audit
 from pipeline.config import Secret, Settings
 from pipeline.errors import ConfigError
+from pipeline.findings import EXACT_COPY, FINDING_SCHEMA, MULTIPLE_PEOPLE, SAME_PERSON
 
 GROUP = "staff"
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,8 +218,9 @@ def test_killed_audit_resumes_without_calling_finished_probes(double: FaceDouble
     env = {**os.environ, "FACEFLOW_ENDPOINT": double.url, "FACEFLOW_API_KEY": "ak",
            "FACEFLOW_SECRET_KEY": "sk"}
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from jobs.cli import main; main()", "audit", str(enroll_dir), "--group", GROUP,
-           "--run-dir", str(run_dir), "--qps", "identify=25", "--concurrency", "2"]
+    cmd = [sys.executable, "-c", "from jobs.cli import main; main()", "audit", str(enroll_dir),
+           "--group", GROUP, "--run-dir", str(run_dir), "--qps", "identify=25",
+           "--concurrency", "2"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from pipeline import audit, clusters
-from pipeline.audit import (
+from pipeline import clusters, findings
+from pipeline.clusters import CLUSTER_SCHEMA, Cluster, UnionFind, components
+from pipeline.findings import (
     EXACT_COPY,
     FINDING_SCHEMA,
     MULTIPLE_PEOPLE,
@@ -25,7 +26,6 @@ from pipeline.audit import (
     records_table,
     table_records,
 )
-from pipeline.clusters import CLUSTER_SCHEMA, Cluster, UnionFind, components
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -51,7 +51,7 @@ def _check(field_type: object, arrow: pa.DataType) -> tuple[bool, bool]:
     ids=["plan", "probe", "finding", "cluster"],
 )
 def test_schema_agrees_with_record(record: type, schema: pa.Schema) -> None:
-    hints = typing.get_type_hints(record, vars(audit) | vars(clusters))
+    hints = typing.get_type_hints(record, vars(findings) | vars(clusters))
     names = [f.name for f in dataclasses.fields(record)]
     assert names == schema.names
     for name in names:

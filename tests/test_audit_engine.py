@@ -25,16 +25,10 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.audit import (
-    EXACT_COPY,
-    MULTIPLE_PEOPLE,
-    SAME_PERSON,
-    AuditConfig,
-    audit,
-    read_findings,
-)
+from pipeline.audit import AuditConfig, audit, read_findings
 from pipeline.config import Secret, Settings
 from pipeline.enroll import EnrollConfig, enroll
+from pipeline.findings import EXACT_COPY, MULTIPLE_PEOPLE, SAME_PERSON
 from pipeline.outcomes import SUCCESS_STATUSES
 
 pytestmark = pytest.mark.dlib
