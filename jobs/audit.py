@@ -25,7 +25,7 @@ from pipeline.audit import (
 )
 from pipeline.errors import ConfigError
 from pipeline.findings import KINDS, ProbeRecord
-from pipeline.rundir import RunDir, new_run_id
+from pipeline.rundir import RunDir
 
 #: Seconds between progress lines on stderr.
 PROGRESS_INTERVAL_S = 10.0
@@ -114,12 +114,12 @@ def _config(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str,
         raise ConfigError("nothing to audit: give enrollment RUN_DIRs and/or --manifest")
     given = {k: v for k, v in options.items() if v is not None}
     return AuditConfig(settings=settings, groups=groups, run_dirs=sources, manifest=manifest,
-                       run_dir=run_dir or Path("runs") / new_run_id(), **given)
+                       run_dir=run_dir, **given)
 
 
-def _hint(config: AuditConfig) -> str:
+def _hint(result: AuditResult) -> str:
     return " ".join(shlex.quote(p) for p in
-                    ["faceflow", "audit", "--run-dir", str(config.run_dir)])
+                    ["faceflow", "audit", "--run-dir", str(result.run_dir)])
 
 
 @click.command(epilog="""\b
@@ -179,5 +179,5 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
         result = asyncio.run(_run_with_signals(config, observer))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
-    print_result(result, _hint(config))
+    print_result(result, _hint(result))
     sys.exit(result.exit_code)

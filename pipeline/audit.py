@@ -29,8 +29,10 @@ the scratch users are deleted at the end: n adds + n identify + <= n*k matches +
 so they never touch a real user; a stopped audit leaves the scratch group for its
 resume to reuse and delete.
 
-Findings are clustered (:mod:`pipeline.clusters`): nodes are plan photos, edges
-"same person" (same bytes, a confirmed match, a reference match >= threshold).
+The records (plan photo, probe record, finding) and the pure rules that turn probe
+records into findings live in :mod:`pipeline.findings`; findings are clustered
+(:mod:`pipeline.clusters`): nodes are plan photos, edges "same person" (same bytes,
+a confirmed match, a reference match >= threshold).
 
 The run directory works like enroll's (:mod:`pipeline.rundir`): ``run.json``,
 ``plan.parquet`` (the plan, frozen at the first session), one :class:`ProbeRecord`
