@@ -142,3 +142,51 @@ def test_before_enroll_blocks_duplicates(engine: Any, enrolled: Path, samples_di
         (SAME_PERSON, ("new_obama", "obama_b")), (EXACT_COPY, ("mixed", "new_biden")),
         (EXACT_COPY, ("astro", "mixed"))}
     assert engine.store.counts() == before  # the scratch users are gone again
+
+
+# -- the labelled dev set (skips when ../shared/faces is absent) --------------------------------
+
+#: uid -> dev set photos. Aliases hold another photo of someone enrolled under their own
+#: uid; "mixed" holds two people.
+DEV_UIDS = {
+    "kit": ["kit_harington_01.jpeg", "kit_harington_02.jpeg"],
+    "kit_alias": ["kit_harington_03.jpg"],
+    "rose": ["rose_leslie_01.jpg"],
+    "rose_alias": ["rose_leslie_02.jpg"],
+    "alex": ["alex_lacamoire_01.jpg", "alex_lacamoire_03.jpg"],
+    "mixed": ["joe_biden_02.jpg", "lin_manuel_miranda_01.png"],
+    "grace": ["grace_hopper.jpg"],
+    "obama": ["barack_obama_04.jpg"],
+}
+
+
+@pytest.mark.devset
+@pytest.mark.slow
+def test_devset_audit_agrees_with_the_labels(engine: Any, devset_dir: Path,
+                                             tmp_path: Path) -> None:
+    import asyncio
+
+    from pipeline.client import FaceClient
+
+    labels = {r["file"]: r["identity"] for r in csv.DictReader(open(devset_dir / "labels.csv"))}
+    rows = [(uid, str(devset_dir / name)) for uid, names in DEV_UIDS.items() for name in names]
+
+    async def enroll_all() -> None:
+        async with FaceClient(_settings(engine)) as client:
+            for uid, path in rows:
+                await client.add_user(uid, f"dev {uid}", "audit_dev", Path(path).read_bytes())
+
+    asyncio.run(enroll_all())
+    result = audit(AuditConfig(settings=_settings(engine), groups=("audit_dev",),
+                               manifest=_manifest(tmp_path, rows), run_dir=tmp_path / "dev"))
+    assert result.exit_code == 0
+    people = {uid: {labels[n] for n in names} for uid, names in DEV_UIDS.items()}
+    got = {(f.kind, tuple(sorted((f.uid_a, f.uid_b)))) for f in read_findings(result.run_dir)}
+    for kind, (a, b) in got:  # precision: every finding is true according to the labels
+        if kind == SAME_PERSON:
+            assert people[a] & people[b], (a, b)
+        else:
+            assert kind == MULTIPLE_PEOPLE and len(people[a]) > 1, (kind, a)
+    # recall on the planted cases
+    assert {(SAME_PERSON, ("kit", "kit_alias")), (SAME_PERSON, ("rose", "rose_alias")),
+            (MULTIPLE_PEOPLE, ("mixed", "mixed"))} <= got
