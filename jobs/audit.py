@@ -75,6 +75,9 @@ def print_result(result: AuditResult, resume_hint: str) -> None:
     _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")
     if result.report_path is not None:
         _err(f"Report: {result.report_path}")
+    if result.scratch_failed:
+        _err(f"{result.scratch_failed} manifest photos could not be added to the scratch "
+             "group: other manifest photos cannot be found as their duplicates.")
     if result.scratch_left:
         _err(f"The scratch group {result.scratch_left} is still in the library; "
              "resume to finish and delete it.")

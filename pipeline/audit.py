@@ -540,7 +540,9 @@ class AuditStart:
 class AuditResult:
     """What a session did. ``counts`` are findings per kind (whole audit); ``calls``
     requests per interface sent this session; ``scratch_left`` names a scratch
-    group still in the library (a stopped ``before_enroll`` audit: resume it)."""
+    group still in the library (a stopped ``before_enroll`` audit: resume it);
+    ``scratch_failed`` counts photos the scratch group refused (they are still probed,
+    but no other manifest photo can find them)."""
 
     run_id: str
     run_dir: Path
@@ -561,6 +563,7 @@ class AuditResult:
     clusters_path: Path
     report_path: Path | None
     scratch_left: str | None
+    scratch_failed: int = 0
 
 
 class AuditObserver:
@@ -625,6 +628,7 @@ class _Session:
         self.total = sum(p.probe for p in plan)
         self.started = time.monotonic()
         self.scratch_left: str | None = None
+        self.scratch_failed = 0
 
     async def run(self, client: Any, todo: Sequence[AuditImage], already: int,
                   stop: asyncio.Event | None) -> tuple[str | None, str | None]:
@@ -691,7 +695,7 @@ class _Session:
         except (QuotaError, AuthError) as exc:
             raise _stop_for(exc) from exc
         except ApiError:
-            self.calls["add_failed"] += 1  # this photo cannot be found as someone's duplicate
+            self.scratch_failed += 1  # its probe still runs; others cannot find it
 
     async def _empty_scratch(
         self, client: Any, scratch: ScratchMap, stop: asyncio.Event | None
@@ -858,6 +862,9 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps")
              if k in info.options}
     saved["groups"] = tuple(saved.get("groups", ()))
+    saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
+    if info.options.get("manifest"):
+        saved["manifest"] = Path(info.options["manifest"])
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 
@@ -905,7 +912,8 @@ def finish_audit(
         resumed=resumed, counts=kinds, clusters=len(clusters), calls=dict(session.calls),
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
-        scratch_left=session.scratch_left if _scratch_pending(rundir) else None)
+        scratch_left=session.scratch_left if _scratch_pending(rundir) else None,
+        scratch_failed=session.scratch_failed)
 
 
 def write_findings(

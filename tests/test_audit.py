@@ -21,7 +21,7 @@ from audit_double import FaceDouble, Row, descriptors, enroll_run, png, variant
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.audit import AuditConfig, audit, read_findings, run_audit
+from pipeline.audit import AuditConfig, audit, read_findings, resume_config, run_audit
 from pipeline.config import Secret, Settings
 from pipeline.errors import ConfigError
 from pipeline.findings import EXACT_COPY, FINDING_SCHEMA, MULTIPLE_PEOPLE, SAME_PERSON
@@ -191,6 +191,9 @@ def test_before_enroll_uses_and_deletes_a_scratch_group(double: FaceDouble,
     assert double.groups[GROUP].uids == ["alice"]  # the real group untouched
     assert double.calls["add"] == 4 and double.calls["delete"] == 4
     assert double.calls["identify"] == 4
+    again = audit(resume_config(config.run_dir, _settings(double)))  # type: ignore[arg-type]
+    assert again.resumed and again.exit_code == 0 and again.calls == {}
+    assert double.calls["add"] == 4 and double.calls["identify"] == 4
 
 
 def test_cli_exit_codes_and_counts(double: FaceDouble, tmp_path: Path) -> None:
