@@ -71,4 +71,10 @@ def main(verbose: int) -> None:
     FACEFLOW_SECRET_KEY; the service from --endpoint or FACEFLOW_ENDPOINT.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+if __name__ == "__main__":
+    main()

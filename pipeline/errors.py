@@ -3,7 +3,7 @@
 ::
 
     FaceflowError
-     ├── ConfigError                  bad options, thresholds or manifest: stop before the first call
+     ├── ConfigError                  bad options, thresholds or manifest: stop before any call
      │    └── ManifestError           ... with the manifest line that is wrong
      └── ApiError                     anything the face service (or the way to it) answered
           ├── RetryableError          worth sending again after a back-off
@@ -179,10 +179,10 @@ def error_class(code: int | str | None, message: str = "") -> type[ApiError]:
     """The class for a service error code; unknown codes are plain :class:`ApiError`."""
     if code == 216100 and message.strip() == ALREADY_ADD_MSG:
         return AlreadyInGroupError
-    try:
-        return ERROR_TABLE[_normalise_code(code)][0]
-    except KeyError:
+    norm = _normalise_code(code)
+    if norm is None or norm not in ERROR_TABLE:
         return ApiError
+    return ERROR_TABLE[norm][0]
 
 
 def error_message(code: int | str) -> str:
