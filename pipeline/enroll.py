@@ -225,17 +225,14 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
                        message=f"same uid and image as row {duplicate_of}; kept the first")
     problems = [
         validate.check_uid(row.uid),
-        # user_info is a required field of user add/update: an empty one is refused (216101).
-        validate.check_user_info(row.user_info) if row.user_info else "user_info_empty",
+        validate.check_user_info(row.user_info),
         validate.check_group_ids(row.group_id),
         None if row.action in MODES else "bad_action",
     ]
     reasons = tuple(p for p in problems if p)
     if not reasons:
         return None
-    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "user_info_empty": "user_info is empty; the service requires it for user add "
-                              "and update (fill the user_info column)"}
+    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}"}
     texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
 
@@ -382,7 +379,9 @@ class _RowRunner:
         return decide_face(choice)
 
     async def _write(self, row: Any, image: Any, state: _RowState) -> Verdict:
-        args = (row.uid, row.user_info, row.group_id, image.data)
+        # user_info is optional in the manifest but required (non-empty) by user add and
+        # update, so an empty one is sent as the uid (documented in the README).
+        args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
         try:
             if row.action == "add":
                 result = await self.client.add_user(*args, action_type="append")

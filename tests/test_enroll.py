@@ -80,7 +80,7 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "too_big": ("invalid_input", "file_too_large"),
     "bad uid!": ("invalid_input", "uid_charset"),
     "long_info": ("invalid_input", "user_info_too_long"),
-    "no_info": ("invalid_input", "user_info_empty"),
+    "no_info": ("enrolled", None),  # an empty user_info is sent as the uid
     "obama#dup": ("invalid_input", "duplicate_row"),
 }
 
@@ -143,7 +143,9 @@ def test_every_row_gets_exactly_one_outcome_with_the_right_status(main_run: dict
 def test_good_rows_are_in_the_faceset_and_nothing_else(server: Any, main_run: dict) -> None:
     assert len(_faces(server, "main", "obama")) == 1
     assert len(_faces(server, "main", "biden")) == 1
-    assert main_run["faces_added"] == 2
+    assert len(_faces(server, "main", "no_info")) == 1
+    assert server.store.membership("main", "no_info").user_info == "no_info"
+    assert main_run["faces_added"] == 3
     df = _outcomes(main_run["run_dir"])
     good = df[df["status"] == "enrolled"]
     assert good["detect_log_id"].notna().all() and good["write_log_id"].notna().all()
@@ -156,7 +158,7 @@ def test_good_rows_are_in_the_faceset_and_nothing_else(server: Any, main_run: di
 def test_outcomes_readable_by_pandas_and_duckdb(main_run: dict) -> None:
     parts = str(main_run["run_dir"] / "outcomes" / "*.parquet")
     counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{parts}' GROUP BY status").fetchall())
-    assert counts["enrolled"] == 2 and sum(counts.values()) == len(EXPECTED)
+    assert counts["enrolled"] == 3 and sum(counts.values()) == len(EXPECTED)
     df = _outcomes(main_run["run_dir"])
     assert str(df["finished_at"].dt.tz) == "UTC"
 
@@ -182,7 +184,7 @@ def test_run_json_records_the_run_without_secrets(server: Any, main_run: dict) -
     info = json.loads((main_run["run_dir"] / "run.json").read_text())
     assert info["manifest"]["num_rows"] == len(EXPECTED)
     assert info["manifest"]["fingerprint"].startswith("sha256:")
-    assert info["exit_code"] == 1 and info["finished_at"] and info["counts"]["enrolled"] == 2
+    assert info["exit_code"] == 1 and info["finished_at"] and info["counts"]["enrolled"] == 3
     assert info["settings"]["endpoint"] == server.url and info["options"]["group"] == "main"
     secrets = (server.api_key, server.secret_key)
     for path in main_run["run_dir"].rglob("*"):
@@ -207,7 +209,7 @@ def test_report_of_the_run(main_run: dict, tmp_path: Path) -> None:
                                     "--html", str(tmp_path / "r.html")])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["counts"]["enrolled"] == 2 and data["rows"] == len(EXPECTED)
+    assert data["counts"]["enrolled"] == 3 and data["rows"] == len(EXPECTED)
     assert data["latency"]["p50"] > 0 and data["attempts_total"] >= 6
     html = (tmp_path / "r.html").read_text()
     assert "rejected_quality: blur" in html and "data:image/jpeg;base64," in html
