@@ -65,7 +65,14 @@ Examples:
               default=None, help="Also write a self-contained HTML page (thumbnails included).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
-    """Counts per status and reason, latency percentiles, attempts and throughput of RUN_DIR."""
+    """Counts per status and reason, latency percentiles, attempts and throughput of RUN_DIR.
+
+    RUN_DIR may also be an audit run: then the findings are counted and --html
+    writes the audit page.
+    """
+    if _job_of(run_dir) == "audit":
+        _report_audit(run_dir, html_path, as_json)
+        return
     try:
         summary = summarize(run_dir)
     except ConfigError as exc:
@@ -80,4 +87,35 @@ def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
             console.print(table)
     if html_path is not None:
         html_path.write_text(render_html(run_dir, summary), encoding="utf-8")
+        click.echo(f"HTML report: {html_path}", err=True)
+
+
+def _job_of(run_dir: Path) -> str | None:
+    from pipeline.rundir import RunDir  # noqa: PLC0415
+
+    rundir = RunDir(run_dir)
+    return rundir.read_info().job if rundir.exists() else None
+
+
+def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
+    from pipeline.audit import read_findings  # noqa: PLC0415
+    from pipeline.audit_report import render_audit_html  # noqa: PLC0415
+
+    findings = read_findings(run_dir)
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.kind] = counts.get(finding.kind, 0) + 1
+    if as_json:
+        click.echo(json.dumps({"job": "audit", "findings": len(findings), "counts": counts},
+                              indent=2))
+    else:
+        table = Table(title=f"audit {run_dir.name}: {len(findings)} findings",
+                      title_justify="left")
+        table.add_column("kind")
+        table.add_column("findings", justify="right")
+        for kind, n in sorted(counts.items()):
+            table.add_row(kind, str(n))
+        Console().print(table)
+    if html_path is not None:
+        html_path.write_text(render_audit_html(run_dir), encoding="utf-8")
         click.echo(f"HTML report: {html_path}", err=True)

@@ -95,6 +95,12 @@ def test_audit_finds_the_three_planted_cases(engine: Any, enrolled: Path,
     assert "3 findings" in done.output
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert html.count('class="card finding"') == 3
+    # `faceflow report` knows an audit run: counts per kind, and the same page with --html.
+    page = tmp_path / "again.html"
+    shown = CliRunner().invoke(main, ["report", str(run_dir), "--json", "--html", str(page)])
+    assert shown.exit_code == 0, shown.output
+    assert '"findings": 3' in shown.output and f'"{EXACT_COPY}": 1' in shown.output
+    assert page.read_text(encoding="utf-8").count('class="card finding"') == 3
 
 
 def _server_calls(engine: Any) -> dict[str, int]:
