@@ -261,6 +261,10 @@ def _run_options(func: Any) -> Any:
                           "(repeatable)."),
         click.option("--largest-face", is_flag=True, default=None,
                      help="With several faces, judge the largest instead of refusing the row."),
+        click.option("--images-root", type=click.Path(path_type=Path, file_okay=False),
+                     default=None, metavar="DIR",
+                     help="Refuse images whose real path is outside DIR (outside_manifest_dir); "
+                          "by default any readable file is used."),
         click.option("--flush-rows", type=click.IntRange(min=1), default=None,
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
@@ -279,6 +283,7 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "thresholds_file": kwargs.pop("thresholds_file"),
         "largest_face": kwargs.pop("largest_face"),
         "flush_rows": kwargs.pop("flush_rows"),
+        "images_root": kwargs.pop("images_root"),
         "flush_seconds": kwargs.pop("flush_seconds"),
     }
     pairs = kwargs.pop("threshold_pairs")

@@ -60,6 +60,8 @@ class Settings:
     """Where the face service is and how to talk to it.
 
     Timeouts are seconds (the SDK's setters take milliseconds; its defaults are 60 s).
+    ``api_key`` and ``secret_key`` may be given as plain strings: they are wrapped
+    in :class:`Secret` on construction.
     """
 
     endpoint: str = BAIDU_ENDPOINT
@@ -70,6 +72,11 @@ class Settings:
     read_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        # Plain strings are accepted and wrapped, so a secret is never kept unmasked.
+        for name in ("api_key", "secret_key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Secret(value))
         if not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 f"--endpoint {self.endpoint!r} is not an http(s) URL; "
@@ -93,12 +100,7 @@ class Settings:
             "secret_key": Secret(env.get("FACEFLOW_SECRET_KEY", "")),
             "app_id": env.get("FACEFLOW_APP_ID", ""),
         }
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key in ("api_key", "secret_key") and isinstance(value, str):
-                value = Secret(value)
-            values[key] = value
+        values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
 
     def public(self) -> dict[str, object]:

@@ -108,8 +108,13 @@ class EnrollConfig:
     flush_rows: int = 1000
     flush_seconds: float = 10.0
     parent_run_id: str | None = None
+    #: When set, images whose real path (symlinks resolved) lies outside this folder
+    #: are refused (``outside_manifest_dir``). None: any file the user can read.
+    images_root: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.images_root is not None and not self.images_root.is_dir():
+            raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
         if self.concurrency < 1:
@@ -126,6 +131,7 @@ class EnrollConfig:
             "thresholds_file": str(self.thresholds_file) if self.thresholds_file else None,
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
+            "images_root": str(self.images_root) if self.images_root else None,
         }
 
 
@@ -354,7 +360,8 @@ class _RowRunner:
         from pipeline.images import ImageProblem, load_image  # noqa: PLC0415
 
         try:
-            image = await asyncio.to_thread(load_image, row.image_path)
+            image = await asyncio.to_thread(load_image, row.image_path,
+                                            root=self.config.images_root)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=exc.message)
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
@@ -763,6 +770,7 @@ def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
                                                         "runs_root", "resume", "parent_run_id"}
     out = {k: v for k, v in options.items() if k in allowed}
-    if out.get("thresholds_file"):
-        out["thresholds_file"] = Path(out["thresholds_file"])
+    for key in ("thresholds_file", "images_root"):
+        if out.get(key):
+            out[key] = Path(out[key])
     return out

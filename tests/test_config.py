@@ -66,3 +66,10 @@ def test_bad_settings_are_config_errors(kwargs: dict[str, object], words: str) -
     with pytest.raises(ConfigError, match=re.escape(words)) as info:
         Settings(**values)  # type: ignore[arg-type]
     assert KEY not in str(info.value) and SECRET not in str(info.value)
+
+
+def test_plain_string_credentials_are_wrapped_and_masked() -> None:
+    settings = Settings(endpoint="http://127.0.0.1:1", api_key="ak-plain-123",
+                        secret_key="sk-plain-456")
+    assert isinstance(settings.api_key, Secret) and settings.api_key.reveal() == "ak-plain-123"
+    assert "ak-plain-123" not in repr(settings) and "sk-plain-456" not in repr(settings)

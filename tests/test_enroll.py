@@ -353,3 +353,27 @@ async def test_retryable_failures_then_rerun_from_the_failures(
     assert out.exit_code == 0, out.output
     assert _outcomes(new_dir)["status"].tolist() == ["enrolled"] * 4
     assert json.loads((new_dir / "run.json").read_text())["parent_run_id"] == first.run_id
+
+
+def test_images_root_confines_image_paths(server: Any, samples_dir: Path, tmp_path: Path) -> None:
+    inside = tmp_path / "photos"
+    inside.mkdir()
+    (inside / "obama.jpg").write_bytes((samples_dir / "obama_01.jpg").read_bytes())
+    manifest = tmp_path / "photos" / "m.csv"
+    manifest.write_text("uid,image,user_info\n"
+                        "inside,obama.jpg,i\n"
+                        f"outside,{samples_dir / 'biden_01.jpg'},i\n"
+                        "escape,../../etc/passwd,i\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    out = CliRunner().invoke(main, ["enroll", str(manifest), "--group", "confined",
+                                    "--images-root", str(inside), "--run-dir", str(run_dir)],
+                             env=_env(server))
+    assert out.exit_code == 1, out.output
+    df = _outcomes(run_dir).set_index("uid")
+    assert df.loc["inside", "status"] == "enrolled"
+    for uid in ("outside", "escape"):
+        assert df.loc[uid, "status"] == "invalid_input"
+        assert list(df.loc[uid, "reasons"]) == ["outside_manifest_dir"]
+        assert df.loc[uid, "attempts"] == 0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["options"]["images_root"] == str(inside)
