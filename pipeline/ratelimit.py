@@ -32,8 +32,9 @@ Adapting to the real quota (AIMD)
     rate. After :attr:`Aimd.probe` quiet seconds the rate probes upward (additive
     increase, 1 % of the found quota, doubling while no rejection comes) back toward
     the ceiling; a probe that draws a rejection is undone and the next one waits
-    twice as long. An unlimited interface (``None``) has no bucket until its first
-    rejection, so a run converges on the account's quota without being told it.
+    twice as long. An unlimited interface (``None``) has no bucket until a rejection
+    comes once its rate can be measured (a quarter window of traffic), so a run
+    converges on the account's quota without being told it.
 
     Measured on a simulated server enforcing Q per sliding 1-s window (virtual
     clock, 60 workers, 30 s): limit = Q gives 0.98 Q with no rejection; limit = 3Q

@@ -19,7 +19,7 @@ Wire format (contract §1.4)
     ``application/x-www-form-urlencoded`` body. The reply is decoded as JSON whatever
     the HTTP status. Network failures and timeouts become
     :class:`~pipeline.errors.TransientError` with code ``"SDK108"``; a body that is not
-    a JSON object becomes ``TransientError("HTTP<status>")``.
+    a JSON object becomes ``TransientError("HTTP<status>")`` (``AuthError`` for 401/403).
 
 Secrets
     The API key, secret key and tokens travel only in the token request and in query
@@ -70,17 +70,21 @@ def encode_form(fields: list[tuple[str, str | bytes]]) -> bytes:
     """Form-encode ``fields`` in order, as ``requests`` does (UTF-8, ``quote_plus``).
 
     A ``bytes`` value must already be standard base64 text: only ``+``, ``/`` and
-    ``=`` need escaping there, and ``bytes.replace`` does it far faster than
-    ``quote_plus`` on a few hundred kilobytes.
+    the ``=`` padding need escaping there. ``bytes.replace`` does that far faster
+    than ``quote_plus`` (which walks a 300 KB photo byte by byte), and the padding,
+    only ever at the end, is escaped without a pass over the text.
     """
-    parts = []
+    parts: list[bytes | memoryview] = []
     for name, value in fields:
+        parts.append(("&" if parts else "").encode() + name.encode("ascii") + b"=")
         if isinstance(value, bytes):
-            text = value.replace(b"+", b"%2B").replace(b"/", b"%2F").replace(b"=", b"%3D")
+            text = value.replace(b"+", b"%2B").replace(b"/", b"%2F")
+            pad = 2 if text.endswith(b"==") else 1 if text.endswith(b"=") else 0
+            # a memoryview slice: join copies the text once, not twice
+            parts += [memoryview(text)[:len(text) - pad], b"%3D" * pad]
         else:
-            text = quote_plus(value).encode("ascii")
-        parts.append(name.encode("ascii") + b"=" + text)
-    return b"&".join(parts)
+            parts.append(quote_plus(value).encode("ascii"))
+    return b"".join(parts)
 
 
 def network_error(exc: BaseException, what: str) -> TransientError:
@@ -222,8 +226,8 @@ class Transport:
         status, reply = await self._exchange("POST", self._url(path, token), data=body,
                                              headers=FORM_TYPE, what=path)
         if not isinstance(reply, dict):
-            raise TransientError(f"HTTP{status}", f"{path}: the reply is not a JSON object",
-                                 attempts=0)
+            cls = AuthError if status in (401, 403) else TransientError
+            raise cls(f"HTTP{status}", f"{path}: the reply is not a JSON object", attempts=0)
         return status, reply
 
     async def _exchange(self, method: str, url: URL, *, what: str, **kwargs: Any

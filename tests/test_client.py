@@ -358,6 +358,14 @@ async def test_server_errors_are_transient(double: ProtocolDouble, client: FaceC
     assert info.value.code == code and info.value.attempts == 3
 
 
+async def test_http_401_without_json_is_auth_error(double: ProtocolDouble,  # noqa: F811
+                                                    client: FaceClient) -> None:
+    double.script("detect", http(401, "Unauthorized"))
+    with pytest.raises(AuthError) as info:
+        await client.detect(IMG)
+    assert info.value.code == "HTTP401" and info.value.attempts == 1
+
+
 async def test_dropped_connection_is_sdk108(double: ProtocolDouble) -> None:  # noqa: F811
     double.script("detect", DROP, DROP)
     policy = RetryPolicy(max_attempts=2, sleep=no_sleep)
@@ -551,3 +559,36 @@ async def test_session_settings(double: ProtocolDouble) -> None:  # noqa: F811
     assert stats == {"calls": {}, "errors": {}, "retries": 0, "token_fetches": 1,
                      "token_refreshes": 0}
 
+
+
+@pytest.mark.parametrize("tail", [b"", b"a", b"ab"], ids=["no-pad", "pad2", "pad1"])
+def test_form_encoding_equals_urlencode(tail: bytes) -> None:
+    # The fast path must produce exactly what requests (hence the SDK) would send.
+    from urllib.parse import urlencode
+
+    from pipeline.transport import encode_form
+
+    b64 = base64.b64encode(png((30, 30), noise=True) + tail)
+    fields = [("image", b64), ("user_info", "Zhang San 张三 a+b/c=d&e"), ("uid", "u_1")]
+    expected = urlencode([(k, v.decode() if isinstance(v, bytes) else v) for k, v in fields])
+    assert encode_form(fields) == expected.encode()
+
+
+async def test_an_image_is_encoded_once_for_detect_then_add(
+        double: ProtocolDouble, client: FaceClient) -> None:  # noqa: F811
+    import os
+
+    # ~3.6 MB of noise: 4.8 MB in base64, fine for user add (10 MiB), not for detect (4 MiB)
+    big = Image.frombytes("RGB", (1100, 1100), os.urandom(1100 * 1100 * 3))
+    buf = io.BytesIO()
+    big.save(buf, "PNG", compress_level=0)
+    image = buf.getvalue()
+    await client.add_user("u1", "", "g1", image)
+    assert client._encoded.get(image) is not None
+    with pytest.raises(InvalidInputError, match="image_too_large"):
+        await client.detect(image)  # the cached text still obeys detect's limit
+    small = png()
+    await client.detect(small)
+    await client.add_user("u1", "", "g1", small)
+    sent = [r.form["image"] for r in double.requests]
+    assert len(sent) == 3 and sent[1] == sent[2] == base64.b64encode(small).decode()

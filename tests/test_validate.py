@@ -6,6 +6,7 @@ import base64
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -180,7 +181,44 @@ def test_check_fields() -> None:
 
 
 def test_every_reason_seen_has_a_sentence() -> None:
-    # Runs last in this module: every slug the checks returned above is explained.
+    # Runs after the checks above (file order): every slug they returned is explained.
     assert SEEN, "the tests above returned no reason"
     assert SEEN <= set(v.REASON_TEXT)
     assert all(text and text[0].islower() for text in v.REASON_TEXT.values())
+
+
+def _variants() -> dict[str, bytes]:
+    base = Image.new("RGB", (123, 77), (10, 200, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored size is still what the header says
+    out = {}
+    for name, img, fmt, kwargs in [
+        ("jpeg", base, "JPEG", {}),
+        ("jpeg-progressive", base, "JPEG", {"progressive": True}),
+        ("jpeg-gray", base.convert("L"), "JPEG", {}),
+        ("jpeg-cmyk", base.convert("CMYK"), "JPEG", {}),
+        ("jpeg-exif", base, "JPEG", {"exif": exif.tobytes()}),
+        ("png-rgba", base.convert("RGBA"), "PNG", {}),
+        ("png-palette", base.convert("P"), "PNG", {}),
+        ("bmp-24", base, "BMP", {}),
+        ("bmp-1bit", base.convert("1"), "BMP", {}),
+    ]:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kwargs)
+        out[name] = buf.getvalue()
+    samples = Path(__file__).resolve().parent.parent / "data" / "samples"
+    for path in sorted(samples.glob("*.*")):
+        if path.suffix.lower() in (".jpg", ".png", ".bmp"):
+            out[path.name] = path.read_bytes()
+    return out
+
+
+VARIANTS = _variants()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fast_header_reader_agrees_with_pillow(name: str) -> None:
+    data = VARIANTS[name]
+    fast = v._header_size(data)
+    assert fast is not None
+    assert fast == v._pillow_size(data)
