@@ -58,9 +58,9 @@ def _available(target: str) -> bool:
 Examples:
   faceflow engine serve --data-dir ./faceset &
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
-  faceflow rerun runs/20261125-0100-abcd
-  faceflow report runs/20261125-0100-abcd --html report.html
-  faceflow audit runs/20261125-0100-abcd --group staff""",
+  faceflow rerun runs/20261125T010203Z-3fa9c1
+  faceflow report runs/20261125T010203Z-3fa9c1 --html report.html
+  faceflow audit runs/20261125T010203Z-3fa9c1 --group staff""",
 )
 @click.version_option(__version__, prog_name="faceflow")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
