@@ -310,7 +310,9 @@ Examples:
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
            **kwargs: Any) -> None:
-    """Enroll the faces of MANIFEST (CSV, JSONL or Parquet: image, uid, user_info[, group_id]).
+    """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
+
+    Columns: image and uid; optionally group_id, user_info, action.
 
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
