@@ -226,31 +226,31 @@ async def test_match_errors(api: Api, photos: dict, which: str, code: int) -> No
 
 
 async def test_faceset_lifecycle(api: Api, engine: Any, photos: dict) -> None:
-    add = await api.call("faceset/user/add", uid="obama", user_info="Barack",
+    add = await api.call("faceset/user/add", uid="life_obama", user_info="Barack",
                          group_id="life_a,life_b", image=photos["obama_01"])
     assert set(add) == {"log_id"}
-    again = await api.call("faceset/user/add", uid="obama", user_info="Barack",
+    again = await api.call("faceset/user/add", uid="life_obama", user_info="Barack",
                            group_id="life_a", image=photos["obama_01"])
     assert again["error_code"] == 216616 and again["error_msg"] == "image exist"
-    await api.call("faceset/user/add", uid="biden", user_info="Joe", group_id="life_a",
+    await api.call("faceset/user/add", uid="life_biden", user_info="Joe", group_id="life_a",
                    image=photos["biden_01"])
-    got = await api.call("faceset/user/get", uid="obama")
+    got = await api.call("faceset/user/get", uid="life_obama")
     assert got["result_num"] == 2
     assert {r["group_id"] for r in got["result"]} == {"life_a", "life_b"}
-    assert all(r["uid"] == "obama" and r["user_info"] == "Barack" for r in got["result"])
+    assert all(r["uid"] == "life_obama" and r["user_info"] == "Barack" for r in got["result"])
 
     found = await api.call("identify", group_id="life_a", image=photos["obama_02"],
                            user_top_num="2")
-    assert [r["uid"] for r in found["result"]] == ["obama", "biden"]
+    assert [r["uid"] for r in found["result"]] == ["life_obama", "life_biden"]
     assert found["result"][0]["scores"][0] >= 80 > found["result"][1]["scores"][0]
-    verified = await api.call("verify", uid="obama", group_id="life_a", image=photos["obama_02"])
+    verified = await api.call("verify", uid="life_obama", group_id="life_a", image=photos["obama_02"])
     assert verified["result_num"] == 1 and verified["result"][0] >= 80
     multi = await api.call("multi-identify", group_id="life_a", image=photos["obama_02"])
     assert multi["result_num"] == len(multi["result"]) == 1
     assert set(multi["result"][0]["position"]) >= {"left", "top", "width", "height", "degree"}
 
     users = await api.call("faceset/group/getusers", group_id="life_a")
-    assert [u["uid"] for u in users["result"]] == ["biden", "obama"]
+    assert [u["uid"] for u in users["result"]] == ["life_biden", "life_obama"]
     listed = await api.call("faceset/group/getlist", start="0", num="1000")
     assert {"life_a", "life_b"} <= set(listed["result"])
 
