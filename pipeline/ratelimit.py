@@ -16,10 +16,12 @@ Why the bucket is shaped the way it is
     (and our engine) count calls per 1-second window, so with the naive
     ``AsyncLimiter(Q, 1)`` an idle client may send 2*Q calls within one second and
     see error 18. We therefore run the bucket at ``rate = (1 - HEADROOM) * Q`` with
-    ``capacity = max(1, HEADROOM * Q)``: any 1-second window then holds at most
-    ``HEADROOM*Q + (1-HEADROOM)*Q = Q`` calls (for small Q the integer count
-    ``floor(1 + 0.98*Q)`` is still <= Q). The 2 % headroom also absorbs network
-    jitter that squeezes calls together on the way to the server.
+    ``capacity = HEADROOM * Q``: any 1-second window then holds at most
+    ``HEADROOM*Q + (1-HEADROOM)*Q = Q`` calls. Below Q = 100 the capacity is
+    ``1 + HEADROOM*Q/2`` instead (a bucket must hold one call, and a little more so
+    late wake-ups are not lost); the integer count ``floor(capacity + 0.98*Q)`` is
+    still <= Q. The 2 % headroom also absorbs network jitter that squeezes calls
+    together on the way to the server.
 
 Adapting to the real quota (AIMD)
     A configured limit is a *ceiling*. When the service answers 4 or 18
@@ -140,13 +142,24 @@ class Aimd:
     min_rate: float = 0.1
 
 
+def _capacity(rate: float) -> float:
+    """Bucket size for ``rate`` calls/s: HEADROOM * Q calls, and above 1 for small Q.
+
+    A bucket of exactly 1 loses the time by which each wake-up is late (the level
+    cannot drain below 0), which costs a few % at 20 calls/s. Half the headroom on
+    top of 1 absorbs that and still keeps floor(capacity + rate * 1 s) <= Q.
+    """
+    burst = rate * BURST_SECONDS
+    return max(burst, 1.0 + burst / 2)
+
+
 class _Bucket(AsyncLimiter):
     """An :class:`AsyncLimiter` whose rate can change while tasks wait on it."""
 
     __slots__ = ()
 
     def __init__(self, rate: float) -> None:
-        capacity = max(1.0, rate * BURST_SECONDS)
+        capacity = _capacity(rate)
         super().__init__(capacity, capacity / rate)
 
     def set_rate(self, rate: float) -> None:
@@ -154,7 +167,7 @@ class _Bucket(AsyncLimiter):
         # Drain what the old rate owed up to now before switching; aiolimiter keeps
         # the rate in a private field computed once in __init__, hence the writes.
         self._leak()
-        self.max_rate = max(1.0, rate * BURST_SECONDS)
+        self.max_rate = _capacity(rate)
         self.time_period = self.max_rate / rate
         self._rate_per_sec = rate
         self._wake_next()
