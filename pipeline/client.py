@@ -221,7 +221,7 @@ class FaceClient:
         self._state = _OPEN
         await self._transport.open()
         try:
-            await self.retry.run(self._token, self._before_sleep)
+            await self.retry.run(self._token, lambda state: self._before_sleep(state, "token"))
         except BaseException:
             await self.aclose()
             raise
@@ -244,7 +244,8 @@ class FaceClient:
             raise RuntimeError(f"the FaceClient is {self._state}; use 'async with FaceClient()'")
         call = _Call(interface, encode_form(fields))
         try:
-            reply = await self.retry.run(lambda: self._attempt(call), self._before_sleep)
+            reply = await self.retry.run(lambda: self._attempt(call),
+                                         lambda state: self._before_sleep(state, interface))
         except ApiError as exc:
             exc.attempts = call.sent
             raise
@@ -290,11 +291,12 @@ class FaceClient:
         if isinstance(error, QpsLimitError):
             self.limiter.on_limited(call.interface)
 
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _before_sleep(self, state: RetryCallState, interface: str) -> None:
         self.stats.retries += 1
         exc = state.outcome.exception() if state.outcome else None
-        log.info("retry %d after %s; sleeping %.2f s", state.attempt_number, exc,
-                 state.upcoming_sleep)
+        # str(ApiError) is "[code] message, log_id N": our words and the scrubbed error_msg
+        log.info("%s: retry %d after %s; sleeping %.2f s", interface, state.attempt_number,
+                 exc, state.upcoming_sleep)
 
     # -- detection ------------------------------------------------------------------
 
