@@ -224,15 +224,17 @@ def serve(
 
 
 async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
+    # Handlers first: a parent may send SIGTERM the moment it reads the "listening" line,
+    # and the default action would kill us and orphan the model processes.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     bound = runner.addresses[0][1]
     print(f"faceflow engine listening on http://{host}:{bound}", file=out, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
