@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import EXIT_CONFIG, connection_options, settings_from
+from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
 from pipeline.audit import (
     AuditConfig,
     AuditObserver,
@@ -83,24 +82,6 @@ def print_result(result: AuditResult, resume_hint: str) -> None:
              "resume to finish and delete it.")
     if result.stop_reason is not None or result.failed:
         _err(f"Resume (finished probes are not called again):\n  {resume_hint}")
-
-
-async def _run_with_signals(config: AuditConfig, observer: AuditObserver) -> AuditResult:
-    """run_audit with Ctrl-C and SIGTERM setting the stop event (clean stop, exit 130)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (e.g. under a test runner): no handler
-    try:
-        return await run_audit(config, observer=observer, stop=stop)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def _config(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
@@ -179,7 +160,8 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
     observer = LineObserver()
     try:
         config = _config(sources, manifest, groups, run_dir, settings, options)
-        result = asyncio.run(_run_with_signals(config, observer))
+        result = asyncio.run(run_stoppable(
+            lambda stop: run_audit(config, observer=observer, stop=stop)))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     print_result(result, _hint(result))

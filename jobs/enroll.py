@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG, connection_options, settings_from
+from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
 from pipeline.enroll import (
     MODES,
     EnrollConfig,
@@ -204,30 +203,13 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
 # -- running ---------------------------------------------------------------------------------
 
 
-async def _run_with_signals(config: EnrollConfig, observer: EnrollObserver) -> RunResult:
-    """run_enroll with Ctrl-C and SIGTERM setting the stop event (clean stop, exit 130)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (e.g. under a test runner): no handler
-    try:
-        return await run_enroll(config, observer=observer, stop=stop)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
 def execute(config: EnrollConfig, resume_hint: str, console: Console | None = None) -> RunResult:
     """Run ``config`` with progress on stderr, print the summary; ConfigError -> exit 2."""
     console = console or Console(stderr=True)
     observer = ConsoleObserver(console)
     try:
-        result = asyncio.run(_run_with_signals(config, observer))
+        result = asyncio.run(run_stoppable(
+            lambda stop: run_enroll(config, observer=observer, stop=stop)))
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+import signal
+from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
@@ -18,6 +20,7 @@ EXIT_AUTH = 4  # the service refused the credentials mid-run
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
 
 F = Callable[..., Any]
+T = TypeVar("T")
 
 
 def connection_options(func: F) -> F:
@@ -50,3 +53,21 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         return Settings.from_env(**overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+async def run_stoppable(job: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Await ``job(stop)`` with Ctrl-C and SIGTERM setting ``stop`` (a clean stop, exit 130)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. under a test runner): no handler
+    try:
+        return await job(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

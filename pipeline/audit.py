@@ -85,7 +85,15 @@ from pipeline.findings import (
     records_table,
     table_records,
 )
-from pipeline.rundir import ManifestRef, RecordStore, RunDir, RunInfo, new_run_id, utc_now
+from pipeline.rundir import (
+    ManifestRef,
+    RecordStore,
+    RunDir,
+    RunInfo,
+    new_run_id,
+    utc_now,
+    write_atomic,
+)
 
 log = logging.getLogger("faceflow.audit")
 
@@ -749,7 +757,7 @@ def load_scratch(
 
 
 def save_scratch(rundir: RunDir, state: Mapping[str, Any]) -> None:
-    _write_bytes_atomic(rundir.path / SCRATCH_FILE, json.dumps(state, indent=1).encode())
+    write_atomic(rundir.path / SCRATCH_FILE, json.dumps(state, indent=1).encode())
 
 
 # -- a whole audit ------------------------------------------------------------------------------
@@ -946,15 +954,6 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

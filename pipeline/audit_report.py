@@ -10,8 +10,6 @@ uids, user_info and paths come from users' files and are untrusted.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pipeline import __version__
 from pipeline.audit import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
 from pipeline.clusters import CLUSTER_SCHEMA, Cluster
 from pipeline.findings import KINDS, AuditImage, Finding, table_records
+from pipeline.report import thumbnail
 from pipeline.rundir import RunDir
 
 #: Longest side of a thumbnail, pixels.
@@ -93,25 +92,9 @@ def cards(plan: list[AuditImage], findings: list[Finding]) -> list[Card]:
         if row is None or row >= len(plan):
             return Photo(uid, image, info, None)
         if row not in thumbs:
-            thumbs[row] = thumbnail(Path(plan[row].path))
+            thumbs[row] = thumbnail(Path(plan[row].path), THUMB_PX, quality=75)
         return Photo(uid, image, info, thumbs[row])
 
     return [Card(f, KIND_LABELS[f.kind],
                  photo(f.row_a, f.uid_a, f.image_a, f.user_info_a),
                  photo(f.row_b, f.uid_b, f.image_b, f.user_info_b)) for f in findings]
-
-
-def thumbnail(path: Path, size: int = THUMB_PX) -> str | None:
-    """A JPEG ``data:`` URL of the image, longest side at most ``size`` px; None if unreadable."""
-    from PIL import Image, ImageOps  # noqa: PLC0415
-
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale, fast
-            small = ImageOps.exif_transpose(img).convert("RGB")
-            small.thumbnail((size, size))
-            buf = io.BytesIO()
-            small.save(buf, format="JPEG", quality=75)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

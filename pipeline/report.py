@@ -237,23 +237,38 @@ _BOX = ["face_left", "face_top", "face_width", "face_height"]
 
 def _thumbnail(base: Path, rec: dict[str, Any]) -> str | None:
     """A small JPEG data: URL of the row's image, the face box drawn when known."""
-    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415
-
     if not rec["image"]:
         return None
     path = Path(rec["image"])
     path = path if path.is_absolute() else base / path
+    # The box is in the coordinates of the image that was sent: only draw it on the file
+    # itself when that was sent as is.
+    known = None not in [rec[k] for k in _BOX] and not rec["transformed"]
+    box = tuple(float(rec[k]) for k in _BOX) if known else None
+    return thumbnail(path, THUMB_PX, box=box)
+
+
+def thumbnail(path: Path, size: int = THUMB_PX, *, quality: int = 70,
+              box: tuple[float, ...] | None = None) -> str | None:
+    """A JPEG ``data:`` URL of the image, longest side at most ``size`` px; None if unreadable.
+
+    ``box`` (left, top, width, height in the file's pixels) is drawn in red when given.
+    """
+    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415
+
     try:
         with Image.open(path) as opened:
+            if box is None:
+                opened.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
             img = ImageOps.exif_transpose(opened).convert("RGB")
-            if None not in [rec[k] for k in _BOX] and not rec["transformed"]:
-                left, top, width, height = (float(rec[k]) for k in _BOX)
+            if box is not None:
+                left, top, width, height = box
                 line = max(2, round(max(img.size) / 150))
                 ImageDraw.Draw(img).rectangle((left, top, left + width, top + height),
                                               outline=(230, 40, 40), width=line)
-            img.thumbnail((THUMB_PX, THUMB_PX))
+            img.thumbnail((size, size))
             buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=70)
+            img.save(buf, format="JPEG", quality=quality)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -147,7 +147,7 @@ class RunDir:
     def write_info(self, info: RunInfo) -> None:
         """Write ``run.json`` atomically (temporary file, then rename)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.info_path, info.to_json().encode("utf-8"))
+        write_atomic(self.info_path, info.to_json().encode("utf-8"))
 
     def update_info(self, **changes: Any) -> RunInfo:
         info = replace(self.read_info(), **changes)
@@ -357,7 +357,8 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for m, p in found)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename: all or nothing."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
