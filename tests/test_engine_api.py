@@ -243,7 +243,8 @@ async def test_faceset_lifecycle(api: Api, engine: Any, photos: dict) -> None:
                            user_top_num="2")
     assert [r["uid"] for r in found["result"]] == ["life_obama", "life_biden"]
     assert found["result"][0]["scores"][0] >= 80 > found["result"][1]["scores"][0]
-    verified = await api.call("verify", uid="life_obama", group_id="life_a", image=photos["obama_02"])
+    verified = await api.call("verify", uid="life_obama", group_id="life_a",
+                              image=photos["obama_02"])
     assert verified["result_num"] == 1 and verified["result"][0] >= 80
     multi = await api.call("multi-identify", group_id="life_a", image=photos["obama_02"])
     assert multi["result_num"] == len(multi["result"]) == 1
