@@ -17,8 +17,9 @@ from pipeline.report import Summary, render_html, summarize
 
 def summary_tables(s: Summary) -> list[Table]:
     """Statuses, reasons and timing as rich tables."""
-    counts = Table(title=f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome",
-                   title_justify="left")
+    title = f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome"
+    # min_width: a title wider than the table would be wrapped into the table's width.
+    counts = Table(title=title, title_justify="left", min_width=len(title))
     counts.add_column("status")
     counts.add_column("rows", justify="right")
     for status, n in s.counts:
