@@ -68,6 +68,16 @@ def _variants(images: Path, obama: Path, biden: Path, box: Any) -> list[DemoRow]
     return rows
 
 
+def _venv_commands() -> tuple[str, str]:
+    """python and faceflow as a user can type them here: the venv's, relative when under cwd."""
+    bindir = Path(sys.executable).parent
+    try:
+        bindir = bindir.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return str(bindir / "python"), str(bindir / "faceflow")
+
+
 def build_manifest(folder: Path, box: Any) -> Path:
     """Copy nothing: sample rows point at data/samples; variants are written to folder/images."""
     images = folder / "images"
@@ -150,11 +160,12 @@ def demo(base: Path, concurrency: int) -> None:
     # Not a terminal (e.g. piped into the README): wide enough that rows stay on one line.
     out = Console() if sys.stdout.isatty() else Console(width=110)
     out.print(rows_table(result.run_dir))
+    python, faceflow = _venv_commands()
     lines = [
         "Read the outcomes with pandas:",
-        f"  python -c \"import pandas as pd; print(pd.read_parquet('{result.outcomes_dir}')"
+        f"  {python} -c \"import pandas as pd; print(pd.read_parquet('{result.outcomes_dir}')"
         "[['row', 'uid', 'status', 'reasons']])\"",
-        f"HTML report: faceflow report {result.run_dir} --html report.html",
+        f"HTML report: {faceflow} report {result.run_dir} --html report.html",
     ]
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
