@@ -95,3 +95,34 @@ def test_demo_credentials_when_env_is_unset() -> None:
     assert credentials_from_env({})[0] == ENGINE_DEMO_API_KEY
     assert credentials_from_env({"FACEFLOW_API_KEY": "k", "FACEFLOW_SECRET_KEY": "s"}) == (
         "k", "s")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(p) for p in text]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_model_processes_exit_when_the_engine_is_killed(tmp_path: Path) -> None:
+    import time
+
+    proc, _ = _start([sys.executable, "-m", "pipeline.engine"], tmp_path)
+    workers = _children(proc.pid)
+    assert workers, "the engine runs its models in child processes"
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "orphaned model processes"

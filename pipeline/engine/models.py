@@ -121,10 +121,30 @@ _MODELS: Models | None = None
 
 
 def init_worker(detector: str = "hog") -> None:
-    """Process-pool initializer: load the models once in this process."""
+    """Process-pool initializer: load the models once in this process.
+
+    Also starts a watchdog: a worker whose engine was killed (SIGKILL skips the pool's
+    shutdown) would otherwise live on, holding ~170 MB and its parent's pipes.
+    """
     global _MODELS
+    _watch_parent()
     if _MODELS is None or _MODELS.kind != detector:
         _MODELS = Models(detector)
+
+
+def _watch_parent(period: float = 1.0) -> None:
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        os._exit(0)  # orphaned: the engine is gone, nobody will send work again
+
+    threading.Thread(target=watch, name="faceflow-parent-watch", daemon=True).start()
 
 
 def warm_up() -> int:
