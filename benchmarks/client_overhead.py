@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import binascii
 import io
 import json
 import multiprocessing as mp
@@ -41,7 +40,7 @@ from pipeline import validate  # noqa: E402
 from pipeline.client import FaceClient, parse_faces  # noqa: E402
 from pipeline.config import Secret, Settings  # noqa: E402
 from pipeline.retry import RetryPolicy  # noqa: E402
-from pipeline.transport import encode_form  # noqa: E402
+from pipeline.transport import b64encode, encode_form  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "client_overhead.json"
 PHOTO = ROOT / "data" / "samples" / "obama_01.jpg"
@@ -137,7 +136,7 @@ def breakdown(image: bytes, n: int = 300) -> dict[str, float]:
     reply = json.loads(DETECT_REPLY)
     steps = {
         "check_image": lambda: validate.check_image(image),
-        "base64+form": lambda: encode_form([("image", binascii.b2a_base64(image, newline=False)),
+        "base64+form": lambda: encode_form([("image", b64encode(image)),
                                             ("face_fields", "qualities")]),
         "json+records": lambda: parse_faces(json.loads(DETECT_REPLY)) and reply,
     }

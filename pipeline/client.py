@@ -32,8 +32,6 @@ A client is opened once: after ``close`` it cannot be reopened (as httpx).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -75,7 +73,7 @@ from pipeline.records import (
     WriteResult,
 )
 from pipeline.retry import RetryPolicy
-from pipeline.transport import Transport, check_reply, encode_form
+from pipeline.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
 
@@ -334,7 +332,7 @@ class FaceClient:
         """Similarity (0-100) of each pair of ``images`` (>= 2; indexes 0-based in order)."""
         images = list(images)
         _check("images", v.check_match_images(images))
-        fields: Fields = [("images", b",".join(base64.b64encode(img) for img in images))]
+        fields: Fields = [("images", b",".join(b64encode(img) for img in images))]
         if ext_fields:
             fields.append(("ext_fields",
                            _fields_arg("ext_fields", ext_fields, frozenset({"qualities"}))))
@@ -517,7 +515,7 @@ def _checked_b64(image: bytes, max_b64: int = v.IMAGE_B64_MAX) -> bytes:
         _invalid(f"image must be bytes, not {type(image).__name__}")
     data = image if isinstance(image, bytes) else bytes(image)
     _check("image", v.check_image(data, max_b64_bytes=max_b64))
-    return binascii.b2a_base64(data, newline=False)  # base64.b64encode, minus a copy
+    return b64encode(data)
 
 
 def _uid(uid: str) -> str:
