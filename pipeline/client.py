@@ -257,27 +257,32 @@ class FaceClient:
             raise
 
     async def _attempt(self, call: _Call) -> dict[str, Any]:
-        token = await self._token()
-        status, reply = await self._send(call, token)
+        token, status, reply = await self._send(call)
         if _is_token_error(reply) and not call.refreshed:
             # Once per call and outside the retry budget (contract §1.3).
             call.refreshed = True
             self.stats.token_refreshes += 1
             self.stats.errors[make_error(reply["error_code"], "").code or "client"] += 1
             self._transport.invalidate(token)
-            status, reply = await self._send(call, await self._token())
+            token, status, reply = await self._send(call)
         error = check_reply(reply, status, self._transport.scrub)
         if error is not None:
             self._count_error(call, error)
             raise error
         return reply
 
-    async def _send(self, call: _Call, token: str) -> tuple[int, dict[str, Any]]:
+    async def _send(self, call: _Call) -> tuple[str, int, dict[str, Any]]:
+        """Wait for the limiter, then take the token, then POST: (token, status, reply).
+
+        The token is taken after the wait: a call may queue longer than a short-lived
+        token lives, and an expired one would cost a refresh, then a second 111 (AuthError).
+        """
         await self.limiter.acquire(call.interface)
+        token = await self._token()
         call.sent += 1
         self.stats.calls[call.interface] += 1
         try:
-            return await self._transport.post(call.path, call.body, token)
+            return (token, *await self._transport.post(call.path, call.body, token))
         except ApiError as exc:
             exc.attempts = call.sent
             self._count_error(call, exc)
