@@ -184,7 +184,8 @@ class _Lane:
     __slots__ = (
         "aimd", "ceiling", "rate", "bucket", "found", "backoffs", "_step", "_last_probe", "_good",
         "_probe_wait",
-        "_last_decrease", "_win_start", "_sent", "_rejected", "_prev_accepted",
+        "_last_decrease", "_win_start", "_sent", "_rejected", "_prev_accepted", "_prev_sent",
+        "_prev_start", "_cut", "_noise_until",
     )
 
     def __init__(self, qps: float | None, aimd: Aimd, now: float) -> None:
@@ -200,6 +201,11 @@ class _Lane:
         self._last_probe, self._last_decrease = now, -math.inf
         self._win_start, self._sent, self._rejected = now, 0, 0
         self._prev_accepted: float | None = None
+        self._prev_sent: float | None = None
+        self._prev_start = -math.inf
+        #: (time, calls/s sent, share accepted, rate) of the first cut not yet judged.
+        self._cut: tuple[float, float, float, float | None] | None = None
+        self._noise_until = -math.inf
 
     async def acquire(self, now: float) -> None:
         if now - self._win_start >= self.aimd.window:
@@ -232,15 +238,54 @@ class _Lane:
         if now - self._win_start >= self.aimd.window:
             self._roll(now)
         self._rejected += 1
-        if now - self._last_decrease < self.aimd.cooldown:
+        if now - self._last_decrease < self.aimd.cooldown or now < self._noise_until:
             return
-        new = self._decreased(now)
+        before = self._window(now)
+        new = self._noise_check(now)
+        if new is None:
+            rate = self.rate
+            new = self._decreased(now)
+            if new is not None and before is not None and self._cut is None:
+                self._cut = (now, *before, rate)
         if new is None:
             return
         self.backoffs += 1
         self._last_decrease = self._last_probe = now
         self._step = self.aimd.probe_step
         self._set(new, now)
+
+    def _noise_check(self, now: float) -> float | None:
+        """The rate to return to when the last cut proved the rejections are not a limit.
+
+        Under a real quota the service accepts about Q calls/s however fast we send, so
+        a cut raises the share it accepts. Random rejections (a storm, cluster-wide 4s)
+        take the same share at any rate: if the cut lowered what we sent but not the
+        share rejected, it bought nothing. Then undo it and let the retries absorb the
+        rejections for ``probe_wait_max`` seconds before judging again. The judgement
+        waits for a whole window sent after the cut (a mixed one proves nothing).
+        """
+        if self._cut is None or self._prev_start < self._cut[0] or not self._prev_sent:
+            return None
+        (_, sent0, share0, rate0), self._cut = self._cut, None
+        assert self._prev_accepted is not None
+        sent1, share1 = self._prev_sent, self._prev_accepted / self._prev_sent
+        if not (sent1 < sent0 * 0.95 and share1 <= share0 * 1.1 + 0.02):
+            return None
+        self._noise_until = now + self.aimd.probe_wait_max
+        restored = rate0 if rate0 is not None else sent0
+        self.found = restored / (1 - HEADROOM)
+        log.debug("rejections at the same share after a cut: not a rate limit; rate back")
+        return restored
+
+    def _window(self, now: float) -> tuple[float, float] | None:
+        """(calls/s sent, share accepted) over the last full window, or this one if long enough."""
+        if self._prev_sent is not None and self._prev_accepted is not None:
+            sent = self._prev_sent
+            return (sent, self._prev_accepted / sent) if sent > 0 else None
+        elapsed = now - self._win_start
+        if elapsed < self.aimd.window / 4 or self._sent == 0:
+            return None
+        return self._sent / elapsed, max(0, self._sent - self._rejected) / self._sent
 
     def _decreased(self, now: float) -> float | None:
         a = self.aimd
@@ -276,6 +321,8 @@ class _Lane:
     def _roll(self, now: float) -> None:
         elapsed = now - self._win_start
         self._prev_accepted = max(0.0, self._sent - self._rejected) / elapsed
+        self._prev_sent = self._sent / elapsed
+        self._prev_start = self._win_start
         self._win_start, self._sent, self._rejected = now, 0, 0
 
     def _set(self, rate: float, now: float) -> None:
