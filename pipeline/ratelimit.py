@@ -38,6 +38,14 @@ Adapting to the real quota (AIMD)
     comes once its rate can be measured (a quarter window of traffic), so a run
     converges on the account's quota without being told it.
 
+Rejections that are not a quota
+    A real quota accepts about Q calls/s however fast we send, so a cut raises the
+    share of calls accepted. Random rejections (an error storm, cluster-wide 4s) take
+    the same share at any rate. When a whole window sent after a cut shows fewer calls
+    sent but no better share accepted, the cut is undone and rejections are left to
+    the retries for ``Aimd.probe_wait_max`` seconds: without this, a storm of 30 %
+    random 18s drove the rate down to ``min_rate`` (tests/reliability/test_storm.py).
+
     Measured on a simulated server enforcing Q per sliding 1-s window (virtual
     clock, 60 workers, 30 s): limit = Q gives 0.98 Q with no rejection; limit = 3Q
     gives 0.95-0.99 Q after a few seconds (tests/test_ratelimit.py checks both).
