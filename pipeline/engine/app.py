@@ -5,7 +5,8 @@ Order of work for a face call (``POST /rest/2.0/face/v2/<path>``):
 1. a fresh random uint64 ``log_id`` (on every reply, errors included);
 2. the token: ``access_token`` missing or unknown -> 110, expired -> 111;
 3. emulation (QPS 18, quota 17, injected faults; emulation.py) - before any work;
-4. the form body (``client_max_size`` 25 MiB; larger -> 216103 param too long);
+4. the form body (``client_max_size`` 25 MiB; larger -> 216103 param too long, as JSON
+   on every endpoint, the token and admin ones included);
 5. the interface (interfaces.py); API errors are HTTP 200 JSON (contract §1.5).
 
 Anything unexpected becomes 216401 ``internal error`` as JSON, never a traceback. Unknown
@@ -219,6 +220,11 @@ async def _safety(request: web.Request, handler: Callable[[web.Request], Awaitab
         return await handler(request)
     except web.HTTPMethodNotAllowed:
         return _error_reply(216102, f"service not support: use POST for {request.path}")
+    except web.HTTPRequestEntityTooLarge:
+        # The token and admin endpoints read their own bodies; aiohttp's 413 is plain
+        # text, and every reply of the engine is JSON (contract §1.5).
+        too_long = Failure(216103, "the request body is over 25M")
+        return _error_reply(too_long.code, too_long.message)
     except web.HTTPException:
         raise
     except asyncio.CancelledError:
