@@ -134,14 +134,19 @@ class EngineState:
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> ImageAnalysis:
         """Run the models on ``data`` in the pool; image problems raise :class:`Failure`."""
-        assert self.pool is not None
+        pool = self.pool
+        assert pool is not None
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.pool, analyse, data, options)
+            result = await loop.run_in_executor(pool, analyse, data, options)
         except concurrent.futures.BrokenExecutor:
-            log.error("a model process died; restarting the pool")
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.start_pool()
+            # Every call in flight in the dead pool lands here; only the first replaces
+            # it. Each used to restart it anew, shutting down the pool the one before had
+            # just started: 8 calls in flight, 8 model loads with the loop blocked.
+            if self.pool is pool:
+                log.error("a model process died; restarting the pool")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self.start_pool()
             raise Failure(216401, "a model process failed; retry") from None
         if isinstance(result, ImageRejected):
             raise Failure(result.code, _detail(result))
