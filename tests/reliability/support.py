@@ -163,13 +163,21 @@ def kill_when(proc: subprocess.Popen, ready: Any, timeout: float = 120.0) -> boo
     return False
 
 
-def start_engine(port: int, data_dir: Path, *extra: str, env: dict[str, str] | None = None
-                 ) -> tuple[subprocess.Popen, str]:
-    """``python -m pipeline.engine`` on 127.0.0.1:``port``; (process, URL) once it listens."""
+def start_engine(port: int, data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m pipeline.engine`` on 127.0.0.1:``port``; (process, URL) once it listens.
+
+    ``log``: a file that receives the engine's stderr (appended), else it is discarded.
+    """
     cmd = [sys.executable, "-m", "pipeline.engine", "--port", str(port),
            "--data-dir", str(data_dir), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    stderr = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+    finally:
+        if log is not None:
+            stderr.close()  # the child holds its own copy
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the engine has bound (or died)
     match = LISTENING.search(line)
@@ -184,6 +192,18 @@ def children_of(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         out += [int(p) for p in task.read_text().split()]
+    return out
+
+
+def model_workers(engine_pid: int) -> list[int]:
+    """The engine's model processes (spawned pool workers, not multiprocessing's tracker)."""
+    out = []
+    for pid in children_of(engine_pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except FileNotFoundError:
+            pass
     return out
 
 

@@ -6,6 +6,10 @@ calls fail (refused or dropped connections: SDK108) and are retried with back-of
 restarted engine answers them, and the job finishes with every row enrolled once.
 Between the two engines the SQLite file is checked: sound (PRAGMA integrity_check) and
 holding every write the dead engine acknowledged.
+
+A second test kills one model process (not the engine) under a run with 8 rows in
+flight: the engine replaces its pool once, answers the calls that were in the dead pool
+with 216401, and the job's retries finish every row.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .support import (
     children_of,
     free_port,
     member_manifest,
+    model_workers,
     outcomes_on_disk,
     read_parts,
     start_engine,
@@ -113,3 +118,36 @@ def test_engine_killed_mid_run_restarts_intact_and_the_job_completes(
         store.close()
     print(f"\nacknowledged before the kill: {len(acknowledged)}; "
           f"after restart: {df['status'].value_counts().to_dict()}")
+
+
+def test_a_model_process_killed_mid_run_is_replaced_once_and_the_job_completes(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    env = {**os.environ, "FACEFLOW_API_KEY": API_KEY, "FACEFLOW_SECRET_KEY": SECRET_KEY}
+    log = tmp_path / "engine.log"
+    engine, url = start_engine(free_port(), tmp_path / "data", "--workers", "2", env=env,
+                               log=log)
+    rows = 24
+    manifest = member_manifest(tmp_path / "m.csv", photos[:rows], "mw")
+    run_dir = tmp_path / "run"
+    job = subprocess.Popen(
+        [FACEFLOW, "enroll", str(manifest), "--group", GROUP, "--run-dir", str(run_dir),
+         "--concurrency", "8"], env={**env, "FACEFLOW_ENDPOINT": url},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: outcomes_on_disk(run_dir) >= 4, 120, "no outcome before the kill")
+        before = model_workers(engine.pid)
+        os.kill(before[0], signal.SIGKILL)
+        out, err = job.communicate(timeout=180)
+        after = model_workers(engine.pid)
+    finally:
+        for proc in (job, engine):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+    assert job.returncode == 0, out + err
+    df = read_parts(run_dir)
+    assert df["row"].tolist() == list(range(rows)) and set(df["status"]) <= SUCCESS_STATUSES
+    assert len(before) == len(after) == 2 and not set(before) & set(after)  # a new pool
+    restarts = log.read_text().count("restarting the pool")
+    assert restarts == 1, f"{restarts} pool restarts for one dead model process"
