@@ -117,6 +117,7 @@ def main() -> None:
     print(f"fixture ready in {time.perf_counter() - t:.1f} s: {folder}")
     shutil.rmtree(folder / "run2", ignore_errors=True)
     shutil.copytree(folder / "run", folder / "run2")  # the copy gets recovered
+    results = []
     for attempt in ("first resume (recovers the journal)", "second resume (parts only)"):
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", _MEASURE, str(folder), str(args.rows), "run2"],
@@ -127,7 +128,15 @@ def main() -> None:
         print(f"{attempt}: {total:.2f} s wall in a fresh process; "
               + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in stats.items()))
+        results.append({"attempt": attempt, "wall_s": round(total, 2),
+                        **{k: round(v, 3) if isinstance(v, float) else v
+                           for k, v in stats.items()}})
     shutil.rmtree(folder / "run2", ignore_errors=True)
+    from benchmarks.common import write_result
+
+    worst = max(r["wall_s"] for r in results)
+    write_result("resume", {"rows": args.rows, "runs": results, "worst_wall_s": worst,
+                            "goal": "<= 10 s", "verdict": "PASS" if worst <= 10 else "FAIL"})
 
 
 def _env() -> dict[str, str]:
