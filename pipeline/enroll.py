@@ -546,7 +546,19 @@ async def run_enroll(
     """
     observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)
+    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    try:
+        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
+                               client_factory, observer, stop)
+    finally:
+        rundir.release()
+
+
+async def _run_held(
+    config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
+    resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
+    stop: asyncio.Event | None,
+) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
     already = int(store.done.sum())
@@ -620,13 +632,29 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
 
 
 def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunDir, RunInfo, bool]:
-    """The run directory for ``config``: (dir, its run.json, True when resuming).
+    """The run directory for ``config``, held (:meth:`RunDir.hold`; the caller releases
+    it): (dir, its run.json, True when resuming).
 
     An existing run of the same manifest (same fingerprint) resumes; a run of
-    another manifest, or ``resume`` with no run there, is a ConfigError.
+    another manifest, ``resume`` with no run there, or a dir another session holds,
+    is a ConfigError.
     """
-    ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+    if config.resume and not rundir.exists():  # refused before anything is created
+        raise ConfigError(
+            f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
+            "a new run there, or give the --run-dir of the run to resume.")
+    rundir.hold()
+    try:
+        return _open_held(config, manifest, thresholds, rundir)
+    except BaseException:
+        rundir.release()
+        raise
+
+
+def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
+               ) -> tuple[RunDir, RunInfo, bool]:
+    ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
     current: dict[str, Any] = {"settings": config.settings.public(),
                                "options": config.options(), "thresholds": limits}
@@ -637,10 +665,6 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
                        stop_reason=None, **current)
         rundir.write_info(info)
         return rundir, info, True
-    if config.resume:
-        raise ConfigError(
-            f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
-            "a new run there, or give the --run-dir of the run to resume.")
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
     info = RunInfo(run_id=run_id, job="enroll", created_at=utc_now().isoformat(), manifest=ref,

@@ -5,6 +5,7 @@ Generic: nothing here knows about enrollment. A job passes its record schema
 column (``row``: the 0-based manifest row). Layout::
 
     <run_dir>/run.json                       what ran, with which options; counts at the end
+    <run_dir>/.lock                          held (flock) by the session running; holds its pid
     <run_dir>/journal/seg-NNNNN.jsonl        terminal records not yet in a part
     <run_dir>/outcomes/part-NNNNN.parquet    the records, in parts of flush_rows rows
 
@@ -29,6 +30,7 @@ from the key column of the parts alone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -48,6 +50,7 @@ from pipeline import __version__
 from pipeline.errors import ConfigError
 
 RUN_JSON = "run.json"
+LOCK_FILE = ".lock"
 JOURNAL_DIR = "journal"
 OUTCOMES_DIR = "outcomes"
 _PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -119,6 +122,38 @@ class RunDir:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def hold(self) -> None:
+        """Hold the directory for one session: an exclusive ``flock`` on ``.lock``.
+
+        Two sessions at once (an overlapping cron start) would number their journal
+        segments and parts alike, salvage each other's live journal and replace each
+        other's parts. The hold ends with :meth:`release` or with the process, however
+        it ends (kill -9 included), so a crash never blocks the resume. ConfigError,
+        naming the holder's pid, when another process or session holds it.
+        """
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{self.path} is in use by another faceflow process (pid "
+                              f"{holder}); wait for it to finish, or choose another "
+                              "--run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """End :meth:`hold` (nothing happens when not held)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @property
     def info_path(self) -> Path:
