@@ -104,3 +104,33 @@ def test_twelve_kills_then_resume_lose_nothing_and_enroll_nothing_twice(
     assert sum(info["counts"].values()) == ROWS
     print(f"\n{len(kills)} kills: " + "; ".join(kills))
     print(f"statuses after resume: {df['status'].value_counts().to_dict()}")
+
+
+def test_a_second_enroll_on_a_run_dir_in_use_is_refused(
+    rel_engine: Any, photos: list[Path], tmp_path: Path
+) -> None:
+    """An overlapping cron start must not run the same rows: its parts would take the
+    same numbers as the first process's and replace them (outcomes lost, and the rows
+    the first enrolled recorded as already_enrolled by the second)."""
+    rows, group = 16, "rel_twin"
+    manifest = member_manifest(tmp_path / "m.csv", photos[ROWS:ROWS + rows], "twin")
+    run_dir = tmp_path / "run"
+    env = engine_env(rel_engine)
+    cmd = [FACEFLOW, "enroll", str(manifest), "--group", group, "--run-dir", str(run_dir),
+           "--qps", "4", "--concurrency", "2", "--flush-rows", "2"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while outcomes_on_disk(run_dir) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        _, first_err = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr
+    assert "in use by another faceflow process" in second.stderr
+    assert first.returncode == 0, first_err
+    df = read_parts(run_dir)
+    assert df["row"].tolist() == list(range(rows))
+    assert set(df["status"]) == {"enrolled"}  # the first process's own outcomes, all kept
+    assert faces_per_uid(rel_engine.store, group) == {f"twin_{i}": 1 for i in range(rows)}
