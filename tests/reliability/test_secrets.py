@@ -118,8 +118,9 @@ def outputs(server: Any, photos: list[Path], samples_dir: Path,
     jumper = _jump_clock_after_first_outcomes(server, run_dir)
     printed: dict[str, str] = {}
     commands = {
+        # --qps 4: the run outlasts the clock jump, so later calls meet expired tokens
         "enroll": ["-vv", "enroll", str(manifest), "--group", GROUP, "--run-dir", str(run_dir),
-                   "--concurrency", "3"],
+                   "--concurrency", "3", "--qps", "4"],
         "report": ["-vv", "report", str(run_dir), "--json", "--html",
                    str(run_dir / "report.html")],
         "audit": ["-vv", "audit", str(run_dir), "--group", GROUP, "--run-dir", str(audit_dir)],
