@@ -277,7 +277,11 @@ class _Lane:
         (_, sent0, share0, rate0), self._cut = self._cut, None
         assert self._prev_accepted is not None
         sent1, share1 = self._prev_sent, self._prev_accepted / self._prev_sent
-        if not (sent1 < sent0 * 0.95 and share1 <= share0 * 1.1 + 0.02):
+        rejected0, rejected1 = 1 - share0, 1 - share1
+        # Noise: we sent less, the share accepted did not rise, and a real share (>= 10 %)
+        # was and still is rejected. A probe overshoot rejects ~1 %: that is a quota.
+        if not (sent1 < sent0 * 0.95 and share1 <= share0 * 1.1 + 0.02
+                and rejected0 >= 0.1 and rejected1 >= 0.5 * rejected0):
             return None
         self._noise_until = now + self.aimd.probe_wait_max
         restored = rate0 if rate0 is not None else sent0
