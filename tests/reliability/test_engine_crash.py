@@ -4,8 +4,8 @@ The engine runs as ``python -m pipeline.engine`` on a port picked here and passe
 times, so the restarted engine is where the job expects it. While it is down the job's
 calls fail (refused or dropped connections: SDK108) and are retried with back-off; the
 restarted engine answers them, and the job finishes with every row enrolled once.
-Between the two engines the SQLite file is checked: sound (PRAGMA integrity_check) and
-holding every write the dead engine acknowledged.
+The SQLite files the dead engine left (copied before the restart) are checked: sound
+(PRAGMA integrity_check) and holding every write it acknowledged.
 
 A second test kills one model process (not the engine) under a run with 8 rows in
 flight: the engine replaces its pool once, answers the calls that were in the dead pool
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -58,6 +59,14 @@ def _records_on_disk(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _snapshot(data_dir: Path, folder: Path) -> Path:
+    """Copy the engine's SQLite files (database, WAL, shared memory) as they are now."""
+    folder.mkdir()
+    for path in data_dir.glob("faceset.sqlite3*"):
+        shutil.copy2(path, folder / path.name)
+    return folder / "faceset.sqlite3"
+
+
 def _wait_for(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -83,11 +92,14 @@ def test_engine_killed_mid_run_restarts_intact_and_the_job_completes(
         workers = children_of(engine.pid)
         engine.send_signal(signal.SIGKILL)
         engine.wait(timeout=30)
-        _wait_for(lambda: not any(alive(p) for p in workers), 15,
-                  f"model processes {workers} outlived the killed engine")
-
+        # Every "enrolled" on disk now was acknowledged by the dead engine. Its files are
+        # copied as it left them, and it is restarted at once: the job's calls wait
+        # through the downtime on their retry budget (~7.5 s).
         acknowledged = {r["uid"] for r in _records_on_disk(run_dir) if r["status"] == "enrolled"}
-        store = Store(data_dir / "faceset.sqlite3")  # opening it replays the WAL
+        left = _snapshot(data_dir, tmp_path / "left-behind")
+        engine, _ = start_engine(port, data_dir, env=env)  # same port, same data
+
+        store = Store(left)  # opening it replays the WAL the dead engine left
         try:
             assert store.integrity_check() == "ok"
             lost = [uid for uid in acknowledged if len(store.faces_of(GROUP, uid)) != 1]
@@ -95,8 +107,8 @@ def test_engine_killed_mid_run_restarts_intact_and_the_job_completes(
         finally:
             store.close()
         assert len(acknowledged) < ROWS  # the job was still going
-
-        engine, _ = start_engine(port, data_dir, env=env)  # same port, same data
+        _wait_for(lambda: not any(alive(p) for p in workers), 15,
+                  f"model processes {workers} outlived the killed engine")
         out, err = job.communicate(timeout=180)
     finally:
         for proc in (job, engine):

@@ -80,7 +80,7 @@ def test_tokens_expiring_every_two_seconds_are_renewed_not_refused(
     sends = sum(stats.calls.values())
     fetched = _issued_tokens(short_tokens) - issued
     assert fetched == stats.token_fetches >= 3  # tokens did expire mid-run
-    assert stats.token_fetches <= sends / 3, stats.as_dict()  # reused while valid
+    assert stats.token_fetches < sends / 2, stats.as_dict()  # reused while valid
     print(f"\n{sends} sends, {stats.token_fetches} token fetches, "
           f"{stats.token_refreshes} refreshes after 110/111, {result.elapsed_s:.1f} s")
 
