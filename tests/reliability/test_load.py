@@ -94,6 +94,7 @@ def test_64_clients_no_5xx_no_lost_write(rel_engine: Any, photos: list[Path]) ->
                         secret_key=rel_engine.secret_key)
     images = [p.read_bytes() for p in photos[:8]]
     errors_before = Counter(rel_engine.state.errors)
+    counts_before = rel_engine.store.counts()
     tally = _Tally()
 
     async def run() -> float:
@@ -114,3 +115,6 @@ def test_64_clients_no_5xx_no_lost_write(rel_engine: Any, photos: list[Path]) ->
     assert len(tally.stats) == CLIENTS and min(map(len, tally.latency.values())) > 0
     faces = faces_per_uid(rel_engine.store, GROUP)
     assert faces == {uid: 1 for uid in tally.acked}  # every acknowledged add, once
+    counts = rel_engine.store.counts()
+    for key in ("users", "faces"):  # and nothing else was written anywhere
+        assert counts[key] - counts_before[key] == len(tally.acked), (key, counts)
