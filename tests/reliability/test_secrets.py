@@ -28,6 +28,7 @@ import pytest
 from pipeline.client import FaceClient
 from pipeline.config import Settings
 from pipeline.errors import ApiError
+from pipeline.retry import RetryPolicy
 
 from .support import FACEFLOW, engine_env, free_port, outcomes_on_disk, write_manifest
 
@@ -168,7 +169,7 @@ def test_exception_text_holds_no_secret(server: Any, caplog: pytest.LogCaptureFi
 
     async def open_with(settings: Settings) -> None:
         try:
-            async with FaceClient(settings):
+            async with FaceClient(settings, retry=RetryPolicy(max_attempts=1)):
                 pass
         except ApiError as exc:
             errors.append(exc)
