@@ -779,6 +779,17 @@ async def run_audit(
     """
     observer = observer or AuditObserver()
     rundir, info, plan, resumed = open_audit(config)
+    try:
+        return await _run_held(config, client_factory, observer, stop, loader,
+                               (rundir, info, plan, resumed))
+    finally:
+        rundir.release()
+
+
+async def _run_held(config: AuditConfig, client_factory: ClientFactory,
+                    observer: AuditObserver, stop: asyncio.Event | None, loader: Loader,
+                    opened: tuple[RunDir, RunInfo, list[AuditImage], bool]) -> AuditResult:
+    rundir, info, plan, resumed = opened
     records = _latest(rundir)
     todo = [p for p in plan if p.probe and _needs_probe(records.get(p.row))]
     already = sum(p.probe for p in plan) - len(todo)
@@ -826,6 +837,16 @@ def open_audit(config: AuditConfig) -> tuple[RunDir, RunInfo, list[AuditImage], 
     (groups, threshold, top_k, before_enroll, confirm_photos) must be the same.
     """
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+    rundir.hold()  # one session at a time (released by run_audit, or by the process's end)
+    try:
+        return _open_held(config, rundir)
+    except BaseException:
+        rundir.release()
+        raise
+
+
+def _open_held(config: AuditConfig, rundir: RunDir
+               ) -> tuple[RunDir, RunInfo, list[AuditImage], bool]:
     if rundir.exists():
         info = rundir.read_info()
         _check_same_audit(rundir, info, config)

@@ -194,7 +194,8 @@ def _read(path: Path, size: int, max_file_bytes: int) -> bytes:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+    # Exact bytes as well: 10 MiB + 4 bytes must not read "10.0 MiB, over the 10.0 MiB".
+    return f"{n / 2**20:.1f} MiB ({n:,} bytes)" if n >= 2**20 else f"{n:,} bytes"
 
 
 # ------------------------------------------------------------------ the content

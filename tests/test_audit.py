@@ -145,6 +145,27 @@ def test_resume_with_other_options_is_refused(double: FaceDouble, tmp_path: Path
         audit(_config(double, tmp_path, enroll_dir, threshold=70.0))
 
 
+def test_a_held_audit_directory_is_refused_then_released(double: FaceDouble,
+                                                           tmp_path: Path) -> None:
+    from pipeline.rundir import RunDir
+
+    rows, _ = _rows(4)
+    enroll_dir, photos = enroll_run(tmp_path, GROUP, rows, double)
+    config = _config(double, tmp_path, enroll_dir)
+    other = RunDir(config.run_dir)
+    other.hold()  # an overlapping cron start, as another session would
+    try:
+        with pytest.raises(ConfigError, match="pid|held|in use"):
+            audit(config, loader=lambda img: photos[img.path])
+    finally:
+        other.release()
+    result = audit(config, loader=lambda img: photos[img.path])
+    assert result.exit_code == 0
+    again = RunDir(config.run_dir)
+    again.hold()  # the audit released its hold when it ended
+    again.release()
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [({"groups": ()}, "at least one --group"), ({"groups": ("bad-group",)}, "--group"),
