@@ -158,7 +158,8 @@ def _scale(d: dict[str, Any]) -> list[Row]:
         out.append((f"manifest of {r['rows']:,} rows ({r['csv_mib']} MiB CSV): validate, then "
                     "every row through the runner's feed and row check (no image read, no HTTP)",
                     f"validate {r['validate_s']:.1f} s + stream {r['stream_s']:.1f} s, "
-                    f"peak RSS {r['peak_rss_mb']} MB", goal, _verdict(r["peak_rss_mb"] <= 300)))
+                    f"peak RSS {r['peak_rss_mb']} MB{_peaks(r)}", goal,
+                    _verdict(r["peak_rss_mb"] <= 300)))
     e = d["enroll"]
     samples = e["samples"]
     out.append((f"real enroll of {e['rows']:,} rows (FaceClient over HTTP, image reads, Parquet "
@@ -173,6 +174,14 @@ def _scale(d: dict[str, Any]) -> list[Row]:
                 "first row left, fresh process", f"{worst['wall_s']:.2f} s ({worst['attempt']})",
                 "<= 10 s", _verdict(d["verdicts"]["resume"] == "PASS")))
     return out
+
+
+def _peaks(r: dict[str, Any]) -> str:
+    after = r.get("peak_rss_mb_after")
+    if not after:
+        return ""
+    return (f" (peak after validation {after['validate']}, after opening the store "
+            f"{after['store']}, at the first row {after['first_row']})")
 
 
 def _generic(d: dict[str, Any]) -> list[Row]:

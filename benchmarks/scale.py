@@ -114,11 +114,15 @@ def stream_child(manifest: Path, run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     m = open_manifest(manifest, default_group="bench")
     opened = time.perf_counter()
+    peaks = {"validate": round(peak_mb())}
     store = RunDir(run_dir).open_store(OUTCOME_SCHEMA, m.num_rows)
+    peaks["store"] = round(peak_mb())
 
     async def feed() -> tuple[int, int]:
         seen = refused = 0
         async for row in _AsyncRows(m, store.done, asyncio.Event()):
+            if not seen:  # what the feed holds before the first row (its start-up arrays)
+                peaks["first_row"] = round(peak_mb())
             seen += 1
             refused += check_row(row, m.row_is_duplicate_of(row.row)) is not None
         return seen, refused
@@ -128,7 +132,8 @@ def stream_child(manifest: Path, run_dir: Path) -> dict[str, Any]:
     end = time.perf_counter()
     return {"rows": m.num_rows, "validate_s": round(opened - start, 2),
             "stream_s": round(end - opened, 2), "rows_per_s": round(m.num_rows / (end - start)),
-            "refused_rows": refused, "peak_rss_mb": round(peak_mb())}
+            "refused_rows": refused, "peak_rss_mb": round(peak_mb()),
+            "peak_rss_mb_after": peaks}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -152,7 +157,10 @@ def measure_stream(folder: Path, sizes: list[int], photos: list[str]) -> list[di
         shutil.rmtree(folder / f"run-{rows}", ignore_errors=True)
         print(f"  {rows:>12,} rows ({result['csv_mib']} MiB CSV): validate "
               f"{result['validate_s']:.1f} s, stream {result['stream_s']:.1f} s, "
-              f"peak RSS {result['peak_rss_mb']} MB", flush=True)
+              f"peak RSS {result['peak_rss_mb']} MB (after validation "
+              f"{result['peak_rss_mb_after']['validate']}, store "
+              f"{result['peak_rss_mb_after']['store']}, first row "
+              f"{result['peak_rss_mb_after']['first_row']})", flush=True)
     return results
 
 
