@@ -48,7 +48,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections import Counter, OrderedDict
@@ -93,6 +92,7 @@ from pipeline.rundir import (
     new_run_id,
     utc_now,
     write_atomic,
+    write_table_atomic,
 )
 
 log = logging.getLogger("faceflow.audit")
@@ -970,11 +970,3 @@ def read_findings(run_dir: Path) -> list[Finding]:
     return table_records(table, Finding)
 
 
-def write_table_atomic(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file under a temporary name, fsync, then rename over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -348,12 +348,7 @@ class RecordStore:
     def _write_part(self, number: int, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=self.schema)
         path = self.rundir.outcomes_dir / f"part-{number:05d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_table_atomic(path, table)
         _fsync_dir(path.parent)
 
 
@@ -390,6 +385,16 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
         return []
     found = [(m, p) for p in folder.iterdir() if (m := pattern.match(p.name))]
     return sorted((int(m.group(1)), p) for m, p in found)
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file under a temporary name, fsync, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
