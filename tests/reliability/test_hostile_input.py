@@ -172,3 +172,33 @@ def test_a_header_only_manifest_is_a_run_of_zero_rows(rel_engine: Any, tmp_path:
     assert out.exit_code == 0, out.output
     assert "(0 rows)" in out.output
     assert pd.DataFrame(read_parts(run_dir)).empty
+
+
+def test_images_root_refuses_paths_escaping_it_and_keeps_the_rest(
+    rel_engine: Any, samples_dir: Path, tmp_path: Path
+) -> None:
+    """With --images-root the documented default (any readable file, the "escape" case
+    above) turns into a refusal: a ``..`` path and a symlink out of the folder are both
+    refused before any call; a file inside the folder is still enrolled."""
+    face = face_crop(samples_dir, "obama_01.jpg")
+    folder, outside = tmp_path / "photos", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "in.jpg").write_bytes(v.to_bytes(face.crop((8, 0, face.width, face.height))))
+    (outside / "out.jpg").write_bytes(v.to_bytes(face.crop((10, 0, face.width, face.height))))
+    os.symlink(outside / "out.jpg", folder / "link.jpg")
+    manifest = folder / "m.csv"
+    manifest.write_text("uid,image,user_info\nroot_in,in.jpg,i\nroot_up,../outside/out.jpg,i\n"
+                        "root_link,link.jpg,i\n", encoding="utf-8")
+    run_dir, group = tmp_path / "run", "rel_root"
+    out = CliRunner().invoke(main, ["enroll", str(manifest), "--group", group, "--run-dir",
+                                    str(run_dir), "--images-root", str(folder)],
+                             env=engine_env(rel_engine))
+    assert out.exit_code == 1, out.output  # two rows refused
+    df = read_parts(run_dir).set_index("uid")
+    assert df.loc["root_in", "status"] == "enrolled"
+    for uid in ("root_up", "root_link"):
+        assert df.loc[uid, "status"] == "invalid_input"
+        assert list(df.loc[uid, "reasons"]) == ["outside_manifest_dir"]
+        assert df.loc[uid, "attempts"] == 0
+    assert faces_per_uid(rel_engine.store, group) == {"root_in": 1}

@@ -1,10 +1,11 @@
-"""64 clients at once for 60 s against the engine: no 5xx, no error, no lost write.
+"""64 clients at once for 20 s against the engine: no 5xx, no error, no lost write.
 
 Each client is its own FaceClient (own session, own token) looping over a seeded mix of
 detect (50 %), identify (30 %) and user add (20 %, a new uid each time) on small photos.
 Afterwards the engine holds exactly one face per acknowledged add and nothing else in the
 group. Latency percentiles are printed (run with -s to see them); the test asserts on
-correctness only. FACEFLOW_LOAD_SECONDS shortens or lengthens the run (default 60).
+correctness only. FACEFLOW_LOAD_SECONDS shortens or lengthens the run (default 20,
+which keeps the suite within its 6-minute budget; 60 for the issue's full figure).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .support import faces_per_uid
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 
 CLIENTS = 64
-SECONDS = float(os.environ.get("FACEFLOW_LOAD_SECONDS", "60"))
+#: 20 s by default keeps the suite within its budget; FACEFLOW_LOAD_SECONDS=60 for the full run.
+SECONDS = float(os.environ.get("FACEFLOW_LOAD_SECONDS", "20"))
 GROUP = "rel_load"
 MIX = {"detect": 0.5, "identify": 0.3, "add": 0.2}
 
