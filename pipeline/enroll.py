@@ -516,10 +516,12 @@ class _AsyncRows:
         return self._rows()
 
     async def _rows(self) -> AsyncIterator[Any]:
-        todo = np.flatnonzero(~self.done)
-        if todo.size == 0:
+        if self.done.all():
             return
-        batches: Iterator[list[Any]] = self.manifest.batches(start_row=int(todo[0]))
+        # argmin of a bool array is the first False: the first row left, found without
+        # the index array of every row left (80 MB at 10M rows).
+        first = int(np.argmin(self.done))
+        batches: Iterator[list[Any]] = self.manifest.batches(start_row=first)
         while not self.halt.is_set():
             batch = await asyncio.to_thread(next, batches, None)
             if batch is None:
