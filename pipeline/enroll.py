@@ -33,7 +33,7 @@ import csv
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -370,16 +370,11 @@ class _RowRunner:
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.quality import choose_face  # noqa: PLC0415
 
-        try:
-            result = await self.client.detect(image.data, max_face_num=self.config.max_face_num,
-                                              face_fields=("qualities",))
-        except (QuotaError, AuthError) as exc:
-            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
-        except ApiError as exc:
-            state.note_error(exc, "detect_log_id")
-            return classify_error(exc)
-        state.attempts += result.attempts
-        state.fields["detect_log_id"] = result.log_id
+        result = await self._call(
+            self.client.detect(image.data, max_face_num=self.config.max_face_num,
+                               face_fields=("qualities",)), state, "detect_log_id")
+        if isinstance(result, Verdict):
+            return result
         choice = choose_face(result.faces, self.thresholds,
                              largest_face=self.config.largest_face)
         state.fields.update(_metric_fields(choice, len(result.faces)))
@@ -389,21 +384,30 @@ class _RowRunner:
         # user_info is optional in the manifest but required (non-empty) by user add and
         # update, so an empty one is sent as the uid (documented in the README).
         args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
+        if row.action == "add":
+            call = self.client.add_user(*args, action_type="append")
+        elif row.action == "update":
+            call = self.client.update_user(*args)
+        else:
+            call = self.client.update_user(*args, action_type="replace")
+        result = await self._call(call, state, "write_log_id")
+        if isinstance(result, Verdict):
+            return result
+        return Verdict(success_status(row.action))
+
+    async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
+        """Await one API call of a row: the result, with its attempts and ``log_id`` added
+        to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
         try:
-            if row.action == "add":
-                result = await self.client.add_user(*args, action_type="append")
-            elif row.action == "update":
-                result = await self.client.update_user(*args)
-            else:
-                result = await self.client.update_user(*args, action_type="replace")
+            result = await call
         except (QuotaError, AuthError) as exc:
             raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
         except ApiError as exc:
-            state.note_error(exc, "write_log_id")
+            state.note_error(exc, log_field)
             return classify_error(exc)
         state.attempts += result.attempts
-        state.fields["write_log_id"] = result.log_id
-        return Verdict(success_status(row.action))
+        state.fields[log_field] = result.log_id
+        return result
 
 
 # -- the session ----------------------------------------------------------------------
