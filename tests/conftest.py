@@ -1,4 +1,4 @@
-"""Shared fixtures. Helpers for one area live next to their tests (e.g. tests/doubles.py)."""
+"""Shared fixtures. Helpers used by several test modules live in tests/support/."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.api.errors import error_message
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
@@ -57,7 +58,6 @@ from pipeline.engine.models import (
 )
 from pipeline.engine.params import Failure
 from pipeline.engine.store import Change, Store
-from pipeline.errors import error_message
 
 log = logging.getLogger("faceflow.engine")
 

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
-from pipeline.rundir import RunDir, RunInfo
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
+from pipeline.runs.rundir import RunDir, RunInfo
 
 #: Thumbnails per reason in the HTML page, and their longest side in pixels.
 THUMBS_PER_REASON = 3
