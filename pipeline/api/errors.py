@@ -4,13 +4,16 @@
 
     FaceflowError
      ├── ConfigError                  bad options, thresholds or manifest: stop before any call
-     │    └── ManifestError           ... with the manifest line that is wrong
+     │    ├── ManifestError           ... with the manifest line that is wrong
+     │    └── UnreachableError        the endpoint does not answer as the service at all
      └── ApiError                     anything the face service (or the way to it) answered
           ├── RetryableError          worth sending again after a back-off
           │    ├── QpsLimitError      4, 18: rate limits; the limiter slows down
           │    └── TransientError     216300, 216400, 216401, 216500, 216613, 216615, 216617,
           │                           SDK108 (timeouts), HTTP 5xx, dropped connections
           ├── QuotaError              17, 19: stop the caller until the quota resets
+          ├── ServiceUnavailableError the service stopped answering for longer than the
+          │                           client waits for it (an outage): stop, resume later
           ├── AuthError               14, 110, 111, 216015, 216110, bad credentials
           ├── InvalidInputError       100, 2161xx, 2162xx, 216402, 216614, 216631, and
           │    │                      arguments the client refuses before sending (code None)
@@ -56,6 +59,19 @@ class ManifestError(ConfigError):
         super().__init__(f"{where}: {message}")
 
 
+class UnreachableError(ConfigError):
+    """The endpoint cannot be reached, or what answers there is not the face service.
+
+    ``endpoint`` is the URL tried and ``cause`` a few words (``connection refused``,
+    ``name not resolved``, ``TLS handshake failed``, ``HTTP 404, not JSON``...).
+    """
+
+    def __init__(self, endpoint: str, cause: str, hint: str = "") -> None:
+        self.endpoint, self.cause = endpoint, cause
+        super().__init__(f"cannot reach the face service at {endpoint}: {cause}"
+                         + (f" ({hint})" if hint else ""))
+
+
 class ApiError(FaceflowError):
     """An error answered by the face service, or met on the way to it."""
 
@@ -92,6 +108,10 @@ class TransientError(RetryableError):
 
 class QuotaError(ApiError):
     """The daily (17) or total (19) quota is spent: stop until it resets."""
+
+
+class ServiceUnavailableError(ApiError):
+    """The service answered nothing for longer than the client waits (an outage)."""
 
 
 class AuthError(ApiError):
