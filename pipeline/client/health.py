@@ -19,7 +19,8 @@ it waits its turn (:meth:`Health.wait_turn`). One probe goes out at a time, the 
 after ``probe_first`` seconds, then each after twice as long (at most ``probe_max``),
 so an outage costs a trickle of requests, not a retry storm. When any call is answered
 the waiters go again at once. Before ``suspect_after`` seconds of silence a fault counts
-as the call's own (a lone call against a service that answers 5xx is not an outage).
+as the call's own, and so does the first fault after an answer (one hung call is not
+an outage).
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class Health:
         """A call sent at ``sent_at`` met a fault: is it the service's (an outage)?"""
         self.faults += 1
         now = self.clock()
-        if self.last_answer >= sent_at or now - self.last_answer < self.suspect_after:
-            return False
+        if (self.last_answer >= sent_at or now - self.last_answer < self.suspect_after
+                or self.faults < 2):
+            return False  # someone was answered since, or too soon, or one call alone
         if self._down_since is None:
             self._down_since = self.last_answer
             self._next_probe = now + self._probe_gap

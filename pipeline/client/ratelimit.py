@@ -133,7 +133,7 @@ class Tuning:
     ``test_seconds``: a cut of more than 10 % is judged this long after it (2.5): if
     the share rejected did not fall by half, the rejections are random and the cut is
     undone; then for ``noise_hold`` seconds (20) only a share above the random one plus
-    ``noise_margin`` (0.1) counts as a quota.
+    ``noise_margin`` (0.2) counts as a quota.
     ``min_rate``: the pace never goes below this (0.1).
     ``start_rate`` / ``slow_start`` / ``slow_start_max``: a lane with no limit configured
     starts at 8 calls/s and doubles every second until a quota shows (unpaced from 4096).
@@ -149,7 +149,7 @@ class Tuning:
     evidence_window: float = 3.0
     test_seconds: float = 2.5
     noise_hold: float = 20.0
-    noise_margin: float = 0.1
+    noise_margin: float = 0.2
     test_replies: int = 30
     test_pace: float = 0.85
     history: float = 12.0
@@ -232,8 +232,9 @@ class _Lane:
         self._accepted: deque[tuple[float, int]] = deque()  # (reply time, A) of accepted calls
         #: (reply time, A if the rejection was quota evidence else None) of rejections
         self._rejected: deque[tuple[float, int | None]] = deque()
-        #: a large cut under test: (time, found, rate before it, share rejected, replies)
-        self._test: tuple[float, float | None, float | None, float, int] | None = None
+        #: a large cut under test: (time, found and rate before it, share rejected and
+        #: replies before it, calls/s accepted before it)
+        self._test: tuple[float, float | None, float | None, float, int, float] | None = None
         self._noise, self._noise_until = 0.0, -math.inf
         #: (reply time, rate limited?) of the replies of the last ``history`` seconds
         self._history: deque[tuple[float, bool]] = deque()
@@ -382,7 +383,7 @@ class _Lane:
                 self._noise, self._noise_until = 0.0, -math.inf
                 return False
             self._noise_until = now + self.t.noise_hold  # still the same random share
-        if hidden:  # follow the storm's share as it changes
+        if share < self._noise:  # the storm calms down (it rises only by a new test)
             self._noise = 0.95 * self._noise + 0.05 * share
         return hidden
 
@@ -423,18 +424,18 @@ class _Lane:
             # A large cut is a test: sent a little below the quota it suggests, a quota
             # leaves (nearly) nothing to reject; random rejections go on at their share.
             share, replies = self._share(now - self.t.evidence_window, least=self.t.test_replies)
-            self._test = (now, before[0], before[1], share, replies)
-            # The counts may include calls still unanswered (a fast start): test below
-            # the calls accepted in the last second too, whichever is fewer.
-            lately = sum(1 for t, _ in self._accepted if t > now - 2.0) / 2.0
-            self.rate = max(self.t.min_rate, self.t.test_pace * min(self.rate, max(1.0, lately)))
+            # The counts may include calls still unanswered or a token bucket's burst: test
+            # below the calls accepted per second lately too, whichever is fewer.
+            lately = max(1.0, sum(1 for t, _ in self._accepted if t > now - 2.0) / 2.0)
+            self._test = (now, before[0], before[1], share, replies, lately)
+            self.rate = max(self.t.min_rate, self.t.test_pace * min(self.rate, lately))
         log.debug("quota shown: %.0f calls/s; pace %s -> %.3f", quota,
                   "unlimited" if before[1] is None else f"{before[1]:.3f}", self.rate or 0.0)
 
     def _judge_test(self, now: float) -> None:
         """A large cut was made: if the share rejected did not fall, it was not a quota."""
         assert self._test is not None
-        start, found, rate, share0, replies0 = self._test
+        start, found, rate, share0, replies0, _ = self._test
         share1, replies1 = self._share(start + 0.5)
         quiet = replies1 >= self.t.test_replies // 3 and share1 == 0.0
         if replies1 < self.t.test_replies and now < start + 4 * self.t.test_seconds and not quiet:
@@ -442,23 +443,24 @@ class _Lane:
         self._test = None
         pooled = (share0 * replies0 + share1 * replies1) / max(1, replies0 + replies1)
         spread = math.sqrt(pooled * (1 - pooled) * (1 / max(1, replies0) + 1 / replies1))
-        # Below a quota (nearly) nothing is rejected, random rejections go on at their share:
-        # a quota when clearly fewer were rejected after the cut, or clearly more (then the
-        # quota is lower still, and the next cut finds it); random rejections otherwise.
-        if replies0 < self.t.test_replies * 2 // 3:
-            random = share1 > 0.1
-        else:
-            fewer = share1 <= 0.05 or (share0 - share1 >= 2 * spread and share1 <= 0.6 * share0)
-            random = (not fewer and share1 - share0 < 2 * spread
-                      and min(share0, share1) >= 0.1)
+        # Below a quota (nearly) nothing is rejected; random rejections go on at their
+        # share (a cut never makes a quota reject more: if more are, they are random too).
+        fewer = share1 <= 0.05 or (replies0 >= self.t.test_replies * 2 // 3
+                                   and share0 - share1 >= 2 * spread and share1 <= 0.6 * share0)
+        random = not fewer and share1 >= 0.1
         if random:
             # not clearly fewer rejected below the quota it suggested: random, not a quota
             self.found, self.rate = found, rate
-            self._hold(pooled, now)
+            # The lower share: if more were rejected after the cut than before, the
+            # random share is no more than before (a burst may have ended meanwhile).
+            self._hold(pooled if share1 <= share0 else share0, now)
             log.debug("rejections at %.0f %% whatever the rate: random, not a quota", share1 * 100)
             return
-        # Fewer rejected: a quota. If some still are, the next cut will tell whether they
-        # are random (then it is undone) or this cut was not deep enough.
+        # Fewer rejected: a quota. What is still rejected below it is the random share.
+        if share1 < 0.05:
+            self._noise, self._noise_until = 0.0, -math.inf
+        else:
+            self._hold(share1, now)
         self._set_rate()
 
     def _hold(self, share: float, now: float) -> None:

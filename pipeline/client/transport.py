@@ -108,7 +108,7 @@ def describe_failure(exc: BaseException, read_timeout: float | None = None) -> s
         return "its TLS certificate is not trusted"
     if isinstance(exc, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError, ssl.SSLError)):
         return "TLS handshake failed (does it speak plain http://?)"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, (aiohttp.ClientConnectorDNSError, UnicodeError)):
         return "host name not resolved"
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
@@ -335,7 +335,8 @@ class Transport:
             async with self._session.request(method, url, timeout=timeout, **kwargs) as resp:
                 body = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, UnicodeError) as exc:
+            # UnicodeError: a host name no resolver could look up (idna refuses it)
             log.debug("%s %s failed: %s", method, what, type(exc).__name__)
             raise network_error(exc, what, read) from None
         self.read_timeout.observe(time.monotonic() - started)
