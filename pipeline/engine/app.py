@@ -89,6 +89,8 @@ class EngineConfig:
     token_ttl: float = 2592000.0
     detector: str = "hog"
     emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    #: ``postgresql://...``: the shared faceset (pgstore.py) instead of ``data_dir``'s.
+    store_url: str | None = None
 
 
 class EngineState:
@@ -102,10 +104,7 @@ class EngineState:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.clock_offset = 0.0
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.data_dir / "faceset.sqlite3")
-        self.index = SearchIndex()
-        self.index.load(self.store.all_faces())
+        self.store, self.index = open_faceset(config)
         self.emulation = Emulation(config.emulation, self.monotonic, self.today)
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
@@ -171,6 +170,24 @@ class EngineState:
     def stats(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "errors": dict(self.errors),
                 **self.store.counts(), "indexed_faces": self.index.size()}
+
+
+def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
+    """(store, index) of one engine: SQLite + in-memory index, or PostgreSQL for both.
+
+    Both pairs have the same public methods (store.py / index.py, pgstore.py); the
+    interfaces use only those. The embedded index is rebuilt from the store here.
+    """
+    if config.store_url:
+        from pipeline.engine.pgstore import PgIndex, PgStore  # noqa: PLC0415
+
+        pg = PgStore(config.store_url)
+        return pg, PgIndex(pg)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.data_dir / "faceset.sqlite3")
+    index = SearchIndex()
+    index.load(store.all_faces())
+    return store, index
 
 
 @contextlib.contextmanager
