@@ -36,13 +36,14 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
     "scale": (["benchmarks/scale.py", "--sizes", "1000000", "10000000",
                "--enroll-rows", "10000"], 540),
     "quota": (["benchmarks/quota.py", "--q", "10", "--seconds", "60"], 300),
+    "resume_finished": (["benchmarks/resume_finished.py"], 120),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares
 #: the machine (with scale): it spends its time waiting (10 calls/s per interface to a
 #: no-work server, ~2 % of a core), and side by side they save ~3 of the 10 minutes
 #: allowed. Everything else runs alone, so its CPU figures are undisturbed.
 STAGES: list[list[str]] = [["client_overhead"], ["engine"], ["calibration"], ["audit"],
-                           ["scale", "quota"]]
+                           ["scale", "quota"], ["resume_finished"]]
 
 Row = tuple[str, str, str, str]  # measure, figure, goal, verdict
 
@@ -207,12 +208,23 @@ def _peaks(r: dict[str, Any]) -> str:
             f"{after['store']}, at the first row {after['first_row']})")
 
 
+def _resume_finished(d: dict[str, Any]) -> list[Row]:
+    written, *unchanged = d["runs"]
+    worst = max(unchanged, key=lambda r: r["wall_s"])
+    return [(f"`faceflow enroll` again on a finished {d['rows']:,}-row run, "
+             f"failures.csv ({written['failures_rows']:,} rows) missing, so written",
+             f"{written['wall_s']:.2f} s, peak RSS {written['peak_rss_mb']} MB", "", ""),
+            (f"`faceflow enroll` again on a finished {d['rows']:,}-row run, nothing changed",
+             f"{worst['wall_s']:.2f} s, peak RSS {worst['peak_rss_mb']} MB",
+             f"<= {d['goal_s']:g} s", _verdict(d["verdict"] == "PASS"))]
+
+
 def _generic(d: dict[str, Any]) -> list[Row]:
     return [(d.get("benchmark", "?"), json.dumps(d)[:80], "", "")]
 
 
 ROWS = {"client_overhead": _client, "quota": _quota, "engine": _engine, "audit": _audit,
-        "scale": _scale, "calibration": _calibration}
+        "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration}
 
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
