@@ -132,17 +132,23 @@ def _cluster_user() -> _RunAs:
     """Root: the dedicated user (created when missing); anyone else: themselves."""
     if os.geteuid() != 0:
         return _RunAs()
-    try:
-        entry = pwd.getpwnam(CLUSTER_USER)
-    except KeyError:
+    if not _user_exists(CLUSTER_USER):
         made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                                "/usr/sbin/nologin", CLUSTER_USER], capture_output=True,
                               text=True, check=False)
-        if made.returncode != 0:
+        if made.returncode != 0 and not _user_exists(CLUSTER_USER):
             raise PostgresUnavailable(f"PostgreSQL refuses to run as root and user "
                                       f"{CLUSTER_USER} cannot be made: {made.stderr.strip()}")
-        entry = pwd.getpwnam(CLUSTER_USER)
+    entry = pwd.getpwnam(CLUSTER_USER)
     return _RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 class LocalCluster:
