@@ -618,9 +618,14 @@ async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
 ) -> tuple[str | None, str | None, Counter[str]]:
+    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+
     session: _Session | None = None
+    timeline = CallTimeline()
     try:
         async with client_factory(config.settings, config.qps) as client:
+            if hasattr(client, "on_call"):  # the client's hook: per-second call counts
+                client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds)
             session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
             await session.run(stop)
@@ -628,6 +633,8 @@ async def _run_session(
         reason = STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH
         observer.stopping(reason, str(exc))
         return reason, str(exc), session.counts if session else Counter()
+    finally:
+        timeline.save(store.rundir.path)
     assert session is not None
     return session.stop_reason, session.stop_message, session.counts
 
