@@ -243,7 +243,7 @@ def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
 def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, ThumbGroup]:
     """Non-success rows per reason, keyed by "status: reason", in row order: each
     group counts its rows and draws up to THUMBS_PER_REASON + THUMBS_MORE of them."""
-    from pipeline.quality import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
+    from pipeline.enroll.gate import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
 
     table = rundir.read_records(OUTCOME_SCHEMA, [*_COLUMNS, *METRIC_KEYS])
     table = table.filter(pc.invert(pc.is_in(table["status"], pa.array(SUCCESS_STATUSES))))
