@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ENGINE_DEFAULT_PORT
+from pipeline.client.config import ENGINE_DEFAULT_PORT
 
 
 @click.group()

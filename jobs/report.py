@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.options import EXIT_CONFIG
-from pipeline.errors import ConfigError
-from pipeline.outcomes import SUCCESS_STATUSES
-from pipeline.report import Summary, render_html, summarize
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.report import Summary, render_html, summarize
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 
 def summary_tables(s: Summary) -> list[Table]:
@@ -92,15 +92,15 @@ def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
 
 
 def _job_of(run_dir: Path) -> str | None:
-    from pipeline.rundir import RunDir  # noqa: PLC0415
+    from pipeline.runs.rundir import RunDir  # noqa: PLC0415
 
     rundir = RunDir(run_dir)
     return rundir.read_info().job if rundir.exists() else None
 
 
 def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
-    from pipeline.audit import read_findings  # noqa: PLC0415
-    from pipeline.audit_report import render_audit_html  # noqa: PLC0415
+    from pipeline.audit.job import read_findings  # noqa: PLC0415
+    from pipeline.audit.report import render_audit_html  # noqa: PLC0415
 
     findings = read_findings(run_dir)
     counts: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """How a run went, second by second: call counts per interface in ``timeline.parquet``.
 
 The client calls :meth:`CallTimeline.record` with each request's
-:class:`~pipeline.client.CallRecord` (its ``on_call`` hook: the client's own
+:class:`~pipeline.client.faceclient.CallRecord` (its ``on_call`` hook: the client's own
 accounting, not a second copy of it). Counts are kept per (UTC second,
 interface) in a dict, a few bytes per second of the run, and written when the
 session ends, merged with what earlier sessions of the run wrote (a resumed run
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TIMELINE_FILE = "timeline.parquet"
-#: The counted kinds of call, as :data:`pipeline.client.CALL_KINDS`.
+#: The counted kinds of call, as :data:`pipeline.client.faceclient.CALL_KINDS`.
 KINDS = ("accepted", "rate_limited", "timeout", "error")
 TIMELINE_SCHEMA = pa.schema([
     pa.field("second", pa.timestamp("s", tz="UTC"), nullable=False),

@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from doubles import FACE, ProtocolDouble, double  # noqa: F401
 from PIL import Image, ImageStat
+from support.doubles import FACE, ProtocolDouble, double  # noqa: F401
 from test_html_chromium import CHROMIUM, FLAGS, chromium  # noqa: F401
 from test_report_pages import _manifest, _photos
 
-from pipeline.enroll import EnrollConfig, run_enroll
-from pipeline.report import render_html
+from pipeline.enroll.job import EnrollConfig, run_enroll
+from pipeline.enroll.report import render_html
 
 pytestmark = pytest.mark.chromium
 

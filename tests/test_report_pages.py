@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-from doubles import API_KEY, FACE, SECRET_KEY, ProtocolDouble, double, error  # noqa: F401
 from PIL import Image
+from support.doubles import API_KEY, FACE, SECRET_KEY, ProtocolDouble, double, error  # noqa: F401
 
-from pipeline.enroll import EnrollConfig, run_enroll
-from pipeline.report import render_html
+from pipeline.enroll.job import EnrollConfig, run_enroll
+from pipeline.enroll.report import render_html
 from pipeline.timeline import TIMELINE_FILE, read_timeline
 
 ROOT = Path(__file__).resolve().parent.parent

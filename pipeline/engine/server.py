@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from pipeline.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 from pipeline.engine.app import EngineConfig, EngineState, create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.store import Store

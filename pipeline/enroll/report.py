@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
-from pipeline.rundir import RunDir, RunInfo
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
+from pipeline.runs.rundir import RunDir, RunInfo
 
 #: Thumbnails per reason in the HTML page shown at once, more behind "show all", and
 #: their longest side in pixels. Rows past the two are counted (failures.csv has them).
@@ -243,7 +243,7 @@ def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
 def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, ThumbGroup]:
     """Non-success rows per reason, keyed by "status: reason", in row order: each
     group counts its rows and draws up to THUMBS_PER_REASON + THUMBS_MORE of them."""
-    from pipeline.quality import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
+    from pipeline.enroll.gate import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
 
     table = rundir.read_records(OUTCOME_SCHEMA, [*_COLUMNS, *METRIC_KEYS])
     table = table.filter(pc.invert(pc.is_in(table["status"], pa.array(SUCCESS_STATUSES))))

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.records import OCCLUSION_PARTS, Face
+from pipeline.api.errors import ConfigError
+from pipeline.api.records import OCCLUSION_PARTS, Face
 
 #: Seed-spelled threshold keys (§4) -> the response field names.
 OCCLUSION_ALIASES = {"left_check": "left_cheek", "right_check": "right_cheek",

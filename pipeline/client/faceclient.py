@@ -7,25 +7,25 @@
         await client.add_user("u_42", "Ada", "staff", jpeg_bytes)
 
 One coroutine per interface of the reference (contract §3); each returns a frozen
-record of :mod:`pipeline.records` carrying ``log_id`` and ``attempts`` (requests
+record of :mod:`pipeline.api.records` carrying ``log_id`` and ``attempts`` (requests
 sent for the call: retries and the resend after a token refresh included).
 
 What happens to a call, in order:
 
-1. **validate** (:mod:`pipeline.validate`): a bad argument raises
-   :class:`~pipeline.errors.InvalidInputError` (``code=None``, ``attempts=0``) whose
+1. **validate** (:mod:`pipeline.api.validate`): a bad argument raises
+   :class:`~pipeline.api.errors.InvalidInputError` (``code=None``, ``attempts=0``) whose
    message names the argument and the rule; nothing is sent.
 2. **encode** once: form fields, images as standard base64 (match: joined by ``,``).
-3. **send** under the retry policy (:mod:`pipeline.retry`): each send first waits for
-   the interface's rate limiter (:mod:`pipeline.ratelimit`); 4/18 also slow the
+3. **send** under the retry policy (:mod:`pipeline.client.retry`): each send first waits for
+   the interface's rate limiter (:mod:`pipeline.client.ratelimit`); 4/18 also slow the
    limiter down. A 110/111 reply refreshes the token and resends once per call,
    outside the retry budget; a second one raises AuthError.
 4. **parse** the reply into the record (tolerant: float landmarks, the
    ``expression_probablity`` spelling, unknown fields kept in ``Face.extra``).
 
-Errors are the classes of :mod:`pipeline.errors`; each carries ``code``, ``message``,
+Errors are the classes of :mod:`pipeline.api.errors`; each carries ``code``, ``message``,
 ``log_id`` and ``attempts``. Authentication is token mode only (see
-:mod:`pipeline.transport`; no ``bce-auth-v1`` signing). Logs go to
+:mod:`pipeline.client.transport`; no ``bce-auth-v1`` signing). Logs go to
 ``logging.getLogger("faceflow.client")`` and name the path, never the URL.
 A client is opened once: after ``close`` it cannot be reopened (as httpx).
 """
@@ -43,17 +43,15 @@ from typing import Any, NoReturn
 
 from tenacity import RetryCallState
 
-from pipeline import validate as v
-from pipeline.config import Settings
-from pipeline.errors import (
+from pipeline.api import validate as v
+from pipeline.api.errors import (
     TOKEN_CODES,
     ApiError,
     InvalidInputError,
     QpsLimitError,
     make_error,
 )
-from pipeline.ratelimit import Aimd, RateLimiter
-from pipeline.records import (
+from pipeline.api.records import (
     Box,
     Candidate,
     DetectResult,
@@ -72,8 +70,10 @@ from pipeline.records import (
     VerifyResult,
     WriteResult,
 )
-from pipeline.retry import RetryPolicy
-from pipeline.transport import Transport, b64encode, check_reply, encode_form
+from pipeline.client.config import Settings
+from pipeline.client.ratelimit import Aimd, RateLimiter
+from pipeline.client.retry import RetryPolicy
+from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
 
@@ -204,7 +204,7 @@ _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
 class FaceClient:
     """Async client for the Face API v2; use as ``async with FaceClient(...) as client``.
 
-    ``qps``: per-interface rate limit (see :class:`~pipeline.ratelimit.RateLimiter`;
+    ``qps``: per-interface rate limit (see :class:`~pipeline.client.ratelimit.RateLimiter`;
     None = unlimited until the service says 18). ``retry``: the policy (default
     :class:`RetryPolicy()`). ``connection_limit``: open connections at most.
     ``limiter``: share one :class:`RateLimiter` between clients of a process
