@@ -1,4 +1,4 @@
-"""``faceflow enroll`` and ``faceflow rerun``: parse options, run pipeline.enroll, show progress."""
+"""``faceflow enroll`` and ``faceflow rerun``: parse options, run the enroll job, show progress."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from rich.progress import (
 from rich.table import Table
 
 from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
-from pipeline.enroll import (
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
@@ -32,10 +33,9 @@ from pipeline.enroll import (
     plan_rerun,
     run_enroll,
 )
-from pipeline.enroll import Progress as RunProgress
-from pipeline.errors import ConfigError
-from pipeline.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
-from pipeline.rundir import RunDir, new_run_id
+from pipeline.enroll.job import Progress as RunProgress
+from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
+from pipeline.runs.rundir import RunDir, new_run_id
 
 #: Seconds between plain progress lines when stderr is not a terminal (cron, CI).
 PLAIN_INTERVAL_S = 10.0
@@ -74,7 +74,7 @@ def _positive(what: str, text: str) -> float:
 
 
 def parse_thresholds(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.quality checks them."""
+    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.enroll.gate checks them."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -1,4 +1,4 @@
-"""The account-wide QPS budget (pipeline/budget.py) on a real PostgreSQL.
+"""The account-wide QPS budget (pipeline/client/budget.py) on a real PostgreSQL.
 
 Two PgBudget objects stand for two processes of one account (each has its own
 connection, as separate processes do). Assertions are on the reserved schedule kept in
@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from pipeline.budget import BudgetUnavailable, PgBudget, account_key
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
+from pipeline.client.budget import BudgetUnavailable, PgBudget, account_key
 from pipeline.postgres import connect
 
 ACCOUNT = account_key("http://127.0.0.1:1", "ak-test")

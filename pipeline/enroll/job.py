@@ -40,8 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Settings
-from pipeline.errors import (
+from pipeline.api.errors import (
     ApiError,
     AuthError,
     ConfigError,
@@ -53,14 +52,15 @@ from pipeline.errors import (
     StateError,
     UserNotFoundError,
 )
-from pipeline.outcomes import (
+from pipeline.client.config import Settings
+from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
     SUCCESS_STATUSES,
     Outcome,
     make_outcome,
 )
-from pipeline.rundir import (
+from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
     RecordStore,
@@ -116,7 +116,7 @@ class EnrollConfig:
     delimiter: str | None = None
 
     def __post_init__(self) -> None:
-        from pipeline.manifest import check_delimiter, check_encoding  # noqa: PLC0415
+        from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
             check_encoding(self.encoding)
@@ -216,8 +216,8 @@ ClientFactory = Callable[[Settings, Any], Any]
 
 
 def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.FaceClient` (an async context manager)."""
-    from pipeline.client import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
+    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
 
     return FaceClient(settings, qps=qps)
 
@@ -237,7 +237,7 @@ class Verdict:
 
 def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
     """The checks that need no call: None when the row may go on, else ``invalid_input``."""
-    from pipeline import validate  # noqa: PLC0415
+    from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
         return Verdict("invalid_input", ("duplicate_row",),
@@ -351,7 +351,7 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
 
 def _windows_hint(row: Any, problem: Any) -> str:
     """The image problem's message, plus a hint for an absolute Windows path."""
-    from pipeline.manifest import windows_drive_path  # noqa: PLC0415
+    from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
 
     if problem.reason == "file_missing" and windows_drive_path(row.image):
         return (f"{problem.message}. {row.image!r} is a Windows path (drive or network "
@@ -383,7 +383,7 @@ class _RowRunner:
         return state.finish(verdict)
 
     async def _load(self, row: Any, state: _RowState) -> Any:
-        from pipeline.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
 
         try:
             image = await asyncio.to_thread(load_image, row.image_path,
@@ -394,7 +394,7 @@ class _RowRunner:
         return image
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
-        from pipeline.quality import choose_face  # noqa: PLC0415
+        from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
             self.client.detect(image.data, max_face_num=self.config.max_face_num,
@@ -618,9 +618,14 @@ async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
 ) -> tuple[str | None, str | None, Counter[str]]:
+    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+
     session: _Session | None = None
+    timeline = CallTimeline()
     try:
         async with client_factory(config.settings, config.qps) as client:
+            if hasattr(client, "on_call"):  # the client's hook: per-second call counts
+                client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds)
             session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
             await session.run(stop)
@@ -628,6 +633,8 @@ async def _run_session(
         reason = STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH
         observer.stopping(reason, str(exc))
         return reason, str(exc), session.counts if session else Counter()
+    finally:
+        timeline.save(store.rundir.path)
     assert session is not None
     return session.stop_reason, session.stop_message, session.counts
 
@@ -637,7 +644,7 @@ def _finish(
     already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
     session_counts: Counter[str],
 ) -> RunResult:
-    from pipeline.rundir import status_counts  # noqa: PLC0415
+    from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
     counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
     failures = rundir.path / FAILURES_CSV
@@ -659,8 +666,8 @@ def _finish(
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
-    from pipeline.quality import load_thresholds  # noqa: PLC0415
+    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
@@ -811,7 +818,7 @@ def plan_rerun(
     one through ``parent_run_id`` and uses its options unless ``overrides`` says
     otherwise. The new run dir defaults to a new run id next to the old run.
     """
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     old = RunDir(old_run_dir)
     info = old.read_info()

@@ -42,9 +42,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ConfigError, FaceflowError
+from pipeline.api.errors import ConfigError, FaceflowError
+from pipeline.client.ratelimit import canonical_interface, normalise_qps
 from pipeline.postgres import PostgresUnavailable, is_postgres_url, redact
-from pipeline.ratelimit import canonical_interface, normalise_qps
 
 log = logging.getLogger("faceflow.client")
 
