@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from doubles import ProtocolDouble, double  # noqa: F401
+from support.doubles import ProtocolDouble, double  # noqa: F401
 from test_enroll_failures_csv import _manifest
 
 from jobs.cli import main
-from pipeline.enroll import EnrollConfig, run_enroll
+from pipeline.enroll.job import EnrollConfig, run_enroll
 
 
 def _mount(folder: Path, *options: str) -> None:
