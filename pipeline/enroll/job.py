@@ -52,6 +52,7 @@ from pipeline.api.errors import (
     StateError,
     UserNotFoundError,
 )
+from pipeline.client.budget import BudgetUnavailable, open_budget
 from pipeline.client.config import Settings
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
@@ -77,6 +78,8 @@ MODES = ("add", "update", "upsert")
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
 STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
+STOP_BUDGET = "budget"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
@@ -114,6 +117,9 @@ class EnrollConfig:
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
+    #: ``postgresql://...``: pace every process of this account from one shared budget
+    #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
+    qps_budget: str | None = None
 
     def __post_init__(self) -> None:
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
@@ -131,6 +137,10 @@ class EnrollConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if self.qps_budget is not None:
+            from pipeline.client.budget import check_budget_options  # noqa: PLC0415
+
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options to write into run.json (no settings, no secrets)."""
@@ -215,11 +225,14 @@ class EnrollObserver:
 ClientFactory = Callable[[Settings, Any], Any]
 
 
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager).
+
+    ``limiter``: the shared QPS budget standing in for the process's own limiter.
+    """
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
 
-    return FaceClient(settings, qps=qps)
+    return FaceClient(settings, qps=qps, limiter=limiter)
 
 
 # -- pure deciding parts -----------------------------------------------------------
@@ -291,7 +304,7 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
     if stop_reason == STOP_INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason == STOP_QUOTA:
+    if stop_reason in (STOP_QUOTA, STOP_BUDGET):
         return EXIT_QUOTA
     if stop_reason == STOP_AUTH:
         return EXIT_AUTH
@@ -303,7 +316,7 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
 
 
 class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError) -> None:
+    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
         super().__init__(reason)
         self.reason, self.error = reason, error
 
@@ -428,6 +441,8 @@ class _RowRunner:
             result = await call
         except (QuotaError, AuthError) as exc:
             raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
+        except BudgetUnavailable as exc:
+            raise _StopRun(STOP_BUDGET, exc) from exc
         except ApiError as exc:
             state.note_error(exc, log_field)
             return classify_error(exc)
@@ -623,14 +638,17 @@ async def _run_session(
     session: _Session | None = None
     timeline = CallTimeline()
     try:
-        async with client_factory(config.settings, config.qps) as client:
+        async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                client_factory(config.settings, config.qps,
+                               **({"limiter": budget} if budget else {})) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds)
             session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
             await session.run(stop)
-    except (QuotaError, AuthError) as exc:  # raised while opening the client (token fetch)
-        reason = STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH
+    except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
+        reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
+                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
         observer.stopping(reason, str(exc))
         return reason, str(exc), session.counts if session else Counter()
     finally:
