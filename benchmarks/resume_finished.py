@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
-from pipeline.outcomes import OUTCOME_SCHEMA  # noqa: E402
-from pipeline.rundir import ManifestRef, RunDir, RunInfo, to_micros  # noqa: E402
+from pipeline.runs.outcomes import OUTCOME_SCHEMA  # noqa: E402
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo, to_micros  # noqa: E402
 
 PART_ROWS = 1000
 GOAL_S = 2.0

@@ -1,4 +1,4 @@
-"""``faceflow audit``: parse options, run pipeline.audit, print progress and the counts."""
+"""``faceflow audit``: parse options, run pipeline.audit.job, print progress and the counts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import click
 
 from jobs.enroll import ConfigProblem, parse_qps
 from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
-from pipeline.audit import (
+from pipeline.api.errors import ConfigError
+from pipeline.audit.findings import KINDS, ProbeRecord
+from pipeline.audit.job import (
     AuditConfig,
     AuditObserver,
     AuditProgress,
@@ -22,9 +24,7 @@ from pipeline.audit import (
     resume_config,
     run_audit,
 )
-from pipeline.errors import ConfigError
-from pipeline.findings import KINDS, ProbeRecord
-from pipeline.rundir import RunDir
+from pipeline.runs.rundir import RunDir
 
 #: Seconds between progress lines on stderr.
 PROGRESS_INTERVAL_S = 10.0

@@ -1,4 +1,4 @@
-"""``faceflow enroll`` and ``faceflow rerun``: parse options, run pipeline.enroll, show progress."""
+"""``faceflow enroll`` and ``faceflow rerun``: parse options, run the enroll job, show progress."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from rich.progress import (
 from rich.table import Table
 
 from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
-from pipeline.enroll import (
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
@@ -32,10 +33,9 @@ from pipeline.enroll import (
     plan_rerun,
     run_enroll,
 )
-from pipeline.enroll import Progress as RunProgress
-from pipeline.errors import ConfigError
-from pipeline.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
-from pipeline.rundir import RunDir, new_run_id
+from pipeline.enroll.job import Progress as RunProgress
+from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
+from pipeline.runs.rundir import RunDir, new_run_id
 
 #: Seconds between plain progress lines when stderr is not a terminal (cron, CI).
 PLAIN_INTERVAL_S = 10.0
@@ -74,7 +74,7 @@ def _positive(what: str, text: str) -> float:
 
 
 def parse_thresholds(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.quality checks them."""
+    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.enroll.gate checks them."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -202,6 +202,8 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "auth": "The service refused the credentials mid-run. Fix --api-key/--secret-key or "
                 "the app's settings, then resume",
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
+        "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
+                  "far are saved; when the database is back, resume",
     }[result.stop_reason or "interrupted"]
     return f"{what}; {left}:\n  {resume_hint}"
 
@@ -241,6 +243,12 @@ def _run_options(func: Any) -> Any:
         click.option("--qps", default=None, metavar="N | NAME=N,...",
                      help="Calls per second: one number for every interface, or per "
                           "interface, e.g. detect=10,add=5."),
+        click.option("--qps-budget", default=None, metavar="postgresql://...",
+                     envvar="FACEFLOW_QPS_BUDGET",
+                     help="Share one QPS budget with every process using this API key "
+                          "(any host): --qps is then the account's total. If the database "
+                          "cannot be reached the run stops (exit 3) to be resumed [env "
+                          "FACEFLOW_QPS_BUDGET]."),
         click.option("--thresholds", "thresholds_file", default=None, metavar="FILE",
                      type=click.Path(path_type=Path, dir_okay=False),
                      help="Quality thresholds (TOML) instead of the reference defaults."),
@@ -268,6 +276,7 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "concurrency": kwargs.pop("concurrency"),
         "qps": parse_qps(kwargs.pop("qps")),
+        "qps_budget": kwargs.pop("qps_budget"),
         "thresholds_file": kwargs.pop("thresholds_file"),
         "largest_face": kwargs.pop("largest_face"),
         "flush_rows": kwargs.pop("flush_rows"),
@@ -311,7 +320,8 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
-    2 bad configuration, 3 quota, 4 credentials refused, 130 interrupted.
+    2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
+    refused, 130 interrupted.
     """
     settings = _settings(kwargs)
     overrides = _overrides(kwargs)

@@ -8,8 +8,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
+from pipeline.client.config import Settings
 
 # Exit codes (documented in the README).
 EXIT_OK = 0  # every row has a terminal outcome and none failed

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from pipeline import clusters, findings
-from pipeline.clusters import CLUSTER_SCHEMA, Cluster, UnionFind, components
-from pipeline.findings import (
+from pipeline.audit import clusters, findings
+from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster, UnionFind, components
+from pipeline.audit.findings import (
     EXACT_COPY,
     FINDING_SCHEMA,
     HIGH,

@@ -25,11 +25,11 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.audit import AuditConfig, audit, read_findings
-from pipeline.config import Secret, Settings
-from pipeline.enroll import EnrollConfig, enroll
-from pipeline.findings import EXACT_COPY, MULTIPLE_PEOPLE, SAME_PERSON
-from pipeline.outcomes import SUCCESS_STATUSES
+from pipeline.audit.findings import EXACT_COPY, MULTIPLE_PEOPLE, SAME_PERSON
+from pipeline.audit.job import AuditConfig, audit, read_findings
+from pipeline.client.config import Secret, Settings
+from pipeline.enroll.job import EnrollConfig, enroll
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = pytest.mark.dlib
 GROUP = "audit_e2e"
@@ -177,7 +177,7 @@ def test_devset_audit_agrees_with_the_labels(engine: Any, devset_dir: Path,
                                              tmp_path: Path) -> None:
     import asyncio
 
-    from pipeline.client import FaceClient
+    from pipeline.client.faceclient import FaceClient
 
     labels = {r["file"]: r["identity"] for r in csv.DictReader(open(devset_dir / "labels.csv"))}
     rows = [(uid, str(devset_dir / name)) for uid, names in DEV_UIDS.items() for name in names]

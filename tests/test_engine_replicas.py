@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_http import Api, b64
+from support.engine_http import Api, b64
 
-from pipeline.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 from pipeline.engine.pgstore import PgStore, migrate
 
 pytestmark = [pytest.mark.dlib, pytest.mark.slow]

@@ -3,7 +3,7 @@
 The ``faceset`` fixture gives a (store, index) pair of either backend; every test that
 uses it runs on both. PostgreSQL-only behaviour (migrations, HNSW per large group, two
 stores on one database) follows. The PostgreSQL runs skip, with the reason, only when no
-server can be started (see tests/pg_fixtures.py; FACEFLOW_TEST_PG uses a site's server).
+server can be started (see tests/support/pg_fixtures.py; FACEFLOW_TEST_PG uses a site's server).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from doubles import ProtocolDouble, double  # noqa: F401
 from PIL import Image
+from support.doubles import ProtocolDouble, double  # noqa: F401
 
-from pipeline.enroll import EnrollConfig, run_enroll
+from pipeline.enroll.job import EnrollConfig, run_enroll
 
 
 def _photo(path: Path) -> Path:

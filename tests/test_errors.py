@@ -6,11 +6,10 @@ import io
 from collections.abc import AsyncIterator
 
 import pytest
-from doubles import ProtocolDouble, error
 from PIL import Image
+from support.doubles import ProtocolDouble, error
 
-from pipeline.client import FaceClient
-from pipeline.errors import (
+from pipeline.api.errors import (
     ERROR_TABLE,
     TOKEN_CODES,
     AlreadyInGroupError,
@@ -23,7 +22,8 @@ from pipeline.errors import (
     make_error,
     raise_for_reply,
 )
-from pipeline.retry import RetryPolicy
+from pipeline.client.faceclient import FaceClient
+from pipeline.client.retry import RetryPolicy
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest, ManifestRow, open_manifest, windows_drive_path
+from pipeline.api.errors import ManifestError
+from pipeline.runs.manifest import Manifest, ManifestRow, open_manifest, windows_drive_path
 
 CHINESE = "image,uid,user_info\nphotos/张三.jpg,u1,张三 销售部\nphotos/李四.jpg,u2,李四\n"
 

@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.api.errors import GATEWAY_CODES, V3_ERROR_TABLE, error_message
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
@@ -63,7 +64,6 @@ from pipeline.engine.models import (
 from pipeline.engine.params import Failure
 from pipeline.engine.store import Change, Store
 from pipeline.engine.v3 import V3_INTERFACES, FaceTokens
-from pipeline.errors import GATEWAY_CODES, V3_ERROR_TABLE, error_message
 
 log = logging.getLogger("faceflow.engine")
 

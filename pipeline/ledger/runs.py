@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger.base import ENROLL_ACTIONS, Entry, KnownFace, Ledger, endpoint_key
-from pipeline.outcomes import OUTCOME_SCHEMA
-from pipeline.rundir import RunDir, utc_now
+from pipeline.runs.outcomes import OUTCOME_SCHEMA
+from pipeline.runs.rundir import RunDir, utc_now
 
 #: Manifest actions the enroll job sends (a row with another action is never "known").
 _SENDABLE = ("add", "update", "upsert")
@@ -129,7 +129,7 @@ def import_runs(ledger: Ledger, run_dirs: Iterable[Path]) -> ImportResult:
 
 def _user_infos(info: Any) -> dict[int, str]:
     """row -> user_info from the run's manifest when it is unchanged, else {}."""
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     options = info.options or {}
     try:
@@ -150,7 +150,7 @@ def _user_infos(info: Any) -> dict[int, str]:
 class KnownRow:
     """A manifest row the ledger already holds: one face per group of the row."""
 
-    row: Any  # pipeline.manifest.ManifestRow
+    row: Any  # pipeline.runs.manifest.ManifestRow
     faces: tuple[KnownFace, ...]
 
 

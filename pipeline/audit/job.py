@@ -16,7 +16,7 @@ manifest. Three kinds of finding (:data:`KINDS`):
     reported unconfirmed, with the identify score. Each finding carries a confidence
     (``high`` only when the score clears a stricter bound, the uid leads its rivals
     by a margin and every checked photo of both uids agrees; see
-    :mod:`pipeline.findings`).
+    :mod:`pipeline.audit.findings`).
 ``multiple_people_one_uid``
     each photo of a uid is matched against the uid's reference photo (its first photo
     in plan order); a score below ``threshold`` is a finding.
@@ -33,11 +33,11 @@ so they never touch a real user; a stopped audit leaves the scratch group for it
 resume to reuse and delete.
 
 The records (plan photo, probe record, finding) and the pure rules that turn probe
-records into findings live in :mod:`pipeline.findings`; findings are clustered
-(:mod:`pipeline.clusters`): nodes are plan photos, edges "same person" (same bytes,
+records into findings live in :mod:`pipeline.audit.findings`; findings are clustered
+(:mod:`pipeline.audit.clusters`): nodes are plan photos, edges "same person" (same bytes,
 a confirmed match, a reference match >= threshold).
 
-The run directory works like enroll's (:mod:`pipeline.rundir`): ``run.json``,
+The run directory works like enroll's (:mod:`pipeline.runs.rundir`): ``run.json``,
 ``plan.parquet`` (the plan, frozen at the first session), one :class:`ProbeRecord`
 per probe in ``outcomes/`` (journal first, so a killed audit resumes without
 calling finished probes again; failed probes are retried by the next session),
@@ -63,9 +63,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.clusters import CLUSTER_SCHEMA, Cluster
-from pipeline.config import Settings
-from pipeline.errors import (
+from pipeline.api.errors import (
     ApiError,
     AuthError,
     ConfigError,
@@ -74,7 +72,8 @@ from pipeline.errors import (
     QuotaError,
     UserNotFoundError,
 )
-from pipeline.findings import (
+from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
+from pipeline.audit.findings import (
     FINDING_SCHEMA,
     KINDS,
     PLAN_SCHEMA,
@@ -87,7 +86,8 @@ from pipeline.findings import (
     records_table,
     table_records,
 )
-from pipeline.rundir import (
+from pipeline.client.config import Settings
+from pipeline.runs.rundir import (
     ManifestRef,
     RecordStore,
     RunDir,
@@ -189,7 +189,7 @@ def plan_from_runs(run_dirs: Iterable[Path], start: int = 0) -> list[AuditImage]
     uid (user update replaces), so those are dropped. A (uid, sha256) seen twice is
     kept once. Relative image paths resolve against the run's manifest folder.
     """
-    from pipeline.outcomes import OUTCOME_SCHEMA, SUCCESS_STATUSES  # noqa: PLC0415
+    from pipeline.runs.outcomes import OUTCOME_SCHEMA, SUCCESS_STATUSES  # noqa: PLC0415
 
     kept: dict[tuple[str, str], AuditImage] = {}
     cols = ["row", "line", "uid", "group_id", "image", "image_sha256", "status"]
@@ -221,7 +221,7 @@ def plan_from_manifest(
     A row whose image cannot be read keeps ``sha256`` None; its probe will fail
     with the reason. Rows repeating a (uid, sha256) are kept once.
     """
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(path, default_group=default_group)
     out: list[AuditImage] = []
@@ -297,15 +297,15 @@ ClientFactory = Callable[[Settings, Any], Any]
 
 
 def default_loader(img: AuditImage) -> bytes:
-    """The bytes enroll sent for this photo (:func:`pipeline.images.load_image`)."""
-    from pipeline.images import load_image  # noqa: PLC0415
+    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`)."""
+    from pipeline.runs.images import load_image  # noqa: PLC0415
 
     return load_image(Path(img.path)).data
 
 
 def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.FaceClient` (an async context manager)."""
-    from pipeline.client import FaceClient  # noqa: PLC0415
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
+    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
     return FaceClient(settings, qps=qps)
 
@@ -396,7 +396,7 @@ class Prober:
 
     async def probe(self, img: AuditImage) -> ProbeRecord:
         """The record of ``img``'s probe; raises :class:`_StopRun` on quota or auth errors."""
-        from pipeline.images import ImageProblem  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         state = _ProbeState(img, utc_now())
         try:
@@ -469,7 +469,7 @@ class Prober:
 
     async def _budgeted(self, data: bytes, rows: Sequence[int]) -> list[tuple[int, bytes]]:
         """The photos of ``rows`` that load and fit one match request with the probe."""
-        from pipeline.images import ImageProblem  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         used, out = _b64_len(data), []
         for row in rows:
@@ -696,7 +696,7 @@ class _Session:
         return scratch, None
 
     async def _add(self, client: Any, scratch: ScratchMap, img: AuditImage) -> None:
-        from pipeline.images import ImageProblem  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         try:
             data = await self.photos.get(img)
@@ -933,7 +933,7 @@ def finish_audit(
     exit_code = exit_code_for(reason, statuses["failed"])
     report = None
     if config.report:
-        from pipeline.audit_report import write_audit_report  # noqa: PLC0415
+        from pipeline.audit.report import write_audit_report  # noqa: PLC0415
 
         report = write_audit_report(rundir.path)
     rundir.update_info(finished_at=utc_now().isoformat(), exit_code=exit_code,

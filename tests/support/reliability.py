@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.outcomes import OUTCOME_SCHEMA
+from pipeline.runs.outcomes import OUTCOME_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 
 #: The real service. The engine listens on http://127.0.0.1:8480 by default.
 BAIDU_ENDPOINT = "https://aip.baidubce.com"

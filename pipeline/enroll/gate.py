@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.records import OCCLUSION_PARTS, Face
+from pipeline.api.errors import ConfigError
+from pipeline.api.records import OCCLUSION_PARTS, Face
 
 #: Seed-spelled threshold keys (§4) -> the response field names.
 OCCLUSION_ALIASES = {"left_check": "left_cheek", "right_check": "right_cheek",
@@ -392,6 +392,42 @@ def reason_texts(t: Thresholds) -> dict[str, str]:
         limit = f" (occlusion >= {bound:g})" if bound is not None else ""
         texts[f"occlusion_{part}"] = f"the {words} is covered{limit}"
     return texts
+
+
+#: The outcome columns :func:`failed_checks` reads.
+METRIC_KEYS: tuple[str, ...] = ("blur", "illumination", "completeness", "yaw", "pitch", "roll",
+                                *(f"occlusion_{part}" for part in OCCLUSION_PARTS))
+
+
+def failed_checks(reasons: Sequence[str], values: Mapping[str, Any], t: Thresholds
+                  ) -> list[str]:
+    """Each failed check of ``reasons`` as "value vs bound", e.g. ``"yaw 27.1 ≥ 20"``.
+
+    ``values``: an outcome's metric columns (``yaw``, ``blur``, ``face_width``,
+    ``occlusion_mouth``...). Reasons without a measured value are left out.
+    """
+    bounds = {"completeness": ("completeness", "≤", t.completeness_min, ".2f"),
+              "blur": ("blur", "≥", t.blur_max, ".2f"),
+              "illumination": ("illumination", "≤", t.illumination_min, ".0f")}
+    out = []
+    for reason in reasons:
+        if reason == "face_too_small" and values.get("face_width") is not None:
+            out.append(f"face {values['face_width']:.0f}x{values.get('face_height') or 0:.0f} "
+                       f"< {t.min_face_width}x{t.min_face_height} px")
+        elif reason in bounds and values.get(reason) is not None:
+            name, op, bound, fmt = bounds[reason]
+            out.append(f"{name} {values[reason]:{fmt}} {op} {bound:g}")
+        elif reason.startswith("pose_") and values.get(reason[5:]) is not None:
+            angle, bound = float(values[reason[5:]]), getattr(t, f"{reason[5:]}_max")
+            op, bound = ("≤", -bound) if angle < 0 else ("≥", bound)
+            out.append(f"{reason[5:]} {angle:.1f} {op} {bound:g}")
+        elif reason.startswith("occlusion_") and values.get(reason) is not None:
+            part = reason.removeprefix("occlusion_")
+            bound = t.occlusion.get(part)
+            if bound is not None:
+                out.append(f"{_PART_WORDS.get(part, part)} occlusion {values[reason]:.2f} "
+                           f"≥ {bound:g}")
+    return out
 
 
 #: Reason slug -> sentence at the default thresholds (the report's legend).

@@ -3,7 +3,7 @@
 The outcomes of an enroll run hold every input of the quality gate for the face
 the gate judged: the box (``face_width``/``face_height``, for ``min_face_size``),
 pose angles, blur, illumination, completeness, each occlusion part, and the face
-count. :func:`regate` judges those numbers again (:func:`pipeline.quality.
+count. :func:`regate` judges those numbers again (:func:`pipeline.enroll.gate.
 judge_metrics`, the very rules enroll uses) and reports what changes.
 
 Verdicts per row (``new_verdict``):
@@ -41,9 +41,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import ConfigError
-from pipeline.outcomes import METRIC_FIELDS, OUTCOME_SCHEMA
-from pipeline.quality import (
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.gate import (
     REASON_ORDER,
     QualityMetrics,
     Thresholds,
@@ -51,7 +50,8 @@ from pipeline.quality import (
     load_thresholds,
     thresholds_from_dict,
 )
-from pipeline.rundir import RunDir, write_atomic, write_table_atomic
+from pipeline.runs.outcomes import METRIC_FIELDS, OUTCOME_SCHEMA
+from pipeline.runs.rundir import RunDir, write_atomic, write_table_atomic
 
 REGATE_PARQUET = "regate.parquet"
 REGATE_MANIFEST = "regate-manifest.csv"
@@ -214,7 +214,7 @@ def _summary(result: RegateResult) -> dict[str, Any]:
 
 
 def _source_manifest(info: Any) -> Any:
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     options = info.options or {}
     try:

@@ -20,11 +20,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.audit import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
-from pipeline.clusters import CLUSTER_SCHEMA, Cluster
-from pipeline.findings import CONFIDENCES, KINDS, AuditImage, Finding, table_records
-from pipeline.report import thumbnail
-from pipeline.rundir import RunDir
+from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
+from pipeline.audit.findings import CONFIDENCES, KINDS, AuditImage, Finding, table_records
+from pipeline.audit.job import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
+from pipeline.enroll.report import thumbnail
+from pipeline.runs.rundir import RunDir
 
 #: Longest side of a thumbnail, pixels.
 THUMB_PX = 160

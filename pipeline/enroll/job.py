@@ -40,8 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Settings
-from pipeline.errors import (
+from pipeline.api.errors import (
     ApiError,
     AuthError,
     ConfigError,
@@ -53,14 +52,16 @@ from pipeline.errors import (
     StateError,
     UserNotFoundError,
 )
-from pipeline.outcomes import (
+from pipeline.client.budget import BudgetUnavailable, open_budget
+from pipeline.client.config import Settings
+from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
     SUCCESS_STATUSES,
     Outcome,
     make_outcome,
 )
-from pipeline.rundir import (
+from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
     RecordStore,
@@ -77,6 +78,8 @@ MODES = ("add", "update", "upsert")
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
 STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
+STOP_BUDGET = "budget"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
@@ -114,9 +117,12 @@ class EnrollConfig:
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
+    #: ``postgresql://...``: pace every process of this account from one shared budget
+    #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
+    qps_budget: str | None = None
 
     def __post_init__(self) -> None:
-        from pipeline.manifest import check_delimiter, check_encoding  # noqa: PLC0415
+        from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
             check_encoding(self.encoding)
@@ -131,6 +137,10 @@ class EnrollConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if self.qps_budget is not None:
+            from pipeline.client.budget import check_budget_options  # noqa: PLC0415
+
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options to write into run.json (no settings, no secrets)."""
@@ -215,11 +225,14 @@ class EnrollObserver:
 ClientFactory = Callable[[Settings, Any], Any]
 
 
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.FaceClient` (an async context manager)."""
-    from pipeline.client import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager).
 
-    return FaceClient(settings, qps=qps)
+    ``limiter``: the shared QPS budget standing in for the process's own limiter.
+    """
+    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
+
+    return FaceClient(settings, qps=qps, limiter=limiter)
 
 
 # -- pure deciding parts -----------------------------------------------------------
@@ -237,7 +250,7 @@ class Verdict:
 
 def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
     """The checks that need no call: None when the row may go on, else ``invalid_input``."""
-    from pipeline import validate  # noqa: PLC0415
+    from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
         return Verdict("invalid_input", ("duplicate_row",),
@@ -291,7 +304,7 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
     if stop_reason == STOP_INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason == STOP_QUOTA:
+    if stop_reason in (STOP_QUOTA, STOP_BUDGET):
         return EXIT_QUOTA
     if stop_reason == STOP_AUTH:
         return EXIT_AUTH
@@ -303,7 +316,7 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
 
 
 class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError) -> None:
+    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
         super().__init__(reason)
         self.reason, self.error = reason, error
 
@@ -351,7 +364,7 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
 
 def _windows_hint(row: Any, problem: Any) -> str:
     """The image problem's message, plus a hint for an absolute Windows path."""
-    from pipeline.manifest import windows_drive_path  # noqa: PLC0415
+    from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
 
     if problem.reason == "file_missing" and windows_drive_path(row.image):
         return (f"{problem.message}. {row.image!r} is a Windows path (drive or network "
@@ -383,7 +396,7 @@ class _RowRunner:
         return state.finish(verdict)
 
     async def _load(self, row: Any, state: _RowState) -> Any:
-        from pipeline.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
 
         try:
             image = await asyncio.to_thread(load_image, row.image_path,
@@ -394,7 +407,7 @@ class _RowRunner:
         return image
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
-        from pipeline.quality import choose_face  # noqa: PLC0415
+        from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
             self.client.detect(image.data, max_face_num=self.config.max_face_num,
@@ -428,6 +441,8 @@ class _RowRunner:
             result = await call
         except (QuotaError, AuthError) as exc:
             raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
+        except BudgetUnavailable as exc:
+            raise _StopRun(STOP_BUDGET, exc) from exc
         except ApiError as exc:
             state.note_error(exc, log_field)
             return classify_error(exc)
@@ -618,16 +633,26 @@ async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
 ) -> tuple[str | None, str | None, Counter[str]]:
+    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+
     session: _Session | None = None
+    timeline = CallTimeline()
     try:
-        async with client_factory(config.settings, config.qps) as client:
+        async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                client_factory(config.settings, config.qps,
+                               **({"limiter": budget} if budget else {})) as client:
+            if hasattr(client, "on_call"):  # the client's hook: per-second call counts
+                client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds)
             session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
             await session.run(stop)
-    except (QuotaError, AuthError) as exc:  # raised while opening the client (token fetch)
-        reason = STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH
+    except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
+        reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
+                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
         observer.stopping(reason, str(exc))
         return reason, str(exc), session.counts if session else Counter()
+    finally:
+        timeline.save(store.rundir.path)
     assert session is not None
     return session.stop_reason, session.stop_message, session.counts
 
@@ -637,7 +662,7 @@ def _finish(
     already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
     session_counts: Counter[str],
 ) -> RunResult:
-    from pipeline.rundir import status_counts  # noqa: PLC0415
+    from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
     counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
     failures = rundir.path / FAILURES_CSV
@@ -659,8 +684,8 @@ def _finish(
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
-    from pipeline.quality import load_thresholds  # noqa: PLC0415
+    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
@@ -811,7 +836,7 @@ def plan_rerun(
     one through ``parent_run_id`` and uses its options unless ``overrides`` says
     otherwise. The new run dir defaults to a new run id next to the old run.
     """
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     old = RunDir(old_run_dir)
     info = old.read_info()

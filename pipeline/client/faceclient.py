@@ -7,25 +7,25 @@
         await client.add_user("u_42", "Ada", "staff", jpeg_bytes)
 
 One coroutine per interface of the reference (contract §3); each returns a frozen
-record of :mod:`pipeline.records` carrying ``log_id`` and ``attempts`` (requests
+record of :mod:`pipeline.api.records` carrying ``log_id`` and ``attempts`` (requests
 sent for the call: retries and the resend after a token refresh included).
 
 What happens to a call, in order:
 
-1. **validate** (:mod:`pipeline.validate`): a bad argument raises
-   :class:`~pipeline.errors.InvalidInputError` (``code=None``, ``attempts=0``) whose
+1. **validate** (:mod:`pipeline.api.validate`): a bad argument raises
+   :class:`~pipeline.api.errors.InvalidInputError` (``code=None``, ``attempts=0``) whose
    message names the argument and the rule; nothing is sent.
 2. **encode** once: form fields, images as standard base64 (match: joined by ``,``).
-3. **send** under the retry policy (:mod:`pipeline.retry`): each send first waits for
-   the interface's rate limiter (:mod:`pipeline.ratelimit`); 4/18 also slow the
+3. **send** under the retry policy (:mod:`pipeline.client.retry`): each send first waits for
+   the interface's rate limiter (:mod:`pipeline.client.ratelimit`); 4/18 also slow the
    limiter down. A 110/111 reply refreshes the token and resends once per call,
    outside the retry budget; a second one raises AuthError.
 4. **parse** the reply into the record (tolerant: float landmarks, the
    ``expression_probablity`` spelling, unknown fields kept in ``Face.extra``).
 
-Errors are the classes of :mod:`pipeline.errors`; each carries ``code``, ``message``,
+Errors are the classes of :mod:`pipeline.api.errors`; each carries ``code``, ``message``,
 ``log_id`` and ``attempts``. Authentication is token mode only (see
-:mod:`pipeline.transport`; no ``bce-auth-v1`` signing). Logs go to
+:mod:`pipeline.client.transport`; no ``bce-auth-v1`` signing). Logs go to
 ``logging.getLogger("faceflow.client")`` and name the path, never the URL.
 A client is opened once: after ``close`` it cannot be reopened (as httpx).
 """
@@ -43,17 +43,15 @@ from typing import Any, NoReturn
 
 from tenacity import RetryCallState
 
-from pipeline import validate as v
-from pipeline.config import Settings
-from pipeline.errors import (
+from pipeline.api import validate as v
+from pipeline.api.errors import (
     TOKEN_CODES,
     ApiError,
     InvalidInputError,
     QpsLimitError,
     make_error,
 )
-from pipeline.ratelimit import Aimd, RateLimiter
-from pipeline.records import (
+from pipeline.api.records import (
     Box,
     Candidate,
     DetectResult,
@@ -72,8 +70,10 @@ from pipeline.records import (
     VerifyResult,
     WriteResult,
 )
-from pipeline.retry import RetryPolicy
-from pipeline.transport import Transport, b64encode, check_reply, encode_form
+from pipeline.client.config import Settings
+from pipeline.client.ratelimit import Aimd, RateLimiter
+from pipeline.client.retry import RetryPolicy
+from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
 
@@ -126,6 +126,43 @@ class ClientStats:
                 "token_refreshes": self.token_refreshes}
 
 
+#: Call kinds of :class:`CallRecord`: accepted, rejected by a rate limit (4, 18), timed
+#: out (SDK108), any other error.
+CALL_KINDS = ("accepted", "rate_limited", "timeout", "error")
+_RATE_CODES = frozenset({4, 18, "4", "18"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One request as sent (each retry and resend is its own), for ``on_call`` hooks.
+
+    ``at``: wall-clock seconds (``time.time()``) when it ended; ``ms``: how long the
+    request took, limiter wait excluded; ``http_status``: None when no reply came;
+    ``error_code``: None for an accepted call; ``attempt``: 1-based send of the call.
+    Never holds the token or the request body.
+    """
+
+    interface: str
+    at: float
+    ms: float
+    http_status: int | None
+    error_code: str | None
+    attempt: int
+    log_id: int | None
+    kind: str  # one of CALL_KINDS
+
+
+def _call_record(call: _Call, started: float, status: int | None, code: Any,
+                 lid: int | None) -> CallRecord:
+    code_text = None if code in (None, 0, "0") else str(code)
+    if code_text is None and status is not None and status >= 500:
+        code_text = f"HTTP{status}"
+    kind = ("accepted" if code_text is None else "rate_limited" if code in _RATE_CODES
+            else "timeout" if code_text == "SDK108" else "error")
+    return CallRecord(call.interface, time.time(), (time.perf_counter() - started) * 1e3,
+                      status, code_text, call.sent, lid, kind)
+
+
 class _Call:
     """The state of one client call across its sends."""
 
@@ -167,7 +204,7 @@ _UNOPENED, _OPEN, _CLOSED = "unopened", "open", "closed"
 class FaceClient:
     """Async client for the Face API v2; use as ``async with FaceClient(...) as client``.
 
-    ``qps``: per-interface rate limit (see :class:`~pipeline.ratelimit.RateLimiter`;
+    ``qps``: per-interface rate limit (see :class:`~pipeline.client.ratelimit.RateLimiter`;
     None = unlimited until the service says 18). ``retry``: the policy (default
     :class:`RetryPolicy()`). ``connection_limit``: open connections at most.
     ``limiter``: share one :class:`RateLimiter` between clients of a process
@@ -185,9 +222,12 @@ class FaceClient:
         limiter: RateLimiter | None = None,
         aimd: Aimd | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = ClientStats()
+        #: Called with a :class:`CallRecord` after every request (e.g. a run's timeline).
+        self.on_call = on_call
         self.limiter = limiter or RateLimiter(qps, aimd=aimd)
         self.retry = retry or RetryPolicy()
         self._transport = Transport(settings, connection_limit=connection_limit, clock=clock,
@@ -281,12 +321,26 @@ class FaceClient:
         token = await self._token()
         call.sent += 1
         self.stats.calls[call.interface] += 1
+        started = time.perf_counter()
         try:
-            return (token, *await self._transport.post(call.path, call.body, token))
+            status, reply = await self._transport.post(call.path, call.body, token)
         except ApiError as exc:
             exc.attempts = call.sent
             self._count_error(call, exc)
+            self._record(_call_record(call, started, None, exc.code, exc.log_id))
             raise
+        self._record(_call_record(call, started, status, reply.get("error_code"),
+                                  log_id(reply)))
+        return token, status, reply
+
+    def _record(self, record: CallRecord) -> None:
+        """The -vv line of one request (never the token) and the ``on_call`` hook."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s HTTP %s error_code %s %.0f ms attempt %d log_id %s", record.interface,
+                      record.http_status or "-", record.error_code or "-", record.ms,
+                      record.attempt, record.log_id or "-")
+        if self.on_call is not None:
+            self.on_call(record)
 
     def _count_error(self, call: _Call, error: ApiError) -> None:
         error.attempts = call.sent

@@ -8,7 +8,7 @@ pyarrow schema next to it (``tests/test_audit_clusters.py`` checks they agree):
 * :class:`Finding` (``findings.parquet``): one finding, of a kind in :data:`KINDS`.
 
 :func:`derive_findings` turns the plan and the latest probe record of each row into
-findings and clusters (:mod:`pipeline.clusters`) without any I/O, so every rule
+findings and clusters (:mod:`pipeline.audit.clusters`) without any I/O, so every rule
 (thresholds, de-duplication, exact copies, confidence) is testable on made-up records.
 
 Confidence (:data:`CONFIDENCES`), because an operations team acts on a finding (merging
@@ -39,7 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.clusters import Cluster, components
+from pipeline.audit.clusters import Cluster, components
 
 KINDS = ("same_person_multiple_uids", "multiple_people_one_uid", "exact_copy")
 SAME_PERSON, MULTIPLE_PEOPLE, EXACT_COPY = KINDS

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 from aiohttp import web
 from PIL import Image
 
-from pipeline.errors import error_message
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-from pipeline.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.api.errors import error_message
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
 
 DIM = 128
 TOKEN = "double-token"

@@ -63,9 +63,9 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
-from pipeline.client import PATHS
-from pipeline.config import Secret, Settings
-from pipeline.errors import ERROR_TABLE
+from pipeline.api.errors import ERROR_TABLE
+from pipeline.client.config import Secret, Settings
+from pipeline.client.faceclient import PATHS
 
 API_KEY = "double-api-key-3f9a"
 SECRET_KEY = "double-secret-key-7c21"
@@ -273,7 +273,7 @@ class ProtocolDouble:
 def _name(name: str) -> str:
     if name.startswith("/"):
         return _NAMES.get(name, name)
-    from pipeline.ratelimit import canonical_interface  # noqa: PLC0415
+    from pipeline.client.ratelimit import canonical_interface  # noqa: PLC0415
 
     return canonical_interface(name)
 

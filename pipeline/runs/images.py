@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
+from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
 
 #: Decoded pixels above which an image is refused as a decompression bomb (50 MP:
 #: well over any camera photo a face service needs, and ~150 MB as RGB). Checked

@@ -3,7 +3,7 @@
 Interface names
     The canonical names are the short ones of :data:`INTERFACES` (``detect``,
     ``add``, ``group_list``...), the names used by ``--qps detect=5,add=2``, by
-    :class:`~pipeline.client.ClientStats` and in logs. The client's method names
+    :class:`~pipeline.client.faceclient.ClientStats` and in logs. The client's method names
     (``add_user``, ``get_group_list``...) and the HTTP names (``multi-identify``)
     are accepted as aliases; :func:`canonical_interface` maps them. Baidu counts
     its QPS quota per interface, so each interface has its own bucket: a limit
@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 
 log = logging.getLogger("faceflow.client")
 

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 
 RUN_JSON = "run.json"
 LOCK_FILE = ".lock"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pipeline.audit import PLAN_FILE, file_sha256, write_findings, write_table_atomic
-from pipeline.audit_report import write_audit_report
-from pipeline.config import Settings
-from pipeline.findings import PLAN_SCHEMA, AuditImage, ProbeRecord, records_table
-from pipeline.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.audit.findings import PLAN_SCHEMA, AuditImage, ProbeRecord, records_table
+from pipeline.audit.job import PLAN_FILE, file_sha256, write_findings, write_table_atomic
+from pipeline.audit.report import write_audit_report
+from pipeline.client.config import Settings
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
 
 HOSTILE_UID = 'x"><script>document.title="pwned"</script>'
 HOSTILE_INFO = '<img src="x" onerror="document.title=1">'
@@ -81,6 +81,6 @@ def build_audit_dir(root: Path) -> Path:
 
 
 def _secret() -> object:
-    from pipeline.config import Secret  # noqa: PLC0415
+    from pipeline.client.config import Secret  # noqa: PLC0415
 
     return Secret("fixture-secret-value")

@@ -3,7 +3,7 @@
 Every ``check_*`` function returns None when the value is acceptable, or a short
 reason *slug* (e.g. ``"uid_charset"``); :data:`REASON_TEXT` turns a slug into a
 sentence. Nothing here does I/O or raises for bad input: the client turns a slug
-into :class:`~pipeline.errors.InvalidInputError` before sending anything, and the
+into :class:`~pipeline.api.errors.InvalidInputError` before sending anything, and the
 enroll job uses the same functions to pre-check manifest rows without a call.
 
 Sizes follow the contract: "M" is 2**20 bytes and image limits apply to the

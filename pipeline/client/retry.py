@@ -1,6 +1,6 @@
 """The retry policy: tenacity, decided by exception class, bounded in attempts and time.
 
-A call is sent again only when it raised a :class:`~pipeline.errors.RetryableError`
+A call is sent again only when it raised a :class:`~pipeline.api.errors.RetryableError`
 (4/18 rate limits, transient server codes, SDK108 timeouts, dropped connections,
 HTTP 5xx, non-JSON replies). Waits grow exponentially with random jitter. The
 loop stops at ``max_attempts`` sends or when the next sleep would end past
@@ -28,7 +28,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from pipeline.errors import ConfigError, RetryableError
+from pipeline.api.errors import ConfigError, RetryableError
 
 T = TypeVar("T")
 

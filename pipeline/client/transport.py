@@ -5,7 +5,7 @@ Token mode only
     ``GET /oauth/2.0/token?grant_type=client_credentials&client_id=..&client_secret=..``
     (contract §1.3). A token whose ``scope`` lacks ``brain_all_scope`` would make the
     official SDK fall back to ``bce-auth-v1`` request signing; faceflow does not
-    implement that signing and raises :class:`~pipeline.errors.AuthError` instead,
+    implement that signing and raises :class:`~pipeline.api.errors.AuthError` instead,
     as it does for ``{"error": "invalid_client"}`` and HTTP 401 replies.
 
 Token cache
@@ -20,7 +20,7 @@ Wire format (contract §1.4)
     ``POST endpoint + path ? access_token=..&aipSdk=python&aipVersion=2_2_2`` with an
     ``application/x-www-form-urlencoded`` body. The reply is decoded as JSON whatever
     the HTTP status. Network failures and timeouts become
-    :class:`~pipeline.errors.TransientError` with code ``"SDK108"``; a body that is not
+    :class:`~pipeline.api.errors.TransientError` with code ``"SDK108"``; a body that is not
     a JSON object becomes ``TransientError("HTTP<status>")`` (``AuthError`` for 401/403).
 
 Secrets
@@ -46,8 +46,8 @@ import aiohttp
 import pybase64
 from yarl import URL
 
-from pipeline.config import Settings
-from pipeline.errors import ApiError, AuthError, TransientError, make_error
+from pipeline.api.errors import ApiError, AuthError, TransientError, make_error
+from pipeline.client.config import Settings
 
 log = logging.getLogger("faceflow.client")
 
@@ -116,7 +116,7 @@ def network_error(exc: BaseException, what: str) -> TransientError:
 
 
 class Transport:
-    """The session and token of one :class:`~pipeline.client.FaceClient`.
+    """The session and token of one :class:`~pipeline.client.faceclient.FaceClient`.
 
     ``clock()`` (monotonic seconds) times the token cache; ``on_token_fetch`` is called
     once per token request sent (for the client's stats).
