@@ -12,8 +12,11 @@ manifest. Three kinds of finding (:data:`KINDS`):
     audited groups. Every *other* uid scoring >= ``threshold`` is confirmed with one
     ``match`` call: the probe against up to ``confirm_photos`` known photos of that
     uid, in one request (a uid that holds two people is still confirmed against the
-    right photo). A uid with no known photo is reported unconfirmed, with the
-    identify score.
+    right photo); every photo's score is recorded. A uid with no known photo is
+    reported unconfirmed, with the identify score. Each finding carries a confidence
+    (``high`` only when the score clears a stricter bound, the uid leads its rivals
+    by a margin and every checked photo of both uids agrees; see
+    :mod:`pipeline.audit.findings`).
 ``multiple_people_one_uid``
     each photo of a uid is matched against the uid's reference photo (its first photo
     in plan order); a score below ``threshold`` is a finding.
@@ -468,27 +471,25 @@ class Prober:
             if uid in seen or score < self.config.threshold or uid not in self.by_uid:
                 continue
             seen.add(uid)
-            found = await self._match_uid(data, uid, state)
-            if found is not None:
+            for found in await self._match_uid(data, uid, state):
                 state.matches.append((uid, *found))
 
     async def _match_uid(
         self, data: bytes, uid: str, state: _ProbeState
-    ) -> tuple[int, float, int | None] | None:
-        """(photo row, best score, log id) of the probe against ``uid``'s known photos."""
+    ) -> list[tuple[int, float, int | None]]:
+        """(photo row, score, log id) of the probe against each of ``uid``'s known photos
+        sent (one match call); every photo is kept, not only the best, so a finding's
+        confidence can ask that all of them agree."""
         rows = self.by_uid[uid][: self.config.confirm_photos]
         same = [r for r in rows if state.img.sha256 and self.plan[r].sha256 == state.img.sha256]
         if same:
-            return same[0], 100.0, None  # identical bytes: no call needed
+            return [(same[0], 100.0, None)]  # identical bytes: no call needed
         photos = await self._budgeted(data, rows)
         if not photos:
-            return None
+            return []
         result = await self._match([data, *(p for _, p in photos)], state)
-        best = _best_pair(result.pairs)
-        if best is None:
-            return None
-        index, score = best
-        return photos[index - 1][0], score, result.log_id
+        return [(photos[index - 1][0], score, result.log_id)
+                for index, score in _probe_pairs(result.pairs)]
 
     async def _budgeted(self, data: bytes, rows: Sequence[int]) -> list[tuple[int, bytes]]:
         """The photos of ``rows`` that load and fit one match request with the probe."""
@@ -527,16 +528,20 @@ class Prober:
         return result
 
 
-def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
-    """(index of the other image, score) of the best pair that involves image 0."""
-    best: tuple[int, float] | None = None
+def _probe_pairs(pairs: Iterable[Any]) -> list[tuple[int, float]]:
+    """(index of the other image, score) of every pair that involves image 0, in index order."""
+    out: dict[int, float] = {}
     for p in pairs:
         if 0 not in (p.index_i, p.index_j):
             continue
         other = p.index_j if p.index_i == 0 else p.index_i
-        if best is None or float(p.score) > best[1]:
-            best = (other, float(p.score))
-    return best
+        out[other] = max(float(p.score), out.get(other, float("-inf")))
+    return sorted(out.items())
+
+
+def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
+    """(index of the other image, score) of the best pair that involves image 0."""
+    return max(_probe_pairs(pairs), key=lambda item: item[1], default=None)
 
 
 def _b64_len(data: bytes) -> int:
