@@ -1,6 +1,6 @@
 """Audit benchmark: API calls and wall time for 1k and 10k faces, to show linear growth.
 
-The search side is synthetic (tests/audit_double.py): every photo is a unique 16x16
+The search side is synthetic (tests/support/audit_double.py): every photo is a unique 16x16
 PNG whose bytes the double maps to a 128-d descriptor, the faceset is seeded
 directly with one face per photo, and identify scores only the probe's bucket plus
 k background faces (O(k) per call, so the double's own search does not grow with
@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from audit_double import FaceDouble, descriptors, enroll_run, png, variant  # noqa: E402
+from support.audit_double import FaceDouble, descriptors, enroll_run, png, variant  # noqa: E402
 
-from pipeline.audit import AuditConfig, read_findings, run_audit  # noqa: E402
-from pipeline.config import Settings  # noqa: E402
+from pipeline.audit.job import AuditConfig, read_findings, run_audit  # noqa: E402
+from pipeline.client.config import Settings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "audit.json"
 GROUP = "bench"
@@ -102,7 +102,7 @@ async def measure(n: int, concurrency: int) -> dict[str, Any]:
 
 
 def _s(value: str) -> Any:
-    from pipeline.config import Secret  # noqa: PLC0415
+    from pipeline.client.config import Secret  # noqa: PLC0415
 
     return Secret(value)
 

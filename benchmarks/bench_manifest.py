@@ -46,7 +46,7 @@ def peak_mb():
             return int(line.split()[1]) / 1024
 
 
-from pipeline.manifest import open_manifest
+from pipeline.runs.manifest import open_manifest
 
 path, mode = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()

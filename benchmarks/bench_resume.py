@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.outcomes import OUTCOME_SCHEMA  # noqa: E402
-from pipeline.rundir import ManifestRef, RunDir, RunInfo, to_micros  # noqa: E402
+from pipeline.runs.outcomes import OUTCOME_SCHEMA  # noqa: E402
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo, to_micros  # noqa: E402
 
 PART_ROWS = 1000
 CRASHED = 500
@@ -84,13 +84,13 @@ _MEASURE = """
 import sys, time, json
 t0 = time.perf_counter()
 import numpy as np
-from pipeline.outcomes import OUTCOME_SCHEMA
-from pipeline.rundir import RunDir
+from pipeline.runs.outcomes import OUTCOME_SCHEMA
+from pipeline.runs.rundir import RunDir
 t_import = time.perf_counter()
 folder, rows = sys.argv[1], int(sys.argv[2])
 fingerprint = None
 try:
-    from pipeline.manifest import open_manifest
+    from pipeline.runs.manifest import open_manifest
     m = open_manifest(folder + "/manifest.csv", default_group="g")
     rows, fingerprint = m.num_rows, m.fingerprint
 except ImportError:

@@ -36,11 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import validate  # noqa: E402
-from pipeline.client import FaceClient, parse_faces  # noqa: E402
-from pipeline.config import Secret, Settings  # noqa: E402
-from pipeline.retry import RetryPolicy  # noqa: E402
-from pipeline.transport import b64encode, encode_form  # noqa: E402
+from pipeline.api import validate  # noqa: E402
+from pipeline.client.config import Secret, Settings  # noqa: E402
+from pipeline.client.faceclient import FaceClient, parse_faces  # noqa: E402
+from pipeline.client.retry import RetryPolicy  # noqa: E402
+from pipeline.client.transport import b64encode, encode_form  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "client_overhead.json"
 PHOTO = ROOT / "data" / "samples" / "obama_01.jpg"

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import write_result  # noqa: E402
 from pipeline.ledger import Entry, open_ledger  # noqa: E402
 from pipeline.ledger.runs import known_rows, skip_known  # noqa: E402
-from pipeline.manifest import open_manifest  # noqa: E402
-from pipeline.outcomes import OUTCOME_SCHEMA  # noqa: E402
-from pipeline.rundir import RunDir  # noqa: E402
+from pipeline.runs.manifest import open_manifest  # noqa: E402
+from pipeline.runs.outcomes import OUTCOME_SCHEMA  # noqa: E402
+from pipeline.runs.rundir import RunDir  # noqa: E402
 
 ENDPOINT = "127.0.0.1:8480"
 GROUP = "members"

@@ -184,8 +184,8 @@ def make_manifest(folder: Path, rows: int) -> Path:
 
 
 def run_faceflow(url: str, manifest: Path, run_dir: Path, qps: float) -> float:
-    from pipeline.config import Settings
-    from pipeline.enroll import EnrollConfig, run_enroll
+    from pipeline.client.config import Settings
+    from pipeline.enroll.job import EnrollConfig, run_enroll
 
     settings = Settings(endpoint=url, api_key="bench-ak", secret_key="bench-sk")
     config = EnrollConfig(manifest=manifest, settings=settings, group="bench", qps=qps,

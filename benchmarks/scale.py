@@ -106,10 +106,10 @@ def write_manifest(path: Path, rows: int, photos: list[str], slice_rows: int = 1
 
 def stream_child(manifest: Path, run_dir: Path) -> dict[str, Any]:
     """In the child: validate, open a store, feed every row through the runner's check."""
-    from pipeline.enroll import _AsyncRows, check_row  # the runner's own feed and check
-    from pipeline.manifest import open_manifest
-    from pipeline.outcomes import OUTCOME_SCHEMA
-    from pipeline.rundir import RunDir
+    from pipeline.enroll.job import _AsyncRows, check_row  # the runner's own feed and check
+    from pipeline.runs.manifest import open_manifest
+    from pipeline.runs.outcomes import OUTCOME_SCHEMA
+    from pipeline.runs.rundir import RunDir
 
     start = time.perf_counter()
     m = open_manifest(manifest, default_group="bench")
@@ -168,8 +168,8 @@ def measure_stream(folder: Path, sizes: list[int], photos: list[str]) -> list[di
 
 def enroll_child(manifest: Path, run_dir: Path, url: str, every: int) -> dict[str, Any]:
     """In the child: a real enroll; RSS sampled every ``every`` rows by an observer."""
-    from pipeline.config import Settings
-    from pipeline.enroll import EnrollConfig, EnrollObserver, run_enroll
+    from pipeline.client.config import Settings
+    from pipeline.enroll.job import EnrollConfig, EnrollObserver, run_enroll
 
     samples: list[tuple[int, float]] = [(0, round(rss_mb(), 1))]
 
@@ -244,8 +244,8 @@ def measure_resume(folder: Path, rows: int) -> dict[str, Any]:
 def child(args: list[str]) -> None:
     kind, rest = args[0], args[1:]
     if kind == "import":
-        import pipeline.enroll  # noqa: F401
-        import pipeline.manifest  # noqa: F401
+        import pipeline.enroll.job  # noqa: F401
+        import pipeline.runs.manifest  # noqa: F401
 
         result: dict[str, Any] = {"peak_rss_mb": round(peak_mb())}
     elif kind == "stream":

@@ -74,10 +74,22 @@ def main(verbose: int) -> None:
     Credentials come from --api-key/--secret-key or FACEFLOW_API_KEY and
     FACEFLOW_SECRET_KEY; the service from --endpoint or FACEFLOW_ENDPOINT.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
+    configure_logging(verbose)
+
+
+#: Loggers -v/-vv turn up: faceflow's own. Third-party libraries (PIL's EXIF parser,
+#: asyncio, aiohttp) stay at WARNING, so -vv shows one line per API call, not their debug.
+OWN_LOGGERS = ("faceflow", "pipeline", "jobs")
+
+
+def configure_logging(verbose: int) -> None:
+    """WARNING by default; -v INFO and -vv DEBUG for faceflow's loggers only."""
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        level=logging.WARNING, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING - 10 * min(verbose, 2)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.enroll import ConfigProblem, execute
-from pipeline.outcomes import SUCCESS_STATUSES
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
@@ -102,7 +102,7 @@ def _face_box(settings: Any, image: Path) -> Any:
     """The face box of ``image`` as the engine sees it (for the crop/turn/mouth variants)."""
     import asyncio  # noqa: PLC0415
 
-    from pipeline.client import FaceClient  # noqa: PLC0415
+    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
     async def detect() -> Any:
         async with FaceClient(settings) as client:
@@ -114,8 +114,8 @@ def _face_box(settings: Any, image: Path) -> Any:
 
 def rows_table(run_dir: Path) -> Table:
     """One line per manifest row: image, status, reasons."""
-    from pipeline.outcomes import OUTCOME_SCHEMA  # noqa: PLC0415
-    from pipeline.rundir import RunDir  # noqa: PLC0415
+    from pipeline.runs.outcomes import OUTCOME_SCHEMA  # noqa: PLC0415
+    from pipeline.runs.rundir import RunDir  # noqa: PLC0415
 
     records = RunDir(run_dir).read_records(
         OUTCOME_SCHEMA, ["row", "uid", "image", "status", "reasons"]).to_pylist()
@@ -139,9 +139,9 @@ Examples:
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 def demo(base: Path, concurrency: int) -> None:
     """Start the local engine, enroll the sample photos and degraded variants, show the result."""
-    from pipeline.config import Secret, Settings  # noqa: PLC0415
+    from pipeline.client.config import Secret, Settings  # noqa: PLC0415
     from pipeline.engine.server import EngineServer  # noqa: PLC0415
-    from pipeline.enroll import EnrollConfig  # noqa: PLC0415
+    from pipeline.enroll.job import EnrollConfig  # noqa: PLC0415
 
     if not (SAMPLES / "obama_01.jpg").exists():
         raise ConfigProblem(f"no sample photos in {SAMPLES}: run `make setup` first")

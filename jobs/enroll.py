@@ -1,4 +1,4 @@
-"""``faceflow enroll`` and ``faceflow rerun``: parse options, run pipeline.enroll, show progress."""
+"""``faceflow enroll`` and ``faceflow rerun``: parse options, run the enroll job, show progress."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,7 +24,8 @@ from rich.progress import (
 from rich.table import Table
 
 from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
-from pipeline.enroll import (
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
@@ -32,10 +34,9 @@ from pipeline.enroll import (
     plan_rerun,
     run_enroll,
 )
-from pipeline.enroll import Progress as RunProgress
-from pipeline.errors import ConfigError
-from pipeline.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
-from pipeline.rundir import RunDir, new_run_id
+from pipeline.enroll.job import Progress as RunProgress
+from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
+from pipeline.runs.rundir import RunDir, new_run_id
 
 #: Seconds between plain progress lines when stderr is not a terminal (cron, CI).
 PLAIN_INTERVAL_S = 10.0
@@ -74,7 +75,7 @@ def _positive(what: str, text: str) -> float:
 
 
 def parse_thresholds(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.quality checks them."""
+    """``("blur=0.5", "occlusion.mouth=0.6")`` -> {key: value}; pipeline.enroll.gate checks them."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -113,13 +114,19 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
+        if start.delimiter_detected:
+            name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
+                                                  repr(start.delimiter_detected))
+            self.console.print(f"The manifest's header is separated by {name}: reading it "
+                               f"with {name} as the separator (--delimiter to choose).",
+                               highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True)
+                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -142,7 +149,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -157,8 +164,9 @@ class ConsoleObserver(EnrollObserver):
                                soft_wrap=True)
 
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
-                           soft_wrap=True)
+        # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
+                           "rows start.", soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -191,7 +199,7 @@ def print_summary(console: Console, result: RunResult, resume_hint: str) -> None
     if result.stop_reason is not None:
         lines.append(_stop_advice(result, resume_hint))
     for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:
@@ -202,6 +210,8 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "auth": "The service refused the credentials mid-run. Fix --api-key/--secret-key or "
                 "the app's settings, then resume",
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
+        "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
+                  "far are saved; when the database is back, resume",
     }[result.stop_reason or "interrupted"]
     return f"{what}; {left}:\n  {resume_hint}"
 
@@ -245,6 +255,12 @@ def _run_options(func: Any) -> Any:
         click.option("--qps", default=None, metavar="N | NAME=N,...",
                      help="Calls per second: one number for every interface, or per "
                           "interface, e.g. detect=10,add=5."),
+        click.option("--qps-budget", default=None, metavar="postgresql://...",
+                     envvar="FACEFLOW_QPS_BUDGET",
+                     help="Share one QPS budget with every process using this API key "
+                          "(any host): --qps is then the account's total. If the database "
+                          "cannot be reached the run stops (exit 3) to be resumed [env "
+                          "FACEFLOW_QPS_BUDGET]."),
         click.option("--thresholds", "thresholds_file", default=None, metavar="FILE",
                      type=click.Path(path_type=Path, dir_okay=False),
                      help="Quality thresholds (TOML) instead of the reference defaults."),
@@ -283,6 +299,7 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "concurrency": kwargs.pop("concurrency"),
         "qps": parse_qps(kwargs.pop("qps")),
+        "qps_budget": kwargs.pop("qps_budget"),
         "thresholds_file": kwargs.pop("thresholds_file"),
         "largest_face": kwargs.pop("largest_face"),
         "flush_rows": kwargs.pop("flush_rows"),
@@ -313,10 +330,16 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
+                   "Chinese system), utf-16.")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="CSV separator, e.g. ';' or tab [default ',', or ';'/tab when the header "
+                   "is separated by it].")
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           **kwargs: Any) -> None:
+           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -324,7 +347,8 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
-    2 bad configuration, 3 quota, 4 credentials refused, 130 interrupted.
+    2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
+    refused, 130 interrupted.
     """
     settings = _settings(kwargs)
     overrides = _overrides(kwargs)
@@ -332,7 +356,8 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:
         config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
-                              run_dir=run_dir, resume=resume, **overrides)
+                              run_dir=run_dir, resume=resume, encoding=encoding,
+                              delimiter=delimiter, **overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

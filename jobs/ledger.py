@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from jobs.options import EXIT_CONFIG
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger import LEDGER_ENV, open_ledger
 
 

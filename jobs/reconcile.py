@@ -14,9 +14,9 @@ import click
 from jobs.enroll import ConfigProblem, _settings, parse_qps
 from jobs.ledger import ledger_option
 from jobs.options import connection_options, run_stoppable
-from pipeline.errors import ConfigError
-from pipeline.reconcile import ReconcileConfig, ReconcileObserver, run_reconcile
-from pipeline.rundir import new_run_id
+from pipeline.api.errors import ConfigError
+from pipeline.ledger.reconcile import ReconcileConfig, ReconcileObserver, run_reconcile
+from pipeline.runs.rundir import new_run_id
 
 
 class _Echo(ReconcileObserver):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from jobs.options import EXIT_CONFIG
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 
 
 class ConfigProblem(click.ClickException):
@@ -40,7 +40,7 @@ def regate(run_dir: Path, thresholds_file: Path | None, threshold_pairs: tuple[s
     run's --ledger and only the newly passing rows are sent.
     """
     from jobs.enroll import parse_thresholds  # noqa: PLC0415
-    from pipeline.regate import regate as run_regate  # noqa: PLC0415
+    from pipeline.enroll.regate import regate as run_regate  # noqa: PLC0415
 
     try:
         result = run_regate(run_dir, thresholds_file=thresholds_file,

@@ -132,17 +132,23 @@ def _cluster_user() -> _RunAs:
     """Root: the dedicated user (created when missing); anyone else: themselves."""
     if os.geteuid() != 0:
         return _RunAs()
-    try:
-        entry = pwd.getpwnam(CLUSTER_USER)
-    except KeyError:
+    if not _user_exists(CLUSTER_USER):
         made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                                "/usr/sbin/nologin", CLUSTER_USER], capture_output=True,
                               text=True, check=False)
-        if made.returncode != 0:
+        if made.returncode != 0 and not _user_exists(CLUSTER_USER):
             raise PostgresUnavailable(f"PostgreSQL refuses to run as root and user "
                                       f"{CLUSTER_USER} cannot be made: {made.stderr.strip()}")
-        entry = pwd.getpwnam(CLUSTER_USER)
+    entry = pwd.getpwnam(CLUSTER_USER)
     return _RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 class LocalCluster:
@@ -155,12 +161,14 @@ class LocalCluster:
     """
 
     def __init__(self, folder: Path | None = None, *, fsync: bool = True,
-                 database: str = "faceflow") -> None:
+                 database: str = "faceflow", settings: dict[str, str] | None = None) -> None:
         self._tmp = folder is None
         # Short path: a Unix socket path must fit in 107 bytes.
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="ffpg-"))
         self.fsync = fsync
         self.database = database
+        #: Extra server settings (``-c name=value``), e.g. shared_buffers for benchmarks.
+        self.settings = dict(settings or {})
         self.url = ""
         self._bin = server_binaries()
         self._as = _RunAs()
@@ -192,6 +200,7 @@ class LocalCluster:
         options = f"-h '' -k {self.folder} -c max_connections=200"
         if not self.fsync:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60",
                   "-l", str(self.folder / "server.log"), "-o", options, "start")
         base = f"postgresql://postgres@/{{}}?host={quote(str(self.folder), safe='/')}"

@@ -2,7 +2,7 @@
 
 Pure Pillow: every function takes a PIL image (and, where the degradation is about
 the face, the face box in pixels as ``(left, top, width, height)`` or any object with
-those four attributes, e.g. :class:`pipeline.records.Box`) and returns a new image,
+those four attributes, e.g. :class:`pipeline.api.records.Box`) and returns a new image,
 or file bytes for the ``*_bytes`` / format helpers. Nothing here reads or writes files.
 
 Honest limits:

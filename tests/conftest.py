@@ -1,11 +1,11 @@
-"""Shared fixtures. Helpers for one area live next to their tests (e.g. tests/doubles.py)."""
+"""Shared fixtures. Helpers used by several test modules live in tests/support/."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures (PostgreSQL)
+from support.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures (PostgreSQL)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"

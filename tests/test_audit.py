@@ -1,4 +1,4 @@
-"""The audit runner against the protocol double (tests/audit_double.py) over real HTTP.
+"""The audit runner against the protocol double (tests/support/audit_double.py) over real HTTP.
 
 The double counts requests server-side, so call counts here are what reached the
 "service". It also answers error 17 on demand, which drives the resume tests.
@@ -17,14 +17,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from audit_double import FaceDouble, Row, descriptors, enroll_run, png, variant
 from click.testing import CliRunner
+from support.audit_double import FaceDouble, Row, descriptors, enroll_run, png, variant
 
 from jobs.cli import main
-from pipeline.audit import AuditConfig, audit, read_findings, resume_config, run_audit
-from pipeline.config import Secret, Settings
-from pipeline.errors import ConfigError
-from pipeline.findings import EXACT_COPY, FINDING_SCHEMA, MULTIPLE_PEOPLE, SAME_PERSON
+from pipeline.api.errors import ConfigError
+from pipeline.audit.findings import EXACT_COPY, FINDING_SCHEMA, MULTIPLE_PEOPLE, SAME_PERSON
+from pipeline.audit.job import AuditConfig, audit, read_findings, resume_config, run_audit
+from pipeline.client.config import Secret, Settings
 
 GROUP = "staff"
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def test_resume_with_other_options_is_refused(double: FaceDouble, tmp_path: Path
 
 def test_a_held_audit_directory_is_refused_then_released(double: FaceDouble,
                                                            tmp_path: Path) -> None:
-    from pipeline.rundir import RunDir
+    from pipeline.runs.rundir import RunDir
 
     rows, _ = _rows(4)
     enroll_dir, photos = enroll_run(tmp_path, GROUP, rows, double)

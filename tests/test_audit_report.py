@@ -7,10 +7,10 @@ import io
 import re
 from pathlib import Path
 
-from audit_fixtures import HOSTILE_INFO, HOSTILE_UID, build_audit_dir
 from PIL import Image
+from support.audit_fixtures import HOSTILE_INFO, HOSTILE_UID, build_audit_dir
 
-from pipeline.audit import read_findings
+from pipeline.audit.job import read_findings
 
 
 def test_report_has_a_card_per_finding_with_two_photos(tmp_path: Path) -> None:

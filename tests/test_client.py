@@ -1,6 +1,6 @@
 """FaceClient against the protocol double: wire format, token, retries, failures, secrets.
 
-The double (tests/doubles.py) is a real aiohttp server on 127.0.0.1:0; nothing here
+The double (tests/support/doubles.py) is a real aiohttp server on 127.0.0.1:0; nothing here
 mocks HTTP. Time-dependent parts (token expiry, the retry deadline) run on injected
 clocks and sleeps.
 """
@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from doubles import (  # noqa: F401 - `double` is a fixture
+from PIL import Image
+from support.doubles import (  # noqa: F401 - `double` is a fixture
     API_KEY,
     DROP,
     FACE,
@@ -28,18 +29,15 @@ from doubles import (  # noqa: F401 - `double` is a fixture
     http,
     token_error,
 )
-from PIL import Image
 
-from pipeline.client import PATHS, FaceClient, parse_face
-from pipeline.config import Secret
-from pipeline.errors import (
+from pipeline.api.errors import (
     AlreadyInGroupError,
     AuthError,
     InvalidInputError,
     QuotaError,
     TransientError,
 )
-from pipeline.records import (
+from pipeline.api.records import (
     DetectResult,
     GroupListResult,
     GroupUsersResult,
@@ -50,7 +48,9 @@ from pipeline.records import (
     VerifyResult,
     WriteResult,
 )
-from pipeline.retry import RetryPolicy
+from pipeline.client.config import Secret
+from pipeline.client.faceclient import PATHS, FaceClient, parse_face
+from pipeline.client.retry import RetryPolicy
 
 
 async def no_sleep(_seconds: float) -> None:
@@ -566,7 +566,7 @@ def test_form_encoding_equals_urlencode(tail: bytes) -> None:
     # The fast path must produce exactly what requests (hence the SDK) would send.
     from urllib.parse import urlencode
 
-    from pipeline.transport import encode_form
+    from pipeline.client.transport import encode_form
 
     b64 = base64.b64encode(png((30, 30), noise=True) + tail)
     fields = [("image", b64), ("user_info", "Zhang San 张三 a+b/c=d&e"), ("uid", "u_1")]

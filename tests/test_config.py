@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from pipeline.config import BAIDU_ENDPOINT, Secret, Settings
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
+from pipeline.client.config import BAIDU_ENDPOINT, Secret, Settings
 
 KEY, SECRET = "ak-7f3e-visible-nowhere", "sk-91bd-visible-nowhere"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from engine_http import Api, b64
 from PIL import Image
+from support.engine_http import Api, b64
 
 from jobs.cli import main
 from pipeline import variants as v

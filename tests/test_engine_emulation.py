@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from engine_http import Api, b64
+from support.engine_http import Api, b64
 
 from pipeline.engine.app import _loopback_only, is_loopback
 from pipeline.engine.emulation import Emulation, EmulationConfig

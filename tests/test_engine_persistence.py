@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from engine_http import Api, b64
+from support.engine_http import Api, b64
 
 from pipeline.engine.server import EngineServer
 from pipeline.engine.store import Store
@@ -23,7 +23,7 @@ class _Remote:
     """What :class:`Api` needs from a server: url and credentials."""
 
     def __init__(self, url: str) -> None:
-        from pipeline.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+        from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 
         self.url, self.api_key, self.secret_key = url, ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 
@@ -89,7 +89,7 @@ def test_cli_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_demo_credentials_when_env_is_unset() -> None:
-    from pipeline.config import ENGINE_DEMO_API_KEY
+    from pipeline.client.config import ENGINE_DEMO_API_KEY
     from pipeline.engine.server import credentials_from_env
 
     assert credentials_from_env({})[0] == ENGINE_DEMO_API_KEY

@@ -20,10 +20,10 @@ from PIL import Image
 
 from jobs.cli import main
 from pipeline import variants as v
-from pipeline.config import Secret, Settings
-from pipeline.enroll import EnrollConfig, EnrollObserver, run_enroll
-from pipeline.manifest import open_manifest
-from pipeline.outcomes import SUCCESS_STATUSES
+from pipeline.client.config import Secret, Settings
+from pipeline.enroll.job import EnrollConfig, EnrollObserver, run_enroll
+from pipeline.runs.manifest import open_manifest
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = pytest.mark.dlib
 
@@ -330,8 +330,8 @@ def test_quota_stops_cleanly_exit_3_and_resume_finishes(
 async def test_retryable_failures_then_rerun_from_the_failures(
     server: Any, tmp_path: Path, samples_dir: Path
 ) -> None:
-    from pipeline.client import FaceClient
-    from pipeline.retry import RetryPolicy
+    from pipeline.client.faceclient import FaceClient
+    from pipeline.client.retry import RetryPolicy
 
     fast = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02, jitter=0)
     manifest = _four_faces(tmp_path, samples_dir)

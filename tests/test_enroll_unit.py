@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import errors as E
-from pipeline.enroll import (
+from pipeline.api import errors as E
+from pipeline.api.errors import ConfigError
+from pipeline.enroll.gate import FaceChoice
+from pipeline.enroll.job import (
     EnrollConfig,
     Verdict,
     classify_error,
@@ -13,8 +15,6 @@ from pipeline.enroll import (
     exit_code_for,
     success_status,
 )
-from pipeline.errors import ConfigError
-from pipeline.quality import FaceChoice
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_exit_codes(stop: str | None, counts: dict[str, int], code: int) -> None
 
 def test_exit_codes_match_the_cli_constants() -> None:
     from jobs import options
-    from pipeline import enroll
+    from pipeline.enroll import job as enroll
 
     assert (enroll.EXIT_OK, enroll.EXIT_FAILED_ROWS, enroll.EXIT_QUOTA, enroll.EXIT_AUTH,
             enroll.EXIT_INTERRUPTED) == (options.EXIT_OK, options.EXIT_FAILED_ROWS,
@@ -77,7 +77,7 @@ def test_success_status_by_action() -> None:
 
 
 def test_config_refuses_bad_values(tmp_path) -> None:
-    from pipeline.config import Secret, Settings
+    from pipeline.client.config import Secret, Settings
 
     s = Settings(endpoint="http://127.0.0.1:1", api_key=Secret("k"), secret_key=Secret("s"))
     with pytest.raises(ConfigError, match="--mode"):

@@ -6,11 +6,10 @@ import io
 from collections.abc import AsyncIterator
 
 import pytest
-from doubles import ProtocolDouble, error
 from PIL import Image
+from support.doubles import ProtocolDouble, error
 
-from pipeline.client import FaceClient
-from pipeline.errors import (
+from pipeline.api.errors import (
     ERROR_TABLE,
     TOKEN_CODES,
     AlreadyInGroupError,
@@ -23,7 +22,8 @@ from pipeline.errors import (
     make_error,
     raise_for_reply,
 )
-from pipeline.retry import RetryPolicy
+from pipeline.client.faceclient import V3_HINT, FaceClient
+from pipeline.client.retry import RetryPolicy
 
 
 async def no_sleep(_seconds: float) -> None:
@@ -58,6 +58,8 @@ async def test_each_code_raises_its_class(served: tuple[ProtocolDouble, FaceClie
         await client.detect(IMG)
     err = info.value
     assert type(err) is cls
+    if code == 6:  # a v2 path answering 6: the client adds the "try --api v3" hint
+        message += V3_HINT
     assert (err.code, err.message, err.log_id) == (code, message, double.last_log_id)
     # retryable codes are sent again; 110/111 are resent once after a token refresh
     resent = issubclass(cls, RetryableError) or code in TOKEN_CODES

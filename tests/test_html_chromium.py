@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from audit_fixtures import build_audit_dir
 from PIL import Image, ImageStat
+from support.audit_fixtures import build_audit_dir
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline import variants
-from pipeline.images import PIXEL_LIMIT, REASON_TEXT, ImageProblem, LoadedImage, load_image
+from pipeline.runs.images import PIXEL_LIMIT, REASON_TEXT, ImageProblem, LoadedImage, load_image
 
 
 def picture(width: int = 96, height: int = 64, mode: str = "RGB") -> Image.Image:

@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger import Entry, endpoint_key, open_ledger
 from pipeline.ledger.runs import known_rows, skipped_table, stat_file
-from pipeline.manifest import open_manifest
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-from pipeline.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.runs.manifest import open_manifest
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)

@@ -20,8 +20,8 @@ from PIL import Image
 
 from jobs.cli import main
 from pipeline import variants as v
+from pipeline.enroll.report import render_html
 from pipeline.ledger import endpoint_key, open_ledger
-from pipeline.report import render_html
 
 pytestmark = pytest.mark.dlib
 
@@ -237,7 +237,7 @@ async def _outside(srv: Any, action: str, uid: str, group: str, image: Path | No
                    ) -> None:
     """Change the faceset behind faceflow's back (another tool using the same app)."""
     from pipeline.client import FaceClient
-    from pipeline.config import Secret, Settings
+    from pipeline.client.config import Secret, Settings
 
     settings = Settings(endpoint=srv.url, api_key=Secret(srv.api_key),
                         secret_key=Secret(srv.secret_key))
@@ -264,13 +264,14 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
 
     _photos(tmp_path / "img", samples_dir)
     ledger = tmp_path / "ledger.sqlite"
-    manifest = _manifest(tmp_path / "m.csv", [("alice", "img/obama_01.jpg"),
-                                              ("bob", "img/biden_01.jpg"),
-                                              ("carol", "img/obama_small.jpg")])
+    manifest = _manifest(tmp_path / "m.csv", [("rc_alice", "img/obama_01.jpg"),
+                                              ("rc_bob", "img/biden_01.jpg"),
+                                              ("rc_carol", "img/obama_small.jpg")])
     result, _ = _enroll(server, manifest, tmp_path / "run", "--group", "recon", ledger=ledger)
     assert result.exit_code == 0, result.output
-    asyncio.run(_outside(server, "delete", "bob", "recon"))
-    asyncio.run(_outside(server, "add", "dave", "recon", tmp_path / "img" / "astronaut.png"))
+    asyncio.run(_outside(server, "delete", "rc_bob", "recon"))
+    asyncio.run(_outside(server, "add", "rc_dave", "recon",
+                         tmp_path / "img" / "astronaut.png"))
 
     # The quota runs out after the first page: the reconcile stops (exit 3) and resumes.
     server.configure_emulation(daily_quota=1, reset=True)
@@ -284,18 +285,19 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
     assert result.exit_code == 1, result.output  # differences found
     assert _delta(_calls(server), before) == {"group_getusers": 1, "user_get": 2}
     found = {r.uid: (r.kind, list(r.service_groups), r.action) for r in df.itertuples()}
-    assert found == {"bob": ("missing_in_service", [], "reported"),
-                     "dave": ("unknown_to_ledger", ["recon"], "reported")}
-    assert server.store.membership("recon", "dave") is not None  # nothing deleted
+    assert found == {"rc_bob": ("missing_in_service", [], "reported"),
+                     "rc_dave": ("unknown_to_ledger", ["recon"], "reported")}
+    assert server.store.membership("recon", "rc_dave") is not None  # nothing deleted
     with open(tmp_path / "rec1" / "repair-manifest.csv", encoding="utf-8") as fh:
         repair = list(csv.DictReader(fh))
-    assert [(r["uid"], r["group_id"], r["action"]) for r in repair] == [("bob", "recon", "add")]
+    assert [(r["uid"], r["group_id"], r["action"]) for r in repair] == [
+        ("rc_bob", "recon", "add")]
 
     # The repair manifest restores bob (the ledger forgot him, so he is sent, not skipped).
     result, restored = _enroll(server, tmp_path / "rec1" / "repair-manifest.csv",
                                tmp_path / "repair", ledger=ledger)
     assert result.exit_code == 0 and restored.status.tolist() == ["enrolled"], result.output
-    assert server.store.membership("recon", "bob").user_info == "member bob"
+    assert server.store.membership("recon", "rc_bob").user_info == "member rc_bob"
 
     # Deleting the unknown uid needs the group typed twice, and is recorded.
     refused, _ = _reconcile(server, ledger, tmp_path / "rec2", "--delete-unknown")
@@ -304,8 +306,8 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
                             "--confirm-delete-group", "recon")
     assert result.exit_code == 1, result.output
     (dave,) = df.itertuples()
-    assert (dave.uid, dave.kind, dave.action) == ("dave", "unknown_to_ledger", "deleted")
-    assert dave.delete_log_id > 0 and server.store.membership("recon", "dave") is None
+    assert (dave.uid, dave.kind, dave.action) == ("rc_dave", "unknown_to_ledger", "deleted")
+    assert dave.delete_log_id > 0 and server.store.membership("recon", "rc_dave") is None
     with open_ledger(str(ledger)) as book:
         (stats,) = [s for s in book.stats() if s.group_id == "recon"]
     assert stats.events.get("deleted_unknown") == 1 and stats.uids == 3

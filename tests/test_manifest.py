@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest as manifest_mod
-from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest, ManifestRow, open_manifest
+from pipeline.api.errors import ManifestError
+from pipeline.runs import manifest as manifest_mod
+from pipeline.runs.manifest import Manifest, ManifestRow, open_manifest
 
 ROWS = [
     {"image": "photos/a.jpg", "uid": "007", "group_id": "staff", "user_info": "Ann, \"A\"",

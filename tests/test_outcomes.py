@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from pipeline import outcomes
-from pipeline.outcomes import OUTCOME_SCHEMA, Outcome, make_outcome
+from pipeline.runs import outcomes
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, Outcome, make_outcome
 
 T0 = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.quality import (
+from pipeline.api.errors import ConfigError
+from pipeline.api.records import OCCLUSION_PARTS, Box, Face, Qualities
+from pipeline.enroll.gate import (
     REASON_ORDER,
     REASON_TEXT,
     Thresholds,
@@ -17,7 +18,6 @@ from pipeline.quality import (
     judge_face,
     load_thresholds,
 )
-from pipeline.records import OCCLUSION_PARTS, Box, Face, Qualities
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_OCCLUSION = {part: 0.0 for part in OCCLUSION_PARTS}

@@ -1,6 +1,6 @@
 """The per-interface limiter: rates held, bursts bounded, AIMD back-off and recovery.
 
-Everything runs on :class:`VirtualClockLoop` (tests/doubles.py): its clock jumps to
+Everything runs on :class:`VirtualClockLoop` (tests/support/doubles.py): its clock jumps to
 the next timer, so the counts below are exact virtual seconds, not wall time.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiolimiter import AsyncLimiter
-from doubles import run_virtual
+from support.doubles import run_virtual
 
-from pipeline.errors import ConfigError
-from pipeline.ratelimit import HEADROOM, INTERFACES, RateLimiter, canonical_interface
+from pipeline.api.errors import ConfigError
+from pipeline.client.ratelimit import HEADROOM, INTERFACES, RateLimiter, canonical_interface
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:

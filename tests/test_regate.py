@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from pipeline.manifest import open_manifest
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-from pipeline.quality import Thresholds
-from pipeline.regate import REGATE_SCHEMA, RegateRow, regate
-from pipeline.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.enroll.gate import Thresholds
+from pipeline.enroll.regate import REGATE_SCHEMA, RegateRow, regate
+from pipeline.runs.manifest import open_manifest
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
 
 T0 = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
 GOOD = dict(blur=0.1, illumination=120.0, completeness=1.0, yaw=1.0, pitch=2.0, roll=3.0,

@@ -1,4 +1,4 @@
-"""pipeline.report and `faceflow report`: summaries from the Parquet outcomes alone."""
+"""pipeline.enroll.report and `faceflow report`: summaries from the Parquet outcomes alone."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from jobs.cli import main
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-from pipeline.report import active_seconds, latency_of, render_html, summarize
-from pipeline.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.enroll.report import active_seconds, latency_of, render_html, summarize
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
 
 T0 = datetime(2026, 11, 25, 1, 0, 0, tzinfo=UTC)
 

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-from pipeline.rundir import ManifestRef, RunDir, RunInfo, new_run_id, read_journal, to_micros
+from pipeline.api.errors import ConfigError
+from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo, new_run_id, read_journal, to_micros
 
 T0 = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,8 +135,8 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime
-    from pipeline.outcomes import OUTCOME_SCHEMA, make_outcome
-    from pipeline.rundir import RunDir
+    from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
+    from pipeline.runs.rundir import RunDir
     t = datetime.now(UTC)
     store = RunDir(sys.argv[1]).open_store(OUTCOME_SCHEMA, 10**6, flush_rows=37)
     for i in range(10**6):

@@ -1,4 +1,4 @@
-"""The pure argument checks of pipeline.validate, rule by rule, at their boundaries."""
+"""The pure argument checks of pipeline.api.validate, rule by rule, at their boundaries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import validate as v
+from pipeline.api import validate as v
 
 SEEN: set[str] = set()
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from pipeline.api.errors import error_message
 from pipeline.engine.images import ImageProblem, decode_base64
-from pipeline.errors import error_message
 
 MIB = 2**20
 STANDARD_IMAGE_LIMIT = 4 * MIB  # base64 text, contract §5 ("M" = 2^20 bytes)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.records import OCCLUSION_PARTS
+from pipeline.api.records import OCCLUSION_PARTS
 
 EYE_SPAN = 64.0
 CHROMA_TOL = 14.0

@@ -26,7 +26,7 @@ Modules:
 
 from __future__ import annotations
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger.base import (
     ACTIONS,
     ENROLL_ACTIONS,

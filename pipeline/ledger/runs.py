@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger.base import ENROLL_ACTIONS, Entry, Ledger, PathMatch, endpoint_key
-from pipeline.outcomes import OUTCOME_SCHEMA
-from pipeline.rundir import RunDir, utc_now
+from pipeline.runs.outcomes import OUTCOME_SCHEMA
+from pipeline.runs.rundir import RunDir, utc_now
 
 #: Manifest actions the enroll job sends (a row with another action is never "known").
 _SENDABLE = ("add", "update", "upsert")
@@ -131,7 +131,7 @@ def import_runs(ledger: Ledger, run_dirs: Iterable[Path]) -> ImportResult:
 
 def _user_infos(info: Any) -> dict[int, str]:
     """row -> user_info from the run's manifest when it is unchanged, else {}."""
-    from pipeline.manifest import open_manifest  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     options = info.options or {}
     try:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.api.errors import ConfigError
 from pipeline.ledger.base import (
     ENROLL_ACTIONS,
     REPLACING_ACTIONS,

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .support import face_photos
+from support.reliability import face_photos
 
 #: Photos made once for the package; tests take slices of them.
 PHOTOS = 80

@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pipeline.outcomes import SUCCESS_STATUSES
-
-from .support import (
+from support.reliability import (
     FACEFLOW,
     engine_env,
     faces_per_uid,
@@ -31,6 +28,8 @@ from .support import (
     read_parts,
     run_info,
 )
+
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

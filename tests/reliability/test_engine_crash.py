@@ -24,11 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pipeline.engine.store import Store
-from pipeline.outcomes import SUCCESS_STATUSES
-
-from .support import (
+from support.reliability import (
     FACEFLOW,
     alive,
     children_of,
@@ -39,6 +35,9 @@ from .support import (
     read_parts,
     start_engine,
 )
+
+from pipeline.engine.store import Store
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

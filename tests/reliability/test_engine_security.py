@@ -24,12 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from engine_http import Api, b64
+from support.engine_http import Api, b64
+from support.reliability import FACEFLOW, LISTENING, ROOT, face_crop
 
 from pipeline.engine.app import EngineConfig, EngineState, create_app, is_loopback
 from pipeline.engine.interfaces import INTERFACES
-
-from .support import FACEFLOW, LISTENING, ROOT, face_crop
 
 pytestmark = [pytest.mark.dlib]
 

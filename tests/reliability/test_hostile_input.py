@@ -18,11 +18,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support.reliability import engine_env, face_crop, faces_per_uid, read_parts
 
 from jobs.cli import main
 from pipeline import variants as v
-
-from .support import engine_env, face_crop, faces_per_uid, read_parts
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.reliability import faces_per_uid
 
-from pipeline.client import ClientStats, FaceClient
-from pipeline.config import Settings
-from pipeline.errors import ApiError, ImageExistsError
-
-from .support import faces_per_uid
+from pipeline.api.errors import ApiError, ImageExistsError
+from pipeline.client.config import Settings
+from pipeline.client.faceclient import ClientStats, FaceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.reliability import (
+    FACEFLOW,
+    engine_env,
+    faces_per_uid,
+    member_manifest,
+    read_parts,
+    run_info,
+)
 
-from pipeline.outcomes import SUCCESS_STATUSES
-
-from .support import FACEFLOW, engine_env, faces_per_uid, member_manifest, read_parts, run_info
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

@@ -24,13 +24,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.reliability import FACEFLOW, engine_env, free_port, outcomes_on_disk, write_manifest
 
-from pipeline.client import FaceClient
-from pipeline.config import Settings
-from pipeline.errors import ApiError
-from pipeline.retry import RetryPolicy
-
-from .support import FACEFLOW, engine_env, free_port, outcomes_on_disk, write_manifest
+from pipeline.api.errors import ApiError
+from pipeline.client.config import Settings
+from pipeline.client.faceclient import FaceClient
+from pipeline.client.retry import RetryPolicy
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

@@ -7,7 +7,7 @@ after its failing call used the whole budget, and then it says so.
 
 The last test pins a bug this suite found: random 18s made the AIMD limiter cut its rate
 again and again, to min_rate. The limiter now undoes a cut that lowered what it sent but
-not the share rejected (pipeline/ratelimit.py, ``_noise_check``).
+not the share rejected (pipeline/client/ratelimit.py, ``_noise_check``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from doubles import run_virtual
+from support.doubles import run_virtual
+from support.reliability import faces_per_uid, member_manifest, read_parts
 
-from pipeline.client import FaceClient
-from pipeline.config import Settings
-from pipeline.enroll import EnrollConfig, run_enroll
-from pipeline.outcomes import SUCCESS_STATUSES
-from pipeline.ratelimit import Aimd, RateLimiter
-from pipeline.retry import RetryPolicy
-
-from .support import faces_per_uid, member_manifest, read_parts
+from pipeline.client.config import Settings
+from pipeline.client.faceclient import FaceClient
+from pipeline.client.ratelimit import Aimd, RateLimiter
+from pipeline.client.retry import RetryPolicy
+from pipeline.enroll.job import EnrollConfig, run_enroll
+from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.reliability import member_manifest, read_parts
 
-from pipeline.client import FaceClient
-from pipeline.config import Settings
-from pipeline.enroll import EnrollConfig, run_enroll
-
-from .support import member_manifest, read_parts
+from pipeline.client.config import Settings
+from pipeline.client.faceclient import FaceClient
+from pipeline.enroll.job import EnrollConfig, run_enroll
 
 pytestmark = [pytest.mark.slow, pytest.mark.dlib]
 

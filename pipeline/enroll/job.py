@@ -1,0 +1,989 @@
+"""The enroll job: manifest rows -> detect -> quality gate -> user add/update -> outcomes.
+
+One row goes through four stages, split so that the deciding parts are pure:
+
+1. **check** (pure, no call): uid, user_info, group_id and action are valid, the
+   row is not a duplicate of an earlier one -> else ``invalid_input``.
+2. **fetch**: the image is read in a worker thread (``load_image``) -> a problem
+   becomes ``invalid_input`` with the image module's reason slug.
+3. **detect + decide** (:func:`decide_face` is pure): ``detect`` with
+   ``face_fields=qualities`` and up to :data:`MAX_FACE_NUM` faces, then the
+   quality gate -> ``no_face``, ``multiple_faces`` or ``rejected_quality``.
+4. **write**: ``add`` -> user add (``action_type=append``), ``update`` -> user
+   update, ``upsert`` -> user update with ``action_type=replace`` (registers a
+   missing uid). 216616 "image exist" means the face is already there:
+   ``already_enrolled``, a success. That is what makes resume safe: an add that
+   was sent but not journaled before a crash is sent again and answered 216616.
+
+Errors become outcomes (:func:`classify_error`), except two that stop the run
+cleanly: :class:`QuotaError` (17/19) and an :class:`AuthError` that survived the
+client's token refresh. Then no new row starts, rows in flight finish, and the
+row that met the error gets no outcome, so resume picks it up. An interrupt
+(the ``stop`` event) cancels rows in flight instead; they too are left for resume.
+
+The runner is async: rows stream from ``Manifest.batches`` (never the whole
+manifest in memory) and at most ``concurrency`` rows are in flight. Progress
+goes to an :class:`EnrollObserver`; this module never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.api.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    FaceNotFoundError,
+    ImageExistsError,
+    InvalidInputError,
+    QuotaError,
+    RetryableError,
+    StateError,
+    UserNotFoundError,
+)
+from pipeline.client.budget import BudgetUnavailable, open_budget
+from pipeline.client.config import Settings
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
+from pipeline.runs.outcomes import (
+    METRIC_FIELDS,
+    OUTCOME_SCHEMA,
+    SUCCESS_STATUSES,
+    Outcome,
+    make_outcome,
+)
+from pipeline.runs.rundir import (
+    RUN_ID_RE,
+    ManifestRef,
+    RecordStore,
+    RunDir,
+    RunInfo,
+    new_run_id,
+    utc_now,
+)
+
+_log = logging.getLogger(__name__)
+
+MODES = ("add", "update", "upsert")
+#: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
+MAX_FACE_NUM = 10
+FAILURES_CSV = "failures.csv"
+STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
+STOP_BUDGET = "budget"
+
+#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
+
+@dataclass(frozen=True)
+class EnrollConfig:
+    """Every option of an enroll run.
+
+    ``qps``: one number limits every interface (calls/s), a mapping limits
+    each named interface (``{"detect": 5, "add": 2}``), None uses the client's
+    defaults. ``run_dir`` None makes ``runs_root/<run_id>``. ``flush_rows`` and
+    ``flush_seconds`` say how often outcomes become a Parquet part.
+    """
+
+    manifest: Path
+    settings: Settings
+    group: str | None = None
+    mode: str = "add"
+    concurrency: int = 8
+    qps: float | Mapping[str, float] | None = None
+    run_dir: Path | None = None
+    runs_root: Path = Path("runs")
+    resume: bool = False
+    thresholds_file: Path | None = None
+    threshold_overrides: Mapping[str, str] = field(default_factory=dict)
+    largest_face: bool = False
+    max_face_num: int = MAX_FACE_NUM
+    flush_rows: int = 1000
+    flush_seconds: float = 10.0
+    parent_run_id: str | None = None
+    #: When set, images whose real path (symlinks resolved) lies outside this folder
+    #: are refused (``outside_manifest_dir``). None: any file the user can read.
+    images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
+    #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+    #: ``postgresql://...``: pace every process of this account from one shared budget
+    #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
+    qps_budget: str | None = None
+
+    def __post_init__(self) -> None:
+        from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
+
+        try:
+            check_encoding(self.encoding)
+            check_delimiter(self.delimiter)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.images_root is not None and not self.images_root.is_dir():
+            raise ConfigError(f"--images-root {self.images_root}: not a directory")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.flush_rows < 1 or self.flush_seconds <= 0:
+            raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
+        if self.qps_budget is not None:
+            from pipeline.client.budget import check_budget_options  # noqa: PLC0415
+
+            check_budget_options(self.qps_budget, self.qps)
+
+    def options(self) -> dict[str, Any]:
+        """The options to write into run.json (no settings, no secrets)."""
+        qps = dict(self.qps) if isinstance(self.qps, Mapping) else self.qps
+        return {
+            "group": self.group, "mode": self.mode, "concurrency": self.concurrency,
+            "qps": qps, "largest_face": self.largest_face, "max_face_num": self.max_face_num,
+            "thresholds_file": str(self.thresholds_file) if self.thresholds_file else None,
+            "threshold_overrides": dict(self.threshold_overrides),
+            "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
+            "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
+            "encoding": self.encoding, "delimiter": self.delimiter,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for progress displays. Rows counted over this session only,
+    except ``already_done`` (rows skipped because an earlier session finished them).
+    ``elapsed_s`` is seconds since the session started."""
+
+    total_rows: int
+    already_done: int
+    done: int
+    in_flight: int
+    counts: Mapping[str, int]
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    run_id: str
+    run_dir: Path
+    manifest: Path
+    total_rows: int
+    already_done: int
+    resumed: bool
+    recovered: int  # journal records of a crashed session turned into parts now
+    #: The CSV separator when it was detected from the header (not given), else None.
+    delimiter_detected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a session did. ``counts`` covers the whole run (every session),
+    ``session_counts`` this session only. ``stop_reason`` is None when every
+    row got an outcome, else ``quota``, ``auth`` or ``interrupted``."""
+
+    run_id: str
+    run_dir: Path
+    manifest: Path
+    exit_code: int
+    stop_reason: str | None
+    stop_message: str | None
+    counts: Mapping[str, int]
+    session_counts: Mapping[str, int]
+    total_rows: int
+    already_done: int
+    remaining: int
+    resumed: bool
+    elapsed_s: float
+    failures_csv: Path
+    outcomes_dir: Path
+
+
+class EnrollObserver:
+    """Receives progress; the default does nothing. Called on the event loop thread."""
+
+    def started(self, start: RunStart) -> None:
+        """The run directory is ready and rows are about to start."""
+
+    def row_done(self, outcome: Outcome, progress: Progress) -> None:
+        """One row has its terminal outcome (journaled)."""
+
+    def tick(self, progress: Progress) -> None:
+        """About once a second while the run goes on."""
+
+    def stopping(self, reason: str, message: str) -> None:
+        """The run stops early (quota, auth, interrupted): no new rows start."""
+
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
+
+
+ClientFactory = Callable[[Settings, Any], Any]
+
+
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager).
+
+    ``limiter``: the shared QPS budget standing in for the process's own limiter.
+    """
+    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
+
+    return FaceClient(settings, qps=qps, limiter=limiter)
+
+
+# -- pure deciding parts -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one stage decided for a row: a terminal status with reasons, or go on."""
+
+    status: str
+    reasons: tuple[str, ...] = ()
+    retryable: bool = False
+    message: str | None = None
+
+
+def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
+    """The checks that need no call: None when the row may go on, else ``invalid_input``."""
+    from pipeline.api import validate  # noqa: PLC0415
+
+    if duplicate_of is not None:
+        return Verdict("invalid_input", ("duplicate_row",),
+                       message=f"same uid and image as row {duplicate_of}; kept the first")
+    problems = [
+        None if row.image.strip() else "image_missing",
+        validate.check_uid(row.uid),
+        validate.check_user_info(row.user_info),
+        validate.check_group_ids(row.group_id),
+        None if row.action in MODES else "bad_action",
+    ]
+    reasons = tuple(p for p in problems if p)
+    if not reasons:
+        return None
+    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
+           "image_missing": "the image cell is empty; write the photo's path"}
+    texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
+    return Verdict("invalid_input", reasons, message="; ".join(texts))
+
+
+def classify_error(exc: ApiError) -> Verdict:
+    """The outcome of a row whose call failed (quota and auth errors never get here)."""
+    if isinstance(exc, ImageExistsError):
+        return Verdict("already_enrolled")
+    if isinstance(exc, FaceNotFoundError):
+        return Verdict("no_face", ("no_face",))
+    if isinstance(exc, UserNotFoundError):
+        return Verdict("failed", ("user_not_found",))
+    if isinstance(exc, RetryableError):
+        return Verdict("failed", ("retries_exhausted",), retryable=True)
+    if isinstance(exc, InvalidInputError):
+        return Verdict("invalid_input", ("refused_by_service",))
+    if isinstance(exc, StateError):
+        return Verdict("failed", ("library_state",))
+    return Verdict("failed", ("api_error",))
+
+
+def decide_face(choice: Any) -> Verdict | None:
+    """None when the quality gate chose a face to register, else the row's verdict."""
+    if choice.status == "ok":
+        return None
+    reasons = tuple(choice.reasons) or (choice.status,)
+    return Verdict(choice.status, reasons)
+
+
+def success_status(action: str) -> str:
+    return "enrolled" if action == "add" else "updated"
+
+
+def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
+    """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
+    if stop_reason == STOP_INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if stop_reason in (STOP_QUOTA, STOP_BUDGET):
+        return EXIT_QUOTA
+    if stop_reason == STOP_AUTH:
+        return EXIT_AUTH
+    failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
+    return EXIT_FAILED_ROWS if failed else EXIT_OK
+
+
+# -- one row ------------------------------------------------------------------------
+
+
+class _StopRun(Exception):
+    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
+        super().__init__(reason)
+        self.reason, self.error = reason, error
+
+
+@dataclass
+class _RowState:
+    """What is known about a row so far; becomes the Outcome."""
+
+    fields: dict[str, Any]
+    attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
+
+    def finish(self, verdict: Verdict) -> Outcome:
+        extra = {"status": verdict.status, "reasons": verdict.reasons,
+                 "retryable": verdict.retryable}
+        if verdict.message is not None:
+            extra["error_msg"] = verdict.message
+        return make_outcome(**self.fields, **extra, attempts=self.attempts,
+                            finished_at=utc_now())
+
+    def note_error(self, exc: ApiError, log_field: str) -> None:
+        self.attempts += exc.attempts
+        self.fields["error_code"] = None if exc.code is None else str(exc.code)
+        self.fields["error_msg"] = exc.message
+        if exc.log_id is not None:
+            self.fields[log_field] = exc.log_id
+
+
+_METRIC_COLUMNS = frozenset(METRIC_FIELDS)
+
+
+def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"face_count": face_count}
+    verdict = getattr(choice, "verdict", None)
+    metrics = getattr(verdict, "metrics", None)
+    if metrics is not None:
+        values = asdict(metrics)
+        out.update({k: v for k, v in values.items() if k in _METRIC_COLUMNS})
+    face = getattr(choice, "face", None)
+    if face is not None:
+        box = face.location
+        out.update(face_left=box.left, face_top=box.top, face_width=box.width,
+                   face_height=box.height, face_probability=face.face_probability)
+    return out
+
+
+def _windows_hint(row: Any, problem: Any) -> str:
+    """The image problem's message, plus a hint for an absolute Windows path."""
+    from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
+
+    if problem.reason == "file_missing" and windows_drive_path(row.image):
+        return (f"{problem.message}. {row.image!r} is a Windows path (drive or network "
+                "share): copy the photos to this machine and write paths relative to the "
+                "manifest's folder (backslashes are fine)")
+    return str(problem.message)
+
+
+class _RowRunner:
+    """Runs the stages of one row against a client (shared by every row of a session)."""
+
+    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any,
+                 ledger: Any = None) -> None:
+        self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
+
+    async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
+        """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
+        state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
+                           "uid": row.uid, "group_id": row.group_id, "image": row.image,
+                           "started_at": utc_now()})
+        early = check_row(row, duplicate_of)
+        if early is not None:
+            return state.finish(early)
+        image = await self._load(row, state)
+        if isinstance(image, Verdict):
+            return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
+        verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
+        if verdict is None:
+            verdict = await self._write(row, image, state)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
+
+    async def _load(self, row: Any, state: _RowState) -> Any:
+        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
+
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root)
+
+        try:
+            image = await asyncio.to_thread(stat_then_load)
+        except ImageProblem as exc:
+            return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
+        state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
+        return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except (QuotaError, AuthError) as exc:
+            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH,
+                           exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
+
+    async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
+        from pipeline.enroll.gate import choose_face  # noqa: PLC0415
+
+        result = await self._call(
+            self.client.detect(image.data, max_face_num=self.config.max_face_num,
+                               face_fields=("qualities",)), state, "detect_log_id")
+        if isinstance(result, Verdict):
+            return result
+        choice = choose_face(result.faces, self.thresholds,
+                             largest_face=self.config.largest_face)
+        state.fields.update(_metric_fields(choice, len(result.faces)))
+        return decide_face(choice)
+
+    async def _write(self, row: Any, image: Any, state: _RowState) -> Verdict:
+        # user_info is optional in the manifest but required (non-empty) by user add and
+        # update, so an empty one is sent as the uid (documented in the README).
+        args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
+        if row.action == "add":
+            call = self.client.add_user(*args, action_type="append")
+        elif row.action == "update":
+            call = self.client.update_user(*args)
+        else:
+            call = self.client.update_user(*args, action_type="replace")
+        result = await self._call(call, state, "write_log_id")
+        if isinstance(result, Verdict):
+            return result
+        return Verdict(success_status(row.action))
+
+    async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
+        """Await one API call of a row: the result, with its attempts and ``log_id`` added
+        to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
+        try:
+            result = await call
+        except (QuotaError, AuthError) as exc:
+            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
+        except BudgetUnavailable as exc:
+            raise _StopRun(STOP_BUDGET, exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, log_field)
+            return classify_error(exc)
+        state.attempts += result.attempts
+        state.fields[log_field] = result.log_id
+        return result
+
+
+# -- the session ----------------------------------------------------------------------
+
+
+class _Session:
+    """One pass over the rows still to do, with at most ``concurrency`` in flight."""
+
+    def __init__(self, config: EnrollConfig, manifest: Any, store: RecordStore,
+                 rows: _RowRunner, observer: EnrollObserver, already_done: int) -> None:
+        self.config, self.manifest, self.store, self.rows = config, manifest, store, rows
+        self.observer, self.already_done = observer, already_done
+        self.counts: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stop_reason: str | None = None
+        self.stop_message: str | None = None
+        self.started = time.monotonic()
+        self._halt = asyncio.Event()
+
+    def progress(self) -> Progress:
+        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
+                        len(self.tasks), dict(self.counts), time.monotonic() - self.started)
+
+    async def run(self, stop: asyncio.Event | None) -> None:
+        feed = asyncio.create_task(self._feed())
+        ticker = asyncio.create_task(self._tick())
+        waiters: set[asyncio.Future[Any]] = {feed}
+        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
+        if stop_wait is not None:
+            waiters.add(stop_wait)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not feed.done():
+                self._stop(STOP_INTERRUPTED, "rows in flight are left for resume")
+                await self._cancel([feed, *self.tasks])
+            feed.result() if not feed.cancelled() else None
+        finally:
+            for task in (ticker, stop_wait):
+                if task is not None:
+                    task.cancel()
+            await self._cancel([t for t in (ticker, stop_wait) if t is not None])
+
+    async def _feed(self) -> None:
+        slots = asyncio.Semaphore(self.config.concurrency)
+        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
+            await slots.acquire()
+            if self._halt.is_set():
+                slots.release()
+                break
+            task = asyncio.create_task(self._one(row))
+            self.tasks.add(task)
+            task.add_done_callback(self._done_callback(slots))
+            await asyncio.sleep(0)  # let rows start before the next batch is read
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _done_callback(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            slots.release()
+
+        return done
+
+    async def _one(self, row: Any) -> None:
+        try:
+            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row.row))
+        except _StopRun as stop:
+            self._stop(stop.reason, f"{stop.error}")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — a bug on one row must not end the run
+            _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
+            outcome = make_outcome(
+                run_id=self.rows.run_id, row=row.row, line=row.line, uid=row.uid,
+                group_id=row.group_id, image=row.image, status="failed",
+                reasons=("internal_error",), retryable=True,
+                error_msg=f"{type(exc).__name__}: {exc}"[:500],
+                started_at=utc_now(), finished_at=utc_now())
+        self.store.append(outcome)
+        self.counts[outcome.status] += 1
+        self.observer.row_done(outcome, self.progress())
+
+    def _stop(self, reason: str, message: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_message = reason, message
+            self._halt.set()
+            self.observer.stopping(reason, message)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.store.maybe_flush()
+            self.observer.tick(self.progress())
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _AsyncRows:
+    """The manifest rows not done yet, read batch by batch in a worker thread."""
+
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+        self.manifest, self.done, self.halt = manifest, done, halt
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._rows()
+
+    async def _rows(self) -> AsyncIterator[Any]:
+        if self.done.all():
+            return
+        # argmin of a bool array is the first False: the first row left, found without
+        # the index array of every row left (80 MB at 10M rows).
+        first = int(np.argmin(self.done))
+        batches: Iterator[list[Any]] = self.manifest.batches(start_row=first)
+        while not self.halt.is_set():
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                return
+            for row in batch:
+                if not self.done[row.row]:
+                    yield row
+
+
+# -- a whole run ------------------------------------------------------------------------
+
+
+async def run_enroll(
+    config: EnrollConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: EnrollObserver | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run (or resume) an enrollment; see the module docstring.
+
+    Raises :class:`ConfigError` (manifest, thresholds, run directory) before any
+    call. ``client_factory(settings, qps)`` returns an async context manager
+    yielding the client. Setting ``stop`` interrupts the run cleanly.
+    """
+    observer = observer or EnrollObserver()
+    manifest, thresholds = open_inputs(config)
+    ledger = _open_ledger(config)
+    try:
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        try:
+            return await _run_held(config, manifest, thresholds, rundir, info, resumed,
+                                   client_factory, observer, stop, ledger)
+        finally:
+            rundir.release()
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
+
+
+async def _run_held(
+    config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
+    resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
+    stop: asyncio.Event | None, ledger: Any = None,
+) -> RunResult:
+    store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
+                              flush_seconds=config.flush_seconds)
+    already = int(store.done.sum())
+    detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
+    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
+                              already, resumed, store.recovered, detected))
+    started = time.monotonic()
+    stop_reason, stop_message, session_counts = None, None, Counter[str]()
+    try:
+        skipped = 0
+        if ledger is not None and already < manifest.num_rows:
+            skipped = await asyncio.to_thread(skip_known, manifest, ledger,
+                                              _endpoint_key(config), store, info.run_id)
+            observer.known_skipped(skipped)
+        if int(store.done.sum()) < manifest.num_rows:
+            stop_reason, stop_message, session_counts = await _run_session(
+                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
+                ledger)
+        if skipped:
+            session_counts["skipped_known"] += skipped
+    finally:
+        store.close()
+    return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
+                   stop_reason, stop_message, session_counts)
+
+
+def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
+    """Synchronous :func:`run_enroll` (runs its own event loop)."""
+    return asyncio.run(run_enroll(config, **kwargs))
+
+
+async def _run_session(
+    config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
+    client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
+    ledger: Any = None,
+) -> tuple[str | None, str | None, Counter[str]]:
+    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+
+    session: _Session | None = None
+    timeline = CallTimeline()
+    try:
+        async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                client_factory(config.settings, config.qps,
+                               **({"limiter": budget} if budget else {})) as client:
+            if hasattr(client, "on_call"):  # the client's hook: per-second call counts
+                client.on_call = timeline.record
+            rows = _RowRunner(config, run_id, client, thresholds, ledger)
+            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
+            await session.run(stop)
+    except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
+        reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
+                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
+        observer.stopping(reason, str(exc))
+        return reason, str(exc), session.counts if session else Counter()
+    finally:
+        timeline.save(store.rundir.path)
+    assert session is not None
+    return session.stop_reason, session.stop_message, session.counts
+
+
+def _finish(
+    rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
+    already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
+    session_counts: Counter[str],
+) -> RunResult:
+    from pipeline.runs.rundir import status_counts  # noqa: PLC0415
+
+    counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
+    failures = rundir.path / FAILURES_CSV
+    outcomes = sum(counts.values())
+    # failures.csv changes only with the outcomes: a resume with nothing to do (or a
+    # session that stopped before any row) leaves the file of the same outcomes alone.
+    if not (failures.exists() and info_failures_for(rundir) == outcomes):
+        write_failures(failures, manifest, rundir)
+    exit_code = exit_code_for(stop_reason, counts)
+    rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
+                       stop_reason=stop_reason, failures_for=outcomes)
+    return RunResult(
+        run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
+        exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
+        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
+        already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
+        elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
+
+
+def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
+    """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
+    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
+
+    manifest = open_manifest(config.manifest, default_group=config.group,
+                             default_action=config.mode, encoding=config.encoding,
+                             delimiter=config.delimiter)
+    thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
+    return manifest, thresholds
+
+
+def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunDir, RunInfo, bool]:
+    """The run directory for ``config``, held (:meth:`RunDir.hold`; the caller releases
+    it): (dir, its run.json, True when resuming).
+
+    An existing run of the same manifest (same fingerprint) resumes; a run of
+    another manifest, ``resume`` with no run there, or a dir another session holds,
+    is a ConfigError.
+    """
+    rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+    if config.resume and not rundir.exists():  # refused before anything is created
+        raise ConfigError(
+            f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
+            "a new run there, or give the --run-dir of the run to resume.")
+    rundir.hold()
+    try:
+        return _open_held(config, manifest, thresholds, rundir)
+    except BaseException:
+        rundir.release()
+        raise
+
+
+def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
+               ) -> tuple[RunDir, RunInfo, bool]:
+    ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
+    limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
+    current: dict[str, Any] = {"settings": config.settings.public(),
+                               "options": config.options(), "thresholds": limits}
+    if rundir.exists():
+        info = rundir.read_info()
+        _check_same_run(rundir, info, ref)
+        info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
+                       stop_reason=None, **current)
+        rundir.write_info(info)
+        return rundir, info, True
+    # A directory named like a run id (runs/<run_id>) gives the run its name.
+    run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
+    info = RunInfo(run_id=run_id, job="enroll", created_at=utc_now().isoformat(), manifest=ref,
+                   parent_run_id=config.parent_run_id, **current)
+    rundir.write_info(info)
+    return rundir, info, False
+
+
+def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
+    if info.job != "enroll":
+        raise ConfigError(f"{rundir.path} holds a {info.job} run, not an enroll run; "
+                          "choose another --run-dir")
+    if info.manifest.fingerprint != ref.fingerprint:
+        raise ConfigError(
+            f"{rundir.path} holds run {info.run_id} of {info.manifest.path} "
+            f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
+            f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
+            "(or none, for a new run under runs/).")
+
+
+# -- failures.csv and rerun ----------------------------------------------------------------
+
+
+def _non_success(rundir: RunDir, *, retryable_only: bool = False) -> dict[int, tuple[str, str]]:
+    """row -> (status, reasons joined by ';') for the rows that did not succeed."""
+    table = rundir.read_records(OUTCOME_SCHEMA, ["row", "status", "reasons", "retryable"])
+    out: dict[int, tuple[str, str]] = {}
+    for rec in table.to_pylist():
+        if rec["status"] in SUCCESS_STATUSES:
+            continue
+        if retryable_only and not (rec["status"] == "failed" and rec["retryable"]):
+            continue
+        out[rec["row"]] = (rec["status"], ";".join(rec["reasons"] or ()))
+    return out
+
+
+def info_failures_for(rundir: RunDir) -> int | None:
+    """How many outcomes the run's ``failures.csv`` was written from (run.json), or None."""
+    try:
+        return rundir.read_info().failures_for
+    except ConfigError:
+        return None
+
+
+def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
+    """Write ``failures.csv`` (original columns + status + reason); return its row count.
+
+    Image paths are made absolute so the file is a manifest that works from any folder;
+    an empty image cell stays empty.
+    """
+    return write_manifest_rows(path, manifest, _non_success(rundir))
+
+
+def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str, str]]) -> int:
+    """Copy the manifest rows in ``rows`` (row -> (status, reason)) to a CSV manifest.
+
+    Written to a temporary name, then renamed. A header-only file when ``rows`` is empty.
+    """
+    columns = list(manifest.columns) + [c for c in ("status", "reason")
+                                        if c not in manifest.columns]
+    image_column = manifest.image_column
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in _rows_of(manifest, rows):
+            status, reason = rows[row.row]
+            cells = dict(row.columns)
+            if row.image:  # absolute and normalised (row.image_path); empty stays empty
+                cells[image_column] = str(row.image_path)
+            writer.writerow({**cells, "status": status, "reason": reason})
+            written += 1
+    tmp.replace(path)
+    return written
+
+
+def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
+    if not wanted:
+        return
+    last = max(wanted)
+    for batch in manifest.batches(start_row=min(wanted)):
+        for row in batch:
+            if row.row in wanted:
+                yield row
+        if batch and batch[-1].row >= last:
+            return
+
+
+RERUN_MANIFEST = "rerun-manifest.csv"
+
+
+def plan_rerun(
+    old_run_dir: Path,
+    settings: Settings,
+    *,
+    include_all: bool = False,
+    run_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> EnrollConfig | None:
+    """The config of a rerun of ``old_run_dir``'s failed rows, or None when none qualify.
+
+    By default only rows that failed with a retryable error; ``include_all``
+    takes every row that did not succeed. The rows are copied (absolute image
+    paths) to ``<new run dir>/rerun-manifest.csv``; the new run links to the old
+    one through ``parent_run_id`` and uses its options unless ``overrides`` says
+    otherwise. The new run dir defaults to a new run id next to the old run.
+    """
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
+
+    old = RunDir(old_run_dir)
+    info = old.read_info()
+    options = {**_config_options(info.options), **(overrides or {})}
+    target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
+    manifest_path = target / RERUN_MANIFEST
+    if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun
+        rows = _non_success(old, retryable_only=not include_all)
+        if not rows:
+            return None
+        source = open_manifest(info.manifest.path, default_group=options.get("group"),
+                               default_action=options.get("mode", "add"),
+                               encoding=options.get("encoding") or "utf-8",
+                               delimiter=options.get("delimiter"))
+        if source.fingerprint != info.manifest.fingerprint:
+            raise ConfigError(f"{info.manifest.path} changed since run {info.run_id}; "
+                              f"rerun from {old.path / FAILURES_CSV} with enroll instead")
+        target.mkdir(parents=True, exist_ok=True)
+        write_manifest_rows(manifest_path, source, rows)
+    # The rerun manifest is written as UTF-8 with commas, whatever the original was.
+    options.update(encoding="utf-8", delimiter=",")
+    return EnrollConfig(manifest=manifest_path, settings=settings, run_dir=target,
+                        parent_run_id=info.run_id, **options)
+
+
+def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
+                                                        "runs_root", "resume", "parent_run_id"}
+    out = {k: v for k, v in options.items() if k in allowed}
+    for key in ("thresholds_file", "images_root"):
+        if out.get(key):
+            out[key] = Path(out[key])
+    return out

@@ -1,0 +1,1 @@
+"""Test helpers: protocol doubles, fixtures and the reliability suite's support."""
