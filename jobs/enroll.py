@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -128,19 +129,19 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.delimiter_detected:
             name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
                                                   repr(start.delimiter_detected))
             self.console.print(f"The manifest's header is separated by {name}: reading it "
                                f"with {name} as the separator (--delimiter to choose).",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True)
+                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -163,7 +164,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -172,8 +173,9 @@ class ConsoleObserver(EnrollObserver):
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
-                           soft_wrap=True)
+        # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
+                           "rows start.", soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -206,7 +208,7 @@ def print_summary(console: Console, result: RunResult, resume_hint: str) -> None
     if result.stop_reason is not None:
         lines.append(_stop_advice(result, resume_hint))
     for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:

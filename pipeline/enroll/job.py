@@ -491,7 +491,7 @@ class _Session:
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not feed.done():
-                self._stop(STOP_INTERRUPTED, "interrupted: rows in flight are left for resume")
+                self._stop(STOP_INTERRUPTED, "rows in flight are left for resume")
                 await self._cancel([feed, *self.tasks])
             feed.result() if not feed.cancelled() else None
         finally:
