@@ -48,6 +48,21 @@ class ConfigProblem(click.ClickException):
     exit_code = EXIT_CONFIG
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16); None stays None. Bad text: ConfigProblem (exit 2)."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigProblem(f"--shard {text!r}: use K/N with 0 <= K < N, e.g. --shard 3/16 "
+                            "(shards are numbered from 0)")
+    return shard
+
+
 def parse_qps(text: str | None) -> float | dict[str, float] | None:
     """``"5"`` -> 5.0 for every interface; ``"detect=5,add=2"`` -> per interface (calls/s)."""
     if text is None or not text.strip():
@@ -244,6 +259,8 @@ def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
         parts += ["--ledger", config.ledger]
     if config.block_duplicates:
         parts += ["--block-duplicates", "--duplicate-score", f"{config.duplicate_score:g}"]
+    if config.shard:
+        parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -330,6 +347,10 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
+                   "is its own resumable run (give each its own --run-dir under one folder); "
+                   "`faceflow merge FOLDER` then checks and combines them.")
 @click.option("--encoding", default="utf-8", show_default=True,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
                    "Chinese system), utf-16.")
@@ -339,7 +360,7 @@ Examples:
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+           shard: str | None, encoding: str, delimiter: str | None, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -357,7 +378,7 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     try:
         config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
                               run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, **overrides)
+                              delimiter=delimiter, shard=parse_shard(shard), **overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

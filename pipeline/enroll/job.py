@@ -128,6 +128,9 @@ class EnrollConfig:
     #: ``postgresql://...``: pace every process of this account from one shared budget
     #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
     qps_budget: str | None = None
+    #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
+    #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
@@ -149,6 +152,10 @@ class EnrollConfig:
             raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
                               "score above 0 and at most 100 (the service's scale; 80 is "
                               "its same-person threshold)")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 0 <= k < n:
+                raise ConfigError(f"--shard {k}/{n}: use K/N with 0 <= K < N, e.g. 3/16")
         if self.qps_budget is not None:
             from pipeline.client.budget import check_budget_options  # noqa: PLC0415
 
@@ -167,6 +174,7 @@ class EnrollConfig:
             "ledger": self.ledger, "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
 
@@ -557,7 +565,8 @@ class _Session:
         self._halt = asyncio.Event()
 
     def progress(self) -> Progress:
-        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
+        total = len(shard_rows(self.manifest.num_rows, self.config.shard))
+        return Progress(total, self.already_done, sum(self.counts.values()),
                         len(self.tasks), dict(self.counts), time.monotonic() - self.started)
 
     async def run(self, stop: asyncio.Event | None) -> None:
@@ -581,7 +590,8 @@ class _Session:
 
     async def _feed(self) -> None:
         slots = asyncio.Semaphore(self.config.concurrency)
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
+        end = shard_rows(self.manifest.num_rows, self.config.shard).stop
+        async for row in _AsyncRows(self.manifest, self.store.done, self._halt, end):
             await slots.acquire()
             if self._halt.is_set():
                 slots.release()
@@ -642,8 +652,10 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+                 end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
+        self.end = len(done) if end is None else end  # a shard stops reading at its end
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -660,6 +672,8 @@ class _AsyncRows:
             if batch is None:
                 return
             for row in batch:
+                if row.row >= self.end:
+                    return
                 if not self.done[row.row]:
                     yield row
 
@@ -715,19 +729,23 @@ async def _run_held(
 ) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
-    already = int(store.done.sum())
+    rows = shard_rows(manifest.num_rows, config.shard)
+    # Rows of other shards count as done here (in memory only: no outcome is written).
+    store.done[: rows.start] = True
+    store.done[rows.stop:] = True
+    already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
+    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), len(rows),
                               already, resumed, store.recovered, detected))
     started = time.monotonic()
     stop_reason, stop_message, session_counts = None, None, Counter[str]()
     try:
         skipped = 0
-        if ledger is not None and already < manifest.num_rows:
+        if ledger is not None and already < len(rows):
             skipped = await asyncio.to_thread(skip_known, manifest, ledger,
                                               _endpoint_key(config), store, info.run_id)
             observer.known_skipped(skipped)
-        if int(store.done.sum()) < manifest.num_rows:
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
             stop_reason, stop_message, session_counts = await _run_session(
                 config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
                 ledger)
@@ -736,7 +754,19 @@ async def _run_held(
     finally:
         store.close()
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts)
+                   stop_reason, stop_message, session_counts, len(rows))
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """The rows of shard ``k`` of ``n``: ``[k*N//n, (k+1)*N//n)``; all rows for None.
+
+    Contiguous ranges whose sizes differ by at most one; together they hold every
+    row once, so ``faceflow merge`` can check coverage from the split alone.
+    """
+    if shard is None:
+        return range(num_rows)
+    k, n = shard
+    return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -760,7 +790,8 @@ async def _run_session(
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds, ledger)
-            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
+            done = store.done[shard_rows(manifest.num_rows, config.shard)]
+            session = _Session(config, manifest, store, rows, observer, int(done.sum()))
             await session.run(stop)
     except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
         reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
@@ -776,7 +807,7 @@ async def _run_session(
 def _finish(
     rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
     already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str],
+    session_counts: Counter[str], total_rows: int,
 ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
@@ -793,7 +824,7 @@ def _finish(
     return RunResult(
         run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
-        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
+        counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
@@ -840,6 +871,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
+        _check_same_shard(rundir, info, current["options"].get("shard"))
         info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
                        stop_reason=None, **current)
         rundir.write_info(info)
@@ -862,6 +894,17 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
+    held = info.options.get("shard")
+    if held != shard:
+        what = f"shard {held}" if held else "a whole (unsharded) run"
+        asked = f"--shard {shard}" if shard else "no --shard"
+        raise ConfigError(
+            f"{rundir.path} holds {what} of {info.manifest.path}, but this command gives "
+            f"{asked}: a resume must use the same split. Give the same --shard, or another "
+            "--run-dir for another split.")
 
 
 # -- failures.csv and rerun ----------------------------------------------------------------
@@ -980,8 +1023,10 @@ def plan_rerun(
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    # A rerun's manifest holds only the failed rows: the shard does not carry over.
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
-                                                        "runs_root", "resume", "parent_run_id"}
+                                                        "runs_root", "resume", "parent_run_id",
+                                                        "shard"}
     out = {k: v for k, v in options.items() if k in allowed}
     for key in ("thresholds_file", "images_root"):
         if out.get(key):
