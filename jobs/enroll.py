@@ -172,6 +172,12 @@ class ConsoleObserver(EnrollObserver):
         self.bar.update(self.task_id, completed=progress.already_done + progress.done,
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
+    def known_skipped(self, rows: int) -> None:
+        if rows:
+            self.console.print(f"Ledger: {rows} rows are enrolled already (same uid, group and "
+                               "file): skipped_known, not sent.", highlight=False,
+                               soft_wrap=True)
+
     def stopping(self, reason: str, message: str) -> None:
         # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
         self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
@@ -249,6 +255,10 @@ def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
         parts += ["--group", config.group]
     if config.mode != "add":
         parts += ["--mode", config.mode]
+    if config.ledger:
+        parts += ["--ledger", config.ledger]
+    if config.block_duplicates:
+        parts += ["--block-duplicates", "--duplicate-score", f"{config.duplicate_score:g}"]
     if config.shard:
         parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
@@ -280,6 +290,17 @@ def _run_options(func: Any) -> Any:
                      default=None, metavar="DIR",
                      help="Refuse images whose real path is outside DIR (outside_manifest_dir); "
                           "by default any readable file is used."),
+        click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
+                     help="The ledger (SQLite file, created when missing) [env FACEFLOW_LEDGER]: "
+                          "rows it holds are not sent (skipped_known); successes are "
+                          "recorded."),
+        click.option("--block-duplicates", is_flag=True, default=None,
+                     help="Before each add, identify the photo in its groups: another uid "
+                          "at or above --duplicate-score (confirmed by match) makes the row "
+                          "duplicate_suspect instead of enrolling it."),
+        click.option("--duplicate-score", type=click.FloatRange(min=0, max=100, min_open=True),
+                     default=None, metavar="SCORE",
+                     help="Similarity (0-100) that blocks a row [default 80]."),
         click.option("--flush-rows", type=click.IntRange(min=1), default=None,
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
@@ -301,6 +322,9 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "flush_rows": kwargs.pop("flush_rows"),
         "images_root": kwargs.pop("images_root"),
         "flush_seconds": kwargs.pop("flush_seconds"),
+        "ledger": kwargs.pop("ledger"),
+        "block_duplicates": kwargs.pop("block_duplicates"),
+        "duplicate_score": kwargs.pop("duplicate_score"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -312,7 +336,8 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 Examples:
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
   faceflow enroll members.csv --group staff --run-dir runs/staff --resume
-  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5""")
+  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5
+  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
 @click.option("--mode", type=click.Choice(MODES), default="add", show_default=True,

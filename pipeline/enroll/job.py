@@ -54,6 +54,7 @@ from pipeline.api.errors import (
 )
 from pipeline.client.budget import BudgetUnavailable, open_budget
 from pipeline.client.config import Settings
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -114,6 +115,13 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
@@ -140,6 +148,10 @@ class EnrollConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
         if self.shard is not None:
             k, n = self.shard
             if not 0 <= k < n:
@@ -159,6 +171,8 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
@@ -228,6 +242,9 @@ class EnrollObserver:
 
     def stopping(self, reason: str, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
+
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
 
 
 ClientFactory = Callable[[Settings, Any], Any]
@@ -335,6 +352,7 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: Verdict) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -384,8 +402,11 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any,
+                 ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
@@ -398,21 +419,88 @@ class _RowRunner:
         image = await self._load(row, state)
         if isinstance(image, Verdict):
             return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
         verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
         if verdict is None:
             verdict = await self._write(row, image, state)
-        return state.finish(verdict)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
         from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
 
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root)
+
         try:
-            image = await asyncio.to_thread(load_image, row.image_path,
-                                            root=self.config.images_root)
+            image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except (QuotaError, AuthError) as exc:
+            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH,
+                           exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
@@ -607,18 +695,37 @@ async def run_enroll(
     """
     observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    ledger = _open_ledger(config)
     try:
-        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                               client_factory, observer, stop)
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        try:
+            return await _run_held(config, manifest, thresholds, rundir, info, resumed,
+                                   client_factory, observer, stop, ledger)
+        finally:
+            rundir.release()
     finally:
-        rundir.release()
+        if ledger is not None:
+            ledger.close()
+
+
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
 
 
 async def _run_held(
     config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
     resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None,
+    stop: asyncio.Event | None, ledger: Any = None,
 ) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
@@ -633,9 +740,17 @@ async def _run_held(
     started = time.monotonic()
     stop_reason, stop_message, session_counts = None, None, Counter[str]()
     try:
-        if already < len(rows):
+        skipped = 0
+        if ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, ledger,
+                                              _endpoint_key(config), store, info.run_id)
+            observer.known_skipped(skipped)
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
             stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
+                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
+                ledger)
+        if skipped:
+            session_counts["skipped_known"] += skipped
     finally:
         store.close()
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
@@ -662,6 +777,7 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
+    ledger: Any = None,
 ) -> tuple[str | None, str | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
@@ -673,7 +789,7 @@ async def _run_session(
                                **({"limiter": budget} if budget else {})) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run_id, client, thresholds)
+            rows = _RowRunner(config, run_id, client, thresholds, ledger)
             done = store.done[shard_rows(manifest.num_rows, config.shard)]
             session = _Session(config, manifest, store, rows, observer, int(done.sum()))
             await session.run(stop)
