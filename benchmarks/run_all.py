@@ -37,13 +37,14 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
                "--enroll-rows", "10000"], 540),
     "quota": (["benchmarks/quota.py", "--q", "10", "--seconds", "60"], 300),
     "resume_finished": (["benchmarks/resume_finished.py"], 120),
+    "ledger": (["benchmarks/ledger.py"], 420),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares
 #: the machine (with scale): it spends its time waiting (10 calls/s per interface to a
 #: no-work server, ~2 % of a core), and side by side they save ~3 of the 10 minutes
 #: allowed. Everything else runs alone, so its CPU figures are undisturbed.
 STAGES: list[list[str]] = [["client_overhead"], ["engine"], ["calibration"], ["audit"],
-                           ["scale", "quota"], ["resume_finished"]]
+                           ["scale", "quota"], ["resume_finished"], ["ledger"]]
 
 Row = tuple[str, str, str, str]  # measure, figure, goal, verdict
 
@@ -223,8 +224,18 @@ def _generic(d: dict[str, Any]) -> list[Row]:
     return [(d.get("benchmark", "?"), json.dumps(d)[:80], "", "")]
 
 
+def _ledger(d: dict[str, Any]) -> list[Row]:
+    return [(f"ledger: decide what to send, {d['rows']:,}-row manifest with {d['known']:,} "
+             "known (ledger lookup + one stat per known row); then writing the skipped_known "
+             "outcomes", f"decide {d['decide_s']:.1f} s (validate {d['validate_s']:.1f} s "
+             f"before); decide + write {d['decide_and_write_s']:.1f} s; peak RSS "
+             f"{d['peak_rss_mb']} MB", f"decide <= {d['goal_s']:g} s",
+             _verdict(d["verdict"] == "PASS"))]
+
+
 ROWS = {"client_overhead": _client, "quota": _quota, "engine": _engine, "audit": _audit,
-        "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration}
+        "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration,
+        "ledger": _ledger}
 
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

@@ -49,6 +49,21 @@ class ConfigProblem(click.ClickException):
     exit_code = EXIT_CONFIG
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16); None stays None. Bad text: ConfigProblem (exit 2)."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigProblem(f"--shard {text!r}: use K/N with 0 <= K < N, e.g. --shard 3/16 "
+                            "(shards are numbered from 0)")
+    return shard
+
+
 def parse_qps(text: str | None) -> float | dict[str, float] | None:
     """``"5"`` -> 5.0 for every interface; ``"detect=5,add=2"`` -> per interface (calls/s)."""
     if text is None or not text.strip():
@@ -158,6 +173,12 @@ class ConsoleObserver(EnrollObserver):
         self.bar.update(self.task_id, completed=progress.already_done + progress.done,
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
+    def known_skipped(self, rows: int) -> None:
+        if rows:
+            self.console.print(f"Ledger: {rows} rows are enrolled already (same uid, group and "
+                               "file): skipped_known, not sent.", highlight=False,
+                               soft_wrap=True)
+
     def stopping(self, reason: str, message: str) -> None:
         # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
         self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
@@ -261,6 +282,17 @@ def _run_options(func: Any) -> Any:
                      default=None, metavar="DIR",
                      help="Refuse images whose real path is outside DIR (outside_manifest_dir); "
                           "by default any readable file is used."),
+        click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
+                     help="The ledger (SQLite file, created when missing) [env FACEFLOW_LEDGER]: "
+                          "rows it holds are not sent (skipped_known); successes are "
+                          "recorded."),
+        click.option("--block-duplicates", is_flag=True, default=None,
+                     help="Before each add, identify the photo in its groups: another uid "
+                          "at or above --duplicate-score (confirmed by match) makes the row "
+                          "duplicate_suspect instead of enrolling it."),
+        click.option("--duplicate-score", type=click.FloatRange(min=0, max=100, min_open=True),
+                     default=None, metavar="SCORE",
+                     help="Similarity (0-100) that blocks a row [default 80]."),
         click.option("--flush-rows", type=click.IntRange(min=1), default=None,
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
@@ -282,6 +314,9 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "flush_rows": kwargs.pop("flush_rows"),
         "images_root": kwargs.pop("images_root"),
         "flush_seconds": kwargs.pop("flush_seconds"),
+        "ledger": kwargs.pop("ledger"),
+        "block_duplicates": kwargs.pop("block_duplicates"),
+        "duplicate_score": kwargs.pop("duplicate_score"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -293,7 +328,8 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 Examples:
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
   faceflow enroll members.csv --group staff --run-dir runs/staff --resume
-  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5""")
+  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5
+  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
 @click.option("--mode", type=click.Choice(MODES), default=None,
@@ -303,6 +339,10 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
+                   "is its own resumable run (give each its own --run-dir under one folder); "
+                   "`faceflow merge FOLDER` then checks and combines them.")
 @click.option("--encoding", default=None,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
                    "Chinese system), utf-16. [default: utf-8]")
@@ -315,8 +355,8 @@ Examples:
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | None,
-           resume: bool, encoding: str | None, delimiter: str | None, change_options: bool,
-           **kwargs: Any) -> None:
+           resume: bool, shard: str | None, encoding: str | None, delimiter: str | None,
+           change_options: bool, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -333,7 +373,8 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
     settings = _settings(kwargs)
     given = _overrides(kwargs)
     given.update({k: v for k, v in (("group", group), ("mode", mode), ("encoding", encoding),
-                                    ("delimiter", delimiter)) if v is not None})
+                                    ("delimiter", delimiter), ("shard", parse_shard(shard)))
+                  if v is not None})
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:

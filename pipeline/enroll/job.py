@@ -54,6 +54,7 @@ from pipeline.api.errors import (
 )
 from pipeline.client.budget import BudgetUnavailable, open_budget
 from pipeline.client.config import Settings
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -114,6 +115,13 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
@@ -127,6 +135,9 @@ class EnrollConfig:
     #: Resuming with options that differ from the run's is refused (ConfigError listing
     #: them) unless this is set; then they apply from this session on, recorded in run.json.
     change_options: bool = False
+    #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
+    #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
@@ -146,6 +157,14 @@ class EnrollConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 0 <= k < n:
+                raise ConfigError(f"--shard {k}/{n}: use K/N with 0 <= K < N, e.g. 3/16")
         if self.qps_budget is not None:
             from pipeline.client.budget import check_budget_options  # noqa: PLC0415
 
@@ -161,7 +180,10 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
 
@@ -229,6 +251,9 @@ class EnrollObserver:
 
     def stopping(self, reason: str, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
+
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
 
 
 ClientFactory = Callable[[Settings, Any], Any]
@@ -336,6 +361,7 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: Verdict) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -385,8 +411,11 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any,
+                 ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
@@ -399,21 +428,88 @@ class _RowRunner:
         image = await self._load(row, state)
         if isinstance(image, Verdict):
             return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
         verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
         if verdict is None:
             verdict = await self._write(row, image, state)
-        return state.finish(verdict)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
         from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
 
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root)
+
         try:
-            image = await asyncio.to_thread(load_image, row.image_path,
-                                            root=self.config.images_root)
+            image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except (QuotaError, AuthError) as exc:
+            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH,
+                           exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
@@ -478,7 +574,8 @@ class _Session:
         self._halt = asyncio.Event()
 
     def progress(self) -> Progress:
-        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
+        total = len(shard_rows(self.manifest.num_rows, self.config.shard))
+        return Progress(total, self.already_done, sum(self.counts.values()),
                         len(self.tasks), dict(self.counts), time.monotonic() - self.started)
 
     async def run(self, stop: asyncio.Event | None) -> None:
@@ -502,7 +599,8 @@ class _Session:
 
     async def _feed(self) -> None:
         slots = asyncio.Semaphore(self.config.concurrency)
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
+        end = shard_rows(self.manifest.num_rows, self.config.shard).stop
+        async for row in _AsyncRows(self.manifest, self.store.done, self._halt, end):
             await slots.acquire()
             if self._halt.is_set():
                 slots.release()
@@ -563,8 +661,10 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+                 end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
+        self.end = len(done) if end is None else end  # a shard stops reading at its end
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -581,6 +681,8 @@ class _AsyncRows:
             if batch is None:
                 return
             for row in batch:
+                if row.row >= self.end:
+                    return
                 if not self.done[row.row]:
                     yield row
 
@@ -602,35 +704,78 @@ async def run_enroll(
     """
     observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    ledger = _open_ledger(config)
     try:
-        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                               client_factory, observer, stop)
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        try:
+            return await _run_held(config, manifest, thresholds, rundir, info, resumed,
+                                   client_factory, observer, stop, ledger)
+        finally:
+            rundir.release()
     finally:
-        rundir.release()
+        if ledger is not None:
+            ledger.close()
+
+
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
 
 
 async def _run_held(
     config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
     resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None,
+    stop: asyncio.Event | None, ledger: Any = None,
 ) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
-    already = int(store.done.sum())
+    rows = shard_rows(manifest.num_rows, config.shard)
+    # Rows of other shards count as done here (in memory only: no outcome is written).
+    store.done[: rows.start] = True
+    store.done[rows.stop:] = True
+    already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
+    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), len(rows),
                               already, resumed, store.recovered, detected))
     started = time.monotonic()
     stop_reason, stop_message, session_counts = None, None, Counter[str]()
     try:
-        if already < manifest.num_rows:
+        skipped = 0
+        if ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, ledger,
+                                              _endpoint_key(config), store, info.run_id)
+            observer.known_skipped(skipped)
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
             stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
+                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
+                ledger)
+        if skipped:
+            session_counts["skipped_known"] += skipped
     finally:
         store.close()
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts)
+                   stop_reason, stop_message, session_counts, len(rows))
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """The rows of shard ``k`` of ``n``: ``[k*N//n, (k+1)*N//n)``; all rows for None.
+
+    Contiguous ranges whose sizes differ by at most one; together they hold every
+    row once, so ``faceflow merge`` can check coverage from the split alone.
+    """
+    if shard is None:
+        return range(num_rows)
+    k, n = shard
+    return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -641,6 +786,7 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
+    ledger: Any = None,
 ) -> tuple[str | None, str | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
@@ -652,8 +798,9 @@ async def _run_session(
                                **({"limiter": budget} if budget else {})) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run_id, client, thresholds)
-            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
+            rows = _RowRunner(config, run_id, client, thresholds, ledger)
+            done = store.done[shard_rows(manifest.num_rows, config.shard)]
+            session = _Session(config, manifest, store, rows, observer, int(done.sum()))
             await session.run(stop)
     except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
         reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
@@ -669,7 +816,7 @@ async def _run_session(
 def _finish(
     rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
     already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str],
+    session_counts: Counter[str], total_rows: int,
 ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
@@ -686,7 +833,7 @@ def _finish(
     return RunResult(
         run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
-        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
+        counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
@@ -737,6 +884,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
+        _check_same_shard(rundir, info, current["options"].get("shard"))
         changes = option_differences(info, current["options"], limits)
         if changes and not config.change_options:
             raise ConfigError(
@@ -764,7 +912,9 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
 _FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", "qps": "--qps",
           "largest_face": "--largest-face", "flush_rows": "--flush-rows",
           "flush_seconds": "--flush-seconds", "images_root": "--images-root",
-          "encoding": "--encoding", "delimiter": "--delimiter"}
+          "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
+          "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
+          "shard": "--shard"}
 #: Judged through the resolved limits (``thresholds``), not as written.
 _THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
 
@@ -814,6 +964,9 @@ def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an enroll run; choose "
                           "another --run-dir")
     saved = _config_options(info.options)
+    if info.options.get("shard"):  # "k/n" in run.json
+        k, _, n = str(info.options["shard"]).partition("/")
+        saved["shard"] = (int(k), int(n))
     values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
     return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
                         parent_run_id=info.parent_run_id, thresholds_values=values,
@@ -830,6 +983,17 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
+    held = info.options.get("shard")
+    if held != shard:
+        what = f"shard {held}" if held else "a whole (unsharded) run"
+        asked = f"--shard {shard}" if shard else "no --shard"
+        raise ConfigError(
+            f"{rundir.path} holds {what} of {info.manifest.path}, but this command gives "
+            f"{asked}: a resume must use the same split. Give the same --shard, or another "
+            "--run-dir for another split.")
 
 
 # -- failures.csv and rerun ----------------------------------------------------------------
@@ -948,8 +1112,10 @@ def plan_rerun(
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    # A rerun's manifest holds only the failed rows: the shard does not carry over.
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
-                                                        "runs_root", "resume", "parent_run_id"}
+                                                        "runs_root", "resume", "parent_run_id",
+                                                        "shard"}
     out = {k: v for k, v in options.items() if k in allowed}
     for key in ("thresholds_file", "images_root"):
         if out.get(key):
