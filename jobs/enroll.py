@@ -32,6 +32,7 @@ from pipeline.enroll.job import (
     RunResult,
     RunStart,
     plan_rerun,
+    resume_enroll_config,
     run_enroll,
 )
 from pipeline.enroll.job import Progress as RunProgress
@@ -250,17 +251,8 @@ def execute(config: EnrollConfig, resume_hint: str, console: Console | None = No
 
 
 def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
+    """The command that continues the run: its options come from run.json, none repeated."""
     parts = ["faceflow", "enroll", str(config.manifest), "--run-dir", str(run_dir), "--resume"]
-    if config.group:
-        parts += ["--group", config.group]
-    if config.mode != "add":
-        parts += ["--mode", config.mode]
-    if config.ledger:
-        parts += ["--ledger", config.ledger]
-    if config.block_duplicates:
-        parts += ["--block-duplicates", "--duplicate-score", f"{config.duplicate_score:g}"]
-    if config.shard:
-        parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -340,9 +332,9 @@ Examples:
   faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
-@click.option("--mode", type=click.Choice(MODES), default="add", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="add: register (append the face); update: replace the faces of known "
-                   "uids; upsert: replace, registering unknown uids.")
+                   "uids; upsert: replace, registering unknown uids. [default: add]")
 @click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
@@ -351,16 +343,20 @@ Examples:
               help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
                    "is its own resumable run (give each its own --run-dir under one folder); "
                    "`faceflow merge FOLDER` then checks and combines them.")
-@click.option("--encoding", default="utf-8", show_default=True,
+@click.option("--encoding", default=None,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
-                   "Chinese system), utf-16.")
+                   "Chinese system), utf-16. [default: utf-8]")
 @click.option("--delimiter", default=None, metavar="CHAR",
               help="CSV separator, e.g. ';' or tab [default ',', or ';'/tab when the header "
                    "is separated by it].")
+@click.option("--change-options", is_flag=True,
+              help="On resume: apply options that differ from the run's (recorded in "
+                   "run.json) instead of refusing them.")
 @_run_options
 @connection_options
-def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           shard: str | None, encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | None,
+           resume: bool, shard: str | None, encoding: str | None, delimiter: str | None,
+           change_options: bool, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -371,14 +367,24 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
     refused, 130 interrupted.
     """
+    existing = run_dir is not None and RunDir(run_dir).exists()
+    if existing and kwargs.get("endpoint") is None and "FACEFLOW_ENDPOINT" not in _env():
+        kwargs["endpoint"] = _old_endpoint(run_dir)  # type: ignore[arg-type]
     settings = _settings(kwargs)
-    overrides = _overrides(kwargs)
+    given = _overrides(kwargs)
+    given.update({k: v for k, v in (("group", group), ("mode", mode), ("encoding", encoding),
+                                    ("delimiter", delimiter), ("shard", parse_shard(shard)))
+                  if v is not None})
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:
-        config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
-                              run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, shard=parse_shard(shard), **overrides)
+        if existing:  # a resume: the run's own settings, unless given (and then compared)
+            assert run_dir is not None
+            config = resume_enroll_config(run_dir, manifest, settings, given, resume=resume,
+                                          change_options=change_options)
+        else:
+            config = EnrollConfig(manifest=manifest, settings=settings, run_dir=run_dir,
+                                  resume=resume, **given)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

@@ -128,11 +128,19 @@ class EnrollConfig:
     #: ``postgresql://...``: pace every process of this account from one shared budget
     #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
     qps_budget: str | None = None
+    #: The resolved quality limits to judge with (``run.json``'s ``thresholds``): a
+    #: resumed run keeps its gate even if the thresholds file changed since. None:
+    #: load ``thresholds_file`` and ``threshold_overrides``.
+    thresholds_values: Mapping[str, Any] | None = None
+    #: Resuming with options that differ from the run's is refused (ConfigError listing
+    #: them) unless this is set; then they apply from this session on, recorded in run.json.
+    change_options: bool = False
     #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
     #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
     shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
@@ -140,6 +148,7 @@ class EnrollConfig:
             check_delimiter(self.delimiter)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        normalise_qps(self.qps)  # a mistyped interface name fails now, before any file
         if self.images_root is not None and not self.images_root.is_dir():
             raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
@@ -837,6 +846,10 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
                              delimiter=config.delimiter)
+    if config.thresholds_values is not None:
+        from pipeline.enroll.gate import thresholds_from_dict  # noqa: PLC0415
+
+        return manifest, thresholds_from_dict(config.thresholds_values)
     thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
     return manifest, thresholds
 
@@ -872,6 +885,17 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
         _check_same_shard(rundir, info, current["options"].get("shard"))
+        changes = option_differences(info, current["options"], limits)
+        if changes and not config.change_options:
+            raise ConfigError(
+                f"{rundir.path} holds run {info.run_id}, started with other settings: "
+                f"{'; '.join(changes)}. Resume without these options (the run's settings "
+                "apply), or add --change-options to apply them from now on (recorded in "
+                "run.json).")
+        if changes:
+            entry = {"session": info.sessions + 1, "at": utc_now().isoformat(),
+                     "changes": changes}
+            current["option_changes"] = [*info.option_changes, entry]
         info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
                        stop_reason=None, **current)
         rundir.write_info(info)
@@ -882,6 +906,71 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
                    parent_run_id=config.parent_run_id, **current)
     rundir.write_info(info)
     return rundir, info, False
+
+
+#: run.json option -> the flag that sets it (options without a flag keep their name).
+_FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", "qps": "--qps",
+          "largest_face": "--largest-face", "flush_rows": "--flush-rows",
+          "flush_seconds": "--flush-seconds", "images_root": "--images-root",
+          "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
+          "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
+          "shard": "--shard"}
+#: Judged through the resolved limits (``thresholds``), not as written.
+_THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
+
+
+def option_differences(info: RunInfo, options: Mapping[str, Any],
+                       limits: Mapping[str, Any] | None) -> list[str]:
+    """What ``options`` and ``limits`` (the quality gate's resolved thresholds) change in
+    the run of ``info``, one "--flag: X in the run, Y now" each. Options the run did not
+    record (older versions) are not compared."""
+    out = []
+    for key, value in options.items():
+        if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
+            continue
+        out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
+                   f"{_shown(value)} now")
+    if info.thresholds is not None and limits is not None:
+        for key in sorted(set(info.thresholds) | set(limits)):
+            old, new = info.thresholds.get(key), limits.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                out += [f"threshold {key}.{part}: {_shown(old.get(part))} in the run, "
+                        f"{_shown(new.get(part))} now"
+                        for part in sorted(set(old) | set(new)) if old.get(part) != new.get(part)]
+            elif old != new:
+                out.append(f"threshold {key}: {_shown(old)} in the run, {_shown(new)} now")
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in value.items()) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(
+        value)
+
+
+def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
+                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+    """The config that continues the enroll run in ``run_dir``: the options and quality
+    limits saved in its ``run.json``, with the options in ``given`` (those the user gave
+    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    ``given`` and the run are refused when the run opens (see :func:`option_differences`).
+    """
+    info = RunDir(run_dir).read_info()
+    if info.job != "enroll":
+        raise ConfigError(f"{run_dir} holds a {info.job} run, not an enroll run; choose "
+                          "another --run-dir")
+    saved = _config_options(info.options)
+    if info.options.get("shard"):  # "k/n" in run.json
+        k, _, n = str(info.options["shard"]).partition("/")
+        saved["shard"] = (int(k), int(n))
+    values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
+    return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
+                        parent_run_id=info.parent_run_id, thresholds_values=values,
+                        **{**saved, **given}, **flags)
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:

@@ -106,6 +106,9 @@ class RunInfo:
     stop_reason: str | None = None
     #: The number of outcomes ``failures.csv`` was last written from (None: not yet).
     failures_for: int | None = None
+    #: Options changed on resume (``--change-options``): one entry per such session,
+    #: ``{"session": n, "at": iso time, "changes": ["--qps: 3 in the run, 5 now", ...]}``.
+    option_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
