@@ -43,6 +43,8 @@ from benchmarks.common import ROOT, write_result  # noqa: E402
 from pipeline.engine.index import SearchIndex  # noqa: E402
 from pipeline.engine.pgstore import (  # noqa: E402
     EF_SEARCH,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
     PgIndex,
     PgStore,
     index_large_groups,
@@ -196,7 +198,7 @@ def embedded(faces: list[tuple[str, np.ndarray]], probes: list) -> tuple[dict, l
 
 
 def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
-             exact_tops: list[float]) -> dict[str, Any]:
+             exact_tops: list[float], m: int, ef_construction: int) -> dict[str, Any]:
     settings = {"shared_buffers": "512MB", "maintenance_work_mem": "1GB",
                 "max_parallel_maintenance_workers": "2"}
     with LocalCluster(settings=settings) as cluster:
@@ -209,7 +211,7 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
             load = time.perf_counter() - start
             exact, _ = run_searches(PgIndex(store), probes[: min(len(probes), 60)])
             start = time.perf_counter()
-            index_large_groups(cluster.url, min_faces=1)
+            index_large_groups(cluster.url, min_faces=1, m=m, ef_construction=ef_construction)
             build = time.perf_counter() - start
             by_ef = {}
             for ef in efs:
@@ -219,7 +221,8 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                 by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
         finally:
             store.close()
-    return {"load_s": round(load, 1), "build_s": round(build, 1),
+    return {"load_s": round(load, 1), "build_s": round(build, 1), "m": m,
+            "ef_construction": ef_construction,
             "exact_60_queries": exact, "hnsw": by_ef}
 
 
@@ -237,7 +240,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--ef", type=int, nargs="+", default=[40, 64, 100, 200])
+    parser.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200, 400, 800])
+    parser.add_argument("--m", type=int, default=HNSW_M)
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
     args = parser.parse_args()
     real = real_descriptors()
     gen = Generator(real)
@@ -249,7 +254,7 @@ def main() -> None:
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)
         emb, tops = embedded(faces, probes)
-        pg = postgres(faces, probes, args.ef, tops)
+        pg = postgres(faces, probes, args.ef, tops, args.m, args.ef_construction)
         pg["chosen_ef_search"] = choose_ef(pg["hnsw"])
         report["sizes"][str(size)] = {"faces": len(faces), "probes": len(probes),
                                       "embedded": emb, "postgresql": pg}
@@ -273,7 +278,8 @@ def print_size(size: int, r: dict[str, Any]) -> None:
         print(f"  {'postgres hnsw ef=' + ef:<28}{h['p50_ms']:>9}{h['p99_ms']:>9}"
               f"{h['rank1']:>9.2%}{h['same_top_as_exact']:>9.2%}")
     print(f"  postgres load {pg['load_s']} s, HNSW build {pg['build_s']} s "
-          f"(m=16, ef_construction=64); chosen ef_search: {pg['chosen_ef_search']}")
+          f"(m={pg['m']}, ef_construction={pg['ef_construction']}); "
+          f"chosen ef_search: {pg['chosen_ef_search']}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,6 +52,21 @@ class ConfigProblem(click.ClickException):
     """A configuration error: nothing was sent. Exit code 2 (EXIT_CONFIG)."""
 
     exit_code = EXIT_CONFIG
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16); None stays None. Bad text: ConfigProblem (exit 2)."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigProblem(f"--shard {text!r}: use K/N with 0 <= K < N, e.g. --shard 3/16 "
+                            "(shards are numbered from 0)")
+    return shard
 
 
 def parse_qps(text: str | None) -> float | dict[str, float] | None:
@@ -119,19 +135,19 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.delimiter_detected:
             name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
                                                   repr(start.delimiter_detected))
             self.console.print(f"The manifest's header is separated by {name}: reading it "
                                f"with {name} as the separator (--delimiter to choose).",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True)
+                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -154,7 +170,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -163,8 +179,9 @@ class ConsoleObserver(EnrollObserver):
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
-                           soft_wrap=True)
+        # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
+                           "rows start.", soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -197,7 +214,7 @@ def print_summary(console: Console, result: RunResult, resume_hint: str) -> None
     if result.stop_reason is not None:
         lines.append(_stop_advice(result, resume_hint))
     for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:
@@ -240,6 +257,8 @@ def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
         parts += ["--mode", config.mode]
     if config.api != "v2":
         parts += ["--api", config.api]
+    if config.shard:
+        parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -319,6 +338,10 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
+                   "is its own resumable run (give each its own --run-dir under one folder); "
+                   "`faceflow merge FOLDER` then checks and combines them.")
 @click.option("--encoding", default="utf-8", show_default=True,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
                    "Chinese system), utf-16.")
@@ -328,7 +351,7 @@ Examples:
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+           shard: str | None, encoding: str, delimiter: str | None, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -346,7 +369,7 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     try:
         config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
                               run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, **overrides)
+                              delimiter=delimiter, shard=parse_shard(shard), **overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

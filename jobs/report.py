@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG
+from jobs.options import EXIT_CONFIG, plural
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.report import Summary, render_html, summarize
 from pipeline.runs.outcomes import SUCCESS_STATUSES
@@ -110,7 +110,7 @@ def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"job": "audit", "findings": len(findings), "counts": counts},
                               indent=2))
     else:
-        table = Table(title=f"audit {run_dir.name}: {len(findings)} findings",
+        table = Table(title=f"audit {run_dir.name}: {plural(len(findings), 'finding')}",
                       title_justify="left")
         table.add_column("kind")
         table.add_column("findings", justify="right")

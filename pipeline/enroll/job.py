@@ -130,6 +130,9 @@ class EnrollConfig:
     #: v3 only: LOW/NORMAL/HIGH sent as ``quality_control`` with each write (the local
     #: gate still decides first and names its reasons).
     server_quality: str | None = None
+    #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
+    #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
@@ -153,6 +156,10 @@ class EnrollConfig:
                               "HIGH, with --api v3 (v2 has no quality_control)")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 0 <= k < n:
+                raise ConfigError(f"--shard {k}/{n}: use K/N with 0 <= K < N, e.g. 3/16")
         if self.qps_budget is not None:
             from pipeline.client.budget import check_budget_options  # noqa: PLC0415
 
@@ -170,6 +177,7 @@ class EnrollConfig:
             "images_root": str(self.images_root) if self.images_root else None,
             "encoding": self.encoding, "delimiter": self.delimiter,
             "api": self.api, "server_quality": self.server_quality,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
 
@@ -517,7 +525,8 @@ class _Session:
         self._halt = asyncio.Event()
 
     def progress(self) -> Progress:
-        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
+        total = len(shard_rows(self.manifest.num_rows, self.config.shard))
+        return Progress(total, self.already_done, sum(self.counts.values()),
                         len(self.tasks), dict(self.counts), time.monotonic() - self.started)
 
     async def run(self, stop: asyncio.Event | None) -> None:
@@ -530,7 +539,7 @@ class _Session:
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not feed.done():
-                self._stop(STOP_INTERRUPTED, "interrupted: rows in flight are left for resume")
+                self._stop(STOP_INTERRUPTED, "rows in flight are left for resume")
                 await self._cancel([feed, *self.tasks])
             feed.result() if not feed.cancelled() else None
         finally:
@@ -541,7 +550,8 @@ class _Session:
 
     async def _feed(self) -> None:
         slots = asyncio.Semaphore(self.config.concurrency)
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
+        end = shard_rows(self.manifest.num_rows, self.config.shard).stop
+        async for row in _AsyncRows(self.manifest, self.store.done, self._halt, end):
             await slots.acquire()
             if self._halt.is_set():
                 slots.release()
@@ -602,8 +612,10 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+                 end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
+        self.end = len(done) if end is None else end  # a shard stops reading at its end
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -620,6 +632,8 @@ class _AsyncRows:
             if batch is None:
                 return
             for row in batch:
+                if row.row >= self.end:
+                    return
                 if not self.done[row.row]:
                     yield row
 
@@ -656,20 +670,36 @@ async def _run_held(
 ) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
-    already = int(store.done.sum())
+    rows = shard_rows(manifest.num_rows, config.shard)
+    # Rows of other shards count as done here (in memory only: no outcome is written).
+    store.done[: rows.start] = True
+    store.done[rows.stop:] = True
+    already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
+    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), len(rows),
                               already, resumed, store.recovered, detected))
     started = time.monotonic()
     stop_reason, stop_message, session_counts = None, None, Counter[str]()
     try:
-        if already < manifest.num_rows:
+        if already < len(rows):
             stop_reason, stop_message, session_counts = await _run_session(
                 config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
     finally:
         store.close()
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts)
+                   stop_reason, stop_message, session_counts, len(rows))
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """The rows of shard ``k`` of ``n``: ``[k*N//n, (k+1)*N//n)``; all rows for None.
+
+    Contiguous ranges whose sizes differ by at most one; together they hold every
+    row once, so ``faceflow merge`` can check coverage from the split alone.
+    """
+    if shard is None:
+        return range(num_rows)
+    k, n = shard
+    return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -692,7 +722,8 @@ async def _run_session(
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds)
-            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
+            done = store.done[shard_rows(manifest.num_rows, config.shard)]
+            session = _Session(config, manifest, store, rows, observer, int(done.sum()))
             await session.run(stop)
     except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
         reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
@@ -717,7 +748,7 @@ def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
 def _finish(
     rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
     already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str],
+    session_counts: Counter[str], total_rows: int,
 ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
@@ -734,7 +765,7 @@ def _finish(
     return RunResult(
         run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
-        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
+        counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
@@ -782,6 +813,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
         _check_same_api(rundir, info, config.api)
+        _check_same_shard(rundir, info, current["options"].get("shard"))
         info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
                        stop_reason=None, **current)
         rundir.write_info(info)
@@ -814,6 +846,17 @@ def _check_same_api(rundir: RunDir, info: RunInfo, api: str) -> None:
             f"{rundir.path} holds run {info.run_id} made with --api {before}; it cannot be "
             f"resumed with --api {api}. Resume with --api {before} (or FACEFLOW_API="
             f"{before}), or start a new run in another --run-dir.")
+
+
+def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
+    held = info.options.get("shard")
+    if held != shard:
+        what = f"shard {held}" if held else "a whole (unsharded) run"
+        asked = f"--shard {shard}" if shard else "no --shard"
+        raise ConfigError(
+            f"{rundir.path} holds {what} of {info.manifest.path}, but this command gives "
+            f"{asked}: a resume must use the same split. Give the same --shard, or another "
+            "--run-dir for another split.")
 
 
 # -- failures.csv and rerun ----------------------------------------------------------------
@@ -932,8 +975,10 @@ def plan_rerun(
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    # A rerun's manifest holds only the failed rows: the shard does not carry over.
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
-                                                        "runs_root", "resume", "parent_run_id"}
+                                                        "runs_root", "resume", "parent_run_id",
+                                                        "shard"}
     out = {k: v for k, v in options.items() if k in allowed}
     for key in ("thresholds_file", "images_root"):
         if out.get(key):
