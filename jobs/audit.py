@@ -135,6 +135,11 @@ Examples:
               help="The audit's directory [default runs/<run_id>]; an audit there resumes.")
 @click.option("--qps", default=None, metavar="N | NAME=N,...",
               help="Calls per second: one number, or per interface, e.g. identify=5,match=5.")
+@click.option("--qps-budget", default=None, metavar="postgresql://...",
+              envvar="FACEFLOW_QPS_BUDGET",
+              help="Share one QPS budget with every process using this API key: --qps is "
+                   "then the account's total; unreachable stops the audit (exit 3) to resume "
+                   "[env FACEFLOW_QPS_BUDGET].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Probes in flight at once [default 4].")
 @click.option("--before-enroll", is_flag=True, default=None,
@@ -163,7 +168,8 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
         exc.exit_code = EXIT_CONFIG
         raise
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
-               "qps": parse_qps(kwargs.pop("qps")), "concurrency": kwargs.pop("concurrency"),
+               "qps": parse_qps(kwargs.pop("qps")), "qps_budget": kwargs.pop("qps_budget"),
+               "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report")}
     observer = LineObserver()

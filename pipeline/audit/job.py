@@ -86,6 +86,7 @@ from pipeline.audit.findings import (
     records_table,
     table_records,
 )
+from pipeline.client.budget import BudgetUnavailable, check_budget_options, open_budget
 from pipeline.client.config import Settings
 from pipeline.runs.rundir import (
     ManifestRef,
@@ -110,6 +111,8 @@ REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
 #: added), so a resumed fill adds only the others.
 SCRATCH_ADDED_FILE = "scratch-added.txt"
 STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
+STOP_BUDGET = "budget"
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
@@ -148,11 +151,15 @@ class AuditConfig:
     flush_rows: int = 500
     flush_seconds: float = 10.0
     report: bool = True
+    #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
+    qps_budget: str | None = None
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+        if self.qps_budget is not None:
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options written into run.json (no settings, no secrets)."""
@@ -327,21 +334,28 @@ def default_loader(img: AuditImage) -> bytes:
     return load_image(Path(img.path)).data
 
 
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager);
+    ``limiter``: the shared QPS budget standing in for the process's own limiter."""
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
-    return FaceClient(settings, qps=qps)
+    return FaceClient(settings, qps=qps, limiter=limiter)
 
 
 class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError) -> None:
+    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
         super().__init__(reason)
         self.reason, self.error = reason, error
 
 
-def _stop_for(exc: ApiError) -> _StopRun:
-    return _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc)
+#: Errors that stop the audit (resumably) instead of failing one probe.
+_STOPPING = (QuotaError, AuthError, BudgetUnavailable)
+
+
+def _stop_for(exc: ApiError | BudgetUnavailable) -> _StopRun:
+    reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
+              STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
+    return _StopRun(reason, exc)
 
 
 class PhotoCache:
@@ -430,7 +444,7 @@ class Prober:
             await self._reference(data, state)
         except ImageProblem as exc:
             return state.record(self.run_id, "failed", exc.reason, None, exc.message)
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
         except ApiError as exc:
             state.attempts += exc.attempts
@@ -736,7 +750,7 @@ class _Session:
             done.flush()  # in the OS at once: a killed session's resume skips this photo
         except (ImageProblem, ImageExistsError):
             return  # unreadable photos fail in their probe; 216616 = added by a killed session
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
         except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
@@ -761,7 +775,7 @@ class _Session:
             await client.delete_user(scratch_uid, group_id=scratch.group)
         except UserNotFoundError:
             pass  # never added (its photo failed) or deleted by an earlier session
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
 
 
@@ -846,9 +860,11 @@ async def _run_held(config: AuditConfig, client_factory: ClientFactory,
     reason, message = None, None
     if todo or _scratch_pending(rundir):
         try:
-            async with client_factory(config.settings, config.qps) as client:
+            async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                    client_factory(config.settings, config.qps,
+                                   **({"limiter": budget} if budget else {})) as client:
                 reason, message = await session.run(client, todo, already, stop)
-        except (QuotaError, AuthError) as exc:  # raised while opening the client (token)
+        except _STOPPING as exc:  # raised while opening the client (token)
             reason, message = _stop_for(exc).reason, str(exc)
         if reason is not None:
             observer.stopping(reason, message or reason)
@@ -1010,7 +1026,8 @@ def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
     """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
     130 interrupted."""
     if stop_reason is not None:
-        return {STOP_QUOTA: EXIT_QUOTA, STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
+        return {STOP_QUOTA: EXIT_QUOTA, STOP_BUDGET: EXIT_QUOTA,
+                STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
     return EXIT_FAILED if failed_probes else EXIT_OK
 
 

@@ -56,6 +56,7 @@ from pipeline.api.errors import (
 )
 from pipeline.client.budget import BudgetUnavailable, open_budget
 from pipeline.client.config import Settings
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -119,6 +120,13 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
@@ -130,11 +138,19 @@ class EnrollConfig:
     #: v3 only: LOW/NORMAL/HIGH sent as ``quality_control`` with each write (the local
     #: gate still decides first and names its reasons).
     server_quality: str | None = None
+    #: The resolved quality limits to judge with (``run.json``'s ``thresholds``): a
+    #: resumed run keeps its gate even if the thresholds file changed since. None:
+    #: load ``thresholds_file`` and ``threshold_overrides``.
+    thresholds_values: Mapping[str, Any] | None = None
+    #: Resuming with options that differ from the run's is refused (ConfigError listing
+    #: them) unless this is set; then they apply from this session on, recorded in run.json.
+    change_options: bool = False
     #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
     #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
     shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
@@ -142,6 +158,7 @@ class EnrollConfig:
             check_delimiter(self.delimiter)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        normalise_qps(self.qps)  # a mistyped interface name fails now, before any file
         if self.images_root is not None and not self.images_root.is_dir():
             raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
@@ -156,6 +173,10 @@ class EnrollConfig:
                               "HIGH, with --api v3 (v2 has no quality_control)")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
         if self.shard is not None:
             k, n = self.shard
             if not 0 <= k < n:
@@ -175,6 +196,8 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
             "api": self.api, "server_quality": self.server_quality,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
@@ -245,6 +268,9 @@ class EnrollObserver:
 
     def stopping(self, reason: str, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
+
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
 
 
 ClientFactory = Callable[[Settings, Any], Any]
@@ -382,6 +408,7 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: Verdict) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -431,8 +458,11 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any,
+                 ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
@@ -445,22 +475,89 @@ class _RowRunner:
         image = await self._load(row, state)
         if isinstance(image, Verdict):
             return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
         verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
         if verdict is None:
             verdict = await self._write(row, image, state)
-        return state.finish(verdict)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
         from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root,
+                              limits=limits_for(self.config.api))
+
         try:
-            image = await asyncio.to_thread(load_image, row.image_path,
-                                            root=self.config.images_root,
-                                            limits=limits_for(self.config.api))
+            image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except (QuotaError, AuthError) as exc:
+            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH,
+                           exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
@@ -655,18 +752,37 @@ async def run_enroll(
     """
     observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    ledger = _open_ledger(config)
     try:
-        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                               client_factory, observer, stop)
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        try:
+            return await _run_held(config, manifest, thresholds, rundir, info, resumed,
+                                   client_factory, observer, stop, ledger)
+        finally:
+            rundir.release()
     finally:
-        rundir.release()
+        if ledger is not None:
+            ledger.close()
+
+
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
 
 
 async def _run_held(
     config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
     resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None,
+    stop: asyncio.Event | None, ledger: Any = None,
 ) -> RunResult:
     store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
                               flush_seconds=config.flush_seconds)
@@ -681,9 +797,17 @@ async def _run_held(
     started = time.monotonic()
     stop_reason, stop_message, session_counts = None, None, Counter[str]()
     try:
-        if already < len(rows):
+        skipped = 0
+        if ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, ledger,
+                                              _endpoint_key(config), store, info.run_id)
+            observer.known_skipped(skipped)
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
             stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
+                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
+                ledger)
+        if skipped:
+            session_counts["skipped_known"] += skipped
     finally:
         store.close()
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
@@ -710,6 +834,7 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 async def _run_session(
     config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
     client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
+    ledger: Any = None,
 ) -> tuple[str | None, str | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
@@ -721,7 +846,7 @@ async def _run_session(
                                ) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run_id, client, thresholds)
+            rows = _RowRunner(config, run_id, client, thresholds, ledger)
             done = store.done[shard_rows(manifest.num_rows, config.shard)]
             session = _Session(config, manifest, store, rows, observer, int(done.sum()))
             await session.run(stop)
@@ -778,6 +903,10 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
                              delimiter=config.delimiter)
+    if config.thresholds_values is not None:
+        from pipeline.enroll.gate import thresholds_from_dict  # noqa: PLC0415
+
+        return manifest, thresholds_from_dict(config.thresholds_values)
     thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
     return manifest, thresholds
 
@@ -814,6 +943,17 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
         _check_same_run(rundir, info, ref)
         _check_same_api(rundir, info, config.api)
         _check_same_shard(rundir, info, current["options"].get("shard"))
+        changes = option_differences(info, current["options"], limits)
+        if changes and not config.change_options:
+            raise ConfigError(
+                f"{rundir.path} holds run {info.run_id}, started with other settings: "
+                f"{'; '.join(changes)}. Resume without these options (the run's settings "
+                "apply), or add --change-options to apply them from now on (recorded in "
+                "run.json).")
+        if changes:
+            entry = {"session": info.sessions + 1, "at": utc_now().isoformat(),
+                     "changes": changes}
+            current["option_changes"] = [*info.option_changes, entry]
         info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
                        stop_reason=None, **current)
         rundir.write_info(info)
@@ -824,6 +964,71 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
                    parent_run_id=config.parent_run_id, **current)
     rundir.write_info(info)
     return rundir, info, False
+
+
+#: run.json option -> the flag that sets it (options without a flag keep their name).
+_FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", "qps": "--qps",
+          "largest_face": "--largest-face", "flush_rows": "--flush-rows",
+          "flush_seconds": "--flush-seconds", "images_root": "--images-root",
+          "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
+          "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
+          "shard": "--shard", "api": "--api", "server_quality": "--server-quality"}
+#: Judged through the resolved limits (``thresholds``), not as written.
+_THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
+
+
+def option_differences(info: RunInfo, options: Mapping[str, Any],
+                       limits: Mapping[str, Any] | None) -> list[str]:
+    """What ``options`` and ``limits`` (the quality gate's resolved thresholds) change in
+    the run of ``info``, one "--flag: X in the run, Y now" each. Options the run did not
+    record (older versions) are not compared."""
+    out = []
+    for key, value in options.items():
+        if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
+            continue
+        out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
+                   f"{_shown(value)} now")
+    if info.thresholds is not None and limits is not None:
+        for key in sorted(set(info.thresholds) | set(limits)):
+            old, new = info.thresholds.get(key), limits.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                out += [f"threshold {key}.{part}: {_shown(old.get(part))} in the run, "
+                        f"{_shown(new.get(part))} now"
+                        for part in sorted(set(old) | set(new)) if old.get(part) != new.get(part)]
+            elif old != new:
+                out.append(f"threshold {key}: {_shown(old)} in the run, {_shown(new)} now")
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in value.items()) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(
+        value)
+
+
+def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
+                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+    """The config that continues the enroll run in ``run_dir``: the options and quality
+    limits saved in its ``run.json``, with the options in ``given`` (those the user gave
+    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    ``given`` and the run are refused when the run opens (see :func:`option_differences`).
+    """
+    info = RunDir(run_dir).read_info()
+    if info.job != "enroll":
+        raise ConfigError(f"{run_dir} holds a {info.job} run, not an enroll run; choose "
+                          "another --run-dir")
+    saved = _config_options(info.options)
+    if info.options.get("shard"):  # "k/n" in run.json
+        k, _, n = str(info.options["shard"]).partition("/")
+        saved["shard"] = (int(k), int(n))
+    values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
+    return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
+                        parent_run_id=info.parent_run_id, thresholds_values=values,
+                        **{**saved, **given}, **flags)
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
