@@ -86,6 +86,7 @@ from pipeline.audit.findings import (
     records_table,
     table_records,
 )
+from pipeline.client.budget import BudgetUnavailable, check_budget_options, open_budget
 from pipeline.client.config import Settings
 from pipeline.runs.rundir import (
     ManifestRef,
@@ -110,6 +111,8 @@ REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
 #: added), so a resumed fill adds only the others.
 SCRATCH_ADDED_FILE = "scratch-added.txt"
 STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
+STOP_BUDGET = "budget"
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
@@ -148,11 +151,18 @@ class AuditConfig:
     flush_rows: int = 500
     flush_seconds: float = 10.0
     report: bool = True
+    #: A ledger location: the faces it holds in ``groups`` on this service join the
+    #: plan (after the run photos; a (uid, sha256) already there is kept once).
+    ledger: str | None = None
+    #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
+    qps_budget: str | None = None
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+        if self.qps_budget is not None:
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options written into run.json (no settings, no secrets)."""
@@ -161,7 +171,8 @@ class AuditConfig:
                 "concurrency": self.concurrency, "qps": qps,
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
-                "manifest": str(self.manifest) if self.manifest else None}
+                "manifest": str(self.manifest) if self.manifest else None,
+                "ledger": self.ledger}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -237,6 +248,30 @@ def _user_infos(info: RunInfo, rows: Sequence[int]) -> dict[int, str]:
     return out
 
 
+def plan_from_ledger(location: str, endpoint: str, groups: Iterable[str], start: int = 0,
+                     known: Iterable[AuditImage] = ()) -> list[AuditImage]:
+    """The faces a ledger holds in ``groups`` on the service at ``endpoint`` (a URL), in
+    group then uid order; a (uid, sha256) already in ``known`` is left out."""
+    from pipeline.ledger import endpoint_key, open_ledger  # noqa: PLC0415
+
+    seen = {(img.uid, img.sha256) for img in known}
+    out: list[AuditImage] = []
+    book = open_ledger(location)
+    try:
+        for group in groups:
+            for face in book.faces(endpoint_key(endpoint), group):
+                if (face.uid, face.image_sha256) in seen or not face.image_path:
+                    continue
+                seen.add((face.uid, face.image_sha256))
+                out.append(AuditImage(
+                    row=start + len(out), uid=face.uid, group_id=group, image=face.image_path,
+                    path=face.image_path, sha256=face.image_sha256, user_info=face.user_info,
+                    source=f"ledger:{location}", line=None))
+    finally:
+        book.close()
+    return out
+
+
 def plan_from_manifest(
     path: Path, default_group: str | None, start: int = 0, *, probe: bool = True
 ) -> list[AuditImage]:
@@ -284,6 +319,9 @@ def build_plan(config: AuditConfig) -> list[AuditImage]:
     serve to confirm candidates already in the library.
     """
     plan = plan_from_runs(config.run_dirs)
+    if config.ledger:
+        plan += plan_from_ledger(config.ledger, config.settings.endpoint, config.groups,
+                                 start=len(plan), known=plan)
     if config.manifest is not None:
         plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan))
     if config.before_enroll:
@@ -327,21 +365,28 @@ def default_loader(img: AuditImage) -> bytes:
     return load_image(Path(img.path)).data
 
 
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager);
+    ``limiter``: the shared QPS budget standing in for the process's own limiter."""
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
-    return FaceClient(settings, qps=qps)
+    return FaceClient(settings, qps=qps, limiter=limiter)
 
 
 class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError) -> None:
+    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
         super().__init__(reason)
         self.reason, self.error = reason, error
 
 
-def _stop_for(exc: ApiError) -> _StopRun:
-    return _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc)
+#: Errors that stop the audit (resumably) instead of failing one probe.
+_STOPPING = (QuotaError, AuthError, BudgetUnavailable)
+
+
+def _stop_for(exc: ApiError | BudgetUnavailable) -> _StopRun:
+    reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
+              STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
+    return _StopRun(reason, exc)
 
 
 class PhotoCache:
@@ -430,7 +475,7 @@ class Prober:
             await self._reference(data, state)
         except ImageProblem as exc:
             return state.record(self.run_id, "failed", exc.reason, None, exc.message)
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
         except ApiError as exc:
             state.attempts += exc.attempts
@@ -736,7 +781,7 @@ class _Session:
             done.flush()  # in the OS at once: a killed session's resume skips this photo
         except (ImageProblem, ImageExistsError):
             return  # unreadable photos fail in their probe; 216616 = added by a killed session
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
         except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
@@ -761,7 +806,7 @@ class _Session:
             await client.delete_user(scratch_uid, group_id=scratch.group)
         except UserNotFoundError:
             pass  # never added (its photo failed) or deleted by an earlier session
-        except (QuotaError, AuthError) as exc:
+        except _STOPPING as exc:
             raise _stop_for(exc) from exc
 
 
@@ -846,9 +891,11 @@ async def _run_held(config: AuditConfig, client_factory: ClientFactory,
     reason, message = None, None
     if todo or _scratch_pending(rundir):
         try:
-            async with client_factory(config.settings, config.qps) as client:
+            async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                    client_factory(config.settings, config.qps,
+                                   **({"limiter": budget} if budget else {})) as client:
                 reason, message = await session.run(client, todo, already, stop)
-        except (QuotaError, AuthError) as exc:  # raised while opening the client (token)
+        except _STOPPING as exc:  # raised while opening the client (token)
             reason, message = _stop_for(exc).reason, str(exc)
         if reason is not None:
             observer.stopping(reason, message or reason)
@@ -941,6 +988,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):
         saved["manifest"] = Path(info.options["manifest"])
+    if info.options.get("ledger"):
+        saved["ledger"] = info.options["ledger"]
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 
@@ -1010,7 +1059,8 @@ def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
     """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
     130 interrupted."""
     if stop_reason is not None:
-        return {STOP_QUOTA: EXIT_QUOTA, STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
+        return {STOP_QUOTA: EXIT_QUOTA, STOP_BUDGET: EXIT_QUOTA,
+                STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
     return EXIT_FAILED if failed_probes else EXIT_OK
 
 
