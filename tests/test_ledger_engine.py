@@ -314,3 +314,39 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
     result, df = _reconcile(server, ledger, tmp_path / "rec4", "--check-faces")
     assert result.exit_code == 0, result.output  # in sync; every face verified as ours
     assert set(df.action) == {"cleared"} and len(df) == 3
+
+
+def test_audit_reads_its_photos_from_the_ledger(server: Any, samples_dir: Path,
+                                                 tmp_path: Path) -> None:
+    _photos(tmp_path / "img", samples_dir)
+    ledger = tmp_path / "ledger.sqlite"
+    manifest = _manifest(tmp_path / "m.csv", [("au_alice", "img/obama_01.jpg"),
+                                              ("au_bob", "img/obama_small.jpg"),
+                                              ("au_carol", "img/biden_01.jpg")])
+    result, _ = _enroll(server, manifest, tmp_path / "run", "--group", "aud", ledger=ledger)
+    assert result.exit_code == 0, result.output
+    audited = CliRunner().invoke(main, ["audit", "--group", "aud", "--run-dir",
+                                        str(tmp_path / "audit"), "--no-report"],
+                                 env=_env(server, ledger))
+    assert audited.exit_code == 0, audited.output
+    plan = pd.read_parquet(tmp_path / "audit" / "plan.parquet")
+    assert sorted(plan.uid) == ["au_alice", "au_bob", "au_carol"]
+    findings = pd.read_parquet(tmp_path / "audit" / "findings.parquet")
+    same = findings[findings.kind == "same_person_multiple_uids"]
+    pairs = {frozenset((r.uid_a, r.uid_b)) for r in same.itertuples()}
+    assert pairs == {frozenset(("au_alice", "au_bob"))}
+
+
+def test_rerun_keeps_the_runs_ledger(server: Any, samples_dir: Path, tmp_path: Path) -> None:
+    _photos(tmp_path / "img", samples_dir)
+    ledger = tmp_path / "ledger.sqlite"
+    manifest = _manifest(tmp_path / "m.csv", [("rr_eve", "img/astronaut.png")])
+    result, df = _enroll(server, manifest, tmp_path / "run", "--group", "rerun", ledger=ledger)
+    assert df.status.tolist() == ["rejected_quality"]
+    rerun = CliRunner().invoke(main, ["rerun", str(tmp_path / "run"), "--all", "--run-dir",
+                                      str(tmp_path / "rerun"), "--threshold",
+                                      "min_face_size=80"], env=_env(server))  # no --ledger
+    assert rerun.exit_code == 0, rerun.output
+    with open_ledger(str(ledger)) as book:
+        held = [f.uid for f in book.faces(endpoint_key(server.url), "rerun")]
+    assert held == ["rr_eve"]

@@ -151,6 +151,9 @@ class AuditConfig:
     flush_rows: int = 500
     flush_seconds: float = 10.0
     report: bool = True
+    #: A ledger location: the faces it holds in ``groups`` on this service join the
+    #: plan (after the run photos; a (uid, sha256) already there is kept once).
+    ledger: str | None = None
     #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
     qps_budget: str | None = None
 
@@ -168,7 +171,8 @@ class AuditConfig:
                 "concurrency": self.concurrency, "qps": qps,
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
-                "manifest": str(self.manifest) if self.manifest else None}
+                "manifest": str(self.manifest) if self.manifest else None,
+                "ledger": self.ledger}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -244,6 +248,30 @@ def _user_infos(info: RunInfo, rows: Sequence[int]) -> dict[int, str]:
     return out
 
 
+def plan_from_ledger(location: str, endpoint: str, groups: Iterable[str], start: int = 0,
+                     known: Iterable[AuditImage] = ()) -> list[AuditImage]:
+    """The faces a ledger holds in ``groups`` on the service at ``endpoint`` (a URL), in
+    group then uid order; a (uid, sha256) already in ``known`` is left out."""
+    from pipeline.ledger import endpoint_key, open_ledger  # noqa: PLC0415
+
+    seen = {(img.uid, img.sha256) for img in known}
+    out: list[AuditImage] = []
+    book = open_ledger(location)
+    try:
+        for group in groups:
+            for face in book.faces(endpoint_key(endpoint), group):
+                if (face.uid, face.image_sha256) in seen or not face.image_path:
+                    continue
+                seen.add((face.uid, face.image_sha256))
+                out.append(AuditImage(
+                    row=start + len(out), uid=face.uid, group_id=group, image=face.image_path,
+                    path=face.image_path, sha256=face.image_sha256, user_info=face.user_info,
+                    source=f"ledger:{location}", line=None))
+    finally:
+        book.close()
+    return out
+
+
 def plan_from_manifest(
     path: Path, default_group: str | None, start: int = 0, *, probe: bool = True
 ) -> list[AuditImage]:
@@ -291,6 +319,9 @@ def build_plan(config: AuditConfig) -> list[AuditImage]:
     serve to confirm candidates already in the library.
     """
     plan = plan_from_runs(config.run_dirs)
+    if config.ledger:
+        plan += plan_from_ledger(config.ledger, config.settings.endpoint, config.groups,
+                                 start=len(plan), known=plan)
     if config.manifest is not None:
         plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan))
     if config.before_enroll:
@@ -957,6 +988,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):
         saved["manifest"] = Path(info.options["manifest"])
+    if info.options.get("ledger"):
+        saved["ledger"] = info.options["ledger"]
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 
