@@ -23,13 +23,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
+from jobs.options import (
+    EXIT_CONFIG,
+    api_option,
+    connection_options,
+    run_stoppable,
+    settings_from,
+)
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
     RunResult,
+    RunNotFinishedError,
     RunStart,
     plan_rerun,
     resume_enroll_config,
@@ -297,6 +304,11 @@ def _run_options(func: Any) -> Any:
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
                      help="... or every S seconds [default 10]."),
+        api_option,
+        click.option("--server-quality", type=click.Choice(("LOW", "NORMAL", "HIGH")),
+                     default=None,
+                     help="v3 only: also send quality_control at this level with each write "
+                          "(the local quality gate still decides first)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -317,6 +329,8 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "ledger": kwargs.pop("ledger"),
         "block_duplicates": kwargs.pop("block_duplicates"),
         "duplicate_score": kwargs.pop("duplicate_score"),
+        "api": kwargs.pop("api"),
+        "server_quality": kwargs.pop("server_quality"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -329,7 +343,8 @@ Examples:
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
   faceflow enroll members.csv --group staff --run-dir runs/staff --resume
   faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5
-  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates""")
+  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates
+  FACEFLOW_API=v3 faceflow enroll members.csv --group staff --server-quality NORMAL""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
 @click.option("--mode", type=click.Choice(MODES), default=None,
@@ -425,6 +440,10 @@ def rerun(old_run_dir: Path, include_all: bool, run_dir: Path | None, **kwargs: 
     try:
         config = plan_rerun(old_run_dir, settings, include_all=include_all, run_dir=run_dir,
                             overrides=_overrides(kwargs))
+    except RunNotFinishedError as exc:
+        resume = " ".join(shlex.quote(p) for p in ["faceflow", "enroll", exc.manifest,
+                                                   "--run-dir", str(exc.run_dir), "--resume"])
+        raise ConfigProblem(f"{exc}:\n  {resume}") from None
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     if config is None:

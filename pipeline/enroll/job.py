@@ -44,10 +44,12 @@ from pipeline.api.errors import (
     ApiError,
     AuthError,
     ConfigError,
+    FaceLimitError,
     FaceNotFoundError,
     ImageExistsError,
     InvalidInputError,
     QuotaError,
+    RejectedError,
     RetryableError,
     StateError,
     UserNotFoundError,
@@ -75,6 +77,9 @@ from pipeline.runs.rundir import (
 _log = logging.getLogger(__name__)
 
 MODES = ("add", "update", "upsert")
+#: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
+APIS = ("v2", "v3")
+SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
@@ -128,6 +133,11 @@ class EnrollConfig:
     #: ``postgresql://...``: pace every process of this account from one shared budget
     #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
     qps_budget: str | None = None
+    #: The protocol: "v2" or "v3" (FACE_TOKEN writes, 48-byte ids, one group per row).
+    api: str = "v2"
+    #: v3 only: LOW/NORMAL/HIGH sent as ``quality_control`` with each write (the local
+    #: gate still decides first and names its reasons).
+    server_quality: str | None = None
     #: The resolved quality limits to judge with (``run.json``'s ``thresholds``): a
     #: resumed run keeps its gate even if the thresholds file changed since. None:
     #: load ``thresholds_file`` and ``threshold_overrides``.
@@ -155,6 +165,12 @@ class EnrollConfig:
             raise ConfigError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.api not in APIS:
+            raise ConfigError(f"--api {self.api!r}: use v2 or v3 (or set FACEFLOW_API)")
+        if self.server_quality is not None and (
+                self.api != "v3" or self.server_quality not in SERVER_QUALITY_LEVELS):
+            raise ConfigError(f"--server-quality {self.server_quality!r}: use LOW, NORMAL or "
+                              "HIGH, with --api v3 (v2 has no quality_control)")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
         if not 0 < self.duplicate_score <= 100:
@@ -183,6 +199,7 @@ class EnrollConfig:
             "ledger": self.ledger, "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "api": self.api, "server_quality": self.server_quality,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
@@ -259,11 +276,17 @@ class EnrollObserver:
 ClientFactory = Callable[[Settings, Any], Any]
 
 
-def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager).
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None,
+                           api: str = "v2", server_quality: str | None = None) -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient`, or for ``api="v3"`` a
+    :class:`pipeline.client.v3jobs.V3JobApi` (same calls over v3); async context managers.
 
     ``limiter``: the shared QPS budget standing in for the process's own limiter.
     """
+    if api == "v3":
+        from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
+
+        return V3JobApi(settings, qps=qps, limiter=limiter, server_quality=server_quality)
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
 
     return FaceClient(settings, qps=qps, limiter=limiter)
@@ -282,8 +305,11 @@ class Verdict:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
-    """The checks that need no call: None when the row may go on, else ``invalid_input``."""
+def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | None:
+    """The checks that need no call: None when the row may go on, else ``invalid_input``.
+
+    ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
+    """
     from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
@@ -296,19 +322,40 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
         validate.check_group_ids(row.group_id),
         None if row.action in MODES else "bad_action",
     ]
-    reasons = tuple(p for p in problems if p)
+    if api == "v3":
+        problems += _v3_row_problems(row)
+    reasons = tuple(dict.fromkeys(p for p in problems if p))
     if not reasons:
         return None
     own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "image_missing": "the image cell is empty; write the photo's path"}
+           "image_missing": "the image cell is empty; write the photo's path",
+           "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
+           "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
+           "group_id_multiple": "v3 writes to one group per row; split the row per group"}
     texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
+
+
+def _v3_row_problems(row: Any) -> list[str | None]:
+    from pipeline.api import validate_v3  # noqa: PLC0415
+
+    groups = row.group_id.split(",")
+    return [
+        "group_id_multiple" if len(groups) > 1 else None,
+        "uid_too_long_v3" if validate_v3.check_id(row.uid) == "id_too_long" else None,
+        "group_id_too_long_v3" if any(validate_v3.check_id(g) == "id_too_long"
+                                      for g in groups) else None,
+    ]
 
 
 def classify_error(exc: ApiError) -> Verdict:
     """The outcome of a row whose call failed (quota and auth errors never get here)."""
     if isinstance(exc, ImageExistsError):
         return Verdict("already_enrolled")
+    if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
+        return Verdict("failed", ("face_limit",))
+    if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
+        return Verdict("rejected_quality", ("server_quality",))
     if isinstance(exc, FaceNotFoundError):
         return Verdict("no_face", ("no_face",))
     if isinstance(exc, UserNotFoundError):
@@ -422,7 +469,7 @@ class _RowRunner:
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
                            "started_at": utc_now()})
-        early = check_row(row, duplicate_of)
+        early = check_row(row, duplicate_of, self.config.api)
         if early is not None:
             return state.finish(early)
         image = await self._load(row, state)
@@ -441,13 +488,14 @@ class _RowRunner:
         return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
-        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
         def stat_then_load() -> Any:
             # The stat is taken before the read: if the file changes while it is read,
             # its mtime is newer than the one a ledger records, so it is read again.
             state.stat = stat_file(row.image_path) if self.ledger is not None else None
-            return load_image(row.image_path, root=self.config.images_root)
+            return load_image(row.image_path, root=self.config.images_root,
+                              limits=limits_for(self.config.api))
 
         try:
             image = await asyncio.to_thread(stat_then_load)
@@ -794,8 +842,8 @@ async def _run_session(
     timeline = CallTimeline()
     try:
         async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
-                client_factory(config.settings, config.qps,
-                               **({"limiter": budget} if budget else {})) as client:
+                client_factory(config.settings, config.qps, **_client_options(config, budget)
+                               ) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
             rows = _RowRunner(config, run_id, client, thresholds, ledger)
@@ -811,6 +859,15 @@ async def _run_session(
         timeline.save(store.rundir.path)
     assert session is not None
     return session.stop_reason, session.stop_message, session.counts
+
+
+def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+    """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
+    factory exactly as before."""
+    options: dict[str, Any] = {"limiter": budget} if budget else {}
+    if config.api != "v2":
+        options.update(api=config.api, server_quality=config.server_quality)
+    return options
 
 
 def _finish(
@@ -884,6 +941,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
+        _check_same_api(rundir, info, config.api)
         _check_same_shard(rundir, info, current["options"].get("shard"))
         changes = option_differences(info, current["options"], limits)
         if changes and not config.change_options:
@@ -914,7 +972,7 @@ _FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", 
           "flush_seconds": "--flush-seconds", "images_root": "--images-root",
           "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
           "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
-          "shard": "--shard"}
+          "shard": "--shard", "api": "--api", "server_quality": "--server-quality"}
 #: Judged through the resolved limits (``thresholds``), not as written.
 _THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
 
@@ -983,6 +1041,16 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_api(rundir: RunDir, info: RunInfo, api: str) -> None:
+    """A run keeps its protocol: tokens, id rules and error codes differ between them."""
+    before = str((info.options or {}).get("api") or "v2")
+    if before != api:
+        raise ConfigError(
+            f"{rundir.path} holds run {info.run_id} made with --api {before}; it cannot be "
+            f"resumed with --api {api}. Resume with --api {before} (or FACEFLOW_API="
+            f"{before}), or start a new run in another --run-dir.")
 
 
 def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
@@ -1068,6 +1136,28 @@ def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
 RERUN_MANIFEST = "rerun-manifest.csv"
 
 
+class RunNotFinishedError(ConfigError):
+    """A rerun of a run that has rows without an outcome: resume that run first."""
+
+    def __init__(self, run_dir: Path, manifest: str, rows: int, total: int, state: str) -> None:
+        self.run_dir, self.manifest, self.rows, self.total, self.state = (
+            run_dir, manifest, rows, total, state)
+        super().__init__(f"{run_dir} is {state}: {rows} of {total} rows have an outcome. "
+                         "Resume it first (its failures are known only when every row has "
+                         "one), then rerun")
+
+
+def _check_finished(old: RunDir, info: RunInfo) -> None:
+    from pipeline.enroll.report import run_state  # noqa: PLC0415
+
+    rows = old.read_records(OUTCOME_SCHEMA, ["row"]).num_rows
+    rows += old.journal_records(OUTCOME_SCHEMA).num_rows
+    state = run_state(old, info, rows)
+    if state != "finished":
+        raise RunNotFinishedError(old.path, info.manifest.path, rows, info.manifest.num_rows,
+                                  state)
+
+
 def plan_rerun(
     old_run_dir: Path,
     settings: Settings,
@@ -1092,6 +1182,7 @@ def plan_rerun(
     target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
     manifest_path = target / RERUN_MANIFEST
     if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun
+        _check_finished(old, info)
         rows = _non_success(old, retryable_only=not include_all)
         if not rows:
             return None
