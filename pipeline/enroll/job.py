@@ -33,8 +33,8 @@ import csv
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,28 @@ import numpy as np
 
 from pipeline.api.errors import (
     ApiError,
-    AuthError,
     ConfigError,
     FaceNotFoundError,
     ImageExistsError,
     InvalidInputError,
-    QuotaError,
     RetryableError,
     StateError,
     UserNotFoundError,
 )
 from pipeline.client.config import Settings
+from pipeline.frame import (
+    STOPPING_ERRORS,
+    ClientFactory,
+    FaceApi,
+    Runner,
+    Stopped,
+    StopReason,
+    StopRun,
+    default_client_factory,
+    next_session,
+    open_held,
+    stop_for,
+)
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -76,7 +87,6 @@ MODES = ("add", "update", "upsert")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
-STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
@@ -170,7 +180,7 @@ class RunResult:
     run_dir: Path
     manifest: Path
     exit_code: int
-    stop_reason: str | None
+    stop_reason: StopReason | None
     stop_message: str | None
     counts: Mapping[str, int]
     session_counts: Mapping[str, int]
@@ -195,18 +205,8 @@ class EnrollObserver:
     def tick(self, progress: Progress) -> None:
         """About once a second while the run goes on."""
 
-    def stopping(self, reason: str, message: str) -> None:
+    def stopping(self, reason: StopReason, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
-
-
-ClientFactory = Callable[[Settings, Any], Any]
-
-
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager)."""
-    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
-
-    return FaceClient(settings, qps=qps)
 
 
 # -- pure deciding parts -----------------------------------------------------------
@@ -274,23 +274,17 @@ def success_status(action: str) -> str:
 
 def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
-    if stop_reason == STOP_INTERRUPTED:
+    if stop_reason == StopReason.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason == STOP_QUOTA:
+    if stop_reason == StopReason.QUOTA:
         return EXIT_QUOTA
-    if stop_reason == STOP_AUTH:
+    if stop_reason == StopReason.AUTH:
         return EXIT_AUTH
     failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
     return EXIT_FAILED_ROWS if failed else EXIT_OK
 
 
 # -- one row ------------------------------------------------------------------------
-
-
-class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError) -> None:
-        super().__init__(reason)
-        self.reason, self.error = reason, error
 
 
 @dataclass
@@ -337,11 +331,12 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any
+                 ) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
-        """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
+        """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
                            "started_at": utc_now()})
@@ -400,9 +395,10 @@ class _RowRunner:
         to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
         try:
             result = await call
-        except (QuotaError, AuthError) as exc:
-            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
         except ApiError as exc:
+            stop = stop_for(exc)
+            if stop is not None:
+                raise stop from exc
             state.note_error(exc, log_field)
             return classify_error(exc)
         state.attempts += result.attempts
@@ -416,68 +412,26 @@ class _RowRunner:
 class _Session:
     """One pass over the rows still to do, with at most ``concurrency`` in flight."""
 
-    def __init__(self, config: EnrollConfig, manifest: Any, store: RecordStore,
-                 rows: _RowRunner, observer: EnrollObserver, already_done: int) -> None:
-        self.config, self.manifest, self.store, self.rows = config, manifest, store, rows
-        self.observer, self.already_done = observer, already_done
+    def __init__(self, run: _Run, store: RecordStore, rows: _RowRunner) -> None:
+        self.run, self.store, self.rows = run, store, rows
+        self.already_done = int(store.done.sum())
         self.counts: Counter[str] = Counter()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.stop_reason: str | None = None
-        self.stop_message: str | None = None
         self.started = time.monotonic()
-        self._halt = asyncio.Event()
+        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
+                                          on_stop=self._stopping, tick=self._tick)
 
     def progress(self) -> Progress:
-        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
-                        len(self.tasks), dict(self.counts), time.monotonic() - self.started)
+        return Progress(self.run.manifest.num_rows, self.already_done, sum(self.counts.values()),
+                        self.runner.in_flight, dict(self.counts), time.monotonic() - self.started)
 
-    async def run(self, stop: asyncio.Event | None) -> None:
-        feed = asyncio.create_task(self._feed())
-        ticker = asyncio.create_task(self._tick())
-        waiters: set[asyncio.Future[Any]] = {feed}
-        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
-        if stop_wait is not None:
-            waiters.add(stop_wait)
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if not feed.done():
-                self._stop(STOP_INTERRUPTED, "interrupted: rows in flight are left for resume")
-                await self._cancel([feed, *self.tasks])
-            feed.result() if not feed.cancelled() else None
-        finally:
-            for task in (ticker, stop_wait):
-                if task is not None:
-                    task.cancel()
-            await self._cancel([t for t in (ticker, stop_wait) if t is not None])
-
-    async def _feed(self) -> None:
-        slots = asyncio.Semaphore(self.config.concurrency)
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
-            await slots.acquire()
-            if self._halt.is_set():
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(row))
-            self.tasks.add(task)
-            task.add_done_callback(self._done_callback(slots))
-            await asyncio.sleep(0)  # let rows start before the next batch is read
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    def _done_callback(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            self.tasks.discard(task)
-            slots.release()
-
-        return done
+    async def go(self) -> Stopped | None:
+        rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted)
+        return await self.runner.run(rows, self._one)
 
     async def _one(self, row: Any) -> None:
         try:
-            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row.row))
-        except _StopRun as stop:
-            self._stop(stop.reason, f"{stop.error}")
-            return
-        except asyncio.CancelledError:
+            outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
+        except (StopRun, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 — a bug on one row must not end the run
             _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
@@ -489,25 +443,14 @@ class _Session:
                 started_at=utc_now(), finished_at=utc_now())
         self.store.append(outcome)
         self.counts[outcome.status] += 1
-        self.observer.row_done(outcome, self.progress())
+        self.run.observer.row_done(outcome, self.progress())
 
-    def _stop(self, reason: str, message: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason, self.stop_message = reason, message
-            self._halt.set()
-            self.observer.stopping(reason, message)
+    def _stopping(self, stopped: Stopped) -> None:
+        self.run.observer.stopping(stopped.reason, stopped.message)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.store.maybe_flush()
-            self.observer.tick(self.progress())
-
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def _tick(self) -> None:
+        self.store.maybe_flush()
+        self.run.observer.tick(self.progress())
 
 
 class _AsyncRows:
@@ -538,6 +481,21 @@ class _AsyncRows:
 # -- a whole run ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One session of an enroll run: what it reads, where it writes, whom it tells."""
+
+    config: EnrollConfig
+    manifest: Any
+    thresholds: Any
+    rundir: RunDir
+    info: RunInfo
+    resumed: bool
+    client_factory: ClientFactory
+    observer: EnrollObserver
+    stop: asyncio.Event | None
+
+
 async def run_enroll(
     config: EnrollConfig,
     client_factory: ClientFactory = default_client_factory,
@@ -550,36 +508,32 @@ async def run_enroll(
     call. ``client_factory(settings, qps)`` returns an async context manager
     yielding the client. Setting ``stop`` interrupts the run cleanly.
     """
-    observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
     rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    run = _Run(config, manifest, thresholds, rundir, info, resumed, client_factory,
+               observer or EnrollObserver(), stop)
     try:
-        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                               client_factory, observer, stop)
+        return await _run_held(run)
     finally:
         rundir.release()
 
 
-async def _run_held(
-    config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
-    resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None,
-) -> RunResult:
-    store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
-                              flush_seconds=config.flush_seconds)
+async def _run_held(run: _Run) -> RunResult:
+    config, manifest = run.config, run.manifest
+    store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
+                                  flush_rows=config.flush_rows,
+                                  flush_seconds=config.flush_seconds)
     already = int(store.done.sum())
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
-                              already, resumed, store.recovered))
+    run.observer.started(RunStart(run.info.run_id, run.rundir.path, Path(manifest.path),
+                                  manifest.num_rows, already, run.resumed, store.recovered))
     started = time.monotonic()
-    stop_reason, stop_message, session_counts = None, None, Counter[str]()
+    stopped, session_counts = None, Counter[str]()
     try:
         if already < manifest.num_rows:
-            stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
+            stopped, session_counts = await _run_session(run, store)
     finally:
         store.close()
-    return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts)
+    return _finish(run, store, already, time.monotonic() - started, stopped, session_counts)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -587,31 +541,28 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
     return asyncio.run(run_enroll(config, **kwargs))
 
 
-async def _run_session(
-    config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
-    client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
-) -> tuple[str | None, str | None, Counter[str]]:
+async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
     session: _Session | None = None
     try:
-        async with client_factory(config.settings, config.qps) as client:
-            rows = _RowRunner(config, run_id, client, thresholds)
-            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
-            await session.run(stop)
-    except (QuotaError, AuthError) as exc:  # raised while opening the client (token fetch)
-        reason = STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH
-        observer.stopping(reason, str(exc))
-        return reason, str(exc), session.counts if session else Counter()
+        async with run.client_factory(run.config.settings, run.config.qps) as client:
+            rows = _RowRunner(run.config, run.info.run_id, client, run.thresholds)
+            session = _Session(run, store, rows)
+            stopped = await session.go()
+    except STOPPING_ERRORS as exc:  # raised while opening the client (token fetch)
+        stop = stop_for(exc)
+        assert stop is not None
+        run.observer.stopping(stop.reason, stop.message)
+        return Stopped(stop.reason, stop.message), session.counts if session else Counter()
     assert session is not None
-    return session.stop_reason, session.stop_message, session.counts
+    return stopped, session.counts
 
 
-def _finish(
-    rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
-    already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str],
-) -> RunResult:
+def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
+            stopped: Stopped | None, session_counts: Counter[str]) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
+    rundir, manifest = run.rundir, run.manifest
+    stop_reason = stopped.reason if stopped else None
     counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
     failures = rundir.path / FAILURES_CSV
     write_failures(failures, manifest, rundir)
@@ -619,10 +570,11 @@ def _finish(
     rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
                        stop_reason=stop_reason)
     return RunResult(
-        run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
-        exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
+        run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
+        exit_code=exit_code, stop_reason=stop_reason,
+        stop_message=stopped.message if stopped else None,
         counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
-        already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
+        already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
 
@@ -650,12 +602,7 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
         raise ConfigError(
             f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
             "a new run there, or give the --run-dir of the run to resume.")
-    rundir.hold()
-    try:
-        return _open_held(config, manifest, thresholds, rundir)
-    except BaseException:
-        rundir.release()
-        raise
+    return open_held(rundir, lambda held: _open_held(config, manifest, thresholds, held))
 
 
 def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
@@ -667,10 +614,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
-        info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
-                       stop_reason=None, **current)
-        rundir.write_info(info)
-        return rundir, info, True
+        return rundir, next_session(rundir, info, **current), True
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
     info = RunInfo(run_id=run_id, job="enroll", created_at=utc_now().isoformat(), manifest=ref,
