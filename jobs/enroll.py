@@ -117,6 +117,12 @@ class ConsoleObserver(EnrollObserver):
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
                                highlight=False, soft_wrap=True)
+        if start.delimiter_detected:
+            name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
+                                                  repr(start.delimiter_detected))
+            self.console.print(f"The manifest's header is separated by {name}: reading it "
+                               f"with {name} as the separator (--delimiter to choose).",
+                               highlight=False, soft_wrap=True)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
                                "interrupted session.", highlight=False, soft_wrap=True)
@@ -288,10 +294,16 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
+                   "Chinese system), utf-16.")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="CSV separator, e.g. ';' or tab [default ',', or ';'/tab when the header "
+                   "is separated by it].")
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           **kwargs: Any) -> None:
+           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -307,7 +319,8 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:
         config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
-                              run_dir=run_dir, resume=resume, **overrides)
+                              run_dir=run_dir, resume=resume, encoding=encoding,
+                              delimiter=delimiter, **overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

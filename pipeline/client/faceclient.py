@@ -126,6 +126,43 @@ class ClientStats:
                 "token_refreshes": self.token_refreshes}
 
 
+#: Call kinds of :class:`CallRecord`: accepted, rejected by a rate limit (4, 18), timed
+#: out (SDK108), any other error.
+CALL_KINDS = ("accepted", "rate_limited", "timeout", "error")
+_RATE_CODES = frozenset({4, 18, "4", "18"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One request as sent (each retry and resend is its own), for ``on_call`` hooks.
+
+    ``at``: wall-clock seconds (``time.time()``) when it ended; ``ms``: how long the
+    request took, limiter wait excluded; ``http_status``: None when no reply came;
+    ``error_code``: None for an accepted call; ``attempt``: 1-based send of the call.
+    Never holds the token or the request body.
+    """
+
+    interface: str
+    at: float
+    ms: float
+    http_status: int | None
+    error_code: str | None
+    attempt: int
+    log_id: int | None
+    kind: str  # one of CALL_KINDS
+
+
+def _call_record(call: _Call, started: float, status: int | None, code: Any,
+                 lid: int | None) -> CallRecord:
+    code_text = None if code in (None, 0, "0") else str(code)
+    if code_text is None and status is not None and status >= 500:
+        code_text = f"HTTP{status}"
+    kind = ("accepted" if code_text is None else "rate_limited" if code in _RATE_CODES
+            else "timeout" if code_text == "SDK108" else "error")
+    return CallRecord(call.interface, time.time(), (time.perf_counter() - started) * 1e3,
+                      status, code_text, call.sent, lid, kind)
+
+
 class _Call:
     """The state of one client call across its sends."""
 
@@ -185,9 +222,12 @@ class FaceClient:
         limiter: RateLimiter | None = None,
         aimd: Aimd | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = ClientStats()
+        #: Called with a :class:`CallRecord` after every request (e.g. a run's timeline).
+        self.on_call = on_call
         self.limiter = limiter or RateLimiter(qps, aimd=aimd)
         self.retry = retry or RetryPolicy()
         self._transport = Transport(settings, connection_limit=connection_limit, clock=clock,
@@ -281,12 +321,26 @@ class FaceClient:
         token = await self._token()
         call.sent += 1
         self.stats.calls[call.interface] += 1
+        started = time.perf_counter()
         try:
-            return (token, *await self._transport.post(call.path, call.body, token))
+            status, reply = await self._transport.post(call.path, call.body, token)
         except ApiError as exc:
             exc.attempts = call.sent
             self._count_error(call, exc)
+            self._record(_call_record(call, started, None, exc.code, exc.log_id))
             raise
+        self._record(_call_record(call, started, status, reply.get("error_code"),
+                                  log_id(reply)))
+        return token, status, reply
+
+    def _record(self, record: CallRecord) -> None:
+        """The -vv line of one request (never the token) and the ``on_call`` hook."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s HTTP %s error_code %s %.0f ms attempt %d log_id %s", record.interface,
+                      record.http_status or "-", record.error_code or "-", record.ms,
+                      record.attempt, record.log_id or "-")
+        if self.on_call is not None:
+            self.on_call(record)
 
     def _count_error(self, call: _Call, error: ApiError) -> None:
         error.attempts = call.sent

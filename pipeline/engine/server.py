@@ -16,6 +16,7 @@ down cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
@@ -33,6 +34,12 @@ from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 from pipeline.engine.app import EngineConfig, EngineState, create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.store import Store
+
+if TYPE_CHECKING:
+    from pipeline.engine.pgstore import PgStore
+
+
+log = logging.getLogger("faceflow.engine")
 
 
 def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -69,6 +76,7 @@ class EngineServer:
         port: int = 0,
         faults: Mapping[str, float] | None = None,
         seed: int | None = None,
+        store_url: str | None = None,
     ) -> None:
         self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="faceflow-engine-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp or ".")
@@ -77,7 +85,7 @@ class EngineServer:
         emulation = EmulationConfig(qps=_qps_config(qps), daily_quota=daily_quota,
                                     faults=dict(faults or {}), seed=seed)
         self.config = EngineConfig(self.data_dir, api_key, secret_key, workers, token_ttl,
-                                   detector, emulation)
+                                   detector, emulation, store_url)
         self.state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -149,7 +157,7 @@ class EngineServer:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Store | PgStore:
         assert self.state is not None, "the engine is not running"
         return self.state.store
 
@@ -201,13 +209,14 @@ def build_config(
     delay: float = 2.0,
     seed: int | None = None,
     env: Mapping[str, str] | None = None,
+    store_url: str | None = None,
 ) -> EngineConfig:
     """The configuration ``faceflow engine serve`` builds from its flags and environment."""
     api_key, secret_key = credentials_from_env(env)
     emulation = EmulationConfig(qps=qps, daily_quota=daily_quota, faults=dict(faults or {}),
                                 delay=delay, seed=seed)
     return EngineConfig(Path(data_dir), api_key, secret_key, workers, token_ttl, detector,
-                        emulation)
+                        emulation, store_url)
 
 
 def serve(
@@ -235,7 +244,33 @@ async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
     await web.TCPSite(runner, host, port).start()
     bound = runner.addresses[0][1]
     print(f"faceflow engine listening on http://{host}:{bound}", file=out, flush=True)
+    indexer = (asyncio.create_task(_index_large_groups(state.config.store_url))
+               if state.config.store_url else None)
     try:
         await stop.wait()
     finally:
+        if indexer is not None:
+            indexer.cancel()
         await runner.cleanup()
+
+
+#: Seconds between two looks for shared-store groups grown large enough for an HNSW index.
+INDEX_EVERY = 60.0
+
+
+async def _index_large_groups(url: str) -> None:
+    """Build the HNSW index of groups that grew large (pgstore.index_large_groups).
+
+    Every replica looks; an advisory lock lets one build at a time, off the loop thread.
+    A failed look is logged and retried at the next one: search stays exact meanwhile.
+    """
+    from pipeline.engine.pgstore import index_large_groups  # noqa: PLC0415
+
+    while True:
+        try:
+            built = await asyncio.to_thread(index_large_groups, url)
+            if built:
+                log.info("built the HNSW index of %d group(s)", len(built))
+        except Exception as exc:  # noqa: BLE001 - a background chore must not die
+            log.warning("indexing large groups failed: %s", exc)
+        await asyncio.sleep(INDEX_EVERY)

@@ -121,8 +121,18 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
+    encoding: str = "utf-8"
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
+
+        try:
+            check_encoding(self.encoding)
+            check_delimiter(self.delimiter)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.images_root is not None and not self.images_root.is_dir():
             raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
@@ -142,6 +152,7 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "encoding": self.encoding, "delimiter": self.delimiter,
         }
 
 
@@ -168,6 +179,8 @@ class RunStart:
     already_done: int
     resumed: bool
     recovered: int  # journal records of a crashed session turned into parts now
+    #: The CSV separator when it was detected from the header (not given), else None.
+    delimiter_detected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +243,7 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
         return Verdict("invalid_input", ("duplicate_row",),
                        message=f"same uid and image as row {duplicate_of}; kept the first")
     problems = [
+        None if row.image.strip() else "image_missing",
         validate.check_uid(row.uid),
         validate.check_user_info(row.user_info),
         validate.check_group_ids(row.group_id),
@@ -238,7 +252,8 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
     reasons = tuple(p for p in problems if p)
     if not reasons:
         return None
-    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}"}
+    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
+           "image_missing": "the image cell is empty; write the photo's path"}
     texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
 
@@ -328,6 +343,17 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
     return out
 
 
+def _windows_hint(row: Any, problem: Any) -> str:
+    """The image problem's message, plus a hint for an absolute Windows path."""
+    from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
+
+    if problem.reason == "file_missing" and windows_drive_path(row.image):
+        return (f"{problem.message}. {row.image!r} is a Windows path (drive or network "
+                "share): copy the photos to this machine and write paths relative to the "
+                "manifest's folder (backslashes are fine)")
+    return str(problem.message)
+
+
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
@@ -358,7 +384,7 @@ class _RowRunner:
             image = await asyncio.to_thread(load_image, row.image_path,
                                             root=self.config.images_root)
         except ImageProblem as exc:
-            return Verdict("invalid_input", (exc.reason,), message=exc.message)
+            return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
 
@@ -524,8 +550,10 @@ async def _run_held(run: _Run) -> RunResult:
                                   flush_rows=config.flush_rows,
                                   flush_seconds=config.flush_seconds)
     already = int(store.done.sum())
+    detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
     run.observer.started(RunStart(run.info.run_id, run.rundir.path, Path(manifest.path),
-                                  manifest.num_rows, already, run.resumed, store.recovered))
+                                  manifest.num_rows, already, run.resumed, store.recovered,
+                                  detected))
     started = time.monotonic()
     stopped, session_counts = None, Counter[str]()
     try:
@@ -542,9 +570,14 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 
 
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
+    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+
     session: _Session | None = None
+    timeline = CallTimeline()
     try:
         async with run.client_factory(run.config.settings, run.config.qps) as client:
+            if hasattr(client, "on_call"):  # the client's hook: per-second call counts
+                client.on_call = timeline.record
             rows = _RowRunner(run.config, run.info.run_id, client, run.thresholds)
             session = _Session(run, store, rows)
             stopped = await session.go()
@@ -553,6 +586,8 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
         assert stop is not None
         run.observer.stopping(stop.reason, stop.message)
         return Stopped(stop.reason, stop.message), session.counts if session else Counter()
+    finally:
+        timeline.save(store.rundir.path)
     assert session is not None
     return stopped, session.counts
 
@@ -565,10 +600,14 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
     stop_reason = stopped.reason if stopped else None
     counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
     failures = rundir.path / FAILURES_CSV
-    write_failures(failures, manifest, rundir)
+    outcomes = sum(counts.values())
+    # failures.csv changes only with the outcomes: a resume with nothing to do (or a
+    # session that stopped before any row) leaves the file of the same outcomes alone.
+    if not (failures.exists() and info_failures_for(rundir) == outcomes):
+        write_failures(failures, manifest, rundir)
     exit_code = exit_code_for(stop_reason, counts)
     rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
-                       stop_reason=stop_reason)
+                       stop_reason=stop_reason, failures_for=outcomes)
     return RunResult(
         run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason,
@@ -584,7 +623,8 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,
-                             default_action=config.mode)
+                             default_action=config.mode, encoding=config.encoding,
+                             delimiter=config.delimiter)
     thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
     return manifest, thresholds
 
@@ -651,10 +691,19 @@ def _non_success(rundir: RunDir, *, retryable_only: bool = False) -> dict[int, t
     return out
 
 
+def info_failures_for(rundir: RunDir) -> int | None:
+    """How many outcomes the run's ``failures.csv`` was written from (run.json), or None."""
+    try:
+        return rundir.read_info().failures_for
+    except ConfigError:
+        return None
+
+
 def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
     """Write ``failures.csv`` (original columns + status + reason); return its row count.
 
-    Image paths are made absolute so the file is a manifest that works from any folder.
+    Image paths are made absolute so the file is a manifest that works from any folder;
+    an empty image cell stays empty.
     """
     return write_manifest_rows(path, manifest, _non_success(rundir))
 
@@ -666,6 +715,7 @@ def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str,
     """
     columns = list(manifest.columns) + [c for c in ("status", "reason")
                                         if c not in manifest.columns]
+    image_column = manifest.image_column
     tmp = path.with_name(path.name + ".tmp")
     written = 0
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -673,7 +723,10 @@ def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str,
         writer.writeheader()
         for row in _rows_of(manifest, rows):
             status, reason = rows[row.row]
-            writer.writerow({**_absolute_image(row), "status": status, "reason": reason})
+            cells = dict(row.columns)
+            if row.image:  # absolute and normalised (row.image_path); empty stays empty
+                cells[image_column] = str(row.image_path)
+            writer.writerow({**cells, "status": status, "reason": reason})
             written += 1
     tmp.replace(path)
     return written
@@ -689,13 +742,6 @@ def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
                 yield row
         if batch and batch[-1].row >= last:
             return
-
-
-def _absolute_image(row: Any) -> dict[str, str]:
-    columns = dict(row.columns)
-    key = next((k for k, v in columns.items() if v == row.image), "image")
-    columns[key] = str(Path(row.image_path).resolve())
-    return columns
 
 
 RERUN_MANIFEST = "rerun-manifest.csv"
@@ -729,12 +775,16 @@ def plan_rerun(
         if not rows:
             return None
         source = open_manifest(info.manifest.path, default_group=options.get("group"),
-                               default_action=options.get("mode", "add"))
+                               default_action=options.get("mode", "add"),
+                               encoding=options.get("encoding") or "utf-8",
+                               delimiter=options.get("delimiter"))
         if source.fingerprint != info.manifest.fingerprint:
             raise ConfigError(f"{info.manifest.path} changed since run {info.run_id}; "
                               f"rerun from {old.path / FAILURES_CSV} with enroll instead")
         target.mkdir(parents=True, exist_ok=True)
         write_manifest_rows(manifest_path, source, rows)
+    # The rerun manifest is written as UTF-8 with commas, whatever the original was.
+    options.update(encoding="utf-8", delimiter=",")
     return EnrollConfig(manifest=manifest_path, settings=settings, run_dir=target,
                         parent_run_id=info.run_id, **options)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,10 @@ from pipeline import __version__
 from pipeline.runs.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
 from pipeline.runs.rundir import RunDir, RunInfo
 
-#: Thumbnails per reason in the HTML page, and their longest side in pixels.
+#: Thumbnails per reason in the HTML page shown at once, more behind "show all", and
+#: their longest side in pixels. Rows past the two are counted (failures.csv has them).
 THUMBS_PER_REASON = 3
+THUMBS_MORE = 30
 THUMB_PX = 160
 
 
@@ -192,7 +194,8 @@ def _rows_retried(table: pa.Table, attempts: np.ndarray) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Thumb:
-    """A rejected row shown in the page: its image as a data: URL (None if unreadable)."""
+    """A rejected row shown in the page: its image as a data: URL (None if unreadable),
+    the face box drawn on it, and each failed check with its value and bound."""
 
     row: int
     uid: str | None
@@ -200,39 +203,68 @@ class Thumb:
     status: str
     reasons: str
     data_url: str | None
+    checks: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ThumbGroup:
+    """The rows of one "status: reason", in row order: ``rows`` in all, the first
+    ``thumbs`` drawn (THUMBS_PER_REASON shown, the rest behind "show all")."""
+
+    rows: int = 0
+    thumbs: list[Thumb] = field(default_factory=list)
+
+    @property
+    def first(self) -> list[Thumb]:
+        return self.thumbs[:THUMBS_PER_REASON]
+
+    @property
+    def more(self) -> list[Thumb]:
+        return self.thumbs[THUMBS_PER_REASON:]
 
 
 def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
     """The enrollment report page of ``run_dir`` as one self-contained HTML string."""
     from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415
 
+    from pipeline.timeline import read_timeline, timeline_svg  # noqa: PLC0415
+
     rundir = RunDir(run_dir)
     summary = summary or summarize(rundir.path)
     env = Environment(loader=PackageLoader("pipeline", "templates"),
                       autoescape=select_autoescape(["html"]))
     template = env.get_template("enroll.html")
+    finished = _micros(rundir.read_records(OUTCOME_SCHEMA, ["finished_at"]), "finished_at")
     return template.render(s=summary, thumbs=_thumbs(rundir, summary), version=__version__,
-                           success=SUCCESS_STATUSES)
+                           success=SUCCESS_STATUSES,
+                           timeline=timeline_svg(read_timeline(rundir.path), finished))
 
 
-def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, list[Thumb]]:
-    """Up to THUMBS_PER_REASON non-success rows per reason, keyed by "status: reason"."""
-    columns = ["row", "uid", "image", "status", "reasons", "transformed", *_BOX]
-    table = rundir.read_records(OUTCOME_SCHEMA, columns)
+def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, ThumbGroup]:
+    """Non-success rows per reason, keyed by "status: reason", in row order: each
+    group counts its rows and draws up to THUMBS_PER_REASON + THUMBS_MORE of them."""
+    from pipeline.enroll.gate import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
+
+    table = rundir.read_records(OUTCOME_SCHEMA, [*_COLUMNS, *METRIC_KEYS])
+    table = table.filter(pc.invert(pc.is_in(table["status"], pa.array(SUCCESS_STATUSES))))
+    table = table.sort_by("row")
+    limits = thresholds_from_dict(rundir.read_info().thresholds or {})
     base = Path(summary.manifest).parent
-    out: dict[str, list[Thumb]] = {}
+    out: dict[str, ThumbGroup] = {}
     for rec in table.to_pylist():
-        if rec["status"] in SUCCESS_STATUSES:
-            continue
         for reason in rec["reasons"] or [rec["status"]]:
-            shown = out.setdefault(f"{rec['status']}: {reason}", [])
-            if len(shown) < THUMBS_PER_REASON:
-                shown.append(Thumb(rec["row"], rec["uid"], rec["image"], rec["status"],
-                                   "; ".join(rec["reasons"]), _thumbnail(base, rec)))
+            group = out.setdefault(f"{rec['status']}: {reason}", ThumbGroup())
+            group.rows += 1
+            if len(group.thumbs) < THUMBS_PER_REASON + THUMBS_MORE:
+                checks = tuple(failed_checks(rec["reasons"] or (), rec, limits))
+                group.thumbs.append(Thumb(rec["row"], rec["uid"], rec["image"], rec["status"],
+                                          "; ".join(rec["reasons"]), _thumbnail(base, rec),
+                                          checks))
     return out
 
 
 _BOX = ["face_left", "face_top", "face_width", "face_height"]
+_COLUMNS = ["row", "uid", "image", "status", "reasons", "transformed", *_BOX]
 
 
 def _thumbnail(base: Path, rec: dict[str, Any]) -> str | None:

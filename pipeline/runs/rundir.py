@@ -104,6 +104,8 @@ class RunInfo:
     counts: dict[str, int] | None = None
     exit_code: int | None = None
     stop_reason: str | None = None
+    #: The number of outcomes ``failures.csv`` was last written from (None: not yet).
+    failures_for: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
