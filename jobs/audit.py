@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
+from jobs.options import EXIT_CONFIG, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import KINDS, ProbeRecord
 from pipeline.audit.job import (
@@ -65,10 +65,19 @@ def _err(text: str) -> None:
 def print_result(result: AuditResult, resume_hint: str) -> None:
     """The counts on stdout; where the files are and what to do next on stderr."""
     total = sum(result.counts.values())
-    click.echo(f"audit {result.run_id}: {total} findings in {result.clusters} clusters; "
-               f"{result.checked}/{result.probes} probes checked, {result.failed} failed")
+    unconfirmed = sum(result.unconfirmed.values())
+    apart = f" ({unconfirmed} unconfirmed)" if unconfirmed else ""
+    click.echo(f"audit {result.run_id}: {plural(total, 'finding')}{apart} in "
+               f"{plural(result.clusters, 'cluster')}; {result.checked}/"
+               f"{plural(result.probes, 'probe')} checked, {result.failed} failed")
     for kind in KINDS:
-        click.echo(f"  {result.counts.get(kind, 0):6d}  {LABELS[kind]}")
+        n, loose = result.counts.get(kind, 0), result.unconfirmed.get(kind, 0)
+        if not loose:
+            click.echo(f"  {n:6d}  {LABELS[kind]}")
+            continue
+        click.echo(f"  {n - loose:6d}  {LABELS[kind]}, confirmed by match")
+        click.echo(f"  {loose:6d}  {LABELS[kind]}, unconfirmed (identify only: no photo of "
+                   "the other uid to match)")
     calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items())) or "none"
     _err(f"API calls this session: {calls} ({result.elapsed_s:.1f} s)")
     _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")

@@ -19,6 +19,7 @@ from pipeline import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("jobs.enroll:enroll", "Enroll the faces of a manifest (detect, quality gate, add)."),
     "rerun": ("jobs.enroll:rerun", "Retry the failed rows of a run, in a new linked run."),
+    "merge": ("jobs.merge:merge", "Check the shard runs of a folder and combine them into one."),
     "report": ("jobs.report:report", "Summarise a run directory (counts, reasons, latency, HTML)."),
     "ledger": ("jobs.ledger:ledger", "Import run directories into the ledger; counts per group."),
     "regate": ("jobs.regate:regate", "Re-apply the quality gate to a run's outcomes (no calls)."),

@@ -56,7 +56,7 @@ def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: 
       faceflow engine serve --data-dir ./faceset --port 8480 --workers 2
       faceflow engine serve --store postgresql://faceflow@db/faces --port 8481
     """
-    from pipeline.engine.server import build_config
+    from pipeline.engine.server import ListenError, build_config
     from pipeline.engine.server import serve as run
     from pipeline.postgres import PostgresUnavailable
 
@@ -67,8 +67,14 @@ def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: 
                               faults=_parse_faults(faults), delay=delay, seed=seed,
                               store_url=store_url)
         run(config, host, port)
-    except (ValueError, PostgresUnavailable) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (ValueError, PostgresUnavailable, ListenError) as exc:
+        raise _Problem(str(exc)) from None
+
+
+class _Problem(click.ClickException):
+    """A bad option, input file or port: one line on stderr, exit 2 like every other command."""
+
+    exit_code = 2
 
 
 def _check_store_url(url: str | None) -> None:
@@ -136,7 +142,7 @@ def import_persons(csv_path: Path, data_dir: Path) -> None:
     try:
         report = run(csv_path, store)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _Problem(str(exc)) from None
     finally:
         store.close()
     for line, reason in report.refused:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,6 +46,21 @@ class ConfigProblem(click.ClickException):
     """A configuration error: nothing was sent. Exit code 2 (EXIT_CONFIG)."""
 
     exit_code = EXIT_CONFIG
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16); None stays None. Bad text: ConfigProblem (exit 2)."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigProblem(f"--shard {text!r}: use K/N with 0 <= K < N, e.g. --shard 3/16 "
+                            "(shards are numbered from 0)")
+    return shard
 
 
 def parse_qps(text: str | None) -> float | dict[str, float] | None:
@@ -113,19 +129,19 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.delimiter_detected:
             name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
                                                   repr(start.delimiter_detected))
             self.console.print(f"The manifest's header is separated by {name}: reading it "
                                f"with {name} as the separator (--delimiter to choose).",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True)
+                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -148,7 +164,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -157,8 +173,9 @@ class ConsoleObserver(EnrollObserver):
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
-                           soft_wrap=True)
+        # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
+                           "rows start.", soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -191,7 +208,7 @@ def print_summary(console: Console, result: RunResult, resume_hint: str) -> None
     if result.stop_reason is not None:
         lines.append(_stop_advice(result, resume_hint))
     for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:
@@ -202,6 +219,8 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "auth": "The service refused the credentials mid-run. Fix --api-key/--secret-key or "
                 "the app's settings, then resume",
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
+        "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
+                  "far are saved; when the database is back, resume",
     }[result.stop_reason or "interrupted"]
     return f"{what}; {left}:\n  {resume_hint}"
 
@@ -230,6 +249,8 @@ def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
         parts += ["--group", config.group]
     if config.mode != "add":
         parts += ["--mode", config.mode]
+    if config.shard:
+        parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -241,6 +262,12 @@ def _run_options(func: Any) -> Any:
         click.option("--qps", default=None, metavar="N | NAME=N,...",
                      help="Calls per second: one number for every interface, or per "
                           "interface, e.g. detect=10,add=5."),
+        click.option("--qps-budget", default=None, metavar="postgresql://...",
+                     envvar="FACEFLOW_QPS_BUDGET",
+                     help="Share one QPS budget with every process using this API key "
+                          "(any host): --qps is then the account's total. If the database "
+                          "cannot be reached the run stops (exit 3) to be resumed [env "
+                          "FACEFLOW_QPS_BUDGET]."),
         click.option("--thresholds", "thresholds_file", default=None, metavar="FILE",
                      type=click.Path(path_type=Path, dir_okay=False),
                      help="Quality thresholds (TOML) instead of the reference defaults."),
@@ -268,6 +295,7 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "concurrency": kwargs.pop("concurrency"),
         "qps": parse_qps(kwargs.pop("qps")),
+        "qps_budget": kwargs.pop("qps_budget"),
         "thresholds_file": kwargs.pop("thresholds_file"),
         "largest_face": kwargs.pop("largest_face"),
         "flush_rows": kwargs.pop("flush_rows"),
@@ -294,6 +322,10 @@ Examples:
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
+                   "is its own resumable run (give each its own --run-dir under one folder); "
+                   "`faceflow merge FOLDER` then checks and combines them.")
 @click.option("--encoding", default="utf-8", show_default=True,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
                    "Chinese system), utf-16.")
@@ -303,7 +335,7 @@ Examples:
 @_run_options
 @connection_options
 def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+           shard: str | None, encoding: str, delimiter: str | None, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -311,7 +343,8 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
-    2 bad configuration, 3 quota, 4 credentials refused, 130 interrupted.
+    2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
+    refused, 130 interrupted.
     """
     settings = _settings(kwargs)
     overrides = _overrides(kwargs)
@@ -320,7 +353,7 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     try:
         config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
                               run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, **overrides)
+                              delimiter=delimiter, shard=parse_shard(shard), **overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

@@ -71,3 +71,8 @@ async def run_stoppable(job: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``"1 finding"``, ``"3 findings"`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"

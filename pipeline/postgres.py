@@ -161,12 +161,14 @@ class LocalCluster:
     """
 
     def __init__(self, folder: Path | None = None, *, fsync: bool = True,
-                 database: str = "faceflow") -> None:
+                 database: str = "faceflow", settings: dict[str, str] | None = None) -> None:
         self._tmp = folder is None
         # Short path: a Unix socket path must fit in 107 bytes.
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="ffpg-"))
         self.fsync = fsync
         self.database = database
+        #: Extra server settings (``-c name=value``), e.g. shared_buffers for benchmarks.
+        self.settings = dict(settings or {})
         self.url = ""
         self._bin = server_binaries()
         self._as = _RunAs()
@@ -198,6 +200,7 @@ class LocalCluster:
         options = f"-h '' -k {self.folder} -c max_connections=200"
         if not self.fsync:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60",
                   "-l", str(self.folder / "server.log"), "-o", options, "start")
         base = f"postgresql://postgres@/{{}}?host={quote(str(self.folder), safe='/')}"

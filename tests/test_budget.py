@@ -8,11 +8,15 @@ the database row, not on elapsed time.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from PIL import Image
+from support.doubles import API_KEY, ProtocolDouble, double  # noqa: F401 - double: fixture
 
 from pipeline.api.errors import ConfigError
 from pipeline.client.budget import BudgetUnavailable, PgBudget, account_key
+from pipeline.enroll.job import EnrollConfig, run_enroll
 from pipeline.postgres import connect
 
 ACCOUNT = account_key("http://127.0.0.1:1", "ak-test")
@@ -84,3 +88,43 @@ def test_options_are_checked_before_any_call() -> None:
     with pytest.raises(ConfigError, match="postgresql://"):
         PgBudget("redis://h", ACCOUNT, 10)
     assert "ak-test" not in ACCOUNT and len(ACCOUNT) == 24
+
+
+# -- enroll with --qps-budget (against the protocol double) ----------------------------------
+
+
+def _manifest(folder: Path, rows: int) -> Path:
+    Image.new("RGB", (240, 300), (180, 140, 120)).save(folder / "face.jpg", quality=90)
+    path = folder / "members.csv"
+    path.write_text("uid,image\n" + "".join(f"u{i},face.jpg\n" for i in range(rows)))
+    return path
+
+
+async def test_enroll_paced_by_the_shared_budget(
+    double: ProtocolDouble, pg_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    config = EnrollConfig(manifest=_manifest(tmp_path, 6), settings=double.settings(),
+                          group="g", qps=40, qps_budget=pg_url, run_dir=tmp_path / "run")
+    result = await run_enroll(config)
+    assert result.stop_reason is None and result.remaining == 0
+    assert len(double.calls("detect")) == 6 and len(double.calls("add")) == 6
+    with connect(pg_url) as conn:
+        rows = conn.execute("SELECT account, interface FROM qps_budget ORDER BY 2").fetchall()
+    account = account_key(double.url, API_KEY)
+    assert rows == [(account, "add"), (account, "detect")]
+    assert API_KEY not in (tmp_path / "run" / "run.json").read_text()
+
+
+async def test_enroll_stops_resumably_when_the_budget_is_unreachable(
+    double: ProtocolDouble, tmp_path: Path  # noqa: F811
+) -> None:
+    config = EnrollConfig(manifest=_manifest(tmp_path, 4), settings=double.settings(),
+                          group="g", qps=40, run_dir=tmp_path / "run",
+                          qps_budget="postgresql://app:pw@/db?host=/nonexistent-dir")
+    result = await run_enroll(config)
+    assert result.stop_reason == "budget" and result.exit_code == 3
+    assert result.remaining == 4 and double.requests == []  # nothing sent unpaced
+    assert "pw" not in (result.stop_message or "")
+    with pytest.raises(ConfigError, match="needs --qps"):
+        EnrollConfig(manifest=config.manifest, settings=double.settings(), group="g",
+                     qps_budget="postgresql://h/db")

@@ -89,7 +89,7 @@ async def test_the_stop_event_cancels_items_in_flight() -> None:
 
     stopped = await Runner[int](2, stop, noun="rows").run(range(10), work)
     assert stopped == Stopped(StopReason.INTERRUPTED,
-                              "interrupted: rows in flight are left for resume")
+                              "rows in flight are left for resume")
     assert entered == [0, 1]
 
 

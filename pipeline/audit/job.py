@@ -12,8 +12,11 @@ manifest. Three kinds of finding (:data:`KINDS`):
     audited groups. Every *other* uid scoring >= ``threshold`` is confirmed with one
     ``match`` call: the probe against up to ``confirm_photos`` known photos of that
     uid, in one request (a uid that holds two people is still confirmed against the
-    right photo). A uid with no known photo is reported unconfirmed, with the
-    identify score.
+    right photo); every photo's score is recorded. A uid with no known photo is
+    reported unconfirmed, with the identify score. Each finding carries a confidence
+    (``high`` only when the score clears a stricter bound, the uid leads its rivals
+    by a margin and every checked photo of both uids agrees; see
+    :mod:`pipeline.audit.findings`).
 ``multiple_people_one_uid``
     each photo of a uid is matched against the uid's reference photo (its first photo
     in plan order); a score below ``threshold`` is a finding.
@@ -55,7 +58,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -113,6 +116,9 @@ MAX_TOP_K = 5
 MATCH_BUDGET = 20 * 2**20
 PLAN_FILE, FINDINGS_FILE, CLUSTERS_FILE = "plan.parquet", "findings.parquet", "clusters.parquet"
 REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
+#: Plan rows already added to the scratch group, one per line (appended as they are
+#: added), so a resumed fill adds only the others.
+SCRATCH_ADDED_FILE = "scratch-added.txt"
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
@@ -206,6 +212,7 @@ def plan_from_runs(run_dirs: Iterable[Path], start: int = 0) -> list[AuditImage]
             raise ConfigError(f"{run_path} holds a {info.job} run, not an enroll run")
         base = Path(info.manifest.path).parent
         table = rundir.read_records(OUTCOME_SCHEMA, cols).sort_by("row")
+        infos = _user_infos(info, table.column("row").to_pylist())
         for rec in table.to_pylist():
             if rec["status"] not in SUCCESS_STATUSES or not rec["uid"] or not rec["image"]:
                 continue
@@ -215,8 +222,28 @@ def plan_from_runs(run_dirs: Iterable[Path], start: int = 0) -> list[AuditImage]
             kept.setdefault(key, AuditImage(
                 row=0, uid=rec["uid"], group_id=rec["group_id"] or "", image=rec["image"],
                 path=str(_resolve(base, rec["image"])), sha256=rec["image_sha256"],
-                user_info=None, source=str(run_path), line=rec["line"]))
+                user_info=infos.get(rec["row"]), source=str(run_path), line=rec["line"]))
     return [replace(img, row=start + i) for i, img in enumerate(kept.values())]
+
+
+def _user_infos(info: RunInfo, rows: Sequence[int]) -> dict[int, str]:
+    """row -> the user_info the service holds (the cell, else the uid, as enroll sends it),
+    read from the run's manifest; {} when it is gone or changed since the run."""
+    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
+
+    options = info.options or {}
+    try:
+        manifest = open_manifest(info.manifest.path, default_group=options.get("group"),
+                                 encoding=options.get("encoding") or "utf-8",
+                                 delimiter=options.get("delimiter"))
+    except ConfigError:
+        return {}
+    if manifest.fingerprint != info.manifest.fingerprint or not rows:
+        return {}
+    wanted, out = set(rows), {}
+    for batch in manifest.batches(start_row=min(wanted)):
+        out.update((r.row, r.user_info or r.uid) for r in batch if r.row in wanted)
+    return out
 
 
 def plan_from_manifest(
@@ -436,27 +463,25 @@ class Prober:
             if uid in seen or score < self.config.threshold or uid not in self.by_uid:
                 continue
             seen.add(uid)
-            found = await self._match_uid(data, uid, state)
-            if found is not None:
+            for found in await self._match_uid(data, uid, state):
                 state.matches.append((uid, *found))
 
     async def _match_uid(
         self, data: bytes, uid: str, state: _ProbeState
-    ) -> tuple[int, float, int | None] | None:
-        """(photo row, best score, log id) of the probe against ``uid``'s known photos."""
+    ) -> list[tuple[int, float, int | None]]:
+        """(photo row, score, log id) of the probe against each of ``uid``'s known photos
+        sent (one match call); every photo is kept, not only the best, so a finding's
+        confidence can ask that all of them agree."""
         rows = self.by_uid[uid][: self.config.confirm_photos]
         same = [r for r in rows if state.img.sha256 and self.plan[r].sha256 == state.img.sha256]
         if same:
-            return same[0], 100.0, None  # identical bytes: no call needed
+            return [(same[0], 100.0, None)]  # identical bytes: no call needed
         photos = await self._budgeted(data, rows)
         if not photos:
-            return None
+            return []
         result = await self._match([data, *(p for _, p in photos)], state)
-        best = _best_pair(result.pairs)
-        if best is None:
-            return None
-        index, score = best
-        return photos[index - 1][0], score, result.log_id
+        return [(photos[index - 1][0], score, result.log_id)
+                for index, score in _probe_pairs(result.pairs)]
 
     async def _budgeted(self, data: bytes, rows: Sequence[int]) -> list[tuple[int, bytes]]:
         """The photos of ``rows`` that load and fit one match request with the probe."""
@@ -495,16 +520,20 @@ class Prober:
         return result
 
 
-def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
-    """(index of the other image, score) of the best pair that involves image 0."""
-    best: tuple[int, float] | None = None
+def _probe_pairs(pairs: Iterable[Any]) -> list[tuple[int, float]]:
+    """(index of the other image, score) of every pair that involves image 0, in index order."""
+    out: dict[int, float] = {}
     for p in pairs:
         if 0 not in (p.index_i, p.index_j):
             continue
         other = p.index_j if p.index_i == 0 else p.index_i
-        if best is None or float(p.score) > best[1]:
-            best = (other, float(p.score))
-    return best
+        out[other] = max(float(p.score), out.get(other, float("-inf")))
+    return sorted(out.items())
+
+
+def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
+    """(index of the other image, score) of the best pair that involves image 0."""
+    return max(_probe_pairs(pairs), key=lambda item: item[1], default=None)
 
 
 def _b64_len(data: bytes) -> int:
@@ -564,6 +593,9 @@ class AuditResult:
     report_path: Path | None
     scratch_left: str | None
     scratch_failed: int = 0
+    #: Findings per kind that identify alone found (no photo of the other uid to
+    #: confirm with match): counted in ``counts`` too.
+    unconfirmed: Mapping[str, int] = field(default_factory=dict)
 
 
 class AuditObserver:
@@ -641,10 +673,12 @@ class _Session:
         scratch = ScratchMap(state["group"], state["uids"])
         if state["filled"]:
             return scratch, None
-        probes = [p for p in self.plan if p.probe]
+        added = scratch_added(self.rundir)
+        probes = [p for p in self.plan if p.probe and p.row not in added]
         self.observer.phase("scratch_fill", f"{len(probes)} photos into {scratch.group}")
-        stopped = await self._runner(stop).run(probes,
-                                               lambda img: self._add(client, scratch, img))
+        with open(self.rundir.path / SCRATCH_ADDED_FILE, "a", encoding="ascii") as log_file:
+            stopped = await self._runner(stop).run(
+                probes, lambda img: self._add(client, scratch, img, log_file))
         if stopped is not None:
             return scratch, stopped
         save_scratch(self.rundir, {**state, "filled": True})
@@ -652,7 +686,8 @@ class _Session:
         await asyncio.sleep(self.config.scratch_settle_s)
         return scratch, None
 
-    async def _add(self, client: FaceApi, scratch: ScratchMap, img: AuditImage) -> None:
+    async def _add(self, client: FaceApi, scratch: ScratchMap, img: AuditImage, done: TextIO
+                   ) -> None:
         from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         try:
@@ -660,6 +695,8 @@ class _Session:
             self.calls["add"] += 1
             await client.add_user(scratch.uids[img.uid], img.uid, scratch.group, data,
                                   action_type="append")
+            done.write(f"{img.row}\n")
+            done.flush()  # in the OS at once: a killed session's resume skips this photo
         except (ImageProblem, ImageExistsError):
             return  # unreadable photos fail in their probe; 216616 = added by a killed session
         except ApiError as exc:
@@ -676,6 +713,8 @@ class _Session:
                                                lambda u: self._delete(client, scratch, u))
         if stopped is None:
             state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
+            # Emptied: a later session that fills it again must add every photo.
+            (self.rundir.path / SCRATCH_ADDED_FILE).unlink(missing_ok=True)
             save_scratch(self.rundir, {**state, "filled": False, "deleted": True})
             self.scratch_left = None
         return stopped
@@ -719,6 +758,15 @@ def load_scratch(
              "filled": False, "deleted": False}
     save_scratch(rundir, state)
     return state
+
+
+def scratch_added(rundir: RunDir) -> set[int]:
+    """The plan rows an earlier session added to the scratch group (a torn line is skipped)."""
+    path = rundir.path / SCRATCH_ADDED_FILE
+    if not path.exists():
+        return set()
+    text = path.read_text(encoding="ascii", errors="replace")
+    return {int(n) for n in text.split("\n")[:-1] if n.isdigit()}
 
 
 def save_scratch(rundir: RunDir, state: Mapping[str, Any]) -> None:
@@ -900,6 +948,8 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
     statuses = Counter(r.status for r in records.values())
     probes = sum(p.probe for p in plan)
     kinds = {k: sum(f.kind == k for f in findings) for k in KINDS}
+    unconfirmed = {k: n for k in KINDS
+                   if (n := sum(f.kind == k and not f.confirmed for f in findings))}
     exit_code = exit_code_for(reason, statuses["failed"])
     report = None
     if config.report:
@@ -908,7 +958,8 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
         report = write_audit_report(rundir.path)
     rundir.update_info(finished_at=utc_now().isoformat(), exit_code=exit_code,
                        stop_reason=reason, counts={**kinds, "probes_checked": statuses["checked"],
-                                                   "probes_failed": statuses["failed"]})
+                                                   "probes_failed": statuses["failed"],
+                                                   "unconfirmed": sum(unconfirmed.values())})
     return AuditResult(
         run_id=info.run_id, run_dir=rundir.path, exit_code=exit_code, stop_reason=reason,
         stop_message=stopped.message if stopped else None, probes=probes,
@@ -918,7 +969,7 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
         scratch_left=session.scratch_left if _scratch_pending(rundir) else None,
-        scratch_failed=session.scratch_failed)
+        scratch_failed=session.scratch_failed, unconfirmed=unconfirmed)
 
 
 def write_findings(

@@ -38,13 +38,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.api.errors import ConfigError, FaceflowError
 from pipeline.client.ratelimit import canonical_interface, normalise_qps
-from pipeline.postgres import PostgresUnavailable, is_postgres_url, redact
+from pipeline.postgres import is_postgres_url, redact
 
 log = logging.getLogger("faceflow.client")
 
@@ -222,10 +223,25 @@ def _unreachable(url: str, exc: BaseException) -> str:
     return f"the QPS budget at {redact(url)} cannot be reached: {detail}"
 
 
-def budget_from_option(url: str, endpoint: str, api_key: str,
-                       qps: float | Mapping[str, float] | None) -> PgBudget:
-    """The :class:`PgBudget` for ``--qps-budget URL`` (not yet open)."""
+def check_budget_options(url: str, qps: float | Mapping[str, float] | None) -> None:
+    """ConfigError (before any call) for a ``--qps-budget`` that cannot work."""
+    PgBudget(url, "check", qps)
+
+
+@asynccontextmanager
+async def open_budget(url: str | None, settings: Any,
+                      qps: float | Mapping[str, float] | None) -> AsyncIterator[PgBudget | None]:
+    """The open budget for ``--qps-budget URL`` (None without one); closed afterwards.
+
+    The account is ``settings``' endpoint and API key (hashed). Raises
+    :class:`BudgetUnavailable` when the database cannot be reached.
+    """
+    if url is None:
+        yield None
+        return
+    budget = PgBudget(url, account_key(settings.endpoint, settings.api_key.reveal()), qps)
+    await budget.open()
     try:
-        return PgBudget(url, account_key(endpoint, api_key), qps)
-    except PostgresUnavailable as exc:  # pragma: no cover - defensive
-        raise ConfigError(str(exc)) from None
+        yield budget
+    finally:
+        await budget.close()

@@ -48,6 +48,7 @@ from pipeline.api.errors import (
     TOKEN_CODES,
     ApiError,
     InvalidInputError,
+    NoPermissionError,
     QpsLimitError,
     make_error,
 )
@@ -76,6 +77,10 @@ from pipeline.client.retry import RetryPolicy
 from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
+
+#: Added to error 6 on a v2 path: a v3-only application gets 6 there (v3 contract §1.2).
+V3_HINT = (" (the application seems to hold v3 permission only: try --api v3 or "
+           "FACEFLOW_API=v3)")
 
 _V2 = "/rest/2.0/face/v2"
 #: canonical interface name -> HTTP path (contract §1.2).
@@ -168,8 +173,9 @@ class _Call:
 
     __slots__ = ("interface", "path", "body", "sent", "refreshed")
 
-    def __init__(self, interface: str, body: bytes) -> None:
-        self.interface, self.path, self.body = interface, PATHS[interface], body
+    def __init__(self, interface: str, body: bytes, path: str | None = None) -> None:
+        self.interface, self.body = interface, body
+        self.path = PATHS[interface] if path is None else path
         self.sent = 0
         self.refreshed = False
 
@@ -223,15 +229,19 @@ class FaceClient:
         aimd: Aimd | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_call: Callable[[CallRecord], None] | None = None,
+        protocol: str = "v2",
     ) -> None:
         self.settings = settings
+        #: "v2" (this class's methods), or "v3": the wire and error table that
+        #: :class:`pipeline.client.v3.FaceClientV3` sends its calls through.
+        self.protocol = protocol
         self.stats = ClientStats()
         #: Called with a :class:`CallRecord` after every request (e.g. a run's timeline).
         self.on_call = on_call
         self.limiter = limiter or RateLimiter(qps, aimd=aimd)
         self.retry = retry or RetryPolicy()
         self._transport = Transport(settings, connection_limit=connection_limit, clock=clock,
-                                    on_token_fetch=self._count_token_fetch)
+                                    on_token_fetch=self._count_token_fetch, protocol=protocol)
         self._state = _UNOPENED
         self._encoded = _EncodedImages()
 
@@ -278,9 +288,15 @@ class FaceClient:
 
     async def _request(self, interface: str, fields: Fields) -> tuple[dict[str, Any], int]:
         """Send one call under the retry policy; (reply, sends made)."""
+        return await self._request_body(interface, encode_form(fields))
+
+    async def _request_body(self, interface: str, body: bytes, path: str | None = None
+                            ) -> tuple[dict[str, Any], int]:
+        """Send an encoded ``body`` to ``path`` (default: the interface's v2 path) under
+        the limiter, token and retry policy; (reply, sends made)."""
         if self._state != _OPEN:
             raise RuntimeError(f"the FaceClient is {self._state}; use 'async with FaceClient()'")
-        call = _Call(interface, encode_form(fields))
+        call = _Call(interface, body, path)
         try:
             reply = await self.retry.run(lambda: self._attempt(call),
                                          lambda state: self._before_sleep(state, interface))
@@ -305,7 +321,9 @@ class FaceClient:
             self.stats.errors[make_error(reply["error_code"], "").code or "client"] += 1
             self._transport.invalidate(token)
             token, status, reply = await self._send(call)
-        error = check_reply(reply, status, self._transport.scrub)
+        error = check_reply(reply, status, self._transport.scrub, self.protocol)
+        if isinstance(error, NoPermissionError) and self.protocol == "v2":
+            error.message += V3_HINT
         if error is not None:
             self._count_error(call, error)
             raise error

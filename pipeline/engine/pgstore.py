@@ -122,7 +122,8 @@ def index_name(group_id: str) -> str:
     return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
 
 
-def index_large_groups(url: str, min_faces: int = LARGE_GROUP) -> list[str]:
+def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
+                       ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
     """Build the HNSW index of every group with >= ``min_faces`` faces that lacks one.
 
     Built ``CONCURRENTLY`` (writes go on), one replica at a time (advisory lock; others
@@ -148,8 +149,8 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP) -> list[str]:
                     "CREATE INDEX CONCURRENTLY {} ON engine_faces USING hnsw "
                     "(descriptor vector_l2_ops) WITH (m = {}, ef_construction = {}) "
                     "WHERE group_id = {}").format(
-                        sql.Identifier(name), sql.Literal(HNSW_M),
-                        sql.Literal(HNSW_EF_CONSTRUCTION), sql.Literal(group)))
+                        sql.Identifier(name), sql.Literal(m),
+                        sql.Literal(ef_construction), sql.Literal(group)))
                 conn.execute("UPDATE engine_groups SET hnsw_index=%s WHERE group_id=%s",
                              (name, group))
                 done.append(group)

@@ -16,10 +16,12 @@ down cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -219,11 +221,40 @@ def build_config(
                         emulation, store_url)
 
 
+def _check_listen(host: str, port: int) -> None:
+    """ListenError when ``host:port`` cannot be bound now (port 0 always can)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ListenError(host, port, exc) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ListenError(host, port, exc) from None
+
+
+class ListenError(OSError):
+    """The engine cannot listen on ``host:port`` (in use, not allowed, no such address)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        why = ("the port is in use (another engine?); stop it or choose another --port"
+               if cause.errno == errno.EADDRINUSE else cause.strerror or str(cause))
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {why}")
+        self.host, self.port = host, port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def serve(
     config: EngineConfig, host: str = "127.0.0.1", port: int = 8480, out: Any = None
 ) -> None:
     """Run the engine in the foreground until SIGTERM/SIGINT (see the module docstring)."""
     out = out or sys.stdout
+    _check_listen(host, port)  # before the model processes start: fail in a moment
     state = EngineState(config)
     state.start_pool()
     try:
@@ -241,7 +272,11 @@ async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(host, port, exc) from None
     bound = runner.addresses[0][1]
     print(f"faceflow engine listening on http://{host}:{bound}", file=out, flush=True)
     indexer = (asyncio.create_task(_index_large_groups(state.config.store_url))

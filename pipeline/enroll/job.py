@@ -50,6 +50,7 @@ from pipeline.api.errors import (
     StateError,
     UserNotFoundError,
 )
+from pipeline.client.budget import open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -59,10 +60,10 @@ from pipeline.frame import (
     Stopped,
     StopReason,
     StopRun,
+    as_stop,
     default_client_factory,
     next_session,
     open_held,
-    stop_for,
 )
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
@@ -124,6 +125,12 @@ class EnrollConfig:
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
+    #: ``postgresql://...``: pace every process of this account from one shared budget
+    #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
+    qps_budget: str | None = None
+    #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
+    #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
@@ -141,6 +148,14 @@ class EnrollConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 0 <= k < n:
+                raise ConfigError(f"--shard {k}/{n}: use K/N with 0 <= K < N, e.g. 3/16")
+        if self.qps_budget is not None:
+            from pipeline.client.budget import check_budget_options  # noqa: PLC0415
+
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options to write into run.json (no settings, no secrets)."""
@@ -153,6 +168,7 @@ class EnrollConfig:
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
 
@@ -291,7 +307,7 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
     if stop_reason == StopReason.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason == StopReason.QUOTA:
+    if stop_reason in (StopReason.QUOTA, StopReason.BUDGET):
         return EXIT_QUOTA
     if stop_reason == StopReason.AUTH:
         return EXIT_AUTH
@@ -421,10 +437,9 @@ class _RowRunner:
         to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
         try:
             result = await call
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
-            stop = stop_for(exc)
-            if stop is not None:
-                raise stop from exc
             state.note_error(exc, log_field)
             return classify_error(exc)
         state.attempts += result.attempts
@@ -440,18 +455,21 @@ class _Session:
 
     def __init__(self, run: _Run, store: RecordStore, rows: _RowRunner) -> None:
         self.run, self.store, self.rows = run, store, rows
-        self.already_done = int(store.done.sum())
+        self.already_done = int(store.done[shard_rows(run.manifest.num_rows,
+                                                      run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
                                           on_stop=self._stopping, tick=self._tick)
 
     def progress(self) -> Progress:
-        return Progress(self.run.manifest.num_rows, self.already_done, sum(self.counts.values()),
+        total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
+        return Progress(total, self.already_done, sum(self.counts.values()),
                         self.runner.in_flight, dict(self.counts), time.monotonic() - self.started)
 
     async def go(self) -> Stopped | None:
-        rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted)
+        end = shard_rows(self.run.manifest.num_rows, self.run.config.shard).stop
+        rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
         return await self.runner.run(rows, self._one)
 
     async def _one(self, row: Any) -> None:
@@ -482,8 +500,10 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+                 end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
+        self.end = len(done) if end is None else end  # a shard stops reading at its end
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -500,6 +520,8 @@ class _AsyncRows:
             if batch is None:
                 return
             for row in batch:
+                if row.row >= self.end:
+                    return
                 if not self.done[row.row]:
                     yield row
 
@@ -549,19 +571,35 @@ async def _run_held(run: _Run) -> RunResult:
     store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
                                   flush_rows=config.flush_rows,
                                   flush_seconds=config.flush_seconds)
-    already = int(store.done.sum())
+    rows = shard_rows(manifest.num_rows, config.shard)
+    # Rows of other shards count as done here (in memory only: no outcome is written).
+    store.done[: rows.start] = True
+    store.done[rows.stop:] = True
+    already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
     run.observer.started(RunStart(run.info.run_id, run.rundir.path, Path(manifest.path),
-                                  manifest.num_rows, already, run.resumed, store.recovered,
-                                  detected))
+                                  len(rows), already, run.resumed, store.recovered, detected))
     started = time.monotonic()
     stopped, session_counts = None, Counter[str]()
     try:
-        if already < manifest.num_rows:
+        if already < len(rows):
             stopped, session_counts = await _run_session(run, store)
     finally:
         store.close()
-    return _finish(run, store, already, time.monotonic() - started, stopped, session_counts)
+    return _finish(run, store, already, time.monotonic() - started, stopped, session_counts,
+                   len(rows))
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """The rows of shard ``k`` of ``n``: ``[k*N//n, (k+1)*N//n)``; all rows for None.
+
+    Contiguous ranges whose sizes differ by at most one; together they hold every
+    row once, so ``faceflow merge`` can check coverage from the split alone.
+    """
+    if shard is None:
+        return range(num_rows)
+    k, n = shard
+    return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -572,18 +610,20 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
+    config = run.config
     session: _Session | None = None
     timeline = CallTimeline()
     try:
-        async with run.client_factory(run.config.settings, run.config.qps) as client:
+        async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                run.client_factory(config.settings, config.qps,
+                                   **({"limiter": budget} if budget else {})) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(run.config, run.info.run_id, client, run.thresholds)
+            rows = _RowRunner(config, run.info.run_id, client, run.thresholds)
             session = _Session(run, store, rows)
             stopped = await session.go()
-    except STOPPING_ERRORS as exc:  # raised while opening the client (token fetch)
-        stop = stop_for(exc)
-        assert stop is not None
+    except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token fetch)
+        stop = as_stop(exc)
         run.observer.stopping(stop.reason, stop.message)
         return Stopped(stop.reason, stop.message), session.counts if session else Counter()
     finally:
@@ -593,7 +633,8 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
 
 
 def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
-            stopped: Stopped | None, session_counts: Counter[str]) -> RunResult:
+            stopped: Stopped | None, session_counts: Counter[str], total_rows: int
+            ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
     rundir, manifest = run.rundir, run.manifest
@@ -612,7 +653,7 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
         run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason,
         stop_message=stopped.message if stopped else None,
-        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
+        counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
@@ -654,6 +695,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
+        _check_same_shard(rundir, info, current["options"].get("shard"))
         return rundir, next_session(rundir, info, **current), True
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
@@ -673,6 +715,17 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
+    held = info.options.get("shard")
+    if held != shard:
+        what = f"shard {held}" if held else "a whole (unsharded) run"
+        asked = f"--shard {shard}" if shard else "no --shard"
+        raise ConfigError(
+            f"{rundir.path} holds {what} of {info.manifest.path}, but this command gives "
+            f"{asked}: a resume must use the same split. Give the same --shard, or another "
+            "--run-dir for another split.")
 
 
 # -- failures.csv and rerun ----------------------------------------------------------------
@@ -791,8 +844,10 @@ def plan_rerun(
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    # A rerun's manifest holds only the failed rows: the shard does not carry over.
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
-                                                        "runs_root", "resume", "parent_run_id"}
+                                                        "runs_root", "resume", "parent_run_id",
+                                                        "shard"}
     out = {k: v for k, v in options.items() if k in allowed}
     for key in ("thresholds_file", "images_root"):
         if out.get(key):

@@ -11,9 +11,9 @@ match, add, delete; reading the library back: get_user and the group listings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pipeline.api.records import (
     DetectResult,
@@ -83,13 +83,23 @@ class FaceApi(Protocol):
         ...
 
 
-#: ``factory(settings, qps)`` -> an async context manager that yields the client.
-ClientFactory = Callable[["Settings", Qps], AbstractAsyncContextManager[FaceApi]]
+class ClientFactory(Protocol):
+    """``factory(settings, qps)`` -> an async context manager that yields the client.
+
+    ``limiter`` is passed only when the run shares a QPS budget across processes
+    (``--qps-budget``): a factory that never meets one may take two arguments.
+    """
+
+    def __call__(self, settings: Settings, qps: Qps, /, *,
+                 limiter: Any = None) -> AbstractAsyncContextManager[FaceApi]:  # noqa: ANN401
+        ...
 
 
-def default_client_factory(settings: Settings, qps: Qps) -> AbstractAsyncContextManager[FaceApi]:
-    """A :class:`~pipeline.client.faceclient.FaceClient`; imported only when a job runs,
-    so importing a job does not load aiohttp."""
+def default_client_factory(settings: Settings, qps: Qps, /, *,
+                           limiter: Any = None) -> AbstractAsyncContextManager[FaceApi]:  # noqa: ANN401
+    """A :class:`~pipeline.client.faceclient.FaceClient`, imported only when a job runs
+    (importing a job does not load aiohttp). ``limiter``: a RateLimiter, or the shared
+    QPS budget that stands in for one (same ``acquire``/``on_limited``)."""
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
-    return FaceClient(settings, qps=qps)
+    return FaceClient(settings, qps=qps, limiter=limiter)

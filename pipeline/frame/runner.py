@@ -85,7 +85,7 @@ class Runner(Generic[T]):
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not feed.done():
                 self.halt(StopReason.INTERRUPTED,
-                          f"interrupted: {self.noun} in flight are left for resume")
+                          f"{self.noun} in flight are left for resume")
                 await _cancel([feed, *self._tasks])
             elif not feed.cancelled():
                 feed.result()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pipeline.api.errors import ApiError, AuthError, QuotaError
+from pipeline.api.errors import AuthError, FaceflowError, QuotaError
+from pipeline.client.budget import BudgetUnavailable
 
-__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "stop_for"]
+__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "stop_for"]
 
 
 class StopReason(StrEnum):
@@ -21,6 +22,7 @@ class StopReason(StrEnum):
     QUOTA = "quota"  # 17/19: the daily or total quota is spent; resume later
     AUTH = "auth"  # the service refused the credentials, even after a token refresh
     INTERRUPTED = "interrupted"  # the caller's stop event (Ctrl-C, SIGTERM)
+    BUDGET = "budget"  # the shared QPS budget (--qps-budget) cannot be reached; resume later
 
 
 class StopRun(Exception):  # noqa: N818 - control flow, not an error of the row
@@ -36,12 +38,13 @@ class StopRun(Exception):  # noqa: N818 - control flow, not an error of the row
 
 
 #: API errors that end a run rather than one row, and the reason each gives.
-_STOPPING: tuple[tuple[type[ApiError], StopReason], ...] = (
+_STOPPING: tuple[tuple[type[FaceflowError], StopReason], ...] = (
     (QuotaError, StopReason.QUOTA),
     (AuthError, StopReason.AUTH),
+    (BudgetUnavailable, StopReason.BUDGET),
 )
 #: The classes of :data:`_STOPPING`, for ``except STOPPING_ERRORS``.
-STOPPING_ERRORS: tuple[type[ApiError], ...] = tuple(cls for cls, _ in _STOPPING)
+STOPPING_ERRORS: tuple[type[FaceflowError], ...] = tuple(cls for cls, _ in _STOPPING)
 
 
 def stop_for(exc: BaseException) -> StopRun | None:
@@ -50,3 +53,11 @@ def stop_for(exc: BaseException) -> StopRun | None:
         if isinstance(exc, cls):
             return StopRun(reason, str(exc), exc)
     return None
+
+
+def as_stop(exc: BaseException) -> StopRun:
+    """The :class:`StopRun` of an error of :data:`STOPPING_ERRORS` (``except`` blocks)."""
+    stop = stop_for(exc)
+    if stop is None:
+        raise TypeError(f"{type(exc).__name__} does not stop a run") from exc
+    return stop
