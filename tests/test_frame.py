@@ -122,7 +122,8 @@ def test_stop_for_maps_errors_to_reasons(error: FaceflowError, reason: StopReaso
 
 
 def test_stop_reasons_are_the_run_json_strings() -> None:
-    assert [str(r) for r in StopReason] == ["quota", "auth", "interrupted"]
+    assert [str(r) for r in StopReason][:3] == ["quota", "auth", "interrupted"]
+    assert StopReason("budget") is StopReason.BUDGET
 
 
 def test_faceclient_implements_faceapi() -> None:
