@@ -23,7 +23,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
+from jobs.options import (
+    EXIT_CONFIG,
+    api_option,
+    connection_options,
+    run_stoppable,
+    settings_from,
+)
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.job import (
     MODES,
@@ -32,6 +38,7 @@ from pipeline.enroll.job import (
     RunResult,
     RunStart,
     plan_rerun,
+    resume_enroll_config,
     run_enroll,
 )
 from pipeline.enroll.job import Progress as RunProgress
@@ -172,6 +179,12 @@ class ConsoleObserver(EnrollObserver):
         self.bar.update(self.task_id, completed=progress.already_done + progress.done,
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
+    def known_skipped(self, rows: int) -> None:
+        if rows:
+            self.console.print(f"Ledger: {rows} rows are enrolled already (same uid, group and "
+                               "file): skipped_known, not sent.", highlight=False,
+                               soft_wrap=True)
+
     def stopping(self, reason: str, message: str) -> None:
         # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
         self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
@@ -244,13 +257,8 @@ def execute(config: EnrollConfig, resume_hint: str, console: Console | None = No
 
 
 def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
+    """The command that continues the run: its options come from run.json, none repeated."""
     parts = ["faceflow", "enroll", str(config.manifest), "--run-dir", str(run_dir), "--resume"]
-    if config.group:
-        parts += ["--group", config.group]
-    if config.mode != "add":
-        parts += ["--mode", config.mode]
-    if config.shard:
-        parts += ["--shard", f"{config.shard[0]}/{config.shard[1]}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -280,10 +288,26 @@ def _run_options(func: Any) -> Any:
                      default=None, metavar="DIR",
                      help="Refuse images whose real path is outside DIR (outside_manifest_dir); "
                           "by default any readable file is used."),
+        click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
+                     help="The ledger (SQLite file, created when missing) [env FACEFLOW_LEDGER]: "
+                          "rows it holds are not sent (skipped_known); successes are "
+                          "recorded."),
+        click.option("--block-duplicates", is_flag=True, default=None,
+                     help="Before each add, identify the photo in its groups: another uid "
+                          "at or above --duplicate-score (confirmed by match) makes the row "
+                          "duplicate_suspect instead of enrolling it."),
+        click.option("--duplicate-score", type=click.FloatRange(min=0, max=100, min_open=True),
+                     default=None, metavar="SCORE",
+                     help="Similarity (0-100) that blocks a row [default 80]."),
         click.option("--flush-rows", type=click.IntRange(min=1), default=None,
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
                      help="... or every S seconds [default 10]."),
+        api_option,
+        click.option("--server-quality", type=click.Choice(("LOW", "NORMAL", "HIGH")),
+                     default=None,
+                     help="v3 only: also send quality_control at this level with each write "
+                          "(the local quality gate still decides first)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -301,6 +325,11 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "flush_rows": kwargs.pop("flush_rows"),
         "images_root": kwargs.pop("images_root"),
         "flush_seconds": kwargs.pop("flush_seconds"),
+        "ledger": kwargs.pop("ledger"),
+        "block_duplicates": kwargs.pop("block_duplicates"),
+        "duplicate_score": kwargs.pop("duplicate_score"),
+        "api": kwargs.pop("api"),
+        "server_quality": kwargs.pop("server_quality"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -312,12 +341,14 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 Examples:
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
   faceflow enroll members.csv --group staff --run-dir runs/staff --resume
-  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5""")
+  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5
+  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates
+  FACEFLOW_API=v3 faceflow enroll members.csv --group staff --server-quality NORMAL""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
-@click.option("--mode", type=click.Choice(MODES), default="add", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="add: register (append the face); update: replace the faces of known "
-                   "uids; upsert: replace, registering unknown uids.")
+                   "uids; upsert: replace, registering unknown uids. [default: add]")
 @click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
@@ -326,16 +357,20 @@ Examples:
               help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
                    "is its own resumable run (give each its own --run-dir under one folder); "
                    "`faceflow merge FOLDER` then checks and combines them.")
-@click.option("--encoding", default="utf-8", show_default=True,
+@click.option("--encoding", default=None,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
-                   "Chinese system), utf-16.")
+                   "Chinese system), utf-16. [default: utf-8]")
 @click.option("--delimiter", default=None, metavar="CHAR",
               help="CSV separator, e.g. ';' or tab [default ',', or ';'/tab when the header "
                    "is separated by it].")
+@click.option("--change-options", is_flag=True,
+              help="On resume: apply options that differ from the run's (recorded in "
+                   "run.json) instead of refusing them.")
 @_run_options
 @connection_options
-def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           shard: str | None, encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | None,
+           resume: bool, shard: str | None, encoding: str | None, delimiter: str | None,
+           change_options: bool, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -346,14 +381,24 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
     refused, 130 interrupted.
     """
+    existing = run_dir is not None and RunDir(run_dir).exists()
+    if existing and kwargs.get("endpoint") is None and "FACEFLOW_ENDPOINT" not in _env():
+        kwargs["endpoint"] = _old_endpoint(run_dir)  # type: ignore[arg-type]
     settings = _settings(kwargs)
-    overrides = _overrides(kwargs)
+    given = _overrides(kwargs)
+    given.update({k: v for k, v in (("group", group), ("mode", mode), ("encoding", encoding),
+                                    ("delimiter", delimiter), ("shard", parse_shard(shard)))
+                  if v is not None})
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:
-        config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
-                              run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, shard=parse_shard(shard), **overrides)
+        if existing:  # a resume: the run's own settings, unless given (and then compared)
+            assert run_dir is not None
+            config = resume_enroll_config(run_dir, manifest, settings, given, resume=resume,
+                                          change_options=change_options)
+        else:
+            config = EnrollConfig(manifest=manifest, settings=settings, run_dir=run_dir,
+                                  resume=resume, **given)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)

@@ -84,6 +84,7 @@ from pipeline.audit.findings import (
     records_table,
     table_records,
 )
+from pipeline.client.budget import PgBudget, check_budget_options, open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -92,10 +93,10 @@ from pipeline.frame import (
     Runner,
     Stopped,
     StopReason,
+    as_stop,
     default_client_factory,
     next_session,
     open_held,
-    stop_for,
 )
 from pipeline.runs.rundir import (
     ManifestRef,
@@ -157,11 +158,18 @@ class AuditConfig:
     flush_rows: int = 500
     flush_seconds: float = 10.0
     report: bool = True
+    #: A ledger location: the faces it holds in ``groups`` on this service join the
+    #: plan (after the run photos; a (uid, sha256) already there is kept once).
+    ledger: str | None = None
+    #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
+    qps_budget: str | None = None
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+        if self.qps_budget is not None:
+            check_budget_options(self.qps_budget, self.qps)
 
     def options(self) -> dict[str, Any]:
         """The options written into run.json (no settings, no secrets)."""
@@ -170,7 +178,8 @@ class AuditConfig:
                 "concurrency": self.concurrency, "qps": qps,
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
-                "manifest": str(self.manifest) if self.manifest else None}
+                "manifest": str(self.manifest) if self.manifest else None,
+                "ledger": self.ledger}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -246,6 +255,30 @@ def _user_infos(info: RunInfo, rows: Sequence[int]) -> dict[int, str]:
     return out
 
 
+def plan_from_ledger(location: str, endpoint: str, groups: Iterable[str], start: int = 0,
+                     known: Iterable[AuditImage] = ()) -> list[AuditImage]:
+    """The faces a ledger holds in ``groups`` on the service at ``endpoint`` (a URL), in
+    group then uid order; a (uid, sha256) already in ``known`` is left out."""
+    from pipeline.ledger import endpoint_key, open_ledger  # noqa: PLC0415
+
+    seen = {(img.uid, img.sha256) for img in known}
+    out: list[AuditImage] = []
+    book = open_ledger(location)
+    try:
+        for group in groups:
+            for face in book.faces(endpoint_key(endpoint), group):
+                if (face.uid, face.image_sha256) in seen or not face.image_path:
+                    continue
+                seen.add((face.uid, face.image_sha256))
+                out.append(AuditImage(
+                    row=start + len(out), uid=face.uid, group_id=group, image=face.image_path,
+                    path=face.image_path, sha256=face.image_sha256, user_info=face.user_info,
+                    source=f"ledger:{location}", line=None))
+    finally:
+        book.close()
+    return out
+
+
 def plan_from_manifest(
     path: Path, default_group: str | None, start: int = 0, *, probe: bool = True
 ) -> list[AuditImage]:
@@ -293,6 +326,9 @@ def build_plan(config: AuditConfig) -> list[AuditImage]:
     serve to confirm candidates already in the library.
     """
     plan = plan_from_runs(config.run_dirs)
+    if config.ledger:
+        plan += plan_from_ledger(config.ledger, config.settings.endpoint, config.groups,
+                                 start=len(plan), known=plan)
     if config.manifest is not None:
         plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan))
     if config.before_enroll:
@@ -421,10 +457,9 @@ class Prober:
             await self._reference(data, state)
         except ImageProblem as exc:
             return state.record(self.run_id, "failed", exc.reason, None, exc.message)
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
-            stop = stop_for(exc)
-            if stop is not None:
-                raise stop from exc
             state.attempts += exc.attempts
             code = None if exc.code is None else str(exc.code)
             return state.record(self.run_id, "failed", "api_error", code, str(exc))
@@ -699,10 +734,9 @@ class _Session:
             done.flush()  # in the OS at once: a killed session's resume skips this photo
         except (ImageProblem, ImageExistsError):
             return  # unreadable photos fail in their probe; 216616 = added by a killed session
-        except ApiError as exc:
-            stop = stop_for(exc)
-            if stop is not None:
-                raise stop from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
+        except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
 
     async def _empty_scratch(
@@ -726,9 +760,7 @@ class _Session:
         except UserNotFoundError:
             pass  # never added (its photo failed) or deleted by an earlier session
         except STOPPING_ERRORS as exc:
-            stop = stop_for(exc)
-            assert stop is not None
-            raise stop from exc
+            raise as_stop(exc) from exc
 
 
 def scratch_group_name(group: str, run_id: str) -> str:
@@ -815,7 +847,7 @@ async def run_audit(
 
 
 async def _run_held(run: _Audit) -> AuditResult:
-    rundir, plan, observer = run.rundir, run.plan, run.observer
+    config, rundir, plan, observer = run.config, run.rundir, run.plan, run.observer
     records = _latest(rundir)
     todo = [p for p in plan if p.probe and _needs_probe(records.get(p.row))]
     already = sum(p.probe for p in plan) - len(todo)
@@ -826,16 +858,22 @@ async def _run_held(run: _Audit) -> AuditResult:
     stopped = None
     if todo or _scratch_pending(rundir):
         try:
-            async with run.client_factory(run.config.settings, run.config.qps) as client:
+            async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
+                    run.client_factory(config.settings, config.qps,
+                                       **_client_options(budget)) as client:
                 stopped = await session.run(client, todo, already, run.stop)
-        except STOPPING_ERRORS as exc:  # raised while opening the client (token)
-            stop = stop_for(exc)
-            assert stop is not None
+        except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
+            stop = as_stop(exc)
             stopped = Stopped(stop.reason, stop.message)
         if stopped is not None:
             observer.stopping(stopped.reason, stopped.message)
     observer.phase("report", "findings, clusters and report.html")
     return finish_audit(run, already, session, stopped)
+
+
+def _client_options(budget: PgBudget | None) -> dict[str, Any]:
+    """Factory keywords beyond (settings, qps): only those in use."""
+    return {"limiter": budget} if budget else {}
 
 
 def audit(config: AuditConfig, **kwargs: Any) -> AuditResult:
@@ -917,6 +955,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):
         saved["manifest"] = Path(info.options["manifest"])
+    if info.options.get("ledger"):
+        saved["ledger"] = info.options["ledger"]
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 
@@ -987,8 +1027,8 @@ def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
     """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
     130 interrupted."""
     if stop_reason is not None:
-        return {StopReason.QUOTA: EXIT_QUOTA, StopReason.AUTH: EXIT_AUTH}.get(
-            StopReason(stop_reason), EXIT_INTERRUPTED)
+        return {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
+                StopReason.AUTH: EXIT_AUTH}.get(StopReason(stop_reason), EXIT_INTERRUPTED)
     return EXIT_FAILED if failed_probes else EXIT_OK
 
 

@@ -43,9 +43,11 @@ import numpy as np
 from pipeline.api.errors import (
     ApiError,
     ConfigError,
+    FaceLimitError,
     FaceNotFoundError,
     ImageExistsError,
     InvalidInputError,
+    RejectedError,
     RetryableError,
     StateError,
     UserNotFoundError,
@@ -65,6 +67,7 @@ from pipeline.frame import (
     next_session,
     open_held,
 )
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -85,6 +88,9 @@ from pipeline.runs.rundir import (
 _log = logging.getLogger(__name__)
 
 MODES = ("add", "update", "upsert")
+#: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
+APIS = ("v2", "v3")
+SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
@@ -122,17 +128,37 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
     #: ``postgresql://...``: pace every process of this account from one shared budget
     #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
     qps_budget: str | None = None
+    #: The protocol: "v2" or "v3" (FACE_TOKEN writes, 48-byte ids, one group per row).
+    api: str = "v2"
+    #: v3 only: LOW/NORMAL/HIGH sent as ``quality_control`` with each write (the local
+    #: gate still decides first and names its reasons).
+    server_quality: str | None = None
+    #: The resolved quality limits to judge with (``run.json``'s ``thresholds``): a
+    #: resumed run keeps its gate even if the thresholds file changed since. None:
+    #: load ``thresholds_file`` and ``threshold_overrides``.
+    thresholds_values: Mapping[str, Any] | None = None
+    #: Resuming with options that differ from the run's is refused (ConfigError listing
+    #: them) unless this is set; then they apply from this session on, recorded in run.json.
+    change_options: bool = False
     #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
     #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
     shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
@@ -140,14 +166,25 @@ class EnrollConfig:
             check_delimiter(self.delimiter)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        normalise_qps(self.qps)  # a mistyped interface name fails now, before any file
         if self.images_root is not None and not self.images_root.is_dir():
             raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.api not in APIS:
+            raise ConfigError(f"--api {self.api!r}: use v2 or v3 (or set FACEFLOW_API)")
+        if self.server_quality is not None and (
+                self.api != "v3" or self.server_quality not in SERVER_QUALITY_LEVELS):
+            raise ConfigError(f"--server-quality {self.server_quality!r}: use LOW, NORMAL or "
+                              "HIGH, with --api v3 (v2 has no quality_control)")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
         if self.shard is not None:
             k, n = self.shard
             if not 0 <= k < n:
@@ -167,7 +204,10 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "api": self.api, "server_quality": self.server_quality,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
@@ -237,6 +277,9 @@ class EnrollObserver:
     def stopping(self, reason: StopReason, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
 
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
+
 
 # -- pure deciding parts -----------------------------------------------------------
 
@@ -251,8 +294,11 @@ class Verdict:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
-    """The checks that need no call: None when the row may go on, else ``invalid_input``."""
+def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | None:
+    """The checks that need no call: None when the row may go on, else ``invalid_input``.
+
+    ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
+    """
     from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
@@ -265,19 +311,40 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
         validate.check_group_ids(row.group_id),
         None if row.action in MODES else "bad_action",
     ]
-    reasons = tuple(p for p in problems if p)
+    if api == "v3":
+        problems += _v3_row_problems(row)
+    reasons = tuple(dict.fromkeys(p for p in problems if p))
     if not reasons:
         return None
     own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "image_missing": "the image cell is empty; write the photo's path"}
+           "image_missing": "the image cell is empty; write the photo's path",
+           "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
+           "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
+           "group_id_multiple": "v3 writes to one group per row; split the row per group"}
     texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
+
+
+def _v3_row_problems(row: Any) -> list[str | None]:
+    from pipeline.api import validate_v3  # noqa: PLC0415
+
+    groups = row.group_id.split(",")
+    return [
+        "group_id_multiple" if len(groups) > 1 else None,
+        "uid_too_long_v3" if validate_v3.check_id(row.uid) == "id_too_long" else None,
+        "group_id_too_long_v3" if any(validate_v3.check_id(g) == "id_too_long"
+                                      for g in groups) else None,
+    ]
 
 
 def classify_error(exc: ApiError) -> Verdict:
     """The outcome of a row whose call failed (quota and auth errors never get here)."""
     if isinstance(exc, ImageExistsError):
         return Verdict("already_enrolled")
+    if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
+        return Verdict("failed", ("face_limit",))
+    if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
+        return Verdict("rejected_quality", ("server_quality",))
     if isinstance(exc, FaceNotFoundError):
         return Verdict("no_face", ("no_face",))
     if isinstance(exc, UserNotFoundError):
@@ -324,6 +391,7 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: Verdict) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -373,36 +441,105 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any
-                 ) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
+                 ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
                            "started_at": utc_now()})
-        early = check_row(row, duplicate_of)
+        early = check_row(row, duplicate_of, self.config.api)
         if early is not None:
             return state.finish(early)
         image = await self._load(row, state)
         if isinstance(image, Verdict):
             return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
         verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
         if verdict is None:
             verdict = await self._write(row, image, state)
-        return state.finish(verdict)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
-        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
+
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root,
+                              limits=limits_for(self.config.api))
 
         try:
-            image = await asyncio.to_thread(load_image, row.image_path,
-                                            root=self.config.images_root)
+            image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
@@ -542,6 +679,7 @@ class _Run:
     client_factory: ClientFactory
     observer: EnrollObserver
     stop: asyncio.Event | None
+    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
 
 
 async def run_enroll(
@@ -557,13 +695,32 @@ async def run_enroll(
     yielding the client. Setting ``stop`` interrupts the run cleanly.
     """
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
-    run = _Run(config, manifest, thresholds, rundir, info, resumed, client_factory,
-               observer or EnrollObserver(), stop)
+    ledger = _open_ledger(config)
     try:
-        return await _run_held(run)
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        run = _Run(config, manifest, thresholds, rundir, info, resumed, client_factory,
+                   observer or EnrollObserver(), stop, ledger)
+        try:
+            return await _run_held(run)
+        finally:
+            rundir.release()
     finally:
-        rundir.release()
+        if ledger is not None:
+            ledger.close()
+
+
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
 
 
 async def _run_held(run: _Run) -> RunResult:
@@ -582,8 +739,15 @@ async def _run_held(run: _Run) -> RunResult:
     started = time.monotonic()
     stopped, session_counts = None, Counter[str]()
     try:
-        if already < len(rows):
+        skipped = 0
+        if run.ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, run.ledger,
+                                              _endpoint_key(config), store, run.info.run_id)
+            run.observer.known_skipped(skipped)
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
             stopped, session_counts = await _run_session(run, store)
+        if skipped:
+            session_counts["skipped_known"] += skipped
     finally:
         store.close()
     return _finish(run, store, already, time.monotonic() - started, stopped, session_counts,
@@ -616,10 +780,10 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     try:
         async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                 run.client_factory(config.settings, config.qps,
-                                   **({"limiter": budget} if budget else {})) as client:
+                                   **_client_options(config, budget)) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run.info.run_id, client, run.thresholds)
+            rows = _RowRunner(config, run.info.run_id, client, run.thresholds, run.ledger)
             session = _Session(run, store, rows)
             stopped = await session.go()
     except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token fetch)
@@ -630,6 +794,15 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
         timeline.save(store.rundir.path)
     assert session is not None
     return stopped, session.counts
+
+
+def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+    """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
+    factory exactly as before."""
+    options: dict[str, Any] = {"limiter": budget} if budget else {}
+    if config.api != "v2":
+        options.update(api=config.api, server_quality=config.server_quality)
+    return options
 
 
 def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
@@ -666,6 +839,10 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
                              delimiter=config.delimiter)
+    if config.thresholds_values is not None:
+        from pipeline.enroll.gate import thresholds_from_dict  # noqa: PLC0415
+
+        return manifest, thresholds_from_dict(config.thresholds_values)
     thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
     return manifest, thresholds
 
@@ -695,7 +872,19 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
+        _check_same_api(rundir, info, config.api)
         _check_same_shard(rundir, info, current["options"].get("shard"))
+        changes = option_differences(info, current["options"], limits)
+        if changes and not config.change_options:
+            raise ConfigError(
+                f"{rundir.path} holds run {info.run_id}, started with other settings: "
+                f"{'; '.join(changes)}. Resume without these options (the run's settings "
+                "apply), or add --change-options to apply them from now on (recorded in "
+                "run.json).")
+        if changes:
+            entry = {"session": info.sessions + 1, "at": utc_now().isoformat(),
+                     "changes": changes}
+            current["option_changes"] = [*info.option_changes, entry]
         return rundir, next_session(rundir, info, **current), True
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
@@ -703,6 +892,71 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
                    parent_run_id=config.parent_run_id, **current)
     rundir.write_info(info)
     return rundir, info, False
+
+
+#: run.json option -> the flag that sets it (options without a flag keep their name).
+_FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", "qps": "--qps",
+          "largest_face": "--largest-face", "flush_rows": "--flush-rows",
+          "flush_seconds": "--flush-seconds", "images_root": "--images-root",
+          "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
+          "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
+          "shard": "--shard", "api": "--api", "server_quality": "--server-quality"}
+#: Judged through the resolved limits (``thresholds``), not as written.
+_THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
+
+
+def option_differences(info: RunInfo, options: Mapping[str, Any],
+                       limits: Mapping[str, Any] | None) -> list[str]:
+    """What ``options`` and ``limits`` (the quality gate's resolved thresholds) change in
+    the run of ``info``, one "--flag: X in the run, Y now" each. Options the run did not
+    record (older versions) are not compared."""
+    out = []
+    for key, value in options.items():
+        if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
+            continue
+        out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
+                   f"{_shown(value)} now")
+    if info.thresholds is not None and limits is not None:
+        for key in sorted(set(info.thresholds) | set(limits)):
+            old, new = info.thresholds.get(key), limits.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                out += [f"threshold {key}.{part}: {_shown(old.get(part))} in the run, "
+                        f"{_shown(new.get(part))} now"
+                        for part in sorted(set(old) | set(new)) if old.get(part) != new.get(part)]
+            elif old != new:
+                out.append(f"threshold {key}: {_shown(old)} in the run, {_shown(new)} now")
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in value.items()) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(
+        value)
+
+
+def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
+                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+    """The config that continues the enroll run in ``run_dir``: the options and quality
+    limits saved in its ``run.json``, with the options in ``given`` (those the user gave
+    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    ``given`` and the run are refused when the run opens (see :func:`option_differences`).
+    """
+    info = RunDir(run_dir).read_info()
+    if info.job != "enroll":
+        raise ConfigError(f"{run_dir} holds a {info.job} run, not an enroll run; choose "
+                          "another --run-dir")
+    saved = _config_options(info.options)
+    if info.options.get("shard"):  # "k/n" in run.json
+        k, _, n = str(info.options["shard"]).partition("/")
+        saved["shard"] = (int(k), int(n))
+    values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
+    return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
+                        parent_run_id=info.parent_run_id, thresholds_values=values,
+                        **{**saved, **given}, **flags)
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
@@ -715,6 +969,16 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_api(rundir: RunDir, info: RunInfo, api: str) -> None:
+    """A run keeps its protocol: tokens, id rules and error codes differ between them."""
+    before = str((info.options or {}).get("api") or "v2")
+    if before != api:
+        raise ConfigError(
+            f"{rundir.path} holds run {info.run_id} made with --api {before}; it cannot be "
+            f"resumed with --api {api}. Resume with --api {before} (or FACEFLOW_API="
+            f"{before}), or start a new run in another --run-dir.")
 
 
 def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:

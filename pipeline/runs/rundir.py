@@ -106,6 +106,9 @@ class RunInfo:
     stop_reason: str | None = None
     #: The number of outcomes ``failures.csv`` was last written from (None: not yet).
     failures_for: int | None = None
+    #: Options changed on resume (``--change-options``): one entry per such session,
+    #: ``{"session": n, "at": iso time, "changes": ["--qps: 3 in the run, 5 now", ...]}``.
+    option_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -305,6 +308,20 @@ class RecordStore:
         if 0 <= key < len(self.done):
             self.done[key] = True
         self.maybe_flush()
+
+    def append_table(self, table: pa.Table) -> None:
+        """Write terminal records made in bulk (``table`` has the store's schema) as one
+        part at once, after what is buffered: atomic like every part, no journal lines.
+        For records that need no call (a ledger's ``skipped_known`` rows)."""
+        if table.num_rows == 0:
+            return
+        self.flush()
+        table = table.select(self.schema.names).cast(self.schema)
+        path = self.rundir.outcomes_dir / f"part-{self._next:05d}.parquet"
+        write_table_atomic(path, table)
+        _fsync_dir(path.parent)
+        self._mark(table.column(self.key).to_numpy())
+        self._next += 1
 
     def maybe_flush(self) -> bool:
         """Flush when ``flush_rows`` records wait or ``flush_seconds`` passed; True if flushed."""
