@@ -48,6 +48,7 @@ from all probe records at the end of every session. This module never prints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -68,6 +69,7 @@ from pipeline.api.errors import (
     AuthError,
     ConfigError,
     EmptyGroupError,
+    GroupNotFoundError,
     ImageExistsError,
     QuotaError,
     UserNotFoundError,
@@ -156,6 +158,9 @@ class AuditConfig:
     ledger: str | None = None
     #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
     qps_budget: str | None = None
+    #: The protocol, "v2" or "v3": on v3 identify is search and a confirm match compares
+    #: two pictures per call (pipeline/client/v3jobs.py); photos fit v3's limits.
+    api: str = "v2"
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
@@ -172,7 +177,7 @@ class AuditConfig:
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
                 "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger}
+                "ledger": self.ledger, "api": self.api}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -190,6 +195,10 @@ def _config_problems(c: AuditConfig) -> list[str]:
         problems.append("--concurrency and confirm_photos must be at least 1")
     if c.before_enroll and c.manifest is None:
         problems.append("--before-enroll audits a manifest: give --manifest")
+    if c.api not in ("v2", "v3"):
+        problems.append(f"--api {c.api!r}: use v2 or v3")
+    if c.api == "v3" and len(c.groups) + c.before_enroll > 10:
+        problems.append("v3 searches at most 10 groups at once (with the scratch group)")
     return problems
 
 
@@ -358,16 +367,23 @@ Loader = Callable[[AuditImage], bytes]
 ClientFactory = Callable[[Settings, Any], Any]
 
 
-def default_loader(img: AuditImage) -> bytes:
-    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`)."""
-    from pipeline.runs.images import load_image  # noqa: PLC0415
+def default_loader(img: AuditImage, api: str = "v2") -> bytes:
+    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`,
+    within the limits of protocol ``api``)."""
+    from pipeline.runs.images import limits_for, load_image  # noqa: PLC0415
 
-    return load_image(Path(img.path)).data
+    return load_image(Path(img.path), limits=limits_for(api)).data
 
 
-def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager);
-    ``limiter``: the shared QPS budget standing in for the process's own limiter."""
+def default_client_factory(settings: Settings, qps: Any, limiter: Any = None,
+                           api: str = "v2") -> Any:
+    """A :class:`pipeline.client.faceclient.FaceClient`, or for ``api="v3"`` a
+    :class:`pipeline.client.v3jobs.V3JobApi` (async context managers); ``limiter``: the
+    shared QPS budget standing in for the process's own limiter."""
+    if api == "v3":
+        from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
+
+        return V3JobApi(settings, qps=qps, limiter=limiter)
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
     return FaceClient(settings, qps=qps, limiter=limiter)
@@ -786,12 +802,27 @@ class _Session:
         except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
 
+    async def _delete_group(self, client: Any, group: str) -> tuple[str | None, str | None]:
+        try:
+            await client.delete_group(group)
+        except GroupNotFoundError:
+            pass  # never created, or deleted by an earlier session
+        except _STOPPING as exc:
+            stop = _stop_for(exc)
+            return stop.reason, str(exc)
+        except ApiError as exc:  # the users are gone; an empty group left behind is harmless
+            log.warning("could not delete the empty scratch group %s: %s", group, exc)
+        return None, None
+
     async def _empty_scratch(
         self, client: Any, scratch: ScratchMap, stop: asyncio.Event | None
     ) -> tuple[str | None, str | None]:
         self.observer.phase("scratch_delete", f"{len(scratch.uids)} scratch users")
         reason = await _pool(scratch.uids.values(), lambda u: self._delete(client, scratch, u),
                              self.config.concurrency, stop)
+        if reason[0] is None and hasattr(client, "delete_group"):
+            # v3 groups outlive their users: the empty scratch group is deleted too.
+            reason = await self._delete_group(client, scratch.group)
         if reason[0] is None:
             state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
             # Emptied: a later session that fills it again must add every photo.
@@ -870,6 +901,8 @@ async def run_audit(
     Setting ``stop`` interrupts the audit cleanly.
     """
     observer = observer or AuditObserver()
+    if loader is default_loader and config.api != "v2":
+        loader = functools.partial(default_loader, api=config.api)
     rundir, info, plan, resumed = open_audit(config)
     try:
         return await _run_held(config, client_factory, observer, stop, loader,
@@ -893,7 +926,9 @@ async def _run_held(config: AuditConfig, client_factory: ClientFactory,
         try:
             async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                     client_factory(config.settings, config.qps,
-                                   **({"limiter": budget} if budget else {})) as client:
+                                   **({"limiter": budget} if budget else {}),
+                                   **({"api": config.api} if config.api != "v2" else {})
+                                   ) as client:
                 reason, message = await session.run(client, todo, already, stop)
         except _STOPPING as exc:  # raised while opening the client (token)
             reason, message = _stop_for(exc).reason, str(exc)
@@ -970,6 +1005,8 @@ def _check_same_audit(rundir: RunDir, info: RunInfo, config: AuditConfig) -> Non
                           "choose another --run-dir")
     wanted = config.options()
     differ = [k for k in _SAME_OPTIONS if info.options.get(k) != wanted[k]]
+    if (info.options.get("api") or "v2") != config.api:  # audits before v3 were v2
+        differ.append(f"api: --api {info.options.get('api') or 'v2'} in the audit")
     if differ:
         raise ConfigError(f"{rundir.path} holds audit {info.run_id} with other options "
                           f"({', '.join(differ)}); resume it with the same options "
@@ -982,8 +1019,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     info = RunDir(run_dir).read_info()
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
-    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps")
-             if k in info.options}
+    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api")
+             if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):
