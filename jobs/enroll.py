@@ -36,6 +36,7 @@ from pipeline.enroll.job import (
     EnrollConfig,
     EnrollObserver,
     RunResult,
+    RunNotFinishedError,
     RunStart,
     plan_rerun,
     resume_enroll_config,
@@ -439,6 +440,10 @@ def rerun(old_run_dir: Path, include_all: bool, run_dir: Path | None, **kwargs: 
     try:
         config = plan_rerun(old_run_dir, settings, include_all=include_all, run_dir=run_dir,
                             overrides=_overrides(kwargs))
+    except RunNotFinishedError as exc:
+        resume = " ".join(shlex.quote(p) for p in ["faceflow", "enroll", exc.manifest,
+                                                   "--run-dir", str(exc.run_dir), "--resume"])
+        raise ConfigProblem(f"{exc}:\n  {resume}") from None
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     if config is None:

@@ -18,7 +18,8 @@ from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 def summary_tables(s: Summary) -> list[Table]:
     """Statuses, reasons and timing as rich tables."""
-    title = f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome"
+    state = "" if s.state == "finished" else f"{s.state}, "
+    title = f"run {s.run_id}: {state}{s.rows} of {s.manifest_rows} rows have an outcome"
     # min_width: a title wider than the table would be wrapped into the table's width.
     counts = Table(title=title, title_justify="left", min_width=len(title))
     counts.add_column("status")

@@ -1136,6 +1136,28 @@ def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
 RERUN_MANIFEST = "rerun-manifest.csv"
 
 
+class RunNotFinishedError(ConfigError):
+    """A rerun of a run that has rows without an outcome: resume that run first."""
+
+    def __init__(self, run_dir: Path, manifest: str, rows: int, total: int, state: str) -> None:
+        self.run_dir, self.manifest, self.rows, self.total, self.state = (
+            run_dir, manifest, rows, total, state)
+        super().__init__(f"{run_dir} is {state}: {rows} of {total} rows have an outcome. "
+                         "Resume it first (its failures are known only when every row has "
+                         "one), then rerun")
+
+
+def _check_finished(old: RunDir, info: RunInfo) -> None:
+    from pipeline.enroll.report import run_state  # noqa: PLC0415
+
+    rows = old.read_records(OUTCOME_SCHEMA, ["row"]).num_rows
+    rows += old.journal_records(OUTCOME_SCHEMA).num_rows
+    state = run_state(old, info, rows)
+    if state != "finished":
+        raise RunNotFinishedError(old.path, info.manifest.path, rows, info.manifest.num_rows,
+                                  state)
+
+
 def plan_rerun(
     old_run_dir: Path,
     settings: Settings,
@@ -1160,6 +1182,7 @@ def plan_rerun(
     target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
     manifest_path = target / RERUN_MANIFEST
     if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun
+        _check_finished(old, info)
         rows = _non_success(old, retryable_only=not include_all)
         if not rows:
             return None

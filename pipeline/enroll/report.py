@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class Summary:
     last_finished: str | None
     exit_code: int | None
     stop_reason: str | None
+    #: "finished", "in progress (pid N)", "stopped (reason)" or "not finished".
+    state: str = "finished"
 
     @property
     def remaining(self) -> int:
@@ -95,7 +97,23 @@ def summarize(run_dir: Path | str) -> Summary:
     rundir = RunDir(run_dir)
     info = rundir.read_info()
     table = rundir.read_records(OUTCOME_SCHEMA)
-    return summarize_table(table, info)
+    journal = rundir.journal_records(OUTCOME_SCHEMA)
+    if journal.num_rows:  # a session running now, or killed: its rows count too
+        table = pa.concat_tables([table, journal])
+    return replace(summarize_table(table, info), state=run_state(rundir, info, table.num_rows))
+
+
+def run_state(rundir: RunDir, info: RunInfo, rows: int) -> str:
+    """``finished``, ``in progress (pid N)``, ``stopped (reason)``, or ``not finished``
+    (a session was killed, or never reached its end)."""
+    pid = rundir.holder_pid()
+    if pid is not None:
+        return f"in progress (pid {pid})" if pid > 0 else "in progress"
+    if info.stop_reason:
+        return f"stopped ({info.stop_reason})"
+    if info.finished_at is None or rows < info.manifest.num_rows:
+        return "not finished"
+    return "finished"
 
 
 def summarize_table(table: pa.Table, info: RunInfo) -> Summary:

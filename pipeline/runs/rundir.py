@@ -160,6 +160,62 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def holder_pid(self) -> int | None:
+        """The pid of the process holding the directory (:meth:`hold`) now, or None.
+
+        Read from ``/proc/locks`` (no lock is taken, so a session starting at this
+        moment is never refused because we looked); elsewhere, a shared-lock probe.
+        """
+        lock = self.path / LOCK_FILE
+        try:
+            st = lock.stat()
+        except OSError:
+            return None
+        try:
+            text = Path("/proc/locks").read_text()
+        except OSError:
+            return self._probe_holder(lock)
+        for line in text.splitlines():
+            parts = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:56789 0 EOF"
+            if len(parts) >= 6 and parts[1] == "FLOCK" and parts[3] == "WRITE":
+                dev_inode = parts[5].rsplit(":", 1)
+                if len(dev_inode) == 2 and dev_inode[1] == str(st.st_ino):
+                    return int(parts[4])
+        return None
+
+    def _probe_holder(self, lock: Path) -> int | None:
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)  # closing drops the shared lock, if taken
+        return None
+
+    def journal_records(self, schema: pa.Schema, key: str = "row") -> pa.Table:
+        """Records still in the journal (a session running now, or killed) whose ``key`` is
+        in no part, the first per key: what :meth:`read_records` does not see yet. Read
+        only: nothing is recovered or written."""
+        rows: dict[int, dict[str, Any]] = {}
+        for _, seg in _numbered(self.journal_dir, _SEG_RE):
+            try:
+                for rec in read_journal(seg):
+                    if isinstance(rec.get(key), int):
+                        rows.setdefault(rec[key], rec)
+            except FileNotFoundError:
+                continue  # became a part while we looked: read below
+        # The parts after the journal: a segment flushed meanwhile is found in its part.
+        in_parts = set(self.read_records(schema, [key]).column(key).to_pylist())
+        rows = {k: r for k, r in rows.items() if k not in in_parts}
+        if not rows:
+            return schema.empty_table()
+        known = set(schema.names)
+        return pa.Table.from_pylist([{n: v for n, v in r.items() if n in known}
+                                     for r in rows.values()], schema=schema)
+
     @property
     def info_path(self) -> Path:
         return self.path / RUN_JSON
