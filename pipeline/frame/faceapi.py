@@ -5,8 +5,9 @@ that speaks it) implements it; a client for another protocol version implements
 the same methods and returns the same records (:mod:`pipeline.api.records`), so
 jobs run unchanged on either. Errors are the classes of :mod:`pipeline.api.errors`.
 
-Only the calls jobs make are here (enroll: detect, add, update; audit: identify,
-match, add, delete; reading the library back: get_user and the group listings).
+Only the calls jobs make are here (enroll: detect, add, update, and identify + match
+with --block-duplicates; audit: identify, match, add, delete; reconcile: get_user, the
+group listings, verify, delete).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.api.records import (
     IdentifyResult,
     MatchResult,
     UserResult,
+    VerifyResult,
     WriteResult,
 )
 
@@ -74,6 +76,12 @@ class FaceApi(Protocol):
     async def identify(self, group_id: str | Sequence[str], image: bytes, *,
                        user_top_num: int = 1, ext_fields: str | None = None) -> IdentifyResult:
         """1:N search of ``image`` in the groups; the best ``user_top_num`` users (0-100)."""
+        ...
+
+    async def verify(self, uid: str, group_id: str | Sequence[str], image: bytes, *,
+                     top_num: int = 1, ext_fields: str | None = None) -> VerifyResult:
+        """1:1 check of ``image`` against ``uid``'s faces: up to ``top_num`` scores (0-100)
+        (reconcile --check-faces)."""
         ...
 
     async def match(self, images: Sequence[bytes], *, ext_fields: str | None = None,
