@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SAMPLES := data/samples/.complete
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench lint clean
+.PHONY: setup demo demo-scale test test-fast test-slow bench lint clean
 
 setup: $(STAMP) $(SAMPLES)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "faceflow needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev,scale]'
 	@touch $@
 
 $(SAMPLES): data/fetch_samples.py | $(STAMP)
@@ -22,6 +22,9 @@ $(SAMPLES): data/fetch_samples.py | $(STAMP)
 
 demo: setup
 	$(VENV)/bin/faceflow demo
+
+demo-scale: setup
+	$(VENV)/bin/faceflow demo-scale
 
 # pytest exits 5 when it collects nothing: that is not a failure.
 test: setup

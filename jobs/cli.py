@@ -19,9 +19,16 @@ from pipeline import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("jobs.enroll:enroll", "Enroll the faces of a manifest (detect, quality gate, add)."),
     "rerun": ("jobs.enroll:rerun", "Retry the failed rows of a run, in a new linked run."),
+    "merge": ("jobs.merge:merge", "Check the shard runs of a folder and combine them into one."),
     "report": ("jobs.report:report", "Summarise a run directory (counts, reasons, latency, HTML)."),
+    "ledger": ("jobs.ledger:ledger", "Import run directories into the ledger; counts per group."),
+    "reconcile": ("jobs.reconcile:reconcile",
+                  "Compare a group on the service with the ledger; repair manifest."),
+    "regate": ("jobs.regate:regate", "Re-apply the quality gate to a run's outcomes (no calls)."),
     "audit": ("jobs.audit:audit", "Find one person under several uids, or several under one."),
     "engine": ("jobs.engine:engine", "Run the local face engine (the Baidu v2 API on dlib)."),
+    "demo-scale": ("jobs.demo_scale:demo_scale",
+                   "PostgreSQL, two engine replicas, two shards on one QPS budget, merge."),
     "demo": ("jobs.demo:demo", "Enroll sample photos and degraded variants on the local engine."),
 }
 
@@ -70,10 +77,22 @@ def main(verbose: int) -> None:
     Credentials come from --api-key/--secret-key or FACEFLOW_API_KEY and
     FACEFLOW_SECRET_KEY; the service from --endpoint or FACEFLOW_ENDPOINT.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
+    configure_logging(verbose)
+
+
+#: Loggers -v/-vv turn up: faceflow's own. Third-party libraries (PIL's EXIF parser,
+#: asyncio, aiohttp) stay at WARNING, so -vv shows one line per API call, not their debug.
+OWN_LOGGERS = ("faceflow", "pipeline", "jobs")
+
+
+def configure_logging(verbose: int) -> None:
+    """WARNING by default; -v INFO and -vv DEBUG for faceflow's loggers only."""
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        level=logging.WARNING, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING - 10 * min(verbose, 2)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +27,11 @@ def engine() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("engine-data"), show_default=True,
               help="Folder of the faceset database (created when missing).")
+@click.option("--store", "store_url", default=None, metavar="postgresql://...",
+              envvar="FACEFLOW_ENGINE_STORE",
+              help="Keep the faceset in PostgreSQL + pgvector, shared by every engine started "
+                   "on the same URL (instead of --data-dir; run `faceflow engine migrate` "
+                   "first). Also FACEFLOW_ENGINE_STORE, which keeps a password out of `ps`.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Model processes (one per core is the most useful).")
 @click.option("--qps", type=float, default=None, help="Emulated QPS limit per interface (18).")
@@ -41,25 +47,66 @@ def engine() -> None:
 @click.option("--delay", type=float, default=2.0, show_default=True,
               help="Seconds a 'slow' fault delays the reply.")
 @click.option("--seed", type=int, default=None, help="Seed of the fault draws.")
-def serve(host: str, port: int, data_dir: Path, workers: int, qps: float | None,
-          daily_quota: int | None, token_ttl: float, detector: str, faults: tuple[str, ...],
-          delay: float, seed: int | None) -> None:
+def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: int,
+          qps: float | None, daily_quota: int | None, token_ttl: float, detector: str,
+          faults: tuple[str, ...], delay: float, seed: int | None) -> None:
     """Serve the face API until SIGTERM or Ctrl-C.
 
     \b
-    Example:
+    Examples:
       faceflow engine serve --data-dir ./faceset --port 8480 --workers 2
+      faceflow engine serve --store postgresql://faceflow@db/faces --port 8481
     """
-    from pipeline.engine.server import build_config
+    from pipeline.engine.server import ListenError, build_config
     from pipeline.engine.server import serve as run
+    from pipeline.postgres import PostgresUnavailable
 
+    _check_store_url(store_url)
     try:
         config = build_config(data_dir, workers=workers, qps=qps, daily_quota=daily_quota,
                               token_ttl=token_ttl, detector=detector,
-                              faults=_parse_faults(faults), delay=delay, seed=seed)
-    except ValueError as exc:
+                              faults=_parse_faults(faults), delay=delay, seed=seed,
+                              store_url=store_url)
+        run(config, host, port)
+    except (ValueError, PostgresUnavailable, ListenError) as exc:
+        raise _Problem(str(exc)) from None
+
+
+class _Problem(click.ClickException):
+    """A bad option, input file or port: one line on stderr, exit 2 like every other command."""
+
+    exit_code = 2
+
+
+def _check_store_url(url: str | None) -> None:
+    from pipeline.postgres import is_postgres_url
+
+    if url is not None and not is_postgres_url(url):
+        raise click.BadParameter("use a postgresql:// URL, e.g. postgresql://user@host/db",
+                                 param_hint="--store")
+
+
+@engine.command()
+@click.option("--store", "store_url", required=True, metavar="postgresql://...",
+              envvar="FACEFLOW_ENGINE_STORE",
+              help="The shared store's database (also FACEFLOW_ENGINE_STORE).")
+def migrate(store_url: str) -> None:
+    """Create or upgrade the shared store's schema (versioned; safe to run again).
+
+    \b
+    Example:
+      faceflow engine migrate --store postgresql://faceflow@db/faces
+    """
+    from pipeline.engine.pgstore import migrate as run
+    from pipeline.postgres import PostgresUnavailable, redact
+
+    _check_store_url(store_url)
+    try:
+        before, after = run(store_url)
+    except PostgresUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    run(config, host, port)
+    state = "already current" if before == after else f"upgraded from version {before}"
+    click.echo(f"engine schema at version {after} ({state}) on {redact(store_url)}")
 
 
 def _parse_faults(items: tuple[str, ...]) -> dict[str, float]:
@@ -79,7 +126,11 @@ def _parse_faults(items: tuple[str, ...]) -> dict[str, float]:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("engine-data"), show_default=True,
               help="The engine's data folder (stop the engine or restart it afterwards).")
-def import_persons(csv_path: Path, data_dir: Path) -> None:
+@click.option("--store", "store_url", default=None, metavar="postgresql://...",
+              envvar="FACEFLOW_ENGINE_STORE",
+              help="Import into the shared PostgreSQL store instead (every replica sees the "
+                   "records at once).")
+def import_persons(csv_path: Path, data_dir: Path, store_url: str | None) -> None:
     """Load ID-photo records for person verify from a CSV.
 
     Columns: id_card_number,name,photo (photo paths relative to the CSV).
@@ -89,14 +140,17 @@ def import_persons(csv_path: Path, data_dir: Path) -> None:
       faceflow engine import-persons persons.csv --data-dir ./faceset
     """
     from pipeline.engine.persons import import_persons as run
-    from pipeline.engine.store import Store
+    from pipeline.postgres import PostgresUnavailable
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(data_dir / "faceset.sqlite3")
+    _check_store_url(store_url)
+    try:
+        store = _open_store(store_url, data_dir)
+    except PostgresUnavailable as exc:
+        raise _Problem(str(exc)) from None
     try:
         report = run(csv_path, store)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _Problem(str(exc)) from None
     finally:
         store.close()
     for line, reason in report.refused:
@@ -104,3 +158,15 @@ def import_persons(csv_path: Path, data_dir: Path) -> None:
     click.echo(f"imported {report.imported} person(s), refused {len(report.refused)}")
     if report.refused:
         raise SystemExit(1)
+
+
+def _open_store(store_url: str | None, data_dir: Path) -> Any:
+    """The shared PostgreSQL store at ``store_url``, else the SQLite one in ``data_dir``."""
+    if store_url:
+        from pipeline.engine.pgstore import PgStore
+
+        return PgStore(store_url)
+    from pipeline.engine.store import Store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(data_dir / "faceset.sqlite3")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG
+from jobs.options import EXIT_CONFIG, plural
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.report import Summary, render_html, summarize
 from pipeline.runs.outcomes import SUCCESS_STATUSES
@@ -17,7 +18,8 @@ from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 def summary_tables(s: Summary) -> list[Table]:
     """Statuses, reasons and timing as rich tables."""
-    title = f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome"
+    state = "" if s.state == "finished" else f"{s.state}, "
+    title = f"run {s.run_id}: {state}{s.rows} of {s.manifest_rows} rows have an outcome"
     # min_width: a title wider than the table would be wrapped into the table's width.
     counts = Table(title=title, title_justify="left", min_width=len(title))
     counts.add_column("status")
@@ -87,8 +89,7 @@ def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
         for table in summary_tables(summary):
             console.print(table)
     if html_path is not None:
-        html_path.write_text(render_html(run_dir, summary), encoding="utf-8")
-        click.echo(f"HTML report: {html_path}", err=True)
+        _write_html(html_path, lambda: render_html(run_dir, summary))
 
 
 def _job_of(run_dir: Path) -> str | None:
@@ -110,7 +111,7 @@ def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"job": "audit", "findings": len(findings), "counts": counts},
                               indent=2))
     else:
-        table = Table(title=f"audit {run_dir.name}: {len(findings)} findings",
+        table = Table(title=f"audit {run_dir.name}: {plural(len(findings), 'finding')}",
                       title_justify="left")
         table.add_column("kind")
         table.add_column("findings", justify="right")
@@ -118,5 +119,16 @@ def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
             table.add_row(kind, str(n))
         Console().print(table)
     if html_path is not None:
-        html_path.write_text(render_audit_html(run_dir), encoding="utf-8")
-        click.echo(f"HTML report: {html_path}", err=True)
+        _write_html(html_path, lambda: render_audit_html(run_dir))
+
+
+def _write_html(path: Path, render: Callable[[], str]) -> None:
+    """Write the page; a path that cannot be written is one line and exit 2."""
+    try:
+        path.write_text(render(), encoding="utf-8")
+    except OSError as exc:
+        err = click.ClickException(f"cannot write the HTML report to {path}: "
+                                   f"{exc.strerror or exc}")
+        err.exit_code = EXIT_CONFIG
+        raise err from None
+    click.echo(f"HTML report: {path}", err=True)

@@ -15,6 +15,9 @@ from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster, UnionFind, componen
 from pipeline.audit.findings import (
     EXACT_COPY,
     FINDING_SCHEMA,
+    HIGH,
+    LOW,
+    MEDIUM,
     MULTIPLE_PEOPLE,
     PLAN_SCHEMA,
     PROBE_SCHEMA,
@@ -154,3 +157,91 @@ def test_records_roundtrip_through_arrow() -> None:
     table = records_table(findings, FINDING_SCHEMA)
     assert table.schema.equals(FINDING_SCHEMA, check_metadata=False)
     assert table_records(table, Finding) == findings
+
+
+# -- confidence: high only on strong, unanimous, unambiguous evidence ----------------------------
+
+
+def _same(findings: list[Finding], a: str, b: str) -> Finding:
+    return next(f for f in findings if f.kind == SAME_PERSON and {f.uid_a, f.uid_b} == {a, b})
+
+
+def test_a_duplicate_seen_by_every_photo_is_high_and_ranked_first() -> None:
+    plan = [_img(0, "ann"), _img(1, "ann"), _img(2, "ann_dup"), _img(3, "zed"), _img(4, "zed")]
+    probes = {
+        0: _probe(0, "ann", [("ann", 99), ("ann_dup", 96), ("zed", 45)],
+                  [("ann_dup", 2, 95.0)]),
+        1: _probe(1, "ann", [("ann", 98), ("ann_dup", 93), ("zed", 50)],
+                  [("ann_dup", 2, 92.5)], ref=(0, 97.0)),
+        2: _probe(2, "ann_dup", [("ann_dup", 99), ("ann", 95)],
+                  [("ann", 0, 95.0), ("ann", 1, 91.0)]),
+        3: _probe(3, "zed", [("zed", 99)]),
+        4: _probe(4, "zed", [("zed", 97)], ref=(3, 75.0)),  # several people: medium
+    }
+    findings, _ = derive_findings(plan, probes, 80.0, "r", NOW)
+    dup = _same(findings, "ann", "ann_dup")
+    assert (dup.confidence, dup.photos_checked, dup.photos_agreeing) == (HIGH, 3, 3)
+    assert dup.margin == pytest.approx(96 - 45) and dup.lowest_score == 91.0
+    multi = next(f for f in findings if f.kind == MULTIPLE_PEOPLE)
+    assert multi.confidence == MEDIUM
+    assert [f.confidence for f in findings] == [HIGH, MEDIUM] and findings[0] is not multi
+
+
+@pytest.mark.parametrize(("case", "probes"), [
+    # One photo of the lookalike's uid points at the other uid, its second photo does not.
+    ("a second photo disagrees", {
+        0: _probe(0, "leo", [("leo", 99), ("leo_look", 93)], [("leo_look", 2, 92.0)]),
+        1: _probe(1, "leo", [("leo", 97), ("leo_look", 71)], ref=(0, 95.0)),
+        2: _probe(2, "leo_look", [("leo_look", 99), ("leo", 93)], [("leo", 0, 92.0)])}),
+    # Every photo agrees, but a third uid is close behind: an ambiguous face.
+    ("a rival is close behind", {
+        0: _probe(0, "leo", [("leo", 99), ("leo_look", 93), ("max", 88)],
+                  [("leo_look", 2, 92.0), ("max", 3, 79.0)]),
+        1: _probe(1, "leo", [("leo", 97), ("leo_look", 91), ("max", 86)],
+                  [("leo_look", 2, 90.5), ("max", 3, 78.0)], ref=(0, 95.0)),
+        2: _probe(2, "leo_look", [("leo_look", 99), ("leo", 93)], [("leo", 0, 92.0)])}),
+    # Strong only against one of the uid's photos; another sent photo scores low.
+    ("a known photo of the other uid disagrees", {
+        0: _probe(0, "leo", [("leo", 99), ("leo_look", 93)],
+                  [("leo_look", 2, 92.0), ("leo_look", 4, 66.0)]),
+        1: _probe(1, "leo", [("leo", 97), ("leo_look", 92)], [("leo_look", 2, 91.0)],
+                  ref=(0, 95.0)),
+        2: _probe(2, "leo_look", [("leo_look", 99), ("leo", 93)], [("leo", 0, 92.0)])}),
+    # Everything agrees but the score is under the stricter bound.
+    ("the score is between 80 and 90", {
+        0: _probe(0, "leo", [("leo", 99), ("leo_look", 86)], [("leo_look", 2, 85.0)]),
+        1: _probe(1, "leo", [("leo", 97), ("leo_look", 84)], [("leo_look", 2, 83.0)],
+                  ref=(0, 95.0)),
+        2: _probe(2, "leo_look", [("leo_look", 99), ("leo", 86)], [("leo", 0, 85.0)])}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_lookalike_evidence_is_found_but_never_high(case: str, probes: dict) -> None:
+    plan = [_img(0, "leo"), _img(1, "leo"), _img(2, "leo_look"), _img(3, "max"),
+            _img(4, "leo_look")]
+    probes = {**probes, 3: _probe(3, "max", [("max", 99)]),
+              4: _probe(4, "leo_look", [("leo_look", 98)], ref=(2, 90.0))}
+    findings, _ = derive_findings(plan, probes, 80.0, "r", NOW)
+    f = _same(findings, "leo", "leo_look")
+    assert f.confirmed and f.score is not None and f.score >= 80, case
+    assert f.confidence == MEDIUM, case
+
+
+def test_three_uids_of_one_person_do_not_eat_each_others_margin() -> None:
+    plan = [_img(0, "a"), _img(1, "b"), _img(2, "c")]
+    probes = {
+        0: _probe(0, "a", [("a", 99), ("b", 95), ("c", 94)], [("b", 1, 95.0), ("c", 2, 94.0)]),
+        1: _probe(1, "b", [("b", 99), ("a", 95), ("c", 94)], [("a", 0, 95.0), ("c", 2, 94.0)]),
+        2: _probe(2, "c", [("c", 99), ("a", 94), ("b", 94)], [("a", 0, 94.0), ("b", 1, 94.0)]),
+    }
+    findings, _ = derive_findings(plan, probes, 80.0, "r", NOW)
+    assert len(findings) == 3 and {f.confidence for f in findings} == {HIGH}
+
+
+def test_identify_only_is_low_exact_copy_high_and_a_very_low_reference_high() -> None:
+    plan = [_img(0, "eve"), _img(1, "eve"), _img(2, "copy", "sha0")]
+    probes = {0: _probe(0, "eve", [("eve", 99), ("stranger", 97.0)]),
+              1: _probe(1, "eve", [("eve", 99)], ref=(0, 20.0)),
+              2: _probe(2, "copy", [("copy", 99)])}
+    findings, _ = derive_findings(plan, probes, 80.0, "r", NOW)
+    levels = {f.kind: f.confidence for f in findings}
+    assert levels == {SAME_PERSON: LOW, EXACT_COPY: HIGH, MULTIPLE_PEOPLE: HIGH}
+    assert [f.confidence for f in findings] == [HIGH, HIGH, LOW]

@@ -93,8 +93,12 @@ def test_audit_finds_the_three_planted_cases(engine: Any, enrolled: Path,
     assert multi.score is not None and multi.score < 80
     assert multi.image_b is not None and multi.image_b.endswith("astronaut.png")
     assert "3 findings" in done.output
+    # obama_a's two photos both point at obama_b and obama_b's at obama_a.
+    assert (same.photos_checked, same.photos_agreeing) == (3, 3)
+    assert same.margin is not None and same.margin > 0
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert html.count('class="card finding"') == 3
+    assert f'data-confidence="{same.confidence}"' in html and "confidence</strong>" in html
     # `faceflow report` knows an audit run: counts per kind, and the same page with --html.
     page = tmp_path / "again.html"
     shown = CliRunner().invoke(main, ["report", str(run_dir), "--json", "--html", str(page)])
@@ -120,7 +124,8 @@ def test_audit_calls_grow_with_n_times_k(engine: Any, enrolled: Path, tmp_path: 
     # Every match the engine served is one confirmation or reference check that a probe
     # record accounts for; identical bytes (biden_copy vs mixed) cost none.
     records = pq.read_table(result.run_dir / "outcomes").to_pylist()
-    confirms = sum(sum(lid is not None for lid in r["match_log_ids"]) for r in records)
+    # (one confirm call scores every photo sent: its log id repeats on each photo's entry)
+    confirms = sum(len({lid for lid in r["match_log_ids"] if lid is not None}) for r in records)
     refs = sum(r["ref_log_id"] is not None for r in records)
     assert refs == 2  # obama_03 and astronaut against their uid's first photo
     assert served.get("match") == result.calls["match"] == confirms + refs
@@ -193,6 +198,9 @@ def test_devset_audit_agrees_with_the_labels(engine: Any, devset_dir: Path,
             assert people[a] & people[b], (a, b)
         else:
             assert kind == MULTIPLE_PEOPLE and len(people[a]) > 1, (kind, a)
+    for f in read_findings(result.run_dir):  # and none that is high is false
+        if f.confidence == "high" and f.kind == SAME_PERSON:
+            assert people[f.uid_a] & people[f.uid_b], f
     # recall on the planted cases
     assert {(SAME_PERSON, ("kit", "kit_alias")), (SAME_PERSON, ("rose", "rose_alias")),
             (MULTIPLE_PEOPLE, ("mixed", "mixed"))} <= got

@@ -129,7 +129,7 @@ def test_pose_recovers_a_synthetic_projection(yaw: float, pitch: float, roll: fl
     assert (pose.yaw, pose.pitch, pose.roll) == pytest.approx((yaw, pitch, roll), abs=1.5)
 
 
-def test_score_function_anchor_points() -> None:
+def test_score_function_anchor_points() -> None:  # see also tests/test_scoring.py
     assert score_from_distance(0.0) == 100.0
     assert score_from_distance(MATCH_DISTANCE) == pytest.approx(80.0)
     assert score_from_distance(1.5) == 0.0

@@ -14,16 +14,33 @@
           ├── QuotaError              17, 19: stop the caller until the quota resets
           ├── ServiceUnavailableError the service stopped answering for longer than the
           │                           client waits for it (an outage): stop, resume later
-          ├── AuthError               14, 110, 111, 216015, 216110, bad credentials
-          ├── InvalidInputError       100, 2161xx, 2162xx, 216402, 216614, 216631, and
+          ├── AuthError               13, 14, 15, 110, 111, 216015, 216110, bad credentials
+          │    └── NoPermissionError  6: the app lacks permission for this API (a v3-only
+          │                           app calling a v2 path gets 6: try --api v3)
+          ├── InvalidInputError       3, 100, 2161xx, 2162xx, 216402, 216614, 216631, 2220xx,
+          │    │                      222203/4/8, 2231xx input codes, 22235x, and
           │    │                      arguments the client refuses before sending (code None)
-          │    └── FaceNotFoundError  216402
+          │    ├── FaceNotFoundError  216402, 222202 (v3: "pic not has face")
+          │    └── FaceTokenError     222209: unknown or expired face_token (v3)
+          ├── RejectedError           v3 quality_control / liveness_control failures
+          │                           (223113-223116, 223120-223127): a new capture may pass
+          ├── NoMatchError            222207: nobody above match_threshold (v3 search)
           └── StateError              the face library is not in the state the call needs
-               ├── UserNotFoundError  216611, 216612
-               ├── ImageExistsError   216616
+               ├── UserNotFoundError  216611, 216612, 223103
+               ├── ImageExistsError   216616, 223105 (v3: "face is already exist")
                ├── EmptyGroupError    216618
                ├── LastGroupError     216619
-               └── AlreadyInGroupError 216100 with error_msg "already add"
+               ├── AlreadyInGroupError 216100 with error_msg "already add", 223102
+               ├── GroupNotFoundError 223100, 223111 (v3)
+               ├── GroupExistsError   223101 (v3)
+               ├── FaceMissingError   223106 (v3: the face_token is not the user's)
+               └── FaceLimitError     222210, or the message "the number of user's faces is
+                                      beyond the limit" (v3: 20 faces per user and group)
+
+Two code tables share this tree: :data:`ERROR_TABLE` (v2) and :data:`V3_ERROR_TABLE`
+(contract v3 §6). The gateway codes (1-19, 100, 110, 111) are in both with one meaning.
+``make_error(..., api="v3")`` reads the v3 one; unknown v3 codes 222900-222999 are
+transient and any other unknown v3 code is input (v3 contract §6).
 
 Every :class:`ApiError` carries ``code``, ``message``, ``log_id`` and ``attempts``
 (how many times the request was sent; 0 when it was refused before sending).
@@ -126,6 +143,22 @@ class FaceNotFoundError(InvalidInputError):
     """216402: the service found no face in the image."""
 
 
+class NoPermissionError(AuthError):
+    """6: the app has no permission for this API (for v2 paths: a v3-only app)."""
+
+
+class FaceTokenError(InvalidInputError):
+    """222209 (v3): the face_token is unknown or has expired (detect tokens live 60 min)."""
+
+
+class RejectedError(ApiError):
+    """v3: the picture failed a quality or liveness control; a new capture may pass."""
+
+
+class NoMatchError(ApiError):
+    """222207 (v3): no user scored above the search's match_threshold."""
+
+
 class StateError(ApiError):
     """The face library is not in the state the call needs."""
 
@@ -147,20 +180,47 @@ class LastGroupError(StateError):
 
 
 class AlreadyInGroupError(StateError):
-    """216100 "already add": the user is already in the target group."""
+    """216100 "already add" / 223102: the user is already in the target group."""
 
 
-#: code -> (class, the reference's error_msg). The engine answers with these
-#: messages; the client maps codes to classes with this table and nothing else.
-ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
+class GroupNotFoundError(StateError):
+    """223100 / 223111 (v3): the group (or the copy's target group) does not exist."""
+
+
+class GroupExistsError(StateError):
+    """223101 (v3): group add of a group that exists."""
+
+
+class FaceMissingError(StateError):
+    """223106 (v3): face delete of a face_token the user does not have."""
+
+
+class FaceLimitError(StateError):
+    """222210 (v3): the user already has 20 faces in this group."""
+
+
+#: Gateway codes, one meaning under v2 and v3 (the v3 contract's gateway table).
+GATEWAY_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
+    1: (TransientError, "Unknown error"),
+    2: (TransientError, "Service temporarily unavailable"),
+    3: (InvalidInputError, "Unsupported openapi method"),
     4: (QpsLimitError, "Open api request limit reached"),
+    6: (NoPermissionError, "no permission to access data"),
+    13: (AuthError, "Get service token failed"),
     14: (AuthError, "IAM Certification failed"),
+    15: (AuthError, "app not exsits or create failed"),
     17: (QuotaError, "Open api daily request limit reached"),
     18: (QpsLimitError, "Open api qps request limit reached"),
     19: (QuotaError, "Open api total request limit reached"),
     100: (InvalidInputError, "Invalid parameter"),
     110: (AuthError, "Access token invalid or no longer valid"),
     111: (AuthError, "Access token expired"),
+}
+
+#: code -> (class, the reference's error_msg). The engine answers with these
+#: messages; the client maps codes to classes with this table and nothing else.
+ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
+    **GATEWAY_TABLE,
     216015: (AuthError, "module closed"),
     216100: (InvalidInputError, "invalid param"),
     216101: (InvalidInputError, "not enough param"),
@@ -189,41 +249,136 @@ ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
     "SDK108": (TransientError, "connection or read data timeout"),
 }
 
+_V3_PARAMS = {
+    222001: "param[] is null", 222002: "param[start] format error",
+    222003: "param[length] format error", 222004: "param[op_app_id_list] format error",
+    222005: "param[group_id_list] format error", 222006: "group_id format error",
+    222007: "uid format error", 222008: "face_id format error",
+    222009: "quality_conf format error", 222010: "user_info format error",
+    222011: "param[uid_list] format error", 222012: "param[op_app_id] format error",
+    222013: "param[image] format error", 222014: "param[app_id] format error",
+    222015: "param[image_type] format error", 222016: "param[max_face_num] format error",
+    222017: "param[face_field] format error", 222018: "param[user_id] format error",
+    222019: "param[quality_control] format error",
+    222020: "param[liveness_control] format error",
+    222021: "param[max_user_num] format error", 222022: "param[id_card_number] format error",
+    222023: "param[name] format error", 222024: "param[face_type] format error",
+    222025: "param[face_token] format error", 222026: "param[max_star_num] format error",
+}
+_V3_REJECTED = {
+    223113: "face is covered", 223114: "face is fuzzy", 223115: "face light is not good",
+    223116: "incomplete face", 223120: "liveness check fail",
+    223121: "left eye is occlusion", 223122: "right eye is occlusion",
+    223123: "left cheek is occlusion", 223124: "right cheek is occlusion",
+    223125: "chin contour is occlusion", 223126: "nose is occlusion",
+    223127: "mouth is occlusion",
+}
+#: The 20-faces-per-user message; its code is unconfirmed (the engine sends 222210), so
+#: the message maps to FaceLimitError whatever code comes with it (v3 contract §6).
+FACE_LIMIT_MSG = "the number of user's faces is beyond the limit"
+
+#: v3 code -> (class, error_msg) (v3 contract §6; Baidu's spellings kept).
+V3_ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
+    **GATEWAY_TABLE,
+    **{code: (InvalidInputError, msg) for code, msg in _V3_PARAMS.items()},
+    222201: (TransientError, "network not available"),
+    222202: (FaceNotFoundError, "pic not has face"),
+    222203: (InvalidInputError, "image check fail"),
+    222204: (InvalidInputError, "image_url_download_fail"),
+    222205: (TransientError, "network not availablel"),
+    222206: (TransientError, "rtse service return fail"),
+    222207: (NoMatchError, "match user is not found"),
+    222208: (InvalidInputError, "the number of image is incorrect"),
+    222209: (FaceTokenError, "face token not exist"),
+    222210: (FaceLimitError, FACE_LIMIT_MSG),
+    222300: (TransientError, "add face fail"),
+    222301: (TransientError, "get face fail"),
+    222302: (TransientError, "system error"),
+    222303: (TransientError, "get face fail"),
+    223100: (GroupNotFoundError, "group is not exist"),
+    223101: (GroupExistsError, "group is already exist"),
+    223102: (AlreadyInGroupError, "user is already exist"),
+    223103: (UserNotFoundError, "user is not exist"),
+    223104: (InvalidInputError, "group_list is too large"),
+    223105: (ImageExistsError, "face is already exist"),
+    223106: (FaceMissingError, "face is not exist"),
+    223110: (InvalidInputError, "uid_list is too large"),
+    223111: (GroupNotFoundError, "dst group is not exist"),
+    223112: (InvalidInputError, "quality_conf format error"),
+    **{code: (RejectedError, msg) for code, msg in _V3_REJECTED.items()},
+    223117: (InvalidInputError, "app_list is too large"),
+    223118: (InvalidInputError, "quality control error"),
+    223119: (InvalidInputError, "liveness control item error"),
+    222350: (StateError, "police picture is none or low quality"),
+    222351: (InvalidInputError, "id number and name not match or id number not exist"),
+    222352: (InvalidInputError, "name format error"),
+    222353: (InvalidInputError, "id number format error"),
+    222354: (InvalidInputError, "id number not exist"),
+    222355: (StateError, "police picture not exist"),
+    222360: (InvalidInputError, "invalid name or id number"),
+    222361: (TransientError, "system busy"),
+    **{code: (TransientError, "system busy") for code in range(222901, 222917)},
+    "SDK108": (TransientError, "connection or read data timeout"),
+}
+#: Gateway codes: under v3 their replies carry only error_code and error_msg.
+GATEWAY_CODES = frozenset(GATEWAY_TABLE)
+
 #: Codes a token refresh may cure (the contract: refresh once on 110 or 111).
 TOKEN_CODES = frozenset({110, 111})
 
 ALREADY_ADD_MSG = "already add"
 
 
-def error_class(code: int | str | None, message: str = "") -> type[ApiError]:
-    """The class for a service error code; unknown codes are plain :class:`ApiError`."""
-    if code == 216100 and message.strip() == ALREADY_ADD_MSG:
-        return AlreadyInGroupError
+def error_class(code: int | str | None, message: str = "", api: str = "v2") -> type[ApiError]:
+    """The class for a service error code of protocol ``api`` ("v2" or "v3").
+
+    v2: unknown codes are plain :class:`ApiError`. v3: unknown 222900-222999 are
+    transient, any other unknown code is input (v3 contract §6).
+    """
     norm = _normalise_code(code)
+    if api == "v3":
+        return _v3_class(norm, message)
+    if norm == 216100 and message.strip() == ALREADY_ADD_MSG:
+        return AlreadyInGroupError
     if norm is None or norm not in ERROR_TABLE:
         return ApiError
     return ERROR_TABLE[norm][0]
 
 
+def _v3_class(code: int | str | None, message: str) -> type[ApiError]:
+    if message.strip().startswith(FACE_LIMIT_MSG):
+        return FaceLimitError
+    if code in V3_ERROR_TABLE:
+        return V3_ERROR_TABLE[code][0]
+    if isinstance(code, int) and 222900 <= code <= 222999:
+        return TransientError
+    return ApiError if code is None else InvalidInputError
+
+
 def error_message(code: int | str) -> str:
-    """The reference's ``error_msg`` for a code (for the engine and protocol doubles)."""
-    return ERROR_TABLE[code][1]
+    """The reference's ``error_msg`` for a code (for the engine and protocol doubles);
+    v2 codes from the v2 table, v3-only codes from the v3 one (the two do not overlap)."""
+    if code in ERROR_TABLE:
+        return ERROR_TABLE[code][1]
+    return V3_ERROR_TABLE[code][1]
 
 
-def raise_for_reply(reply: dict[str, Any], attempts: int = 1) -> None:
+def raise_for_reply(reply: dict[str, Any], attempts: int = 1, api: str = "v2") -> None:
     """Raise the mapped error when a reply carries an ``error_code`` other than 0."""
     code = reply.get("error_code")
     if code in (None, 0, "0"):
         return
-    raise make_error(code, str(reply.get("error_msg", "")), reply.get("log_id"), attempts)
+    raise make_error(code, str(reply.get("error_msg", "")), reply.get("log_id"), attempts,
+                     api=api)
 
 
 def make_error(
-    code: int | str | None, message: str, log_id: Any = None, attempts: int = 1
+    code: int | str | None, message: str, log_id: Any = None, attempts: int = 1,
+    api: str = "v2",
 ) -> ApiError:
-    """Build the error of the right class for ``code``."""
+    """Build the error of the right class for ``code`` under protocol ``api``."""
     norm = _normalise_code(code)
-    cls = error_class(norm, message)
+    cls = error_class(norm, message, api)
     lid = int(log_id) if isinstance(log_id, (int, str)) and str(log_id).isdigit() else None
     return cls(norm, message, lid, attempts)
 

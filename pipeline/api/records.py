@@ -58,6 +58,8 @@ class Face:
     faceliveness: float | None = None
     #: Any other fields the service sent (age, gender...), kept as they came.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: v3: the face's face_token (60 min from detect; empty under v2).
+    face_token: str = ""
 
     @property
     def area(self) -> float:

@@ -9,7 +9,25 @@ pyarrow schema next to it (``tests/test_audit_clusters.py`` checks they agree):
 
 :func:`derive_findings` turns the plan and the latest probe record of each row into
 findings and clusters (:mod:`pipeline.audit.clusters`) without any I/O, so every rule
-(thresholds, de-duplication, exact copies) is testable on made-up records.
+(thresholds, de-duplication, exact copies, confidence) is testable on made-up records.
+
+Confidence (:data:`CONFIDENCES`), because an operations team acts on a finding (merging
+or deleting a member) and a false one costs more than a missed one:
+
+* ``same_person_multiple_uids`` is ``high`` only when all of these hold: the best match
+  score is >= ``high_score`` (90 by default, the engine's modelled false-accept rate of
+  1e-5, against 1e-4 at 80); the **margin** -- that uid's identify score minus the best
+  score of any other uid that is not itself confirmed as the same person -- is >=
+  :data:`HIGH_MARGIN` points (a lookalike tends to have rivals close behind); and every
+  checked photo of *both* uids points at the other uid (each photo's probe confirmed
+  it, against every known photo sent, all >= ``threshold``). Otherwise a confirmed
+  finding is ``medium``, and a candidate with no known photo to confirm against is
+  ``low``.
+* ``exact_copy`` (the same bytes) is ``high``.
+* ``multiple_people_one_uid`` is ``high`` below :data:`MULTI_HIGH_BELOW` (a distance at
+  which same-person pairs of distinct photos practically never fall), else ``medium``.
+
+Findings are numbered in confidence order (high first), then by cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +43,15 @@ from pipeline.audit.clusters import Cluster, components
 
 KINDS = ("same_person_multiple_uids", "multiple_people_one_uid", "exact_copy")
 SAME_PERSON, MULTIPLE_PEOPLE, EXACT_COPY = KINDS
+CONFIDENCES = ("high", "medium", "low")
+HIGH, MEDIUM, LOW = CONFIDENCES
+#: Same-person score for ``high`` (0-100): the engine's modelled false-accept rate 1e-5.
+HIGH_SCORE = 90.0
+#: Points by which the uid must lead the best rival uid in the probe's identify.
+HIGH_MARGIN = 10.0
+#: A reference match below this score (modelled impostor share 99 %) is a ``high``
+#: "several people, one uid" finding.
+MULTI_HIGH_BELOW = 60.0
 _TS = pa.timestamp("us", tz="UTC")
 
 
@@ -78,9 +105,11 @@ class ProbeRecord:
     ``status`` is ``checked`` or ``failed`` (then ``reason``, ``error_code`` and
     ``error_msg`` say why). ``cand_*`` are identify's candidates in reply order
     (uid after mapping scratch uids back, group, best score 0-100, user_info).
-    ``match_*`` are the confirmations, one per other uid that scored >= threshold
-    and has a known photo: the plan row of its best-matching photo, the match score
-    and the match log id (None when identical bytes made the call needless).
+    ``match_*`` are the confirmations of every other uid that scored >= threshold
+    and has a known photo: one entry per photo of that uid sent with the probe (up to
+    ``confirm_photos``, one match call): its plan row, the probe-vs-photo score and the
+    call's log id (None when identical bytes made the call needless; then one entry).
+    Records written before confidence existed hold only the best photo per uid.
     ``ref_row``/``ref_score``/``ref_log_id``: the match against the uid's reference
     photo (all None for the reference itself). ``calls`` counts the requests this
     probe made (identify + matches), ``attempts`` the HTTP sends (retries included).
@@ -151,6 +180,12 @@ class Finding:
     match score 0-100 (None for exact copies; the identify score when
     ``confirmed`` is False because no photo of ``uid_b`` is known, then ``image_b``
     is None). ``log_ids`` holds every service log id behind the finding.
+
+    ``confidence`` is one of :data:`CONFIDENCES` (see the module docstring).
+    ``margin``: identify score of ``uid_b`` minus the best other unconfirmed uid's (None
+    for other kinds). ``photos_checked``: probed photos of both uids; ``photos_agreeing``:
+    those whose probe confirmed the other uid; ``lowest_score``: the lowest
+    probe-vs-photo score between the two uids (None when no photo pair was scored).
     """
 
     run_id: str
@@ -174,11 +209,18 @@ class Finding:
     identify_log_id: int | None
     match_log_id: int | None
     log_ids: tuple[int, ...]
+    confidence: str
+    margin: float | None
+    photos_checked: int
+    photos_agreeing: int
+    lowest_score: float | None
     found_at: datetime
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown finding kind {self.kind!r}; expected one of {KINDS}")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"unknown confidence {self.confidence!r}; expected {CONFIDENCES}")
 
 
 FINDING_SCHEMA = pa.schema(
@@ -204,6 +246,11 @@ FINDING_SCHEMA = pa.schema(
         pa.field("identify_log_id", pa.uint64()),
         pa.field("match_log_id", pa.uint64()),
         pa.field("log_ids", pa.list_(pa.uint64()), nullable=False),
+        pa.field("confidence", pa.string(), nullable=False),
+        pa.field("margin", pa.float64()),
+        pa.field("photos_checked", pa.int32(), nullable=False),
+        pa.field("photos_agreeing", pa.int32(), nullable=False),
+        pa.field("lowest_score", pa.float64()),
         pa.field("found_at", _TS, nullable=False),
     ],
     metadata={"faceflow.record": "pipeline.audit.Finding"},
@@ -239,24 +286,29 @@ def derive_findings(
     threshold: float,
     run_id: str,
     found_at: datetime,
+    high_score: float = HIGH_SCORE,
 ) -> tuple[list[Finding], list[Cluster]]:
     """Every finding and the clusters that hold them, from the plan and checked probes.
 
     ``probes`` maps plan row -> its latest record (failed ones add nothing). A uid
     pair is reported once: exact copies first, then the best confirmed match, then
-    (no photo known) the best identify score. Findings are sorted by cluster, kind
-    (:data:`KINDS` order), uid_a, uid_b and numbered from 1.
+    (no photo known) the best identify score. Findings are sorted by confidence
+    (:data:`CONFIDENCES` order), cluster, kind (:data:`KINDS` order), uid_a, uid_b
+    and numbered from 1. ``high_score`` (at least ``threshold``): see the module docstring.
     """
     checked = [p for _, p in sorted(probes.items()) if p.status == "checked"]
     exact, edges = exact_copies(plan)
     same, same_edges = _same_person(plan, checked, threshold, _shared_bytes(plan))
     multi, ref_edges = _multiple_people(plan, checked, threshold)
-    drafts = exact + same + multi
+    bound = max(high_score, threshold)
+    drafts = [replace(f, confidence=_confidence(f, threshold, bound))
+              for f in exact + same + multi]
     comps = components(len(plan), [*edges, *same_edges, *ref_edges])
     clusters, cluster_of = _number_clusters(plan, comps, drafts)
     placed = [replace(f, cluster=cluster_of[f.row_a], run_id=run_id, found_at=found_at)
               for f in drafts]
-    placed.sort(key=lambda f: (f.cluster, KINDS.index(f.kind), f.uid_a, f.uid_b, f.row_a))
+    placed.sort(key=lambda f: (CONFIDENCES.index(f.confidence), f.cluster,
+                               KINDS.index(f.kind), f.uid_a, f.uid_b, f.row_a))
     return [replace(f, finding=i) for i, f in enumerate(placed, 1)], clusters
 
 
@@ -304,7 +356,9 @@ def _same_person(
 ) -> tuple[list[Finding], list[tuple[int, int]]]:
     best: dict[frozenset[str], Finding] = {}
     edges: list[tuple[int, int]] = []
+    by_uid: dict[str, list[ProbeRecord]] = {}
     for rec in checked:
+        by_uid.setdefault(rec.uid, []).append(rec)
         probe = plan[rec.row]
         for draft in _confirmed(plan, rec, probe, threshold) + _unconfirmed(rec, probe, threshold):
             if draft.confirmed and draft.row_b is not None:
@@ -313,8 +367,54 @@ def _same_person(
             if shared.get(draft.uid_a, set()) & shared.get(draft.uid_b, set()):
                 continue  # the same bytes: reported as an exact copy (or not this audit's)
             if _better(draft, best.get(key)):
-                best[key] = draft
-    return list(best.values()), edges
+                best[key] = replace(draft, margin=_margin(rec, draft.uid_b, threshold))
+    return [_with_evidence(f, by_uid, threshold) for f in best.values()], edges
+
+
+def _margin(rec: ProbeRecord, uid_b: str, threshold: float) -> float | None:
+    """``uid_b``'s identify score minus the best rival's in ``rec`` (0 when none is listed).
+
+    Rivals are the other candidates, minus the probe's own uid and the uids this probe
+    confirmed as the same person (three uids of one person do not eat each other's margin).
+    """
+    scores = dict(zip(reversed(rec.cand_uids), reversed(rec.cand_scores), strict=True))
+    if uid_b not in scores:
+        return None
+    confirmed = {u for u, s in zip(rec.match_uids, rec.match_scores, strict=True)
+                 if s >= threshold}
+    rivals = [s for u, s in scores.items() if u not in (rec.uid, uid_b) and u not in confirmed]
+    return round(scores[uid_b] - max(rivals, default=0.0), 4)
+
+
+def _with_evidence(f: Finding, by_uid: Mapping[str, list[ProbeRecord]],
+                   threshold: float) -> Finding:
+    """Count the checked photos of both uids that point at the other, and the lowest
+    probe-vs-photo score between them."""
+    checked = agreeing = 0
+    scores: list[float] = []
+    for uid, other in ((f.uid_a, f.uid_b), (f.uid_b, f.uid_a)):
+        for rec in by_uid.get(uid, ()):
+            mine = [s for u, s in zip(rec.match_uids, rec.match_scores, strict=True)
+                    if u == other]
+            checked += 1
+            agreeing += bool(mine) and max(mine) >= threshold
+            scores += mine
+    return replace(f, photos_checked=checked, photos_agreeing=agreeing,
+                   lowest_score=min(scores) if scores else None)
+
+
+def _confidence(f: Finding, threshold: float, high_score: float) -> str:
+    """The finding's confidence (rules in the module docstring)."""
+    if f.kind == EXACT_COPY:
+        return HIGH
+    if f.kind == MULTIPLE_PEOPLE:
+        return HIGH if f.score is not None and f.score < MULTI_HIGH_BELOW else MEDIUM
+    if not f.confirmed:
+        return LOW
+    strong = (f.score or 0.0) >= high_score and f.margin is not None and f.margin >= HIGH_MARGIN
+    unanimous = (f.photos_agreeing == f.photos_checked
+                 and f.lowest_score is not None and f.lowest_score >= threshold)
+    return HIGH if strong and unanimous else MEDIUM
 
 
 def _confirmed(
@@ -375,6 +475,7 @@ def _draft(
         image_b=b.image if b else None, sha256_a=a.sha256, sha256_b=b.sha256 if b else None,
         user_info_a=a.user_info, user_info_b=b.user_info if b else None, score=None,
         identify_score=None, confirmed=True, identify_log_id=None, match_log_id=None,
+        confidence=MEDIUM, margin=None, photos_checked=0, photos_agreeing=0, lowest_score=None,
         found_at=_EPOCH_PLACEHOLDER)
     base.update(values)
     ids = (base["identify_log_id"], base["match_log_id"])

@@ -1,11 +1,13 @@
 """The audit's ``report.html``: one self-contained page, no external URL.
 
 A summary, then one card per finding with its two photos side by side (small
-base64 JPEG thumbnails, at most :data:`THUMB_PX` px), the score and the kind; a
-few lines of inline JavaScript filter the cards by kind and sort them by score
-or cluster. The page extends ``templates/base.html`` (the enrollment report's
-stylesheet) with ``templates/audit.html``. Jinja2 autoescapes everything:
-uids, user_info and paths come from users' files and are untrusted.
+base64 JPEG thumbnails, at most :data:`THUMB_PX` px), its confidence, the score and
+the kind (and for "same person" findings the margin over the next uid and how many
+photos of both uids agree); a few lines of inline JavaScript filter the cards by kind
+or confidence and sort them by confidence, score or cluster. The page extends
+``templates/base.html`` (the enrollment report's stylesheet) with
+``templates/audit.html``. Jinja2 autoescapes everything: uids, user_info and paths
+come from users' files and are untrusted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
-from pipeline.audit.findings import KINDS, AuditImage, Finding, table_records
+from pipeline.audit.findings import CONFIDENCES, KINDS, AuditImage, Finding, table_records
 from pipeline.audit.job import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
 from pipeline.enroll.report import thumbnail
 from pipeline.runs.rundir import RunDir
@@ -29,6 +31,9 @@ THUMB_PX = 160
 #: Cards drawn at most; the rest are counted (findings.parquet has them all). Keeps the
 #: page small enough to open (about 10 kB per card).
 MAX_CARDS = 1000
+
+#: Colour class of each confidence (base.html's palette): act on high, check medium.
+CONFIDENCE_CLASS = {"high": "bad", "medium": "warn", "low": "meta"}
 
 KIND_LABELS = {
     "same_person_multiple_uids": "same person, several uids",
@@ -68,11 +73,16 @@ def render_audit_html(run_dir: Path | str) -> str:
     env = Environment(loader=PackageLoader("pipeline", "templates"),
                       autoescape=select_autoescape(["html"]))
     counts = Counter(f.kind for f in findings)
+    levels = Counter(f.confidence for f in findings)
     return env.get_template("audit.html").render(
+        confidence_counts=[(level, levels.get(level, 0)) for level in CONFIDENCES],
+        confidence_rank={level: i for i, level in enumerate(CONFIDENCES)},
+        confidence_class=CONFIDENCE_CLASS,
         info=info, plan_size=len(plan), probes=sum(p.probe for p in plan),
         counts=[(k, KIND_LABELS[k], counts.get(k, 0)) for k in KINDS],
         cards=cards(plan, findings[:MAX_CARDS]), hidden=max(0, len(findings) - MAX_CARDS),
-        total=len(findings), clusters=clusters, version=__version__)
+        total=len(findings), unconfirmed=sum(not f.confirmed for f in findings),
+        clusters=clusters, version=__version__)
 
 
 def write_audit_report(run_dir: Path | str) -> Path:

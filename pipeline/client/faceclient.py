@@ -51,6 +51,7 @@ from pipeline.api.errors import (
     TOKEN_CODES,
     ApiError,
     InvalidInputError,
+    NoPermissionError,
     TransientError,
     UnreachableError,
     make_error,
@@ -81,6 +82,10 @@ from pipeline.client.retry import CAUSES, FAULT, OUTAGE, RATE_LIMIT, Attempts, R
 from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
+
+#: Added to error 6 on a v2 path: a v3-only application gets 6 there (v3 contract §1.2).
+V3_HINT = (" (the application seems to hold v3 permission only: try --api v3 or "
+           "FACEFLOW_API=v3)")
 
 _V2 = "/rest/2.0/face/v2"
 #: canonical interface name -> HTTP path (contract §1.2).
@@ -133,13 +138,51 @@ class ClientStats:
                 "token_refreshes": self.token_refreshes, "outage_waits": self.outage_waits}
 
 
+#: Call kinds of :class:`CallRecord`: accepted, rejected by a rate limit (4, 18), timed
+#: out (SDK108), any other error.
+CALL_KINDS = ("accepted", "rate_limited", "timeout", "error")
+_RATE_CODES = frozenset({4, 18, "4", "18"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One request as sent (each retry and resend is its own), for ``on_call`` hooks.
+
+    ``at``: wall-clock seconds (``time.time()``) when it ended; ``ms``: how long the
+    request took, limiter wait excluded; ``http_status``: None when no reply came;
+    ``error_code``: None for an accepted call; ``attempt``: 1-based send of the call.
+    Never holds the token or the request body.
+    """
+
+    interface: str
+    at: float
+    ms: float
+    http_status: int | None
+    error_code: str | None
+    attempt: int
+    log_id: int | None
+    kind: str  # one of CALL_KINDS
+
+
+def _call_record(call: _Call, started: float, status: int | None, code: Any,
+                 lid: int | None) -> CallRecord:
+    code_text = None if code in (None, 0, "0") else str(code)
+    if code_text is None and status is not None and status >= 500:
+        code_text = f"HTTP{status}"
+    kind = ("accepted" if code_text is None else "rate_limited" if code in _RATE_CODES
+            else "timeout" if code_text == "SDK108" else "error")
+    return CallRecord(call.interface, time.time(), (time.perf_counter() - started) * 1e3,
+                      status, code_text, call.sent, lid, kind)
+
+
 class _Call:
     """The state of one client call across its sends."""
 
     __slots__ = ("interface", "path", "body", "sent", "refreshed", "causes")
 
-    def __init__(self, interface: str, body: bytes) -> None:
-        self.interface, self.path, self.body = interface, PATHS[interface], body
+    def __init__(self, interface: str, body: bytes, path: str | None = None) -> None:
+        self.interface, self.body = interface, body
+        self.path = PATHS[interface] if path is None else path
         self.causes = dict.fromkeys(CAUSES, 0)
         self.sent = 0
         self.refreshed = False
@@ -197,14 +240,21 @@ class FaceClient:
         aimd: Aimd | None = None,
         health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_call: Callable[[CallRecord], None] | None = None,
+        protocol: str = "v2",
     ) -> None:
         self.settings = settings
+        #: "v2" (this class's methods), or "v3": the wire and error table that
+        #: :class:`pipeline.client.v3.FaceClientV3` sends its calls through.
+        self.protocol = protocol
         self.stats = ClientStats()
+        #: Called with a :class:`CallRecord` after every request (e.g. a run's timeline).
+        self.on_call = on_call
         self.limiter = limiter or RateLimiter(qps, aimd=aimd)
         self.retry = retry or RetryPolicy()
         self.health = health or Health()
         self._transport = Transport(settings, connection_limit=connection_limit, clock=clock,
-                                    on_token_fetch=self._count_token_fetch)
+                                    on_token_fetch=self._count_token_fetch, protocol=protocol)
         self._state = _UNOPENED
         self._encoded = _EncodedImages()
 
@@ -274,9 +324,15 @@ class FaceClient:
 
     async def _request(self, interface: str, fields: Fields) -> tuple[dict[str, Any], int]:
         """Send one call under the retry policy; (reply, sends made as Attempts)."""
+        return await self._request_body(interface, encode_form(fields))
+
+    async def _request_body(self, interface: str, body: bytes, path: str | None = None
+                            ) -> tuple[dict[str, Any], int]:
+        """Send an encoded ``body`` to ``path`` (default: the interface's v2 path) under
+        the governor, token and retry policy; (reply, sends made as Attempts)."""
         if self._state != _OPEN:
             raise RuntimeError(f"the FaceClient is {self._state}; use 'async with FaceClient()'")
-        call = _Call(interface, encode_form(fields))
+        call = _Call(interface, body, path)
         try:
             reply = await self.retry.run(
                 lambda: self._attempt(call), health=self.health, counts=call.causes,
@@ -302,7 +358,9 @@ class FaceClient:
             self.stats.errors[make_error(reply["error_code"], "").code or "client"] += 1
             self._transport.invalidate(token)
             token, status, reply = await self._send(call)
-        error = check_reply(reply, status, self._transport.scrub)
+        error = check_reply(reply, status, self._transport.scrub, self.protocol)
+        if isinstance(error, NoPermissionError) and self.protocol == "v2":
+            error.message += V3_HINT
         if error is not None:
             self._count_error(call, error)
             raise error
@@ -319,19 +377,40 @@ class FaceClient:
         token = await self._token()
         call.sent += 1
         self.stats.calls[call.interface] += 1
+        started = time.perf_counter()
         try:
             status, reply = await self._transport.post(call.path, call.body, token)
         except ApiError as exc:
             exc.attempts = call.sent
             self._count_error(call, exc)
+            self._record(_call_record(call, started, None, exc.code, exc.log_id))
             raise
         if status < 500:
             self.health.answered()
-            if _is_rate_limit(reply):
-                self.limiter.on_limited(call.interface, ticket)
-            else:
-                self.limiter.on_answered(call.interface, ticket)
+            self._report(call.interface, ticket, _is_rate_limit(reply))
+        self._record(_call_record(call, started, status, reply.get("error_code"),
+                                  log_id(reply)))
         return token, status, reply
+
+    def _record(self, record: CallRecord) -> None:
+        """The -vv line of one request (never the token) and the ``on_call`` hook."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s HTTP %s error_code %s %.0f ms attempt %d log_id %s", record.interface,
+                      record.http_status or "-", record.error_code or "-", record.ms,
+                      record.attempt, record.log_id or "-")
+        if self.on_call is not None:
+            self.on_call(record)
+
+    def _report(self, interface: str, ticket: Any, limited: bool) -> None:
+        """Tell the governor how the call of ``ticket`` was answered. A stand-in limiter
+        (the shared QPS budget) only hears of rate limits, without a ticket."""
+        if not isinstance(self.limiter, RateLimiter):
+            if limited:
+                self.limiter.on_limited(interface)
+        elif limited:
+            self.limiter.on_limited(interface, ticket)
+        else:
+            self.limiter.on_answered(interface, ticket)
 
     def _count_error(self, call: _Call, error: ApiError) -> None:
         error.attempts = call.sent

@@ -30,6 +30,8 @@ Wire format (contract §1.4)
     the HTTP status. Network failures and timeouts become
     :class:`~pipeline.api.errors.TransientError` with code ``"SDK108"``; a body that is not
     a JSON object becomes ``TransientError("HTTP<status>")`` (``AuthError`` for 401/403).
+    v3 (``protocol="v3"``, v3 contract §1.4): ``aipVersion=4.15.13`` and an
+    ``application/json`` body; the same token, decoding and error rules.
 
 Secrets
     The API key, secret key and tokens travel only in the token request and in query
@@ -67,6 +69,9 @@ TOKEN_PATH = "/oauth/2.0/token"
 RENEW_EARLY = 30.0
 SDK_QUERY = "aipSdk=python&aipVersion=2_2_2"
 FORM_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
+#: v3 (v3 contract §1.4, §8.1): JSON bodies and the current SDK's version on the wire.
+V3_SDK_QUERY = "aipSdk=python&aipVersion=4.15.13"
+JSON_TYPE = {"Content-Type": "application/json"}
 TIMEOUT_CODE = "SDK108"
 TIMEOUT_MSG = "connection or read data timeout"
 NEEDED_SCOPE = "brain_all_scope"
@@ -198,8 +203,13 @@ class Transport:
 
     def __init__(self, settings: Settings, *, connection_limit: int = 32,
                  clock: Callable[[], float] = time.monotonic,
-                 on_token_fetch: Callable[[], None] = lambda: None) -> None:
+                 on_token_fetch: Callable[[], None] = lambda: None,
+                 protocol: str = "v2") -> None:
         self._settings = settings
+        #: "v2": form bodies, aipVersion 2_2_2; "v3": JSON bodies, aipVersion 4.15.13.
+        self.protocol = protocol
+        self._query = V3_SDK_QUERY if protocol == "v3" else SDK_QUERY
+        self._content = JSON_TYPE if protocol == "v3" else FORM_TYPE
         self._base = settings.endpoint.rstrip("/")
         self._limit = connection_limit
         self._clock = clock
@@ -307,16 +317,16 @@ class Transport:
     def _url(self, path: str, token: str) -> URL:
         url = self._urls.get(path) if token == getattr(self._token, "value", None) else None
         if url is None:
-            url = URL(f"{self._base}{path}?access_token={quote(token, safe='')}&{SDK_QUERY}",
+            url = URL(f"{self._base}{path}?access_token={quote(token, safe='')}&{self._query}",
                       encoded=True)
             if token == getattr(self._token, "value", None):
                 self._urls[path] = url
         return url
 
     async def post(self, path: str, body: bytes, token: str) -> tuple[int, dict[str, Any]]:
-        """POST a form-encoded ``body``; (HTTP status, decoded JSON object)."""
+        """POST ``body`` (form-encoded for v2, JSON for v3); (HTTP status, JSON object)."""
         status, reply = await self._exchange("POST", self._url(path, token), data=body,
-                                             headers=FORM_TYPE, what=path)
+                                             headers=self._content, what=path)
         if not isinstance(reply, dict):
             cls = AuthError if status in (401, 403) else TransientError
             raise cls(f"HTTP{status}", f"{path}: the reply is not a JSON object", attempts=0)
@@ -346,7 +356,8 @@ class Transport:
             return status, None
 
 
-def check_reply(reply: dict[str, Any], status: int, scrub: Callable[[str], str]) -> ApiError | None:
+def check_reply(reply: dict[str, Any], status: int, scrub: Callable[[str], str],
+                api: str = "v2") -> ApiError | None:
     """The error a decoded reply stands for, or None for a success.
 
     An ``error_code`` other than 0 is mapped through the error table (message
@@ -354,7 +365,8 @@ def check_reply(reply: dict[str, Any], status: int, scrub: Callable[[str], str])
     """
     code = reply.get("error_code")
     if code not in (None, 0, "0"):
-        return make_error(code, scrub(str(reply.get("error_msg", ""))), reply.get("log_id"))
+        return make_error(code, scrub(str(reply.get("error_msg", ""))), reply.get("log_id"),
+                          api=api)
     if status >= 500:
         return TransientError(f"HTTP{status}", f"server error HTTP {status}", attempts=0)
     return None

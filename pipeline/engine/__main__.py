@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--daily-quota", type=int, default=None)
     parser.add_argument("--token-ttl", type=float, default=2592000.0)
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog")
+    parser.add_argument("--store", default=None, help="postgresql:// URL of a shared store")
     args = parser.parse_args(argv)
     config = build_config(args.data_dir, workers=args.workers, qps=args.qps,
                           daily_quota=args.daily_quota, token_ttl=args.token_ttl,
-                          detector=args.detector)
+                          detector=args.detector, store_url=args.store)
     serve(config, args.host, args.port)
 
 

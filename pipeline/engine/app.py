@@ -1,5 +1,9 @@
 """The engine's aiohttp application: token endpoint, the face interfaces, admin endpoints.
 
+The v2 interfaces live under ``/rest/2.0/face/v2/`` (interfaces.py) and the v3 ones under
+``/rest/2.0/face/v3/`` (v3.py), beside each other on one faceset; the v3 specifics of
+this file (envelope, gateway shape, JSON bodies) are in :func:`_v3_call`.
+
 Order of work for a face call (``POST /rest/2.0/face/v2/<path>``):
 
 1. a fresh random uint64 ``log_id`` (on every reply, errors included);
@@ -28,6 +32,7 @@ import concurrent.futures
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import multiprocessing
 import secrets
@@ -44,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.api.errors import error_message
+from pipeline.api.errors import GATEWAY_CODES, V3_ERROR_TABLE, error_message
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
@@ -58,10 +63,17 @@ from pipeline.engine.models import (
 )
 from pipeline.engine.params import Failure
 from pipeline.engine.store import Change, Store
+from pipeline.engine.v3 import V3_INTERFACES, FaceTokens
 
 log = logging.getLogger("faceflow.engine")
 
 API_PREFIX = "/rest/2.0/face/v2/"
+V3_PREFIX = "/rest/2.0/face/v3/"
+V3_REQUEST_LIMIT = 10 * 2**20  # "the whole request below 10M" (v3 contract §5)
+#: v2 codes raised by shared code (image decoding, the model pool) or configured as
+#: faults, as v3 answers them; any other v2 code becomes 222302 "system error".
+V2_TO_V3 = {216200: 222203, 216201: 222203, 216202: 222013, 216402: 222202,
+            216401: 222302, 216400: 222302, 216500: 222302, 216300: 222302}
 CLIENT_MAX_SIZE = 25 * 2**20
 SCOPE = "public brain_all_scope vis-faceverify_faceverify_v2 brain_face_match"
 
@@ -77,6 +89,8 @@ class EngineConfig:
     token_ttl: float = 2592000.0
     detector: str = "hog"
     emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    #: ``postgresql://...``: the shared faceset (pgstore.py) instead of ``data_dir``'s.
+    store_url: str | None = None
 
 
 class EngineState:
@@ -90,11 +104,9 @@ class EngineState:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.clock_offset = 0.0
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.data_dir / "faceset.sqlite3")
-        self.index = SearchIndex()
-        self.index.load(self.store.all_faces())
+        self.store, self.index = open_faceset(config)
         self.emulation = Emulation(config.emulation, self.monotonic, self.today)
+        self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
@@ -160,6 +172,24 @@ class EngineState:
                 **self.store.counts(), "indexed_faces": self.index.size()}
 
 
+def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
+    """(store, index) of one engine: SQLite + in-memory index, or PostgreSQL for both.
+
+    Both pairs have the same public methods (store.py / index.py, pgstore.py); the
+    interfaces use only those. The embedded index is rebuilt from the store here.
+    """
+    if config.store_url:
+        from pipeline.engine.pgstore import PgIndex, PgStore  # noqa: PLC0415
+
+        pg = PgStore(config.store_url)
+        return pg, PgIndex(pg)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.data_dir / "faceset.sqlite3")
+    index = SearchIndex()
+    index.load(store.all_faces())
+    return store, index
+
+
 @contextlib.contextmanager
 def _without_main_module() -> Iterator[None]:
     # A spawned child re-imports the parent's __main__ script unless it is guarded by
@@ -208,6 +238,8 @@ def create_app(state: EngineState) -> web.Application:
     app.router.add_route("*", "/oauth/2.0/token", _token)
     for name, (path, handler) in INTERFACES.items():
         app.router.add_post(API_PREFIX + path, _face_call(name, handler))
+    for name, (path, handler, array) in V3_INTERFACES.items():
+        app.router.add_post(V3_PREFIX + path, _v3_call(name, handler, array))
     app.router.add_route("*", "/admin/emulation", _admin_emulation)
     app.router.add_get("/admin/stats", _admin_stats)
     app.router.add_route("*", "/{tail:.*}", _unknown_path)
@@ -221,6 +253,8 @@ def _error_reply(code: int, message: str, log_id: int | None = None) -> web.Resp
 
 @web.middleware
 async def _safety(request: web.Request, handler: Callable[[web.Request], Awaitable]):
+    if request.path.startswith(V3_PREFIX):
+        return await _v3_safety(request, handler)
     try:
         return await handler(request)
     except web.HTTPMethodNotAllowed:
@@ -294,6 +328,92 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
+# -- v3 -----------------------------------------------------------------------------------
+
+
+def new_v3_log_id() -> int:
+    """A random log_id in [10^12, 2^63): clients meet values above 2^53 (v3 contract §1.5)."""
+    return 10**12 + secrets.randbelow(2**63 - 10**12)
+
+
+def v3_error_reply(code: int, message: str, log_id: int | None = None,
+                   now: float | None = None) -> web.Response:
+    """Gateway codes: only error_code and error_msg; others the envelope, result null."""
+    if code in GATEWAY_CODES:
+        return web.json_response({"error_code": code, "error_msg": message})
+    return web.json_response({
+        "error_code": code, "error_msg": message, "log_id": log_id or new_v3_log_id(),
+        "timestamp": int(now if now is not None else time.time()), "cached": 0,
+        "result": None})
+
+
+def _as_v3(failure: Failure) -> Failure:
+    if failure.code in V3_ERROR_TABLE:
+        return failure
+    code = V2_TO_V3.get(failure.code, 222302)
+    detail = failure.message.partition(": ")[2]
+    return Failure(code, detail)
+
+
+async def _v3_safety(request: web.Request, handler: Callable[[web.Request], Awaitable]):
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return v3_error_reply(3, f"{error_message(3)}: use POST for {request.path}")
+    except web.HTTPRequestEntityTooLarge:
+        return v3_error_reply(222013, f"{error_message(222013)}: the request is over 10M")
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error on %s", request.path)
+        return v3_error_reply(222302, error_message(222302))
+
+
+def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], array: bool):
+    """One v3 interface: token, emulation, body, handler, envelope (v3 contract §1.5)."""
+    interface = f"v3/{name}"
+
+    async def call(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        log_id = new_v3_log_id()
+        arrived = state.now()
+        state.calls[interface] += 1
+        try:
+            early = await _gate(request, state, interface)
+            if early is not None:
+                return early
+            result = await handler(state, await _v3_body(request, array))
+        except Failure as failure:
+            failure = _as_v3(failure)
+            state.errors[str(failure.code)] += 1
+            return v3_error_reply(failure.code, failure.message, log_id, arrived)
+        return web.json_response({"error_code": 0, "error_msg": "SUCCESS", "log_id": log_id,
+                                  "timestamp": int(arrived), "cached": 0, "result": result})
+
+    return call
+
+
+async def _v3_body(request: web.Request, array: bool) -> Any:
+    """JSON (object, or array for match/faceverify) or a form body on object paths."""
+    raw = await request.read()
+    if len(raw) > V3_REQUEST_LIMIT:
+        raise Failure(222013, "the request is over 10M")
+    if request.content_type == "application/x-www-form-urlencoded" and not array:
+        form = await request.post()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        raise Failure(222001, "the body is not JSON") from None
+    if array:
+        return body  # the handler checks the array's shape (222208)
+    if not isinstance(body, dict):
+        raise Failure(222001, "send a JSON object")
+    return body
+
+
 async def _token(request: web.Request) -> web.Response:
     state = request.app[STATE]
     args: dict[str, str] = dict(request.query)
@@ -352,4 +472,6 @@ async def _admin_stats(request: web.Request) -> web.Response:
 
 
 async def _unknown_path(request: web.Request) -> web.Response:
+    if request.path.startswith(V3_PREFIX):
+        return v3_error_reply(3, f"{error_message(3)}: {request.path}")
     return _error_reply(216102, f"service not support: unknown path {request.path}")

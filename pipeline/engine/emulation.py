@@ -3,6 +3,9 @@
 Every face call goes through :meth:`Emulation.admit` after the token check and BEFORE any
 parsing, decoding or write, so a rejected call does no work and changes nothing.
 
+Interfaces are named as in interfaces.py; v3 paths as ``v3/<name>`` (v3.py), each
+with its own window and count.
+
 * **QPS** (error 18): per interface, a fixed one-second window on the engine's monotonic
   clock: at most ``floor(qps)`` calls are admitted in each window [k, k+1) s (at least 1).
   Exact and O(1) per call; like the real service it allows a burst at the start of a
@@ -111,7 +114,9 @@ class Emulation:
     def _qps_limit(self, interface: str) -> int | None:
         qps = self.config.qps
         if isinstance(qps, dict):
-            qps = qps.get(interface, qps.get("default"))
+            # v3 paths ("v3/detect") take their own key, else the v2 name's, else default;
+            # their windows and quota counts are their own either way.
+            qps = qps.get(interface, qps.get(interface.removeprefix("v3/"), qps.get("default")))
         return None if qps is None else max(1, math.floor(float(qps)))
 
     def _take_window(self, interface: str, limit: int) -> bool:

@@ -83,3 +83,69 @@ def pair_rates(scored: list[tuple[Pair, float]], threshold: float) -> PairRates:
     impostor = [s for p, s in scored if not p.genuine]
     return PairRates(len(genuine), len(impostor), sum(s >= threshold for s in genuine),
                      sum(s >= threshold for s in impostor))
+
+
+# -- calibration (benchmarks/calibration.py, pipeline/engine/scoring.py) -----------------------
+
+#: Dev-set files whose licence its README states: public domain (White House, NASA, US Navy)
+#: or a named copyright holder (press and TV stills, used to measure only, never shipped).
+#: Files of unknown licence are left out, and so is kit_harington_and_rose_leslie.jpg (which
+#: face is whom would need the model being calibrated).
+STATED_LICENCE = frozenset({
+    "barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg", "joe_biden_01.jpg",
+    "eileen_collins_astronaut.png", "grace_hopper.jpg", "kit_harington_02.jpeg",
+    "alex_lacamoire_03.jpg", "group_friends_cast_6_faces.jpg", "group_3_faces_tracking_js.jpg",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledFace:
+    """One face of a photo: ``identity`` is ``file#i`` for the faces of an unnamed group."""
+
+    source: str
+    identity: str
+    index: int
+
+
+def labelled_faces(photo: LabelledPhoto, faces_found: int) -> list[LabelledFace]:
+    """The faces of ``photo`` usable for calibration: one for a single named person, every
+    face found for a group of unnamed people (each a different person), none otherwise."""
+    name = photo.path.name
+    if photo.identity == "__multiple__":
+        return [LabelledFace(name, f"{name}#{i}", i) for i in range(faces_found)]
+    if photo.identity.startswith("__") or ";" in photo.identity or not faces_found:
+        return []
+    return [LabelledFace(name, photo.identity, 0)]
+
+
+def face_pairs(faces: list[LabelledFace]) -> list[tuple[LabelledFace, LabelledFace, bool]]:
+    """Every pair (a, b, same person) except crops of one source photo and a face with itself."""
+    out = []
+    for a, b in itertools.combinations(faces, 2):
+        if a.source in SAME_SOURCE and b.source in SAME_SOURCE:
+            continue
+        out.append((a, b, a.identity == b.identity))
+    return out
+
+
+def normal_fit(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (the different-person distance model)."""
+    if len(values) < 2:
+        raise ValueError("need at least two distances to fit")
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, var ** 0.5
+
+
+def roc_points(scored: list[tuple[bool, float]], thresholds: list[float]) -> list[dict]:
+    """TAR/FAR at each score threshold for (same person, score) results."""
+    genuine = [s for same, s in scored if same]
+    impostor = [s for same, s in scored if not same]
+    out = []
+    for t in thresholds:
+        ta, fa = sum(s >= t for s in genuine), sum(s >= t for s in impostor)
+        out.append({"score": t, "genuine_pairs": len(genuine), "true_accepts": ta,
+                    "impostor_pairs": len(impostor), "false_accepts": fa,
+                    "TAR": round(ta / len(genuine), 4) if genuine else None,
+                    "FAR": round(fa / len(impostor), 6) if impostor else None})
+    return out

@@ -145,11 +145,24 @@ def _search_group(
             nearest = np.arange(group.size)
         nearest = nearest[np.argsort(-cos[nearest], kind="stable")]
         dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * cos[nearest]))
-        found: dict[str, list[float]] = {}
-        for i, d in zip(nearest, dist, strict=True):
-            found.setdefault(uids[i], []).append(float(d))
+        found = rank_users(zip(uids[nearest], dist.tolist(), strict=True), top_users, per_user)
         if len(found) >= top_users or want >= group.size:
             break
         want = min(group.size, want * 4)
+    return [Hit(name, uid, ds) for uid, ds in found]
+
+
+def rank_users(
+    nearest: Iterable[tuple[str, float]], top_users: int, per_user: int
+) -> list[tuple[str, tuple[float, ...]]]:
+    """The best-face-per-user rule, shared by every store's search.
+
+    ``nearest``: (uid, distance) of faces, nearest first. Returns up to ``top_users``
+    users ordered by their nearest face, each with up to ``per_user`` distances, nearest
+    first. Fewer than ``top_users`` means the faces seen held fewer users (widen).
+    """
+    found: dict[str, list[float]] = {}
+    for uid, d in nearest:
+        found.setdefault(uid, []).append(float(d))
     ranked = sorted(found.items(), key=lambda item: item[1][0])[:top_users]
-    return [Hit(name, uid, tuple(ds[:per_user])) for uid, ds in ranked]
+    return [(uid, tuple(ds[:per_user])) for uid, ds in ranked]

@@ -43,20 +43,39 @@ def import_persons(csv_path: Path, store: Store) -> ImportReport:
     """Read ``id_card_number,name,photo`` rows (photo paths relative to the CSV) into ``store``.
 
     Bad rows are refused with a reason; good rows are stored (replacing an existing number).
+    ValueError (naming the file and line) when the file as a whole cannot be read.
     """
     imported, refused = 0, []
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id_card_number", "name", "photo"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_path}: missing columns {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            reason = _import_row(row, csv_path.parent, store)
-            if reason:
-                refused.append((line, reason))
-            else:
-                imported += 1
+    line = 1
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"id_card_number", "name", "photo"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{csv_path}: missing columns {', '.join(sorted(missing))}; "
+                                 "the header must be id_card_number,name,photo")
+            for line, row in enumerate(reader, start=2):
+                reason = _import_row(row, csv_path.parent, store)
+                if reason:
+                    refused.append((line, reason))
+                else:
+                    imported += 1
+    except UnicodeDecodeError:
+        raise ValueError(f"{csv_path}, line {_first_non_utf8_line(csv_path)}: the text is not "
+                         "UTF-8; save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise ValueError(f"{csv_path}, line {line + 1}: not a readable CSV ({exc})") from None
     return ImportReport(imported, tuple(refused))
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _import_row(row: dict[str, str], folder: Path, store: Store) -> str | None:

@@ -16,15 +16,18 @@ down cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
@@ -33,6 +36,12 @@ from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
 from pipeline.engine.app import EngineConfig, EngineState, create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.store import Store
+
+if TYPE_CHECKING:
+    from pipeline.engine.pgstore import PgStore
+
+
+log = logging.getLogger("faceflow.engine")
 
 
 def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -69,6 +78,7 @@ class EngineServer:
         port: int = 0,
         faults: Mapping[str, float] | None = None,
         seed: int | None = None,
+        store_url: str | None = None,
     ) -> None:
         self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="faceflow-engine-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp or ".")
@@ -77,7 +87,7 @@ class EngineServer:
         emulation = EmulationConfig(qps=_qps_config(qps), daily_quota=daily_quota,
                                     faults=dict(faults or {}), seed=seed)
         self.config = EngineConfig(self.data_dir, api_key, secret_key, workers, token_ttl,
-                                   detector, emulation)
+                                   detector, emulation, store_url)
         self.state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -149,7 +159,7 @@ class EngineServer:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Store | PgStore:
         assert self.state is not None, "the engine is not running"
         return self.state.store
 
@@ -201,13 +211,42 @@ def build_config(
     delay: float = 2.0,
     seed: int | None = None,
     env: Mapping[str, str] | None = None,
+    store_url: str | None = None,
 ) -> EngineConfig:
     """The configuration ``faceflow engine serve`` builds from its flags and environment."""
     api_key, secret_key = credentials_from_env(env)
     emulation = EmulationConfig(qps=qps, daily_quota=daily_quota, faults=dict(faults or {}),
                                 delay=delay, seed=seed)
     return EngineConfig(Path(data_dir), api_key, secret_key, workers, token_ttl, detector,
-                        emulation)
+                        emulation, store_url)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """ListenError when ``host:port`` cannot be bound now (port 0 always can)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ListenError(host, port, exc) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ListenError(host, port, exc) from None
+
+
+class ListenError(OSError):
+    """The engine cannot listen on ``host:port`` (in use, not allowed, no such address)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        why = ("the port is in use (another engine?); stop it or choose another --port"
+               if cause.errno == errno.EADDRINUSE else cause.strerror or str(cause))
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {why}")
+        self.host, self.port = host, port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def serve(
@@ -215,6 +254,7 @@ def serve(
 ) -> None:
     """Run the engine in the foreground until SIGTERM/SIGINT (see the module docstring)."""
     out = out or sys.stdout
+    _check_listen(host, port)  # before the model processes start: fail in a moment
     state = EngineState(config)
     state.start_pool()
     try:
@@ -232,10 +272,40 @@ async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(host, port, exc) from None
     bound = runner.addresses[0][1]
     print(f"faceflow engine listening on http://{host}:{bound}", file=out, flush=True)
+    indexer = (asyncio.create_task(_index_large_groups(state.config.store_url))
+               if state.config.store_url else None)
     try:
         await stop.wait()
     finally:
+        if indexer is not None:
+            indexer.cancel()
         await runner.cleanup()
+
+
+#: Seconds between two looks for shared-store groups grown large enough for an HNSW index.
+INDEX_EVERY = 60.0
+
+
+async def _index_large_groups(url: str) -> None:
+    """Build the HNSW index of groups that grew large (pgstore.index_large_groups).
+
+    Every replica looks; an advisory lock lets one build at a time, off the loop thread.
+    A failed look is logged and retried at the next one: search stays exact meanwhile.
+    """
+    from pipeline.engine.pgstore import index_large_groups  # noqa: PLC0415
+
+    while True:
+        try:
+            built = await asyncio.to_thread(index_large_groups, url)
+            if built:
+                log.info("built the HNSW index of %d group(s)", len(built))
+        except Exception as exc:  # noqa: BLE001 - a background chore must not die
+            log.warning("indexing large groups failed: %s", exc)
+        await asyncio.sleep(INDEX_EVERY)

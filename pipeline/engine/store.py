@@ -3,7 +3,9 @@
 Model: a *membership* is one (group_id, uid) pair with its own ``user_info`` (user get
 answers one record per group, so user_info is per group); each membership owns its
 faces (descriptor + sha256 of the image bytes). group adduser copies faces into the new
-membership. A group exists while it has a membership.
+membership. For v2 a group exists while it has a membership; v3 also creates groups
+explicitly (``add_group``: the ``groups`` table), and such a group outlives its last user
+until ``delete_group``. Writes through the v2 paths never touch the ``groups`` table.
 
 Durability: WAL journal with ``synchronous=FULL``. In WAL mode NORMAL never corrupts the
 file but may drop the last commits on power loss; FULL fsyncs the WAL on every commit,
@@ -16,6 +18,7 @@ thread while the server runs.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -39,6 +42,7 @@ CREATE TABLE IF NOT EXISTS persons (
     id_card_number TEXT PRIMARY KEY, name TEXT NOT NULL, descriptor BLOB NOT NULL,
     sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, created REAL NOT NULL);
 """
 
 
@@ -51,13 +55,16 @@ class Membership:
 
 @dataclass(frozen=True, slots=True)
 class FaceRow:
-    """A stored face; ``descriptor`` is a (128,) float32 unit vector."""
+    """A stored face; ``descriptor`` is a (128,) float32 unit vector; ``created`` epoch s;
+    ``face_token`` the v3 registration token (:func:`face_token_of`)."""
 
     face_id: int
     group_id: str
     uid: str
     sha256: str
     descriptor: np.ndarray
+    created: float = 0.0
+    face_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,18 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._add_face_tokens()
+
+    def _add_face_tokens(self) -> None:
+        # Files written before v3 have no face_token column: add it and fill it in.
+        with self._tx() as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(faces)")]
+            if "face_token" not in columns:
+                db.execute("ALTER TABLE faces ADD COLUMN face_token TEXT NOT NULL DEFAULT ''")
+                rows = db.execute("SELECT face_id, sha256, descriptor FROM faces").fetchall()
+                db.executemany("UPDATE faces SET face_token=? WHERE face_id=?",
+                               [(face_token_of(sha, blob), fid) for fid, sha, blob in rows])
+            db.execute("CREATE INDEX IF NOT EXISTS faces_token ON faces (face_token)")
 
     def close(self) -> None:
         with self._lock:
@@ -141,17 +160,59 @@ class Store:
         return [Membership(*row) for row in rows]
 
     def faces_of(self, group_id: str, uid: str) -> list[FaceRow]:
+        """The uid's faces in one group, oldest first."""
         rows = self._query(
-            "SELECT face_id, group_id, uid, sha256, descriptor FROM faces "
+            "SELECT face_id, group_id, uid, sha256, descriptor, created, face_token FROM faces "
             "WHERE group_id=? AND uid=? ORDER BY face_id",
             (group_id, uid),
         )
         return [_face(row) for row in rows]
 
+    def face_by_token(self, face_token: str) -> FaceRow | None:
+        """The oldest stored face with this registration token (any group), or None."""
+        rows = self._query(
+            "SELECT face_id, group_id, uid, sha256, descriptor, created, face_token FROM faces "
+            "WHERE face_token=? ORDER BY face_id LIMIT 1",
+            (face_token,),
+        )
+        return _face(rows[0]) if rows else None
+
+    def group_exists(self, group_id: str) -> bool:
+        """True for a group created explicitly (v3) or holding a membership."""
+        rows = self._query(
+            "SELECT EXISTS (SELECT 1 FROM groups WHERE group_id=?)"
+            " OR EXISTS (SELECT 1 FROM memberships WHERE group_id=?)",
+            (group_id, group_id),
+        )
+        return bool(rows[0][0])
+
+    def group_ids(self, start: int = 0, length: int = 100) -> list[str]:
+        """Every group (explicit or with members) in creation order, ``length`` from ``start``.
+
+        A group's creation time is its ``groups`` row's, else its oldest membership's.
+        """
+        rows = self._query(
+            "SELECT group_id, MIN(created) AS c FROM ("
+            " SELECT group_id, created FROM groups"
+            " UNION ALL SELECT group_id, created FROM memberships)"
+            " GROUP BY group_id ORDER BY c, group_id LIMIT ? OFFSET ?",
+            (length, start),
+        )
+        return [row[0] for row in rows]
+
+    def users_by_age(self, group_id: str, start: int = 0, length: int = 100) -> list[str]:
+        """User ids of a group in registration order (v3 group getusers)."""
+        rows = self._query(
+            "SELECT uid FROM memberships WHERE group_id=? ORDER BY created, uid LIMIT ? OFFSET ?",
+            (group_id, length, start),
+        )
+        return [row[0] for row in rows]
+
     def all_faces(self) -> list[FaceRow]:
         """Every stored face, in face_id order (to rebuild the index at start)."""
         rows = self._query(
-            "SELECT face_id, group_id, uid, sha256, descriptor FROM faces ORDER BY face_id"
+            "SELECT face_id, group_id, uid, sha256, descriptor, created, face_token FROM faces "
+            "ORDER BY face_id"
         )
         return [_face(row) for row in rows]
 
@@ -213,6 +274,38 @@ class Store:
                 added += [_insert_face(db, group, uid, f.sha256, f.descriptor) for f in faces]
         return Change(tuple(added))
 
+    def delete_face(self, face_id: int) -> Change:
+        """Remove one face; a membership left without faces is removed too (v3 face delete)."""
+        with self._tx() as db:
+            row = db.execute("SELECT group_id, uid FROM faces WHERE face_id=?",
+                             (face_id,)).fetchone()
+            if row is None:
+                return Change()
+            db.execute("DELETE FROM faces WHERE face_id=?", (face_id,))
+            left = db.execute("SELECT COUNT(*) FROM faces WHERE group_id=? AND uid=?",
+                              row).fetchone()[0]
+            if not left:
+                db.execute("DELETE FROM memberships WHERE group_id=? AND uid=?", row)
+        return Change(removed=(face_id,))
+
+    def add_group(self, group_id: str) -> bool:
+        """Create an empty group (v3 group add); False when it already exists."""
+        with self._tx() as db:
+            if self.group_exists(group_id):
+                return False
+            db.execute("INSERT INTO groups VALUES (?, ?)", (group_id, time.time()))
+        return True
+
+    def delete_group(self, group_id: str) -> Change:
+        """Remove a group with every membership and face in it (v3 group delete)."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT face_id FROM faces WHERE group_id=?",
+                                            (group_id,))]
+            db.execute("DELETE FROM faces WHERE group_id=?", (group_id,))
+            db.execute("DELETE FROM memberships WHERE group_id=?", (group_id,))
+            db.execute("DELETE FROM groups WHERE group_id=?", (group_id,))
+        return Change(removed=tuple(ids))
+
     def seed_faces(self, group_id: str, items: Sequence[tuple[str, str, np.ndarray]]) -> Change:
         """Bulk fast path for benchmarks: (uid, user_info, descriptor) rows, one transaction."""
         added: list[FaceRow] = []
@@ -256,9 +349,18 @@ def _blob(descriptor: np.ndarray) -> bytes:
     return np.asarray(descriptor, dtype=np.float32).tobytes()
 
 
+def face_token_of(sha256: str, descriptor: np.ndarray | bytes) -> str:
+    """The v3 face_token of a face: 32 hex digits from the picture's sha256 and the face's
+    descriptor, so the same picture always yields the same token (v3 contract §2.1), a
+    detect token equals the registration token of the same face, and a copy keeps it."""
+    blob = descriptor if isinstance(descriptor, bytes) else _blob(descriptor)
+    return hashlib.md5(sha256.encode() + blob, usedforsecurity=False).hexdigest()
+
+
 def _face(row: tuple) -> FaceRow:
-    face_id, group, uid, sha, blob = row
-    return FaceRow(face_id, group, uid, sha, np.frombuffer(blob, dtype=np.float32).copy())
+    face_id, group, uid, sha, blob, created, token = row
+    return FaceRow(face_id, group, uid, sha, np.frombuffer(blob, dtype=np.float32).copy(),
+                   float(created), token)
 
 
 def _upsert_membership(db: sqlite3.Connection, group: str, uid: str, info: str) -> None:
@@ -272,12 +374,15 @@ def _upsert_membership(db: sqlite3.Connection, group: str, uid: str, info: str) 
 def _insert_face(
     db: sqlite3.Connection, group: str, uid: str, sha: str, descriptor: np.ndarray
 ) -> FaceRow:
+    now, blob = time.time(), _blob(descriptor)
+    token = face_token_of(sha, blob)
     cur = db.execute(
-        "INSERT INTO faces (group_id, uid, sha256, descriptor, created) VALUES (?, ?, ?, ?, ?)",
-        (group, uid, sha, _blob(descriptor), time.time()),
+        "INSERT INTO faces (group_id, uid, sha256, descriptor, created, face_token) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (group, uid, sha, blob, now, token),
     )
     vec = np.asarray(descriptor, dtype=np.float32)
-    return FaceRow(int(cur.lastrowid or 0), group, uid, sha, vec)
+    return FaceRow(int(cur.lastrowid or 0), group, uid, sha, vec, now, token)
 
 
 def _delete_faces(db: sqlite3.Connection, group: str, uid: str) -> list[int]:

@@ -121,6 +121,13 @@ class Thresholds:
         }
 
 
+def thresholds_from_dict(values: Mapping[str, Any]) -> Thresholds:
+    """The inverse of :meth:`Thresholds.to_dict` (a run's ``run.json`` ``thresholds``)."""
+    known = set(Thresholds.__dataclass_fields__)
+    rest = {k: v for k, v in values.items() if k in known and k != "occlusion"}
+    return Thresholds(occlusion=FrozenMap(values.get("occlusion") or DEFAULT_OCCLUSION), **rest)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -132,15 +139,20 @@ def valid_keys() -> list[str]:
 
 
 def load_thresholds(
-    path: Path | None = None, overrides: Mapping[str, str] | None = None
+    path: Path | None = None, overrides: Mapping[str, str] | None = None,
+    base: Thresholds | None = None,
 ) -> Thresholds:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (``"occlusion.mouth"``).
+    """Defaults (or ``base``), then the TOML file at ``path``, then ``overrides``
+    (``"occlusion.mouth"``).
 
     Raises :class:`ConfigError` naming the bad key (and listing the valid ones) for an
     unknown key, a value that is not a non-negative number, or an unreadable file.
     """
     values: dict[str, Any] = {}
     occlusion = dict(DEFAULT_OCCLUSION)
+    if base is not None:
+        values = {k: v for k, v in base.to_dict().items() if k != "occlusion"}
+        occlusion = dict(base.occlusion)
     if path is not None:
         _apply(_read_toml(Path(path)), values, occlusion, source=str(path))
     for key, text in (overrides or {}).items():
@@ -284,12 +296,18 @@ def metrics_of(face: Face) -> QualityMetrics:
 
 def judge_face(face: Face, thresholds: Thresholds) -> Verdict:
     """Apply every check to one face; see the module docstring for the rules."""
-    m = metrics_of(face)
+    return judge_metrics(metrics_of(face), thresholds, has_qualities=face.qualities is not None)
+
+
+def judge_metrics(m: QualityMetrics, thresholds: Thresholds, *, has_qualities: bool
+                  ) -> Verdict:
+    """:func:`judge_face` on the flat numbers (what outcomes store): offline re-gating
+    judges the same way. ``has_qualities`` False fails with ``no_qualities``."""
     t = thresholds
     failed = {
         "face_too_small": _below(m.face_width, t.min_face_width)
         or _below(m.face_height, t.min_face_height),
-        "no_qualities": face.qualities is None,
+        "no_qualities": not has_qualities,
         "completeness": _not_above(m.completeness, t.completeness_min),
         "blur": _not_below(m.blur, t.blur_max),
         "illumination": _not_above(m.illumination, t.illumination_min),
@@ -374,6 +392,42 @@ def reason_texts(t: Thresholds) -> dict[str, str]:
         limit = f" (occlusion >= {bound:g})" if bound is not None else ""
         texts[f"occlusion_{part}"] = f"the {words} is covered{limit}"
     return texts
+
+
+#: The outcome columns :func:`failed_checks` reads.
+METRIC_KEYS: tuple[str, ...] = ("blur", "illumination", "completeness", "yaw", "pitch", "roll",
+                                *(f"occlusion_{part}" for part in OCCLUSION_PARTS))
+
+
+def failed_checks(reasons: Sequence[str], values: Mapping[str, Any], t: Thresholds
+                  ) -> list[str]:
+    """Each failed check of ``reasons`` as "value vs bound", e.g. ``"yaw 27.1 ≥ 20"``.
+
+    ``values``: an outcome's metric columns (``yaw``, ``blur``, ``face_width``,
+    ``occlusion_mouth``...). Reasons without a measured value are left out.
+    """
+    bounds = {"completeness": ("completeness", "≤", t.completeness_min, ".2f"),
+              "blur": ("blur", "≥", t.blur_max, ".2f"),
+              "illumination": ("illumination", "≤", t.illumination_min, ".0f")}
+    out = []
+    for reason in reasons:
+        if reason == "face_too_small" and values.get("face_width") is not None:
+            out.append(f"face {values['face_width']:.0f}x{values.get('face_height') or 0:.0f} "
+                       f"< {t.min_face_width}x{t.min_face_height} px")
+        elif reason in bounds and values.get(reason) is not None:
+            name, op, bound, fmt = bounds[reason]
+            out.append(f"{name} {values[reason]:{fmt}} {op} {bound:g}")
+        elif reason.startswith("pose_") and values.get(reason[5:]) is not None:
+            angle, bound = float(values[reason[5:]]), getattr(t, f"{reason[5:]}_max")
+            op, bound = ("≤", -bound) if angle < 0 else ("≥", bound)
+            out.append(f"{reason[5:]} {angle:.1f} {op} {bound:g}")
+        elif reason.startswith("occlusion_") and values.get(reason) is not None:
+            part = reason.removeprefix("occlusion_")
+            bound = t.occlusion.get(part)
+            if bound is not None:
+                out.append(f"{_PART_WORDS.get(part, part)} occlusion {values[reason]:.2f} "
+                           f"≥ {bound:g}")
+    return out
 
 
 #: Reason slug -> sentence at the default thresholds (the report's legend).

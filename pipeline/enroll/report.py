@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,10 @@ from pipeline import __version__
 from pipeline.runs.outcomes import OUTCOME_SCHEMA, STATUSES, SUCCESS_STATUSES
 from pipeline.runs.rundir import RunDir, RunInfo
 
-#: Thumbnails per reason in the HTML page, and their longest side in pixels.
+#: Thumbnails per reason in the HTML page shown at once, more behind "show all", and
+#: their longest side in pixels. Rows past the two are counted (failures.csv has them).
 THUMBS_PER_REASON = 3
+THUMBS_MORE = 30
 THUMB_PX = 160
 
 
@@ -74,6 +76,8 @@ class Summary:
     last_finished: str | None
     exit_code: int | None
     stop_reason: str | None
+    #: "finished", "in progress (pid N)", "stopped (reason)" or "not finished".
+    state: str = "finished"
 
     @property
     def remaining(self) -> int:
@@ -93,7 +97,23 @@ def summarize(run_dir: Path | str) -> Summary:
     rundir = RunDir(run_dir)
     info = rundir.read_info()
     table = rundir.read_records(OUTCOME_SCHEMA)
-    return summarize_table(table, info)
+    journal = rundir.journal_records(OUTCOME_SCHEMA)
+    if journal.num_rows:  # a session running now, or killed: its rows count too
+        table = pa.concat_tables([table, journal])
+    return replace(summarize_table(table, info), state=run_state(rundir, info, table.num_rows))
+
+
+def run_state(rundir: RunDir, info: RunInfo, rows: int) -> str:
+    """``finished``, ``in progress (pid N)``, ``stopped (reason)``, or ``not finished``
+    (a session was killed, or never reached its end)."""
+    pid = rundir.holder_pid()
+    if pid is not None:
+        return f"in progress (pid {pid})" if pid > 0 else "in progress"
+    if info.stop_reason:
+        return f"stopped ({info.stop_reason})"
+    if info.finished_at is None or rows < info.manifest.num_rows:
+        return "not finished"
+    return "finished"
 
 
 def summarize_table(table: pa.Table, info: RunInfo) -> Summary:
@@ -192,7 +212,8 @@ def _rows_retried(table: pa.Table, attempts: np.ndarray) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Thumb:
-    """A rejected row shown in the page: its image as a data: URL (None if unreadable)."""
+    """A rejected row shown in the page: its image as a data: URL (None if unreadable),
+    the face box drawn on it, and each failed check with its value and bound."""
 
     row: int
     uid: str | None
@@ -200,39 +221,109 @@ class Thumb:
     status: str
     reasons: str
     data_url: str | None
+    checks: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ThumbGroup:
+    """The rows of one "status: reason", in row order: ``rows`` in all, the first
+    ``thumbs`` drawn (THUMBS_PER_REASON shown, the rest behind "show all")."""
+
+    rows: int = 0
+    thumbs: list[Thumb] = field(default_factory=list)
+
+    @property
+    def first(self) -> list[Thumb]:
+        return self.thumbs[:THUMBS_PER_REASON]
+
+    @property
+    def more(self) -> list[Thumb]:
+        return self.thumbs[THUMBS_PER_REASON:]
 
 
 def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
     """The enrollment report page of ``run_dir`` as one self-contained HTML string."""
     from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415
 
+    from pipeline.timeline import read_timeline, timeline_svg  # noqa: PLC0415
+
     rundir = RunDir(run_dir)
     summary = summary or summarize(rundir.path)
     env = Environment(loader=PackageLoader("pipeline", "templates"),
                       autoescape=select_autoescape(["html"]))
     template = env.get_template("enroll.html")
+    counts = dict(summary.counts)
+    finished = _micros(rundir.read_records(OUTCOME_SCHEMA, ["finished_at"]), "finished_at")
     return template.render(s=summary, thumbs=_thumbs(rundir, summary), version=__version__,
-                           success=SUCCESS_STATUSES)
+                           success=SUCCESS_STATUSES,
+                           timeline=timeline_svg(read_timeline(rundir.path), finished),
+                           skipped_known=counts.get("skipped_known", 0),
+                           duplicates=duplicate_rows(rundir, summary),
+                           duplicates_total=counts.get("duplicate_suspect", 0))
 
 
-def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, list[Thumb]]:
-    """Up to THUMBS_PER_REASON non-success rows per reason, keyed by "status: reason"."""
-    columns = ["row", "uid", "image", "status", "reasons", "transformed", *_BOX]
+#: Duplicate suspects listed one by one in the page (the count shows them all).
+DUPLICATES_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateRow:
+    """A ``duplicate_suspect`` row: the photo and the uid that already holds the face."""
+
+    row: int
+    uid: str | None
+    group_id: str | None
+    image: str | None
+    other_uid: str | None
+    other_group_id: str | None
+    score: float | None
+    confirmed: bool
+    identify_log_id: int | None
+    match_log_id: int | None
+    data_url: str | None
+
+
+def duplicate_rows(rundir: RunDir, summary: Summary, limit: int = DUPLICATES_SHOWN
+                   ) -> list[DuplicateRow]:
+    """The first ``limit`` duplicate suspects of the run, in row order, with thumbnails."""
+    columns = ["row", "uid", "group_id", "image", "status", "reasons", "duplicate_uid",
+               "duplicate_group_id", "duplicate_score", "identify_log_id", "match_log_id",
+               "transformed", *_BOX]
     table = rundir.read_records(OUTCOME_SCHEMA, columns)
+    table = table.filter(pc.equal(table["status"], "duplicate_suspect")).sort_by("row")
     base = Path(summary.manifest).parent
-    out: dict[str, list[Thumb]] = {}
+    return [DuplicateRow(rec["row"], rec["uid"], rec["group_id"], rec["image"],
+                         rec["duplicate_uid"], rec["duplicate_group_id"], rec["duplicate_score"],
+                         "not_confirmed" not in (rec["reasons"] or []), rec["identify_log_id"],
+                         rec["match_log_id"], _thumbnail(base, rec))
+            for rec in table.slice(0, limit).to_pylist()]
+
+
+def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, ThumbGroup]:
+    """Non-success rows per reason, keyed by "status: reason", in row order: each
+    group counts its rows and draws up to THUMBS_PER_REASON + THUMBS_MORE of them."""
+    from pipeline.enroll.gate import METRIC_KEYS, failed_checks, thresholds_from_dict  # noqa: PLC0415
+
+    table = rundir.read_records(OUTCOME_SCHEMA, [*_COLUMNS, *METRIC_KEYS])
+    table = table.filter(pc.invert(pc.is_in(table["status"], pa.array(SUCCESS_STATUSES))))
+    table = table.sort_by("row")
+    limits = thresholds_from_dict(rundir.read_info().thresholds or {})
+    base = Path(summary.manifest).parent
+    out: dict[str, ThumbGroup] = {}
     for rec in table.to_pylist():
-        if rec["status"] in SUCCESS_STATUSES:
-            continue
         for reason in rec["reasons"] or [rec["status"]]:
-            shown = out.setdefault(f"{rec['status']}: {reason}", [])
-            if len(shown) < THUMBS_PER_REASON:
-                shown.append(Thumb(rec["row"], rec["uid"], rec["image"], rec["status"],
-                                   "; ".join(rec["reasons"]), _thumbnail(base, rec)))
+            group = out.setdefault(f"{rec['status']}: {reason}", ThumbGroup())
+            group.rows += 1
+            if len(group.thumbs) < THUMBS_PER_REASON + THUMBS_MORE:
+                checks = tuple(failed_checks(rec["reasons"] or (), rec, limits))
+                group.thumbs.append(Thumb(rec["row"], rec["uid"], rec["image"], rec["status"],
+                                          "; ".join(rec["reasons"]), _thumbnail(base, rec),
+                                          checks))
     return out
 
 
 _BOX = ["face_left", "face_top", "face_width", "face_height"]
+_COLUMNS = ["row", "uid", "image", "status", "reasons", "transformed", *_BOX]
 
 
 def _thumbnail(base: Path, rec: dict[str, Any]) -> str | None:

@@ -23,15 +23,32 @@ row's is a duplicate of it. The pass keeps 4 bytes per row (a 32-bit hash) plus
 20 bytes per row whose hash is shared; those rows alone are hashed again (64-bit
 BLAKE2b) in a second, parse-only pass, which runs only when some hash is shared.
 Rows with an empty ``uid`` or ``image`` are never duplicates (they fail on their own).
+
+Text encodings: UTF-8 by default (a BOM is accepted). Another ``encoding``
+(``gb18030``, ``gbk``, ``utf-16``...) is transcoded once to a temporary UTF-8 copy
+that the readers use; the fingerprint stays the original file's. When UTF-8
+decoding fails, the error names the encoding the bytes most likely are.
+
+CSV separators: ``,`` by default; with no ``delimiter`` given, a header that
+names ``image`` and ``uid`` only when split on ``;`` or a tab selects that
+separator (:attr:`Manifest.delimiter_detected` says so).
+
+Windows paths: a backslash in an ``image`` cell is a path separator
+(``photos\\a.jpg`` is ``photos/a.jpg``); an absolute Windows path (``C:\\...``)
+cannot be read here, and :func:`windows_drive_path` lets the runner say so.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
 import os
+import re
 import stat
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -57,6 +74,34 @@ _PARQUET_BATCH = 32_768
 _JSONL_BATCH = 16_384
 _READ_CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
+#: Separators a header is tried with when none is given, after the comma.
+_OTHER_DELIMITERS = (";", "\t")
+_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab"}
+_WINDOWS_DRIVE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def windows_drive_path(image: str) -> bool:
+    """True for an absolute Windows path (``C:\\photos\\a.jpg``, ``\\\\server\\share``)."""
+    return bool(_WINDOWS_DRIVE.match(image))
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name; ValueError naming some valid ones when unknown."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise ValueError(f"--encoding {encoding!r}: unknown encoding; use utf-8 (the default), "
+                         "gb18030, gbk, big5, utf-16, cp1252...") from None
+
+
+def check_delimiter(delimiter: str | None) -> str | None:
+    """One character (``\\t`` or ``tab`` for a tab); ValueError otherwise."""
+    if delimiter is None:
+        return None
+    text = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(delimiter, delimiter)
+    if len(text) != 1 or text in "\"\r\n":
+        raise ValueError(f"--delimiter {delimiter!r}: give one character, e.g. ';' or tab")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +117,21 @@ class ManifestRow:
     user_info: str
     action: str  # the cell stripped and lower-cased, else the default; not validated
     columns: dict[str, str]  # every original column's value as text
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChunk:
+    """Consecutive rows as columns (:meth:`Manifest.key_chunks`): ``rows`` and ``lines``
+    as numpy arrays, the rest Arrow text arrays with the defaults applied; ``image_path``
+    is :attr:`ManifestRow.image_path` as text, ``action`` stripped and lower-cased."""
+
+    rows: np.ndarray
+    lines: np.ndarray
+    uid: pa.Array
+    group_id: pa.Array
+    image: pa.Array
+    image_path: pa.Array
+    action: pa.Array
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +168,18 @@ class Manifest:
         self._reader = reader
         self._names = names  # canonical name -> column name in the file
         self._default_group, self._default_action = defaults
+        #: The text encoding read (the codec's name) and the CSV separator.
+        self.encoding = "utf-8"
+        self.delimiter: str | None = getattr(reader, "delimiter", None)
+        #: True when the separator was found from the header (no ``delimiter`` given).
+        self.delimiter_detected: bool = getattr(reader, "detected", False)
         self._dup_rows = np.empty(0, np.int64)  # sorted duplicate rows
         self._dup_of = np.empty(0, np.int64)  # ... and the earlier row each repeats
+
+    @property
+    def image_column(self) -> str:
+        """The file's name of the ``image`` column (as written in the header)."""
+        return self._names["image"]
 
     @property
     def num_duplicates(self) -> int:
@@ -158,8 +228,50 @@ class Manifest:
                               cells[action_at].strip().lower() or mode,
                               dict(zip(names, cells, strict=False)))  # not the stand-in
 
+    def duplicate_mask(self, rows: np.ndarray) -> np.ndarray:
+        """For each row number in ``rows``: True when it repeats an earlier row."""
+        return np.isin(rows, self._dup_rows)
+
+    def key_chunks(self) -> Iterator[KeyChunk]:
+        """Every row's key fields as Arrow text columns, chunk by chunk, without making a
+        :class:`ManifestRow` per row: for bulk decisions over millions of rows (a
+        ledger's "already enrolled"). The values equal the ManifestRow fields."""
+        for chunk in self._reader.chunks(None, 0):
+            yield self._key_chunk(chunk)
+
+    def _key_chunk(self, chunk: _Chunk) -> KeyChunk:
+        n = chunk.num_rows
+        empty = pa.array([""] * n, pa.string())
+
+        def column(key: str) -> pa.Array:
+            name = self._names.get(key)
+            return chunk.columns.get(name, empty) if name is not None else empty
+
+        group, action = column("group_id"), column("action")
+        if self._default_group:
+            group = pc.if_else(pc.equal(group, ""), self._default_group, group)
+        action = pc.utf8_lower(pc.utf8_trim_whitespace(action))
+        action = pc.if_else(pc.equal(action, ""), self._default_action, action)
+        image = column("image")
+        return KeyChunk(chunk.rows, chunk.lines, column("uid"), group, image,
+                        self._image_paths(image), action)
+
+    def _image_paths(self, image: pa.Array) -> pa.Array:
+        """:meth:`_image_path` of every cell, as text; Python only for the odd ones."""
+        odd = pc.or_(pc.or_(pc.match_substring_regex(image, r"^[/.]|^$|/$"),
+                            pc.match_substring(image, "//")), pc.match_substring(image, "/."))
+        plain = pc.binary_join_element_wise(self._inside, image, "")
+        if not pc.any(odd).as_py():
+            return plain
+        slow = [str(self._image_path(x)) if o else p for x, o, p in
+                zip(image.to_pylist(), odd.to_pylist(), plain.to_pylist(), strict=True)]
+        return pa.array(slow, pa.string())
+
     def _image_path(self, image: str) -> Path:
-        """``normpath(join(folder, image))`` as a Path; symlinks are left as they are."""
+        """``normpath(join(folder, image))`` as a Path; symlinks are left as they are.
+        Backslashes are path separators (paths written on Windows)."""
+        if "\\" in image:
+            image = image.replace("\\", "/")
         plain = not (image[:1] in ("", "/", ".") or image.endswith("/") or "//" in image
                      or "/." in image)
         if plain:  # nothing to normalise: skipping normpath halves the cost
@@ -168,31 +280,65 @@ class Manifest:
 
 
 def open_manifest(
-    path: str | Path, *, default_group: str | None = None, default_action: str = "add"
+    path: str | Path, *, default_group: str | None = None, default_action: str = "add",
+    encoding: str = "utf-8", delimiter: str | None = None,
 ) -> Manifest:
     """Open and validate a manifest (one streaming pass, two when rows share a hash).
 
     Raises :class:`ManifestError` (with the 1-based line when one is to blame) for a
     missing, unreadable or empty file, an unknown extension, a missing ``image`` /
     ``uid`` column, no ``group_id`` column and no ``default_group``, and any CSV, JSON
-    or UTF-8 error. A CSV with only its header, an empty JSONL file and a Parquet
-    file without rows are valid manifests with 0 rows.
+    or text-decoding error. A CSV with only its header, an empty JSONL file and a
+    Parquet file without rows are valid manifests with 0 rows. ``encoding`` (CSV and
+    JSONL; default UTF-8) and ``delimiter`` (CSV; default: ``,``, or ``;``/tab when
+    the header says so) are described in the module docstring.
     """
     p = Path(os.path.abspath(path))
     fmt = _check_file(p)
-    reader = _READERS[fmt](p)
-    scan = _scan_bytes(p, count_lines=fmt == "csv")
-    only = None  # the columns the pass reads (None: all; only Parquet reads fewer)
-    if reader.columns is not None:  # CSV and Parquet: check the columns before reading on
-        only = _key_columns(_column_names(p, reader.columns, default_group, _line(fmt)))
-    keys = _KeyBuilder(p.parent, default_group or "")
-    hashes = _RowHashes()
-    num_rows = 0
-    for chunk in reader.chunks(only, 0):
-        hashes.add(chunk.start, *keys.build(chunk))
-        num_rows += chunk.num_rows
-    reader.finish(scan)
-    names = _column_names(p, reader.columns, default_group, _line(fmt))
+    try:
+        codec = check_encoding(encoding)
+        delimiter = check_delimiter(delimiter)
+    except ValueError as exc:
+        raise ManifestError(str(p), str(exc)) from None
+    source, fingerprint = p, None
+    if fmt != "parquet" and codec not in ("utf-8", "utf-8-sig"):
+        source, fingerprint = _transcode(p, codec)
+    try:
+        manifest = _open(p, source, fmt, default_group, default_action, delimiter)
+    except BaseException:
+        if source != p:
+            source.unlink(missing_ok=True)
+        raise
+    if source != p:
+        assert fingerprint is not None
+        manifest.fingerprint = f"sha256:{fingerprint}"
+        manifest.encoding = codec
+        weakref.finalize(manifest, _unlink, str(source))
+    return manifest
+
+
+def _open(p: Path, source: Path, fmt: str, default_group: str | None, default_action: str,
+          delimiter: str | None) -> Manifest:
+    """Validate ``source`` (``p`` itself, or its UTF-8 copy); errors name ``p``."""
+    try:
+        reader = _READERS[fmt](source, delimiter) if fmt == "csv" else _READERS[fmt](source)
+        scan = _scan_bytes(source, count_lines=fmt == "csv")
+        only = None  # the columns the pass reads (None: all; only Parquet reads fewer)
+        if reader.columns is not None:  # CSV and Parquet: check the columns before reading on
+            only = _key_columns(_column_names(p, reader.columns, default_group, _line(fmt),
+                                              getattr(reader, "hint", "")))
+        keys = _KeyBuilder(p.parent, default_group or "")
+        hashes = _RowHashes()
+        num_rows = 0
+        for chunk in reader.chunks(only, 0):
+            hashes.add(chunk.start, *keys.build(chunk))
+            num_rows += chunk.num_rows
+        reader.finish(scan)
+        names = _column_names(p, reader.columns, default_group, _line(fmt))
+    except ManifestError as exc:
+        if exc.path == str(p):
+            raise
+        raise ManifestError(str(p), exc.message, exc.line) from None
     manifest = Manifest(p, fmt, reader, f"sha256:{scan.sha256}", num_rows, names,
                         (default_group or "", default_action))
     rows, h1 = hashes.shared_rows()
@@ -200,6 +346,42 @@ def open_manifest(
         manifest._dup_rows, manifest._dup_of = _confirm_duplicates(
             reader, keys, rows, h1, _key_columns(names))
     return manifest
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _transcode(p: Path, encoding: str) -> tuple[Path, str]:
+    """A temporary UTF-8 copy of ``p`` (read as ``encoding``) and the sha256 of ``p``.
+
+    The copy keeps the line ends, so line numbers are the original's. ManifestError
+    naming the line of the first byte that is not ``encoding``.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    digest, lines = hashlib.sha256(), 0
+    fd, name = tempfile.mkstemp(prefix="faceflow-manifest-", suffix=p.suffix)
+    try:
+        with p.open("rb") as src, os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            while block := src.read(_READ_CHUNK):
+                digest.update(block)
+                try:
+                    text = decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    head = exc.object[:exc.start].decode(encoding, "replace")
+                    raise ManifestError(str(p), f"the text is not {encoding}; pass the "
+                                        "file's encoding with --encoding, or save it as "
+                                        "UTF-8", lines + _line_ends(head) + 1) from None
+                lines += _line_ends(text)
+                out.write(text)
+            out.write(decoder.decode(b"", final=True))
+    except BaseException:
+        _unlink(name)
+        raise
+    return Path(name), digest.hexdigest()
 
 
 # ------------------------------------------------------------------ file and columns
@@ -238,7 +420,8 @@ def _canonical(name: str) -> str:
 
 
 def _column_names(
-    p: Path, columns: Sequence[str], default_group: str | None, line: int | None
+    p: Path, columns: Sequence[str], default_group: str | None, line: int | None,
+    hint: str = "",
 ) -> dict[str, str]:
     """Canonical name -> the file's column name; ManifestError for missing or doubled ones."""
     names: dict[str, str] = {}
@@ -253,8 +436,9 @@ def _column_names(
     if missing and columns:
         found = ", ".join(repr(c) for c in columns) or "none"
         need = "; ".join(f"{c!r} ({_WHAT[c]})" for c in missing)
+        fix = hint or "Add or rename the column"
         raise ManifestError(str(p), f"missing required column {need}; the columns found are "
-                            f"{found}. Add or rename the column", line)
+                            f"{found}. {fix}", line)
     if missing:  # no column at all: an empty JSONL file has nothing to register
         names.update({c: c for c in missing})
     elif "group_id" not in names and not default_group:
@@ -305,9 +489,14 @@ class _CsvReader:
     than at its end) the lines are taken from Python's csv module instead.
     """
 
-    def __init__(self, p: Path) -> None:
+    def __init__(self, p: Path, delimiter: str | None = None) -> None:
         self.path = p
         self.exact_lines = False
+        self.detected = False
+        self.hint = ""  # a better separator, when the header says so
+        self.delimiter = delimiter or ","
+        if delimiter is None:
+            self._detect()
         try:
             read = pcsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False)
             with pcsv.open_csv(p, read_options=read, parse_options=self._parse(),
@@ -317,9 +506,11 @@ class _CsvReader:
             if "Empty CSV file" in str(exc):
                 raise ManifestError(str(p), "the file is empty; a CSV manifest needs at least "
                                     "its header line, e.g. image,uid,group_id") from None
-            raise _diagnose_csv(p, str(exc)) from None
+            raise _diagnose_csv(p, str(exc), self.delimiter) from None
         except UnicodeDecodeError as exc:  # in the header names
-            raise _diagnose_csv(p, str(exc)) from None
+            raise _diagnose_csv(p, str(exc), self.delimiter) from None
+        if not self.detected:
+            self._suggest()
         dupes = {c for c in self.columns if self.columns.count(c) > 1}
         if dupes:
             raise ManifestError(str(p), f"column {sorted(dupes)[0]!r} appears more than once "
@@ -327,9 +518,28 @@ class _CsvReader:
         self.first_line = 1 + sum(_line_ends(c) for c in self.columns) + 1
         self._accounted = 0
 
-    @staticmethod
-    def _parse() -> pcsv.ParseOptions:
-        return pcsv.ParseOptions(newlines_in_values=True)
+    def _detect(self) -> None:
+        """Choose ``;`` or tab when only that separator makes the header name image and uid."""
+        header = _header_line(self.path)
+        if header is None or _has_key_columns(header, ","):
+            return
+        for other in _OTHER_DELIMITERS:
+            if _has_key_columns(header, other):
+                self.delimiter, self.detected = other, True
+                return
+
+    def _parse(self) -> pcsv.ParseOptions:
+        return pcsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
+
+    def _suggest(self) -> None:
+        """With the separator given: would another one make the header right?"""
+        header = _header_line(self.path)
+        for other in (",", *_OTHER_DELIMITERS):
+            if header is not None and other != self.delimiter and _has_key_columns(header, other):
+                self.hint = (f"The header looks separated by {_DELIMITER_NAMES[other]}, not "
+                             f"{_DELIMITER_NAMES.get(self.delimiter, repr(self.delimiter))}: "
+                             f"pass --delimiter {_DELIMITER_NAMES[other]}")
+                return
 
     def _open(self) -> pcsv.CSVStreamingReader:
         convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in self.columns},
@@ -342,7 +552,7 @@ class _CsvReader:
     def chunks(self, only: Sequence[str] | None, start_row: int,
                wanted: np.ndarray | None = None) -> Iterator[_Chunk]:
         del only, wanted  # line counting needs every column of every row
-        exact = _csv_record_lines(self.path) if self.exact_lines else None
+        exact = _csv_record_lines(self.path, self.delimiter) if self.exact_lines else None
         row, line = 0, self.first_line
         try:
             with self._open() as stream:
@@ -357,7 +567,7 @@ class _CsvReader:
                     if row > start_row and n:
                         yield _Chunk(np.arange(row - n, row), cols, lines)
         except pa.ArrowInvalid as exc:
-            raise _diagnose_csv(self.path, str(exc)) from None
+            raise _diagnose_csv(self.path, str(exc), self.delimiter) from None
         self._accounted = line - 1
 
     def finish(self, scan: _Scan) -> None:
@@ -392,12 +602,56 @@ def _decoded_lines(p: Path) -> Iterator[str]:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ManifestError(str(p), f"the text is not UTF-8 (byte {exc.start + 1} of "
-                                    "the line); save the file as UTF-8", number) from None
+                                    f"the line); {_encoding_hint(p)}", number) from None
 
 
-def _csv_records(p: Path) -> Iterator[tuple[int, list[str]]]:
+#: Likely encodings of a file that is not UTF-8, in the order they are tried, and the
+#: words that say where such files come from.
+_LIKELY = (("gb18030", "GB18030/GBK, what Excel on a Chinese system saves as CSV"),
+           ("big5", "Big5 (traditional Chinese)"), ("shift_jis", "Shift JIS (Japanese)"))
+
+
+def _encoding_hint(p: Path) -> str:
+    """"it looks like X: pass --encoding x, or save the file as UTF-8"."""
+    with p.open("rb") as fh:
+        sample = fh.read(1 << 16)
+    guess = _likely_encoding(sample)
+    return f"it looks like {guess[1]}: pass --encoding {guess[0]}, or save the file as UTF-8"
+
+
+def _likely_encoding(sample: bytes) -> tuple[str, str]:
+    """(codec, description) of the encoding ``sample`` (a file's first bytes) most likely has."""
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")) or sample.count(b"\x00") > len(sample) // 4:
+        return "utf-16", "UTF-16 (Excel's \"Unicode text\")"
+    for codec, words in _LIKELY:
+        decoder = codecs.getincrementaldecoder(codec)("strict")
+        try:
+            text = decoder.decode(sample)  # a character cut at the end stays buffered
+        except UnicodeDecodeError:
+            continue
+        if any("\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in text):
+            return codec, words
+    return "cp1252", "Windows-1252 (Western European)"
+
+
+def _header_line(p: Path) -> str | None:
+    """The first line as text (None when it is not UTF-8: the readers report that)."""
+    with p.open("rb") as fh:
+        raw = fh.readline(1 << 16).removeprefix(_BOM)
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None
+
+
+def _has_key_columns(header: str, delimiter: str) -> bool:
+    names = {_canonical(c) for c in next(csv.reader([header], delimiter=delimiter), [])}
+    return all(c in names for c in REQUIRED_COLUMNS)
+
+
+def _csv_records(p: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
     """(start line, fields) of every non-blank record, header included, by Python's csv."""
-    reader = csv.reader(_decoded_lines(p))
+    reader = csv.reader(_decoded_lines(p), delimiter=delimiter)
     previous = 0
     try:
         for fields in reader:
@@ -408,16 +662,16 @@ def _csv_records(p: Path) -> Iterator[tuple[int, list[str]]]:
         raise ManifestError(str(p), f"CSV syntax error: {exc}", previous + 1) from None
 
 
-def _csv_record_lines(p: Path) -> Iterator[int]:
-    records = _csv_records(p)
+def _csv_record_lines(p: Path, delimiter: str = ",") -> Iterator[int]:
+    records = _csv_records(p, delimiter)
     next(records, None)  # the header
     return (start for start, _ in records)
 
 
-def _diagnose_csv(p: Path, arrow_message: str) -> ManifestError:
+def _diagnose_csv(p: Path, arrow_message: str, delimiter: str = ",") -> ManifestError:
     """pyarrow failed without saying where: find the line with Python's csv module."""
     width = None
-    for start, fields in _csv_records(p):
+    for start, fields in _csv_records(p, delimiter):
         if width is None:
             width = len(fields)
         elif len(fields) != width:
@@ -602,6 +856,8 @@ class _KeyBuilder:
         return valid.to_numpy(zero_copy_only=False), key.filter(valid)
 
     def _paths(self, image: pa.Array) -> pa.Array:
+        if pc.any(pc.match_substring(image, "\\")).as_py():
+            image = pc.replace_substring(image, "\\", "/")
         if pc.any(pc.starts_with(image, "./")).as_py():
             image = pc.replace_substring_regex(image, r"^(\./)+", "")
         if _maybe_odd(image):

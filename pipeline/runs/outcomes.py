@@ -13,6 +13,11 @@ pixels of the image as sent, timestamps in UTC with microsecond precision.
 ``attempts`` counts every HTTP request sent for the row (detect and write,
 retries and token refreshes included).
 
+``duplicate_*`` describe what ``--block-duplicates`` found for a
+``duplicate_suspect`` row: the other uid and its group, the similarity (0-100,
+the ``match`` score when it confirmed, else identify's), and the two calls'
+log ids.
+
 :data:`OUTCOME_SCHEMA` is the only schema outcome Parquet files are written
 with; ``tests/test_outcomes.py`` checks that it and :class:`Outcome` agree.
 """
@@ -30,13 +35,15 @@ STATUSES = (
     "enrolled",  # user add succeeded
     "updated",  # user update (or upsert) succeeded
     "already_enrolled",  # the service already holds this image for the uid (216616)
+    "skipped_known",  # the ledger holds this (group, uid, image): not sent, attempts 0
     "rejected_quality",  # the quality gate refused the face; reasons name the metrics
     "no_face",  # detect found no face
     "multiple_faces",  # several faces and no rule to pick one
     "invalid_input",  # the row itself is wrong (image, uid, user_info, duplicate...)
+    "duplicate_suspect",  # --block-duplicates: another uid holds this face (duplicate_*)
     "failed",  # the service refused or never answered; see error_code, retryable
 )
-SUCCESS_STATUSES = frozenset({"enrolled", "updated", "already_enrolled"})
+SUCCESS_STATUSES = frozenset({"enrolled", "updated", "already_enrolled", "skipped_known"})
 
 #: The quality metric columns, in schema order (same names as QualityMetrics,
 #: with ``occlusion_`` in front of each face part).
@@ -81,6 +88,11 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("detect_log_id", pa.uint64()),
         pa.field("write_log_id", pa.uint64()),
         pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("duplicate_uid", pa.string()),
+        pa.field("duplicate_group_id", pa.string()),
+        pa.field("duplicate_score", pa.float64()),
+        pa.field("identify_log_id", pa.uint64()),
+        pa.field("match_log_id", pa.uint64()),
         pa.field("started_at", _TS, nullable=False),
         pa.field("finished_at", _TS, nullable=False),
     ],
@@ -133,6 +145,11 @@ class Outcome:
     detect_log_id: int | None
     write_log_id: int | None
     attempts: int
+    duplicate_uid: str | None
+    duplicate_group_id: str | None
+    duplicate_score: float | None
+    identify_log_id: int | None
+    match_log_id: int | None
     started_at: datetime
     finished_at: datetime
 

@@ -1,0 +1,516 @@
+"""The engine's faceset in PostgreSQL + pgvector, shared by any number of engine replicas.
+
+``faceflow engine serve --store postgresql://...`` uses :class:`PgStore` (the faceset:
+memberships, faces, persons, tokens) and :class:`PgIndex` (search) instead of the
+embedded SQLite store and in-memory index; both pairs implement the same public methods
+(:mod:`pipeline.engine.store` and :mod:`pipeline.engine.index`), so the interfaces do
+not know which one they talk to.
+
+Sharing: every read and search goes to the database, so a write acknowledged by one
+replica (committed: ``synchronous_commit`` stays on, the commit's WAL is flushed before
+the reply) is seen by the next search on any other; no replica holds an index to
+rebuild. Tokens live here too, so a token issued by one replica works on all.
+
+Search (:class:`PgIndex`): descriptors are ``vector(128)`` unit vectors, compared by L2
+distance (``<->``, the same d as the embedded index). A group with at least
+:data:`LARGE_GROUP` faces gets its own HNSW index, a *partial* index ``WHERE group_id =
+'<group>'``: its graph holds that group's faces only, so a search is not a filtered walk
+of one global graph (a global index filtered to a group of ten missed most results).
+Partial indexes are the partition-per-group the issue asks for without moving rows:
+they are built ``CONCURRENTLY`` beside live writes. Smaller groups are searched exactly
+(btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
+(chosen by ``benchmarks/scale_engine.py``, see the README), raised to the number of
+faces a query needs. The best-face-per-user and top-k rules are the embedded index's
+(:func:`pipeline.engine.index.rank_users`).
+
+Schema: versioned (:data:`MIGRATIONS`, table ``engine_schema``); ``faceflow engine
+migrate`` applies what is missing under an advisory lock; a store opened on a database
+whose schema is older or newer than this code refuses to start and says what to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine.index import Hit, rank_users
+from pipeline.engine.store import Change, FaceRow, Membership, Person
+from pipeline.postgres import PostgresUnavailable, connect
+
+#: Groups with at least this many faces get their own HNSW index (smaller: exact search).
+LARGE_GROUP = 20_000
+#: hnsw.ef_search for large groups (a query needing more candidates raises it), and the
+#: HNSW build parameters. Measured by benchmarks/scale_engine.py at 100k faces shaped like
+#: real dlib descriptors (300 identify probes): with pgvector's default build
+#: (ef_construction 64) no ef_search found exact search's nearest face for more than
+#: 99.33 % of probes (the graph misses some); with ef_construction 200, ef_search 200
+#: found it for 99.67 % and 400 for all. 400 keeps a margin over the 99.5 % bound that
+#: 300 probes cannot resolve finer; the build takes about twice as long.
+EF_SEARCH = 400
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 200
+#: Advisory lock keys: schema migration, index building.
+_MIGRATE_LOCK, _INDEX_LOCK = 0x66616365_01, 0x66616365_02
+
+MIGRATIONS: list[str] = [
+    # 1: the faceset (same model as the SQLite store) + group face counts.
+    """
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE engine_memberships (
+        group_id text NOT NULL, uid text NOT NULL, user_info text NOT NULL,
+        created timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (group_id, uid));
+    CREATE INDEX engine_memberships_uid ON engine_memberships (uid);
+    CREATE TABLE engine_faces (
+        face_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        group_id text NOT NULL, uid text NOT NULL, sha256 text NOT NULL,
+        descriptor vector(128) NOT NULL, created timestamptz NOT NULL DEFAULT now(),
+        FOREIGN KEY (group_id, uid) REFERENCES engine_memberships ON DELETE CASCADE);
+    CREATE INDEX engine_faces_member ON engine_faces (group_id, uid);
+    CREATE TABLE engine_groups (
+        group_id text PRIMARY KEY, faces bigint NOT NULL DEFAULT 0,
+        hnsw_index text);
+    CREATE TABLE engine_persons (
+        id_card_number text PRIMARY KEY, name text NOT NULL,
+        descriptor vector(128) NOT NULL, sha256 text NOT NULL);
+    CREATE TABLE engine_tokens (token text PRIMARY KEY, expires double precision NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def schema_version(conn: Any) -> int:
+    """The applied schema version (0: none)."""
+    found = conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0]
+    if found is None:
+        return 0
+    row = conn.execute("SELECT max(version) FROM engine_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(url: str) -> tuple[int, int]:
+    """Bring the schema at ``url`` to :data:`SCHEMA_VERSION`: (version before, after).
+
+    Each step is one transaction with its version row; concurrent migrates wait for
+    each other (advisory lock), so two replicas started at once do the work once.
+    """
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS engine_schema ("
+                         "version int PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())")
+            before = schema_version(conn)
+            if before > SCHEMA_VERSION:
+                raise PostgresUnavailable(_newer(before))
+            for version in range(before + 1, SCHEMA_VERSION + 1):
+                with conn.transaction():
+                    conn.execute(MIGRATIONS[version - 1])
+                    conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (version,))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
+    return before, SCHEMA_VERSION
+
+
+def _newer(version: int) -> str:
+    return (f"the database's engine schema is version {version}, newer than this faceflow "
+            f"({SCHEMA_VERSION}); upgrade faceflow")
+
+
+def index_name(group_id: str) -> str:
+    """The HNSW index of one group (a hash: group ids may not be valid identifiers)."""
+    return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
+
+
+def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
+                       ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
+    """Build the HNSW index of every group with >= ``min_faces`` faces that lacks one.
+
+    Built ``CONCURRENTLY`` (writes go on), one replica at a time (advisory lock; others
+    return at once). An index left invalid by a build that died is dropped and rebuilt.
+    Returns the groups indexed now.
+    """
+    from psycopg import sql  # noqa: PLC0415
+
+    done: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
+            return done
+        try:
+            # The graph must fit while it is built (~80 MB per 100k faces), else it is slow.
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            rows = conn.execute(
+                "SELECT group_id FROM engine_groups WHERE faces >= %s AND hnsw_index IS NULL "
+                "ORDER BY group_id", (min_faces,)).fetchall()
+            for (group,) in rows:
+                name = index_name(group)
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(name)))
+                conn.execute(sql.SQL(
+                    "CREATE INDEX CONCURRENTLY {} ON engine_faces USING hnsw "
+                    "(descriptor vector_l2_ops) WITH (m = {}, ef_construction = {}) "
+                    "WHERE group_id = {}").format(
+                        sql.Identifier(name), sql.Literal(m),
+                        sql.Literal(ef_construction), sql.Literal(group)))
+                conn.execute("UPDATE engine_groups SET hnsw_index=%s WHERE group_id=%s",
+                             (name, group))
+                done.append(group)
+            if done:
+                conn.execute("ANALYZE engine_faces")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_INDEX_LOCK,))
+    return done
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class PgStore:
+    """The faceset at ``url`` (schema created by :func:`migrate`); same methods as Store.
+
+    One connection guarded by a lock (the engine calls from its loop thread; tests read
+    from others). Every write is one transaction, committed before it returns.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._db = connect(url, autocommit=True, vector=True)
+        # Custom plans: the group id is known when planning, so the planner can pick
+        # that group's partial HNSW index.
+        self._db.execute("SET plan_cache_mode = force_custom_plan")
+        version = schema_version(self._db)
+        if version != SCHEMA_VERSION:
+            self._db.close()
+            if version > SCHEMA_VERSION:
+                raise PostgresUnavailable(_newer(version))
+            raise PostgresUnavailable(
+                f"the engine schema is at version {version}, this faceflow needs "
+                f"{SCHEMA_VERSION}: run `faceflow engine migrate --store URL` first")
+        from pgvector.psycopg import register_vector  # noqa: PLC0415
+
+        register_vector(self._db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock, self._db.transaction():
+            yield self._db
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- reads -------------------------------------------------------------------------
+
+    def memberships(self, uid: str) -> list[Membership]:
+        """Every group the uid is in, ordered by group_id."""
+        rows = self._query("SELECT group_id, uid, user_info FROM engine_memberships "
+                           "WHERE uid=%s ORDER BY group_id COLLATE \"C\"", (uid,))
+        return [Membership(*row) for row in rows]
+
+    def membership(self, group_id: str, uid: str) -> Membership | None:
+        rows = self._query("SELECT group_id, uid, user_info FROM engine_memberships "
+                           "WHERE group_id=%s AND uid=%s", (group_id, uid))
+        return Membership(*rows[0]) if rows else None
+
+    def groups(self, start: int = 0, num: int = 100) -> list[str]:
+        """Group ids in sorted order (bytewise, as SQLite), ``num`` of them from ``start``."""
+        rows = self._query("SELECT group_id FROM engine_groups g WHERE EXISTS (SELECT 1 FROM "
+                           "engine_memberships m WHERE m.group_id = g.group_id) "
+                           "ORDER BY group_id COLLATE \"C\" LIMIT %s OFFSET %s", (num, start))
+        return [row[0] for row in rows]
+
+    def group_users(self, group_id: str, start: int = 0, num: int = 100) -> list[Membership]:
+        """Users of a group ordered by uid."""
+        rows = self._query("SELECT group_id, uid, user_info FROM engine_memberships "
+                           "WHERE group_id=%s ORDER BY uid COLLATE \"C\" LIMIT %s OFFSET %s",
+                           (group_id, num, start))
+        return [Membership(*row) for row in rows]
+
+    def faces_of(self, group_id: str, uid: str) -> list[FaceRow]:
+        rows = self._query("SELECT face_id, group_id, uid, sha256, descriptor FROM engine_faces "
+                           "WHERE group_id=%s AND uid=%s ORDER BY face_id", (group_id, uid))
+        return [_face(row) for row in rows]
+
+    def all_faces(self) -> list[FaceRow]:
+        """Every stored face, in face_id order."""
+        rows = self._query("SELECT face_id, group_id, uid, sha256, descriptor FROM engine_faces "
+                           "ORDER BY face_id")
+        return [_face(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """users (distinct uids), memberships, groups, faces, persons."""
+        users, members, groups, faces, persons = self._query(
+            "SELECT (SELECT COUNT(DISTINCT uid) FROM engine_memberships),"
+            " (SELECT COUNT(*) FROM engine_memberships),"
+            " (SELECT COUNT(DISTINCT group_id) FROM engine_memberships),"
+            " (SELECT COUNT(*) FROM engine_faces), (SELECT COUNT(*) FROM engine_persons)")[0]
+        return {"users": users, "memberships": members, "groups": groups,
+                "faces": faces, "persons": persons}
+
+    def integrity_check(self) -> str:
+        """"ok" when every group's face count matches its faces (else what differs)."""
+        rows = self._query(
+            "SELECT g.group_id, g.faces, count(f.face_id) FROM engine_groups g "
+            "LEFT JOIN engine_faces f USING (group_id) GROUP BY g.group_id, g.faces "
+            "HAVING g.faces <> count(f.face_id) LIMIT 5")
+        return "ok" if not rows else "; ".join(f"{g}: counted {n}, stored {c}"
+                                                for g, n, c in rows)
+
+    # -- writes (one transaction each) ---------------------------------------------------
+
+    def add_face(self, groups: Sequence[str], uid: str, user_info: str, sha256: str,
+                 descriptor: np.ndarray, replace: bool = False) -> Change:
+        """Add one face to ``uid`` in every group (creating memberships).
+
+        ``replace``: first drop the uid's existing faces in those groups.
+        """
+        added: list[FaceRow] = []
+        removed: list[int] = []
+        with self._tx() as db:
+            for group in groups:
+                if replace:
+                    removed += _delete_faces(db, group, uid)
+                _upsert_membership(db, group, uid, user_info)
+                added.append(_insert_face(db, group, uid, sha256, descriptor))
+        return Change(tuple(added), tuple(removed))
+
+    def delete_user(self, uid: str, group_id: str | None = None) -> Change:
+        """Remove the uid from one group or from all; returns the faces removed."""
+        removed: list[int] = []
+        with self._tx() as db:
+            groups = [group_id] if group_id else [m.group_id for m in self.memberships(uid)]
+            for group in groups:
+                removed += _delete_faces(db, group, uid)
+                db.execute("DELETE FROM engine_memberships WHERE group_id=%s AND uid=%s",
+                           (group, uid))
+        return Change(removed=tuple(removed))
+
+    def copy_user(self, src_group: str, targets: Sequence[str], uid: str) -> Change:
+        """Copy the uid's membership (user_info + faces) from ``src_group`` into ``targets``."""
+        added: list[FaceRow] = []
+        with self._tx() as db:
+            source = self.membership(src_group, uid)
+            assert source is not None
+            faces = self.faces_of(src_group, uid)
+            for group in targets:
+                _upsert_membership(db, group, uid, source.user_info)
+                added += [_insert_face(db, group, uid, f.sha256, f.descriptor) for f in faces]
+        return Change(tuple(added))
+
+    def seed_faces(self, group_id: str, items: Sequence[tuple[str, str, np.ndarray]]) -> Change:
+        """Bulk fast path for benchmarks: (uid, user_info, descriptor) rows, one transaction.
+
+        Rows go in by COPY; the Change is empty (the database's index follows by itself).
+        """
+        with self._tx() as db:
+            cur = db.cursor()
+            db.execute("CREATE TEMP TABLE seed_members (uid text PRIMARY KEY, info text) "
+                       "ON COMMIT DROP")
+            with cur.copy("COPY seed_members (uid, info) FROM STDIN") as cp:
+                for uid, info, _ in dict((item[0], item) for item in items).values():
+                    cp.write_row((uid, info))
+            db.execute("INSERT INTO engine_memberships (group_id, uid, user_info) "
+                       "SELECT %s, uid, info FROM seed_members ON CONFLICT (group_id, uid) "
+                       "DO UPDATE SET user_info=excluded.user_info", (group_id,))
+            with cur.copy("COPY engine_faces (group_id, uid, sha256, descriptor) "
+                          "FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["text", "text", "text", "vector"])
+                for uid, _, vec in items:
+                    cp.write_row((group_id, uid, "", np.asarray(vec, dtype=np.float32)))
+            _count(db, group_id, len(items))
+        return Change()
+
+    # -- persons and tokens --------------------------------------------------------------
+
+    def put_person(self, person: Person) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO engine_persons VALUES (%s, %s, %s, %s) "
+                       "ON CONFLICT (id_card_number) DO UPDATE SET name=excluded.name, "
+                       "descriptor=excluded.descriptor, sha256=excluded.sha256",
+                       (person.id_card_number, person.name, _vec(person.descriptor),
+                        person.sha256))
+
+    def person(self, id_card_number: str) -> Person | None:
+        rows = self._query("SELECT id_card_number, name, descriptor, sha256 FROM engine_persons "
+                           "WHERE id_card_number=%s", (id_card_number,))
+        if not rows:
+            return None
+        number, name, vec, sha = rows[0]
+        return Person(number, name, _array(vec), sha)
+
+    def put_token(self, token: str, expires: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO engine_tokens VALUES (%s, %s) ON CONFLICT (token) "
+                       "DO UPDATE SET expires=excluded.expires", (token, expires))
+
+    def token_expiry(self, token: str) -> float | None:
+        """Wall-clock expiry (epoch seconds) of a token, or None when unknown."""
+        rows = self._query("SELECT expires FROM engine_tokens WHERE token=%s", (token,))
+        return float(rows[0][0]) if rows else None
+
+    # -- search (used by PgIndex) --------------------------------------------------------
+
+    def group_info(self, group_id: str) -> tuple[int, str | None]:
+        """(faces, name of its HNSW index or None) of one group."""
+        rows = self._query("SELECT faces, hnsw_index FROM engine_groups WHERE group_id=%s",
+                           (group_id,))
+        return (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+
+    def nearest(self, group_id: str, probe: np.ndarray, limit: int, approximate: bool,
+                ef_search: int = EF_SEARCH) -> list[tuple[str, float]]:
+        """(uid, distance) of the ``limit`` faces nearest ``probe`` in a group, nearest first.
+
+        ``approximate``: through the group's HNSW index with ``ef_search`` (raised to
+        ``limit``; past pgvector's 1000, iterative scan); else exact, ties by face_id.
+        """
+        with self._tx() as db:
+            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, approximate,
+                                                 ef_search)).fetchall()
+        found = [(uid, float(d)) for uid, d in rows]
+        # An HNSW walk may return slightly out of order (iterative scan): sort here.
+        return sorted(found, key=lambda r: r[1]) if approximate else found
+
+    def explain_nearest(self, group_id: str, probe: np.ndarray, limit: int,
+                        approximate: bool) -> str:
+        """PostgreSQL's plan of one :meth:`nearest` query (which index it walks)."""
+        with self._tx() as db:
+            sql, args = self._nearest_sql(db, group_id, probe, limit, approximate, EF_SEARCH)
+            return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, args).fetchall())
+
+    @staticmethod
+    def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int, approximate: bool,
+                     ef_search: int) -> tuple[str, tuple]:
+        # Settings are SET LOCAL: they end with the transaction.
+        vec = _vec(probe)
+        if approximate:
+            # The group's partial HNSW index is the one ordered path left: the planner
+            # would otherwise pick btree + sort on stale statistics.
+            db.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
+                       "SET LOCAL enable_sort = off")
+            db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(ef_search, limit))}")
+            if limit > 1000:
+                db.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
+                    "ORDER BY descriptor <-> %s LIMIT %s", (vec, group_id, vec, limit))
+        db.execute("SET LOCAL enable_indexscan = off")  # exact: never an HNSW walk
+        return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
+                "ORDER BY d, face_id LIMIT %s", (vec, group_id, limit))
+
+    def user_distances(self, probe: np.ndarray, group_id: str, uid: str) -> list[float]:
+        rows = self._query("SELECT descriptor <-> %s AS d FROM engine_faces "
+                           "WHERE group_id=%s AND uid=%s ORDER BY d", (_vec(probe), group_id, uid))
+        return [float(row[0]) for row in rows]
+
+    def face_total(self) -> int:
+        return int(self._query("SELECT COALESCE(sum(faces), 0) FROM engine_groups")[0][0])
+
+
+class PgIndex:
+    """Search over a :class:`PgStore`; the methods of the embedded SearchIndex.
+
+    ``load`` and ``apply`` do nothing: the database's tables and indexes are the index,
+    already up to date when a write commits (on every replica).
+    """
+
+    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH,
+                 large_group: int = LARGE_GROUP) -> None:
+        self.store = store
+        self.ef_search = ef_search
+        self.large_group = large_group
+
+    def load(self, faces: object) -> None:
+        return None
+
+    def apply(self, change: Change) -> None:
+        return None
+
+    def size(self, group_id: str | None = None) -> int:
+        """Faces in one group, or in all."""
+        if group_id is None:
+            return self.store.face_total()
+        return self.store.group_info(group_id)[0]
+
+    def search(self, probe: np.ndarray, groups: Sequence[str], top_users: int,
+               per_user: int = 1) -> list[Hit]:
+        """The ``top_users`` nearest (group, uid) pairs over ``groups``, nearest first."""
+        hits: list[Hit] = []
+        for name in dict.fromkeys(groups):
+            size, hnsw = self.store.group_info(name)
+            if size:
+                hits += self._search_group(name, size, hnsw is not None, probe, top_users,
+                                           per_user)
+        hits.sort(key=lambda hit: hit.distances[0])
+        return hits[:top_users]
+
+    def _search_group(self, name: str, size: int, approximate: bool, probe: np.ndarray,
+                      top_users: int, per_user: int) -> list[Hit]:
+        # As the embedded index: the nearest faces first, widening until enough users.
+        want = min(size, max(32, 8 * top_users * per_user))
+        while True:
+            rows = self.store.nearest(name, probe, want, approximate, self.ef_search)
+            found = rank_users(rows, top_users, per_user)
+            if len(found) >= top_users or want >= size:
+                break
+            want = min(size, want * 4)
+        return [Hit(name, uid, ds) for uid, ds in found]
+
+    def distances_of(self, probe: np.ndarray, group_id: str, uid: str) -> list[float]:
+        """Distances from the probe to every face of one user in one group, nearest first."""
+        return self.store.user_distances(probe, group_id, uid)
+
+
+def _vec(descriptor: np.ndarray) -> Any:
+    from pgvector import Vector  # noqa: PLC0415
+
+    return Vector(np.asarray(descriptor, dtype=np.float32))
+
+
+def _array(value: Any) -> np.ndarray:
+    # pgvector's loader answers Vector objects (numpy arrays in older releases).
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(value, dtype=np.float32)
+
+
+def _face(row: tuple) -> FaceRow:
+    face_id, group, uid, sha, vec = row
+    return FaceRow(int(face_id), group, uid, sha, _array(vec))
+
+
+def _count(db: Any, group: str, delta: int) -> None:
+    db.execute("INSERT INTO engine_groups (group_id, faces) VALUES (%s, %s) "
+               "ON CONFLICT (group_id) DO UPDATE SET faces = engine_groups.faces + %s",
+               (group, delta, delta))
+
+
+def _upsert_membership(db: Any, group: str, uid: str, info: str) -> None:
+    db.execute("INSERT INTO engine_memberships (group_id, uid, user_info) VALUES (%s, %s, %s) "
+               "ON CONFLICT (group_id, uid) DO UPDATE SET user_info=excluded.user_info",
+               (group, uid, info))
+
+
+def _insert_face(db: Any, group: str, uid: str, sha: str, descriptor: np.ndarray) -> FaceRow:
+    vec = np.asarray(descriptor, dtype=np.float32)
+    row = db.execute("INSERT INTO engine_faces (group_id, uid, sha256, descriptor) "
+                     "VALUES (%s, %s, %s, %s) RETURNING face_id",
+                     (group, uid, sha, _vec(vec))).fetchone()
+    _count(db, group, 1)
+    return FaceRow(int(row[0]), group, uid, sha, vec)
+
+
+def _delete_faces(db: Any, group: str, uid: str) -> list[int]:
+    ids = [int(r[0]) for r in db.execute(
+        "DELETE FROM engine_faces WHERE group_id=%s AND uid=%s RETURNING face_id",
+        (group, uid)).fetchall()]
+    if ids:
+        _count(db, group, -len(ids))
+    return ids

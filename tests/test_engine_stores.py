@@ -1,0 +1,256 @@
+"""Both faceset backends, the same tests: SQLite + in-memory index, PostgreSQL + pgvector.
+
+The ``faceset`` fixture gives a (store, index) pair of either backend; every test that
+uses it runs on both. PostgreSQL-only behaviour (migrations, HNSW per large group, two
+stores on one database) follows. The PostgreSQL runs skip, with the reason, only when no
+server can be started (see tests/support/pg_fixtures.py; FACEFLOW_TEST_PG uses a site's server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.engine.index import SearchIndex
+from pipeline.engine.pgstore import (
+    SCHEMA_VERSION,
+    PgIndex,
+    PgStore,
+    index_large_groups,
+    index_name,
+    migrate,
+)
+from pipeline.engine.store import Change, Person, Store
+from pipeline.postgres import PostgresUnavailable, connect
+
+
+@dataclass
+class Faceset:
+    """A store and its index, as the engine holds them."""
+
+    store: Any
+    index: Any
+
+    def write(self, change: Change) -> Change:
+        self.index.apply(change)
+        return change
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def faceset(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faceset]:
+    if request.param == "sqlite":
+        store: Any = Store(tmp_path / "faceset.sqlite3")
+        index: Any = SearchIndex()
+    else:
+        url = request.getfixturevalue("pg_url")
+        migrate(url)
+        store = PgStore(url)
+        index = PgIndex(store)
+    index.load(store.all_faces())
+    try:
+        yield Faceset(store, index)
+    finally:
+        store.close()
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    vecs = rng.normal(size=(n, 128)).astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def near(vec: np.ndarray, rng: np.random.Generator, scale: float = 0.02) -> np.ndarray:
+    out = vec + rng.normal(scale=scale, size=128).astype(np.float32)
+    return (out / np.linalg.norm(out)).astype(np.float32)
+
+
+# -- both backends ---------------------------------------------------------------------------
+
+
+def test_memberships_groups_and_counts(faceset: Faceset) -> None:
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 4)
+    s = faceset.store
+    faceset.write(s.add_face(["g_b", "g_a"], "u2", "two", "sha-2", vecs[0]))
+    faceset.write(s.add_face(["g_a"], "u1", "one", "sha-1", vecs[1]))
+    faceset.write(s.add_face(["g_a"], "u1", "one again", "sha-1b", vecs[2]))
+    assert [m.group_id for m in s.memberships("u2")] == ["g_a", "g_b"]
+    assert s.membership("g_a", "u1").user_info == "one again"
+    assert s.membership("g_b", "u1") is None
+    assert s.groups() == ["g_a", "g_b"] and s.groups(1, 5) == ["g_b"]
+    assert [m.uid for m in s.group_users("g_a")] == ["u1", "u2"]
+    assert [f.sha256 for f in s.faces_of("g_a", "u1")] == ["sha-1", "sha-1b"]
+    assert np.allclose(s.faces_of("g_a", "u1")[0].descriptor, vecs[1], atol=1e-6)
+    assert s.counts() == {"users": 2, "memberships": 3, "groups": 2, "faces": 4, "persons": 0}
+    assert faceset.index.size("g_a") == 3 and faceset.index.size() == 4
+    assert s.integrity_check() == "ok"
+
+
+def test_replace_delete_and_copy(faceset: Faceset) -> None:
+    rng = np.random.default_rng(2)
+    vecs = unit(rng, 3)
+    s = faceset.store
+    faceset.write(s.add_face(["g"], "u", "x", "a", vecs[0]))
+    faceset.write(s.add_face(["g"], "u", "x", "b", vecs[1]))
+    change = faceset.write(s.add_face(["g"], "u", "y", "c", vecs[2], replace=True))
+    assert len(change.removed) == 2
+    assert [f.sha256 for f in s.faces_of("g", "u")] == ["c"]
+    faceset.write(s.copy_user("g", ["h", "k"], "u"))
+    assert [m.group_id for m in s.memberships("u")] == ["g", "h", "k"]
+    assert s.faces_of("k", "u")[0].sha256 == "c" and s.membership("k", "u").user_info == "y"
+    faceset.write(s.delete_user("u", "h"))
+    assert [m.group_id for m in s.memberships("u")] == ["g", "k"]
+    faceset.write(s.delete_user("u"))
+    assert s.memberships("u") == [] and s.groups() == []
+    assert s.counts()["faces"] == 0 and faceset.index.size() == 0
+    assert faceset.index.search(vecs[2], ["g", "k"], 1) == []
+
+
+def test_best_face_per_user_and_top_k(faceset: Faceset) -> None:
+    rng = np.random.default_rng(3)
+    people = unit(rng, 40)
+    s = faceset.store
+    for i, vec in enumerate(people):  # three faces each; u7's second face is the nearest
+        for k in range(3):
+            faceset.write(s.add_face(["g"], f"u{i}", "", f"{i}-{k}", near(vec, rng, 0.05)))
+    faceset.write(s.add_face(["other"], "u7", "", "o", people[7]))
+    probe = s.faces_of("g", "u7")[1].descriptor
+    hits = faceset.index.search(probe, ["g", "other", "absent"], top_users=3, per_user=2)
+    assert [(h.group_id, h.uid) for h in hits][:1] == [("g", "u7")]
+    assert hits[0].distances[0] == pytest.approx(0.0, abs=1e-3)
+    assert len(hits[0].distances) == 2 and hits[0].distances[0] <= hits[0].distances[1]
+    assert ("other", "u7") in [(h.group_id, h.uid) for h in hits]
+    assert len({(h.group_id, h.uid) for h in hits}) == 3  # each user once per group
+    assert [h.distances[0] for h in hits] == sorted(h.distances[0] for h in hits)
+    dists = faceset.index.distances_of(probe, "g", "u7")
+    assert len(dists) == 3 and dists == sorted(dists) and dists[0] == pytest.approx(0, abs=1e-3)
+
+
+def test_both_backends_answer_alike(tmp_path: Path, pg_url: str) -> None:
+    rng = np.random.default_rng(4)
+    vecs = unit(rng, 300)
+    uids = [f"u{i % 120}" for i in range(300)]  # users with 2-3 faces
+    migrate(pg_url)
+    sqlite, pg = Store(tmp_path / "f.sqlite3"), PgStore(pg_url)
+    memory, shared = SearchIndex(), PgIndex(pg)
+    try:
+        for uid, vec in zip(uids, vecs, strict=True):
+            memory.apply(sqlite.add_face(["g"], uid, "", "", vec))
+            pg.add_face(["g"], uid, "", "", vec)
+        for probe in unit(rng, 20):
+            a = memory.search(probe, ["g"], top_users=5, per_user=5)
+            b = shared.search(probe, ["g"], top_users=5, per_user=5)
+            assert [h.uid for h in a] == [h.uid for h in b]
+            for x, y in zip(a, b, strict=True):
+                assert np.allclose(x.distances, y.distances, atol=1e-5)
+    finally:
+        sqlite.close()
+        pg.close()
+
+
+def test_persons_and_tokens(faceset: Faceset) -> None:
+    vec = unit(np.random.default_rng(5), 1)[0]
+    s = faceset.store
+    s.put_person(Person("11010119900307123X", "Li", vec, "sha"))
+    s.put_person(Person("11010119900307123X", "Li Lei", vec, "sha2"))
+    person = s.person("11010119900307123X")
+    assert person is not None and person.name == "Li Lei" and person.sha256 == "sha2"
+    assert np.allclose(person.descriptor, vec, atol=1e-6)
+    assert s.person("nobody") is None
+    s.put_token("t1", 123.5)
+    assert s.token_expiry("t1") == 123.5 and s.token_expiry("t2") is None
+    assert s.counts()["persons"] == 1
+
+
+def test_seed_faces_bulk(faceset: Faceset) -> None:
+    vecs = unit(np.random.default_rng(6), 50)
+    faceset.write(faceset.store.seed_faces("bulk", [(f"s{i}", "i", v) for i, v in
+                                                      enumerate(vecs)]))
+    assert faceset.store.counts()["faces"] == 50 and faceset.index.size("bulk") == 50
+    assert faceset.index.search(vecs[9], ["bulk"], 1)[0].uid == "s9"
+
+
+# -- PostgreSQL only ------------------------------------------------------------------------
+
+
+def test_migrate_is_versioned_and_the_store_refuses_an_old_schema(pg_url: str) -> None:
+    with pytest.raises(PostgresUnavailable, match="faceflow engine migrate"):
+        PgStore(pg_url)
+    assert migrate(pg_url) == (0, SCHEMA_VERSION)
+    assert migrate(pg_url) == (SCHEMA_VERSION, SCHEMA_VERSION)
+    with connect(pg_url) as conn:
+        conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(PostgresUnavailable, match="newer than this faceflow"):
+        PgStore(pg_url)
+
+
+def test_two_stores_on_one_database_see_each_others_writes(pg_url: str) -> None:
+    migrate(pg_url)
+    one, two = PgStore(pg_url), PgStore(pg_url)
+    vec = unit(np.random.default_rng(7), 1)[0]
+    try:
+        one.add_face(["g"], "u", "from one", "s", vec)
+        two.put_token("tok", 99.0)
+        assert PgIndex(two).search(vec, ["g"], 1)[0].uid == "u"
+        assert two.membership("g", "u").user_info == "from one"
+        assert one.token_expiry("tok") == 99.0
+        two.delete_user("u")
+        assert PgIndex(one).search(vec, ["g"], 1) == []
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_large_group_gets_its_own_hnsw_index_and_finds_planted_faces(pg_url: str) -> None:
+    migrate(pg_url)
+    rng = np.random.default_rng(8)
+    vecs = unit(rng, 3000)
+    store = PgStore(pg_url)
+    try:
+        store.seed_faces("big", [(f"b{i}", "", v) for i, v in enumerate(vecs)])
+        store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
+        assert index_large_groups(pg_url, min_faces=1000) == ["big"]
+        assert index_large_groups(pg_url, min_faces=1000) == []  # built once
+        assert store.group_info("big") == (3000, index_name("big"))
+        assert store.group_info("small") == (10, None)
+        assert index_name("big") in store.explain_nearest("big", vecs[0], 32, True)
+        assert "hnsw" not in store.explain_nearest("small", vecs[0], 32, False)
+        index = PgIndex(store)
+        probes = [(i, near(vecs[i], rng, 0.02)) for i in range(0, 3000, 150)]
+        assert all(index.search(p, ["big"], 1)[0].uid == f"b{i}" for i, p in probes)
+        store.add_face(["big"], "new", "", "", vecs[5])  # the index follows new writes
+        hits = index.search(vecs[5], ["big"], top_users=2)
+        assert {h.uid for h in hits} == {"b5", "new"}
+    finally:
+        store.close()
+
+
+@pytest.mark.dlib
+def test_import_persons_into_the_shared_store(pg_url: str, samples_dir: Path,
+                                              tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    migrate(pg_url)
+    prefix = "11010519491231002"
+    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+    number = prefix + "10X98765432"[sum(int(d) * w for d, w in zip(prefix, weights,
+                                                                  strict=True)) % 11]
+    csv_path = tmp_path / "persons.csv"
+    csv_path.write_text(f"id_card_number,name,photo\n{number},Barack,"
+                        f"{samples_dir / 'obama_01.jpg'}\n")
+    result = CliRunner().invoke(main, ["engine", "import-persons", str(csv_path),
+                                       "--store", pg_url])
+    assert result.exit_code == 0 and "imported 1 person(s)" in result.output, result.output
+    store = PgStore(pg_url)
+    try:
+        person = store.person(number)
+        assert person is not None and person.name == "Barack"
+        assert np.linalg.norm(person.descriptor) == pytest.approx(1.0, abs=1e-3)
+    finally:
+        store.close()

@@ -1,0 +1,58 @@
+"""Local faults a new operations team meets (issue 17): read-only and full disks, paths
+that cannot be written. Each is one line naming the path and the cause, with a
+documented exit code, never a traceback.
+
+Read-only and full file systems are real tmpfs mounts (we run as root in CI); the tests
+that need one skip when mounting is not allowed here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from support.doubles import ProtocolDouble, double  # noqa: F401
+from test_enroll_failures_csv import _manifest
+
+from jobs.cli import main
+from pipeline.enroll.job import EnrollConfig, run_enroll
+
+
+def _mount(folder: Path, *options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs",
+                           str(folder)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """An empty read-only file system."""
+    folder = tmp_path / "ro"
+    _mount(folder, "size=1m", "ro")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def _finished_run(double: ProtocolDouble, tmp_path: Path) -> Path:  # noqa: F811
+    manifest = _manifest(tmp_path / "m.csv", [("missing.jpg", "u1")])
+    await run_enroll(EnrollConfig(manifest=manifest, settings=double.settings(), group="g",
+                                  run_dir=tmp_path / "run"))
+    return tmp_path / "run"
+
+
+async def test_report_html_to_a_path_that_cannot_be_written(
+        double: ProtocolDouble, tmp_path: Path, read_only: Path) -> None:  # noqa: F811
+    run = await _finished_run(double, tmp_path)
+    for target, cause in ((read_only / "r.html", "Read-only file system"),
+                          (tmp_path / "no" / "such" / "r.html", "No such file or directory")):
+        out = CliRunner().invoke(main, ["report", str(run), "--json", "--html", str(target)])
+        assert out.exit_code == 2, out.output
+        assert f"cannot write the HTML report to {target}: {cause}" in out.stderr
+        assert "Traceback" not in out.output
