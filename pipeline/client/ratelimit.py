@@ -223,6 +223,7 @@ class _Lane:
         "t", "ceiling", "found", "rate", "backoffs", "_lock", "_next", "_sends", "_rejects",
         "_accepted", "_rejected", "_last_evidence", "_last_probe", "_probe_wait", "_step",
         "_test", "_noise", "_noise_until", "_history", "_quiet", "_changed", "_born",
+        "_anchor",
     )
 
     def __init__(self, qps: float | None, tuning: Tuning, now: float) -> None:
@@ -247,6 +248,9 @@ class _Lane:
         self._quiet: float | None = None
         self._changed = -math.inf  # when the pace last went down
         self._born = now
+        #: the quota last confirmed (the ceiling, or a test's verdict): small untested
+        #: steps may not take the lane further than 10 % below it
+        self._anchor = qps
         self._last_evidence = self._last_probe = now
         self._probe_wait = tuning.probe_wait
         self._step = tuning.probe_step
@@ -423,7 +427,8 @@ class _Lane:
         self._rejected = deque((t, None) for t, _ in self._rejected)
         if before[1] is None or (self.rate is not None and self.rate < before[1]):
             self.backoffs += 1
-        small = current is not None and current - quota <= min(1.5, 0.15 * current)
+        small = (current is not None and current - quota <= min(1.5, 0.15 * current)
+                 and (self._anchor is None or quota >= 0.9 * self._anchor))
         if self.rate is not None and not small \
                 and (before[1] is None or self.rate < 0.97 * before[1]):
             # A large cut is a test: sent a little below the quota it suggests, a quota
@@ -446,6 +451,9 @@ class _Lane:
         if replies1 < self.t.test_replies and now < start + 4 * self.t.test_seconds and not quiet:
             return  # too few replies yet to judge
         self._test = None
+        # evidence seen at the test's pace says nothing of the pace that follows
+        self._rejected = deque((t, None) for t, _ in self._rejected)
+        self._changed = now
         pooled = (share0 * replies0 + share1 * replies1) / max(1, replies0 + replies1)
         spread = math.sqrt(pooled * (1 - pooled) * (1 / max(1, replies0) + 1 / replies1))
         # Below a quota (nearly) nothing is rejected; random rejections go on at their
@@ -456,12 +464,17 @@ class _Lane:
         if random:
             # not clearly fewer rejected below the quota it suggested: random, not a quota
             self.found, self.rate = found, rate
+            if self._anchor is not None and (found is None or found < self._anchor):
+                self.found = self._anchor  # small steps before the test were random too
+                self._set_rate()
+            self._anchor = self.quota()
             # The lower share: if more were rejected after the cut than before, the
             # random share is no more than before (a burst may have ended meanwhile).
             self._hold(pooled if share1 <= share0 else share0, now)
             log.debug("rejections at %.0f %% whatever the rate: random, not a quota", share1 * 100)
             return
         # Fewer rejected: a quota. What is still rejected below it is the random share.
+        self._anchor = self.quota()
         if share1 < 0.05:
             self._noise, self._noise_until = 0.0, -math.inf
         else:
@@ -477,10 +490,9 @@ class _Lane:
             return
         if self._test is not None:
             return
-        if self._noise_until != -math.inf:
-            return  # random rejections go on: they would hide what a probe finds
-        if self._share(now - self._probe_wait)[0] > 0.05:
-            return  # not quiet
+        noisy = self._noise + 0.05 if self._noise_until != -math.inf else 0.0
+        if self._share(now - self._probe_wait)[0] > noisy + 0.05:
+            return  # not quiet: more rejected than the random share
         if now - max(self._last_evidence, self._last_probe) < self._probe_wait:
             return
         self._last_probe = now
