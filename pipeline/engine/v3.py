@@ -27,7 +27,7 @@ Project decisions (the contract's, §2-§4, and the engine's own):
 * ``image_type=URL`` answers 222204 (the engine has no network access).
 * user add creates a missing group; 20 faces per user and group (the 21st: 222210);
   a face already in the group for any user (same picture, or a descriptor within
-  ``SAME_IMAGE_DISTANCE``: a re-encoded copy) answers 223105.
+  ``scoring.same_image_distance()``: a re-encoded copy) answers 223105.
 * ``display_corp_image=1`` answers 222001 (not supported: no crop is produced).
 """
 
@@ -46,7 +46,7 @@ from pipeline.engine.models import AnalyseOptions, FaceAnalysis, ImageAnalysis
 from pipeline.engine.params import Failure
 from pipeline.engine.persons import valid_id_card_number
 from pipeline.engine.qualities import FaceQualities
-from pipeline.engine.scoring import SAME_IMAGE_DISTANCE, distance, score_from_distance
+from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 from pipeline.engine.store import FaceRow, face_token_of
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ def _refuse_duplicate(state: EngineState, group: str, except_uid: str | None,
     """223105 when the face (or a re-encoded copy) is in the group for another user
     (``except_uid``: REPLACE may re-register the user's own face)."""
     for hit in state.index.search(face.descriptor, [group], 2, per_user=1):
-        if hit.uid != except_uid and hit.distances[0] < SAME_IMAGE_DISTANCE:
+        if hit.uid != except_uid and hit.distances[0] < same_image_distance():
             raise Failure(223105)
 
 
