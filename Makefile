@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SAMPLES := data/samples/.complete
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench lint clean
+.PHONY: setup demo demo-scale test test-fast test-slow bench lint clean
 
 setup: $(STAMP) $(SAMPLES)
 
@@ -22,6 +22,9 @@ $(SAMPLES): data/fetch_samples.py | $(STAMP)
 
 demo: setup
 	$(VENV)/bin/faceflow demo
+
+demo-scale: setup
+	$(VENV)/bin/faceflow demo-scale
 
 # pytest exits 5 when it collects nothing: that is not a failure.
 test: setup

@@ -37,13 +37,19 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
                "--enroll-rows", "10000"], 540),
     "quota": (["benchmarks/quota.py", "--q", "10", "--seconds", "60"], 300),
     "resume_finished": (["benchmarks/resume_finished.py"], 120),
+    "ledger": (["benchmarks/ledger.py"], 420),
+    "scale_engine": (["benchmarks/scale_engine.py", "--sizes", "100000", "--ef", "200", "400"],
+                     600),
+    "scale_replicas": (["benchmarks/scale_replicas.py"], 300),
+    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 300),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares
 #: the machine (with scale): it spends its time waiting (10 calls/s per interface to a
 #: no-work server, ~2 % of a core), and side by side they save ~3 of the 10 minutes
 #: allowed. Everything else runs alone, so its CPU figures are undisturbed.
 STAGES: list[list[str]] = [["client_overhead"], ["engine"], ["calibration"], ["audit"],
-                           ["scale", "quota"], ["resume_finished"]]
+                           ["scale", "quota"], ["resume_finished"], ["ledger"],
+                           ["scale_engine"], ["scale_replicas"], ["budget"]]
 
 Row = tuple[str, str, str, str]  # measure, figure, goal, verdict
 
@@ -238,12 +244,63 @@ def _resume_finished(d: dict[str, Any]) -> list[Row]:
              f"<= {d['goal_s']:g} s", _verdict(d["verdict"] == "PASS"))]
 
 
+def _scale_engine(d: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for size, r in d["sizes"].items():
+        emb, pg = r["embedded"], r["postgresql"]
+        ef = str(d["engine_ef_search"])
+        h = pg["hnsw"].get(ef) or next(iter(pg["hnsw"].values()))
+        n = f"{int(size):,} faces (real + generated descriptors)"
+        out += [
+            (f"identify search at {n}: embedded numpy vs PostgreSQL HNSW ef_search {ef}",
+             f"p50/p99 {emb['p50_ms']}/{emb['p99_ms']} ms vs {h['p50_ms']}/{h['p99_ms']} ms; "
+             f"rank-1 {emb['rank1']:.2%} vs {h['rank1']:.2%}", "", ""),
+            (f"HNSW at {n}: found exact search's nearest face",
+             f"{h['same_top_as_exact']:.2%} of {r['probes']} probes", ">= 99.5 %",
+             _verdict(h["same_top_as_exact"] >= 0.995)),
+            (f"PostgreSQL at {n}: COPY load, HNSW build (m={pg['m']}, "
+             f"ef_construction={pg['ef_construction']})",
+             f"{pg['load_s']} s, {pg['build_s']} s", "", "")]
+    return out
+
+
+def _scale_replicas(d: dict[str, Any]) -> list[Row]:
+    runs = d["runs"]
+    return [("faces/s enrolled (user/add over HTTP, 1 model process per engine): "
+             + ", ".join(runs), ", ".join(f"{r['faces_per_s']:.2f}" for r in runs.values()),
+             "", "")]
+
+
+def _budget(d: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for label, run in d["runs"].items():
+        share = max(run["detect"]["rejected_share"], run["add"]["rejected_share"])
+        util = min(run["detect"]["utilisation"], run["add"]["utilisation"])
+        goal, ok = ("", None) if not run["shared_budget"] else (
+            ">= 0.95 Q, <= 0.5 % error 18", d["verdicts"][label] == "PASS")
+        out.append((f"account budget, server Q={d['q']:g}/s per interface: {label}",
+                    f"{util:.3f} Q together, {share:.2%} of calls got error 18", goal,
+                    _verdict(ok)))
+    return out
+
+
 def _generic(d: dict[str, Any]) -> list[Row]:
     return [(d.get("benchmark", "?"), json.dumps(d)[:80], "", "")]
 
 
+def _ledger(d: dict[str, Any]) -> list[Row]:
+    return [(f"ledger: decide what to send, {d['rows']:,}-row manifest with {d['known']:,} "
+             "known (ledger lookup + one stat per known row); then writing the skipped_known "
+             "outcomes", f"decide {d['decide_s']:.1f} s (validate {d['validate_s']:.1f} s "
+             f"before); decide + write {d['decide_and_write_s']:.1f} s; peak RSS "
+             f"{d['peak_rss_mb']} MB", f"decide <= {d['goal_s']:g} s",
+             _verdict(d["verdict"] == "PASS"))]
+
+
 ROWS = {"client_overhead": _client, "quota": _quota, "engine": _engine, "audit": _audit,
-        "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration}
+        "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration,
+        "ledger": _ledger, "scale_engine": _scale_engine, "scale_replicas": _scale_replicas,
+        "budget": _budget}
 
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

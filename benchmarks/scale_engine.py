@@ -7,9 +7,9 @@ What it measures, for each size (default 100k faces in one group):
 * PostgreSQL: load time (COPY), HNSW build time (``index_large_groups``, the partial
   index of one large group), then latency and rank-1 at several ``hnsw.ef_search``,
   and how often HNSW finds the exact search's nearest face. The smallest ef_search that
-  does for >= 99.5 % of probes is the one the engine uses (pipeline/engine/pgstore.py
-  EF_SEARCH); rank-1 itself also depends on the model (impostors nearer than the
-  person's second photo), which exact search shows.
+  does for all probes but 0.1 % (a margin over the 99.5 % bound) is the one the engine
+  uses (pipeline/engine/pgstore.py EF_SEARCH); rank-1 itself also depends on the model
+  (impostors nearer than the person's second photo), which exact search shows.
 
 Descriptors are real where possible: dlib descriptors of data/samples and ../shared/faces
 (when present) are computed here; same-person pairs among them are planted as probes.
@@ -43,6 +43,8 @@ from benchmarks.common import ROOT, write_result  # noqa: E402
 from pipeline.engine.index import SearchIndex  # noqa: E402
 from pipeline.engine.pgstore import (  # noqa: E402
     EF_SEARCH,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
     PgIndex,
     PgStore,
     index_large_groups,
@@ -196,7 +198,7 @@ def embedded(faces: list[tuple[str, np.ndarray]], probes: list) -> tuple[dict, l
 
 
 def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
-             exact_tops: list[float]) -> dict[str, Any]:
+             exact_tops: list[float], m: int, ef_construction: int) -> dict[str, Any]:
     settings = {"shared_buffers": "512MB", "maintenance_work_mem": "1GB",
                 "max_parallel_maintenance_workers": "2"}
     with LocalCluster(settings=settings) as cluster:
@@ -209,7 +211,7 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
             load = time.perf_counter() - start
             exact, _ = run_searches(PgIndex(store), probes[: min(len(probes), 60)])
             start = time.perf_counter()
-            index_large_groups(cluster.url, min_faces=1)
+            index_large_groups(cluster.url, min_faces=1, m=m, ef_construction=ef_construction)
             build = time.perf_counter() - start
             by_ef = {}
             for ef in efs:
@@ -219,17 +221,22 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                 by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
         finally:
             store.close()
-    return {"load_s": round(load, 1), "build_s": round(build, 1),
+    return {"load_s": round(load, 1), "build_s": round(build, 1), "m": m,
+            "ef_construction": ef_construction,
             "exact_60_queries": exact, "hnsw": by_ef}
 
 
-def choose_ef(by_ef: dict[str, dict[str, Any]]) -> int | None:
-    """The smallest ef_search that finds exact search's top face for >= 99.5 % of probes.
+def choose_ef(by_ef: dict[str, dict[str, Any]], probes: int) -> int | None:
+    """The smallest ef_search that found exact search's top face for every probe but at
+    most 0.1 % of them (the bound is 99.5 %; a few hundred probes cannot tell 99.5 from
+    99.7 %, so the choice keeps a margin).
 
     Against exact search, not against the truth: at 100k faces some impostors are
     nearer than the person's own second photo, which no index setting changes.
     """
-    good = [int(ef) for ef, r in by_ef.items() if r["same_top_as_exact"] >= 0.995]
+    allowed = int(0.001 * probes)
+    good = [int(ef) for ef, r in by_ef.items()
+            if round((1 - r["same_top_as_exact"]) * probes) <= allowed]
     return min(good) if good else None
 
 
@@ -237,7 +244,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--ef", type=int, nargs="+", default=[40, 64, 100, 200])
+    parser.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400, 800])
+    parser.add_argument("--m", type=int, default=HNSW_M)
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
     args = parser.parse_args()
     real = real_descriptors()
     gen = Generator(real)
@@ -249,8 +258,8 @@ def main() -> None:
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)
         emb, tops = embedded(faces, probes)
-        pg = postgres(faces, probes, args.ef, tops)
-        pg["chosen_ef_search"] = choose_ef(pg["hnsw"])
+        pg = postgres(faces, probes, args.ef, tops, args.m, args.ef_construction)
+        pg["chosen_ef_search"] = choose_ef(pg["hnsw"], len(probes))
         report["sizes"][str(size)] = {"faces": len(faces), "probes": len(probes),
                                       "embedded": emb, "postgresql": pg}
         print_size(size, report["sizes"][str(size)])
@@ -273,7 +282,8 @@ def print_size(size: int, r: dict[str, Any]) -> None:
         print(f"  {'postgres hnsw ef=' + ef:<28}{h['p50_ms']:>9}{h['p99_ms']:>9}"
               f"{h['rank1']:>9.2%}{h['same_top_as_exact']:>9.2%}")
     print(f"  postgres load {pg['load_s']} s, HNSW build {pg['build_s']} s "
-          f"(m=16, ef_construction=64); chosen ef_search: {pg['chosen_ef_search']}")
+          f"(m={pg['m']}, ef_construction={pg['ef_construction']}); "
+          f"chosen ef_search: {pg['chosen_ef_search']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
+from jobs.options import EXIT_CONFIG, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import KINDS, ProbeRecord
 from pipeline.audit.job import (
@@ -65,10 +65,19 @@ def _err(text: str) -> None:
 def print_result(result: AuditResult, resume_hint: str) -> None:
     """The counts on stdout; where the files are and what to do next on stderr."""
     total = sum(result.counts.values())
-    click.echo(f"audit {result.run_id}: {total} findings in {result.clusters} clusters; "
-               f"{result.checked}/{result.probes} probes checked, {result.failed} failed")
+    unconfirmed = sum(result.unconfirmed.values())
+    apart = f" ({unconfirmed} unconfirmed)" if unconfirmed else ""
+    click.echo(f"audit {result.run_id}: {plural(total, 'finding')}{apart} in "
+               f"{plural(result.clusters, 'cluster')}; {result.checked}/"
+               f"{plural(result.probes, 'probe')} checked, {result.failed} failed")
     for kind in KINDS:
-        click.echo(f"  {result.counts.get(kind, 0):6d}  {LABELS[kind]}")
+        n, loose = result.counts.get(kind, 0), result.unconfirmed.get(kind, 0)
+        if not loose:
+            click.echo(f"  {n:6d}  {LABELS[kind]}")
+            continue
+        click.echo(f"  {n - loose:6d}  {LABELS[kind]}, confirmed by match")
+        click.echo(f"  {loose:6d}  {LABELS[kind]}, unconfirmed (identify only: no photo of "
+                   "the other uid to match)")
     calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items())) or "none"
     _err(f"API calls this session: {calls} ({result.elapsed_s:.1f} s)")
     _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")
@@ -87,18 +96,21 @@ def print_result(result: AuditResult, resume_hint: str) -> None:
 def _config(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
             run_dir: Path | None, settings: Any, options: dict[str, Any]) -> AuditConfig:
     """A new audit, or the resume of the audit in ``run_dir`` when no input is given."""
-    if run_dir is not None and not sources and manifest is None:
+    ledger = options.pop("ledger", None)
+    resuming = not ledger or (run_dir is not None and RunDir(run_dir).exists())
+    if run_dir is not None and not sources and manifest is None and resuming:
         if not RunDir(run_dir).exists():
             raise ConfigError(f"{run_dir} holds no audit to resume; give RUN_DIRs or --manifest")
         given = {k: v for k, v in options.items() if v is not None}
         if groups:
             given["groups"] = groups
         return resume_config(run_dir, settings, **given)
-    if not sources and manifest is None:
-        raise ConfigError("nothing to audit: give enrollment RUN_DIRs and/or --manifest")
+    if not sources and manifest is None and not ledger:
+        raise ConfigError("nothing to audit: give enrollment RUN_DIRs, --ledger and/or "
+                          "--manifest")
     given = {k: v for k, v in options.items() if v is not None}
     return AuditConfig(settings=settings, groups=groups, run_dirs=sources, manifest=manifest,
-                       run_dir=run_dir, **given)
+                       run_dir=run_dir, ledger=ledger, **given)
 
 
 def _hint(result: AuditResult) -> str:
@@ -111,11 +123,15 @@ Examples:
   faceflow audit runs/20261125T010203Z-3fa9c1 --group staff
   faceflow audit --manifest members.csv --group staff --top-k 3 --qps 5
   faceflow audit --manifest new.csv --group staff --before-enroll
+  faceflow audit --group staff --ledger ledger.sqlite
   faceflow audit --run-dir runs/20261126T090000Z-77aa01    # resume""")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path, file_okay=False,
                                                       exists=True))
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Audit the photos of a manifest (CSV, JSONL, Parquet).")
+@click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
+              help="Audit the faces the ledger holds in the --group(s) on this service "
+                   "[env FACEFLOW_LEDGER].")
 @click.option("--group", "groups", multiple=True, metavar="G",
               help="Group to search (repeatable); the first is the manifest's default group.")
 @click.option("--threshold", type=click.FloatRange(0, 100), default=None,
@@ -126,6 +142,11 @@ Examples:
               help="The audit's directory [default runs/<run_id>]; an audit there resumes.")
 @click.option("--qps", default=None, metavar="N | NAME=N,...",
               help="Calls per second: one number, or per interface, e.g. identify=5,match=5.")
+@click.option("--qps-budget", default=None, metavar="postgresql://...",
+              envvar="FACEFLOW_QPS_BUDGET",
+              help="Share one QPS budget with every process using this API key: --qps is "
+                   "then the account's total; unreachable stops the audit (exit 3) to resume "
+                   "[env FACEFLOW_QPS_BUDGET].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Probes in flight at once [default 4].")
 @click.option("--before-enroll", is_flag=True, default=None,
@@ -139,7 +160,7 @@ Examples:
 def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
           run_dir: Path | None, **kwargs: Any) -> None:
     """Find one person enrolled under several uids, several people under one uid, and
-    exact copies, in the photos of enrollment RUN_DIRs and/or a --manifest.
+    exact copies, in the photos of enrollment RUN_DIRs, a --ledger and/or a --manifest.
 
     Each photo is searched with identify (top-k users); every other uid over the
     threshold is confirmed with match; each photo of a uid is matched against the
@@ -154,9 +175,11 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
         exc.exit_code = EXIT_CONFIG
         raise
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
-               "qps": parse_qps(kwargs.pop("qps")), "concurrency": kwargs.pop("concurrency"),
+               "qps": parse_qps(kwargs.pop("qps")), "qps_budget": kwargs.pop("qps_budget"),
+               "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
-               "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report")}
+               "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
+               "ledger": kwargs.pop("ledger")}
     observer = LineObserver()
     try:
         config = _config(sources, manifest, groups, run_dir, settings, options)

@@ -19,11 +19,16 @@ from pipeline import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("jobs.enroll:enroll", "Enroll the faces of a manifest (detect, quality gate, add)."),
     "rerun": ("jobs.enroll:rerun", "Retry the failed rows of a run, in a new linked run."),
+    "merge": ("jobs.merge:merge", "Check the shard runs of a folder and combine them into one."),
     "report": ("jobs.report:report", "Summarise a run directory (counts, reasons, latency, HTML)."),
     "ledger": ("jobs.ledger:ledger", "Import run directories into the ledger; counts per group."),
+    "reconcile": ("jobs.reconcile:reconcile",
+                  "Compare a group on the service with the ledger; repair manifest."),
     "regate": ("jobs.regate:regate", "Re-apply the quality gate to a run's outcomes (no calls)."),
     "audit": ("jobs.audit:audit", "Find one person under several uids, or several under one."),
     "engine": ("jobs.engine:engine", "Run the local face engine (the Baidu v2 API on dlib)."),
+    "demo-scale": ("jobs.demo_scale:demo_scale",
+                   "PostgreSQL, two engine replicas, two shards on one QPS budget, merge."),
     "demo": ("jobs.demo:demo", "Enroll sample photos and degraded variants on the local engine."),
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,15 +23,23 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG, connection_options, run_stoppable, settings_from
+from jobs.options import (
+    EXIT_CONFIG,
+    api_option,
+    connection_options,
+    run_stoppable,
+    settings_from,
+)
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
     RunResult,
+    RunNotFinishedError,
     RunStart,
     plan_rerun,
+    resume_enroll_config,
     run_enroll,
 )
 from pipeline.enroll.job import Progress as RunProgress
@@ -45,6 +54,21 @@ class ConfigProblem(click.ClickException):
     """A configuration error: nothing was sent. Exit code 2 (EXIT_CONFIG)."""
 
     exit_code = EXIT_CONFIG
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/16"`` -> (3, 16); None stays None. Bad text: ConfigProblem (exit 2)."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ConfigProblem(f"--shard {text!r}: use K/N with 0 <= K < N, e.g. --shard 3/16 "
+                            "(shards are numbered from 0)")
+    return shard
 
 
 def parse_qps(text: str | None) -> float | dict[str, float] | None:
@@ -113,19 +137,19 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.delimiter_detected:
             name = {"\t": "tab", ";": "';'"}.get(start.delimiter_detected,
                                                   repr(start.delimiter_detected))
             self.console.print(f"The manifest's header is separated by {name}: reading it "
                                f"with {name} as the separator (--delimiter to choose).",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True)
+                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -148,7 +172,7 @@ class ConsoleObserver(EnrollObserver):
             rate = progress.done / progress.elapsed_s if progress.elapsed_s else 0.0
             self.console.print(f"{done}/{progress.total_rows} rows, {rate:.1f} rows/s, "
                                f"{progress.in_flight} in flight; {_counts_text(progress.counts)}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
 
     def _update(self, progress: RunProgress) -> None:
         rate = progress.done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
@@ -156,9 +180,16 @@ class ConsoleObserver(EnrollObserver):
         self.bar.update(self.task_id, completed=progress.already_done + progress.done,
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
+    def known_skipped(self, rows: int) -> None:
+        if rows:
+            self.console.print(f"Ledger: {rows} rows are enrolled already (same uid, group and "
+                               "file): skipped_known, not sent.", highlight=False,
+                               soft_wrap=True)
+
     def stopping(self, reason: str, message: str) -> None:
-        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {message}; no new rows start.",
-                           soft_wrap=True)
+        # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
+        self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
+                           "rows start.", soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -191,7 +222,7 @@ def print_summary(console: Console, result: RunResult, resume_hint: str) -> None
     if result.stop_reason is not None:
         lines.append(_stop_advice(result, resume_hint))
     for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _stop_advice(result: RunResult, resume_hint: str) -> str:
@@ -227,11 +258,8 @@ def execute(config: EnrollConfig, resume_hint: str, console: Console | None = No
 
 
 def _resume_hint(config: EnrollConfig, run_dir: Path) -> str:
+    """The command that continues the run: its options come from run.json, none repeated."""
     parts = ["faceflow", "enroll", str(config.manifest), "--run-dir", str(run_dir), "--resume"]
-    if config.group:
-        parts += ["--group", config.group]
-    if config.mode != "add":
-        parts += ["--mode", config.mode]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -261,10 +289,26 @@ def _run_options(func: Any) -> Any:
                      default=None, metavar="DIR",
                      help="Refuse images whose real path is outside DIR (outside_manifest_dir); "
                           "by default any readable file is used."),
+        click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
+                     help="The ledger (SQLite file, created when missing) [env FACEFLOW_LEDGER]: "
+                          "rows it holds are not sent (skipped_known); successes are "
+                          "recorded."),
+        click.option("--block-duplicates", is_flag=True, default=None,
+                     help="Before each add, identify the photo in its groups: another uid "
+                          "at or above --duplicate-score (confirmed by match) makes the row "
+                          "duplicate_suspect instead of enrolling it."),
+        click.option("--duplicate-score", type=click.FloatRange(min=0, max=100, min_open=True),
+                     default=None, metavar="SCORE",
+                     help="Similarity (0-100) that blocks a row [default 80]."),
         click.option("--flush-rows", type=click.IntRange(min=1), default=None,
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
                      help="... or every S seconds [default 10]."),
+        api_option,
+        click.option("--server-quality", type=click.Choice(("LOW", "NORMAL", "HIGH")),
+                     default=None,
+                     help="v3 only: also send quality_control at this level with each write "
+                          "(the local quality gate still decides first)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -282,6 +326,11 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "flush_rows": kwargs.pop("flush_rows"),
         "images_root": kwargs.pop("images_root"),
         "flush_seconds": kwargs.pop("flush_seconds"),
+        "ledger": kwargs.pop("ledger"),
+        "block_duplicates": kwargs.pop("block_duplicates"),
+        "duplicate_score": kwargs.pop("duplicate_score"),
+        "api": kwargs.pop("api"),
+        "server_quality": kwargs.pop("server_quality"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -293,26 +342,36 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 Examples:
   faceflow enroll members.csv --group staff --endpoint http://127.0.0.1:8480
   faceflow enroll members.csv --group staff --run-dir runs/staff --resume
-  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5""")
+  faceflow enroll new.parquet --mode upsert --qps detect=10,add=5 --threshold blur=0.5
+  faceflow enroll members.csv --group staff --ledger ledger.sqlite --block-duplicates
+  FACEFLOW_API=v3 faceflow enroll members.csv --group staff --server-quality NORMAL""")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--group", default=None, help="group_id for rows without a group_id column.")
-@click.option("--mode", type=click.Choice(MODES), default="add", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="add: register (append the face); update: replace the faces of known "
-                   "uids; upsert: replace, registering unknown uids.")
+                   "uids; upsert: replace, registering unknown uids. [default: add]")
 @click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where outcomes go [default runs/<run_id>]. The same dir again resumes.")
 @click.option("--resume", is_flag=True,
               help="Insist on resuming: refuse a --run-dir that holds no run of MANIFEST.")
-@click.option("--encoding", default="utf-8", show_default=True,
+@click.option("--shard", default=None, metavar="K/N",
+              help="Enroll only shard K (0-based) of N: a contiguous range of rows. Each shard "
+                   "is its own resumable run (give each its own --run-dir under one folder); "
+                   "`faceflow merge FOLDER` then checks and combines them.")
+@click.option("--encoding", default=None,
               help="Text encoding of a CSV/JSONL manifest, e.g. gb18030 or gbk (Excel on a "
-                   "Chinese system), utf-16.")
+                   "Chinese system), utf-16. [default: utf-8]")
 @click.option("--delimiter", default=None, metavar="CHAR",
               help="CSV separator, e.g. ';' or tab [default ',', or ';'/tab when the header "
                    "is separated by it].")
+@click.option("--change-options", is_flag=True,
+              help="On resume: apply options that differ from the run's (recorded in "
+                   "run.json) instead of refusing them.")
 @_run_options
 @connection_options
-def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, resume: bool,
-           encoding: str, delimiter: str | None, **kwargs: Any) -> None:
+def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | None,
+           resume: bool, shard: str | None, encoding: str | None, delimiter: str | None,
+           change_options: bool, **kwargs: Any) -> None:
     """Enroll the faces of MANIFEST (CSV, JSONL or Parquet).
 
     Columns: image and uid; optionally group_id, user_info, action.
@@ -323,14 +382,24 @@ def enroll(manifest: Path, group: str | None, mode: str, run_dir: Path | None, r
     2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
     refused, 130 interrupted.
     """
+    existing = run_dir is not None and RunDir(run_dir).exists()
+    if existing and kwargs.get("endpoint") is None and "FACEFLOW_ENDPOINT" not in _env():
+        kwargs["endpoint"] = _old_endpoint(run_dir)  # type: ignore[arg-type]
     settings = _settings(kwargs)
-    overrides = _overrides(kwargs)
+    given = _overrides(kwargs)
+    given.update({k: v for k, v in (("group", group), ("mode", mode), ("encoding", encoding),
+                                    ("delimiter", delimiter), ("shard", parse_shard(shard)))
+                  if v is not None})
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
     try:
-        config = EnrollConfig(manifest=manifest, settings=settings, group=group, mode=mode,
-                              run_dir=run_dir, resume=resume, encoding=encoding,
-                              delimiter=delimiter, **overrides)
+        if existing:  # a resume: the run's own settings, unless given (and then compared)
+            assert run_dir is not None
+            config = resume_enroll_config(run_dir, manifest, settings, given, resume=resume,
+                                          change_options=change_options)
+        else:
+            config = EnrollConfig(manifest=manifest, settings=settings, run_dir=run_dir,
+                                  resume=resume, **given)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     result = _execute_enroll(config)
@@ -371,6 +440,10 @@ def rerun(old_run_dir: Path, include_all: bool, run_dir: Path | None, **kwargs: 
     try:
         config = plan_rerun(old_run_dir, settings, include_all=include_all, run_dir=run_dir,
                             overrides=_overrides(kwargs))
+    except RunNotFinishedError as exc:
+        resume = " ".join(shlex.quote(p) for p in ["faceflow", "enroll", exc.manifest,
+                                                   "--run-dir", str(exc.run_dir), "--resume"])
+        raise ConfigProblem(f"{exc}:\n  {resume}") from None
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     if config is None:

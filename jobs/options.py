@@ -45,6 +45,13 @@ def connection_options(func: F) -> F:
     return func
 
 
+#: --api v2|v3 [env FACEFLOW_API]: the protocol of the face service (README "v2 or v3").
+api_option = click.option(
+    "--api", type=click.Choice(("v2", "v3")), envvar="FACEFLOW_API", default=None,
+    help="Face API protocol: v2 (/rest/2.0/face/v2, the default) or v3 (the current one; "
+         "apps opened today hold v3 permission only) [env FACEFLOW_API].")
+
+
 def settings_from(kwargs: dict[str, Any]) -> Settings:
     """Pop the connection options out of a command's kwargs and build Settings."""
     names = ("endpoint", "api_key", "secret_key", "app_id", "connect_timeout", "read_timeout")
@@ -71,3 +78,8 @@ async def run_stoppable(job: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``"1 finding"``, ``"3 findings"`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"

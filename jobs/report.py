@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG
+from jobs.options import EXIT_CONFIG, plural
 from pipeline.api.errors import ConfigError
 from pipeline.enroll.report import Summary, render_html, summarize
 from pipeline.runs.outcomes import SUCCESS_STATUSES
@@ -18,7 +18,8 @@ from pipeline.runs.outcomes import SUCCESS_STATUSES
 
 def summary_tables(s: Summary) -> list[Table]:
     """Statuses, reasons and timing as rich tables."""
-    title = f"run {s.run_id}: {s.rows} of {s.manifest_rows} rows have an outcome"
+    state = "" if s.state == "finished" else f"{s.state}, "
+    title = f"run {s.run_id}: {state}{s.rows} of {s.manifest_rows} rows have an outcome"
     # min_width: a title wider than the table would be wrapped into the table's width.
     counts = Table(title=title, title_justify="left", min_width=len(title))
     counts.add_column("status")
@@ -110,7 +111,7 @@ def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"job": "audit", "findings": len(findings), "counts": counts},
                               indent=2))
     else:
-        table = Table(title=f"audit {run_dir.name}: {len(findings)} findings",
+        table = Table(title=f"audit {run_dir.name}: {plural(len(findings), 'finding')}",
                       title_justify="left")
         table.add_column("kind")
         table.add_column("findings", justify="right")

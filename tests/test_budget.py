@@ -128,3 +128,16 @@ async def test_enroll_stops_resumably_when_the_budget_is_unreachable(
     with pytest.raises(ConfigError, match="needs --qps"):
         EnrollConfig(manifest=config.manifest, settings=double.settings(), group="g",
                      qps_budget="postgresql://h/db")
+
+
+async def test_audit_stops_resumably_when_the_budget_is_unreachable(
+    double: ProtocolDouble, tmp_path: Path  # noqa: F811
+) -> None:
+    from pipeline.audit.job import AuditConfig, run_audit
+
+    config = AuditConfig(settings=double.settings(), groups=("g",),
+                         manifest=_manifest(tmp_path, 3), qps=10, run_dir=tmp_path / "audit",
+                         qps_budget="postgresql://app:pw@/db?host=/nonexistent-dir")
+    result = await run_audit(config)
+    assert result.stop_reason == "budget" and result.exit_code == 3
+    assert double.requests == []

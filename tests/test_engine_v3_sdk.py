@@ -91,35 +91,36 @@ def test_detect_refusals(sdk, photos):
 
 def test_faceset_lifecycle(sdk, photos):
     g1, g2 = group(), group()
+    uid = "o_" + uuid.uuid4().hex[:8]  # unique: the engine is shared by the session
     failed(sdk.getGroupUsers(g1), 223100)
     token = ok(sdk.detect(photos["obama"], "BASE64"))["face_list"][0]["face_token"]
-    added = ok(sdk.addUser(token, "FACE_TOKEN", g1, "obama", {"user_info": "Barack"}))
+    added = ok(sdk.addUser(token, "FACE_TOKEN", g1, uid, {"user_info": "Barack"}))
     assert added["face_token"] == token and set(added["location"]) >= {"left", "rotation"}
     failed(sdk.addUser(photos["obama"], "BASE64", g1, "someone_else"), 223105)
-    second = ok(sdk.addUser(photos["obama2"], "BASE64", g1, "obama"))["face_token"]
-    faces = ok(sdk.faceGetlist("obama", g1))["face_list"]
+    second = ok(sdk.addUser(photos["obama2"], "BASE64", g1, uid))["face_token"]
+    faces = ok(sdk.faceGetlist(uid, g1))["face_list"]
     assert [f["face_token"] for f in faces] == [token, second]
     assert all(len(f["ctime"]) == 19 for f in faces)
-    assert ok(sdk.getUser("obama", g1))["user_list"] == [{"user_info": "Barack", "group_id": g1}]
-    assert ok(sdk.getGroupUsers(g1))["user_id_list"] == ["obama"]
-    failed(sdk.userCopy("obama", {"src_group_id": g1, "dst_group_id": g2}), 223111)
+    assert ok(sdk.getUser(uid, g1))["user_list"] == [{"user_info": "Barack", "group_id": g1}]
+    assert ok(sdk.getGroupUsers(g1))["user_id_list"] == [uid]
+    failed(sdk.userCopy(uid, {"src_group_id": g1, "dst_group_id": g2}), 223111)
     assert ok(sdk.groupAdd(g2)) is None
     failed(sdk.groupAdd(g2), 223101)
-    assert ok(sdk.userCopy("obama", {"src_group_id": g1, "dst_group_id": g2})) is None
-    failed(sdk.userCopy("obama", {"src_group_id": g1, "dst_group_id": g2}), 223102)
+    assert ok(sdk.userCopy(uid, {"src_group_id": g1, "dst_group_id": g2})) is None
+    failed(sdk.userCopy(uid, {"src_group_id": g1, "dst_group_id": g2}), 223102)
     groups = ok(sdk.getGroupList({"length": 1000}))["group_id_list"]
     assert groups.index(g1) < groups.index(g2)
-    assert {u["group_id"] for u in ok(sdk.getUser("obama", "@ALL"))["user_list"]} == {g1, g2}
-    assert ok(sdk.faceDelete("obama", g1, second)) is None
-    failed(sdk.faceDelete("obama", g1, second), 223106)
-    updated = ok(sdk.updateUser(photos["obama2"], "BASE64", g2, "obama"))
-    assert [f["face_token"] for f in ok(sdk.faceGetlist("obama", g2))["face_list"]] == [
+    assert {u["group_id"] for u in ok(sdk.getUser(uid, "@ALL"))["user_list"]} == {g1, g2}
+    assert ok(sdk.faceDelete(uid, g1, second)) is None
+    failed(sdk.faceDelete(uid, g1, second), 223106)
+    updated = ok(sdk.updateUser(photos["obama2"], "BASE64", g2, uid))
+    assert [f["face_token"] for f in ok(sdk.faceGetlist(uid, g2))["face_list"]] == [
         updated["face_token"]]
     failed(sdk.updateUser(photos["obama2"], "BASE64", g2, "nobody"), 223103)
-    assert ok(sdk.deleteUser(g1, "obama")) is None
-    failed(sdk.getUser("obama", g1), 223103)
+    assert ok(sdk.deleteUser(g1, uid)) is None
+    failed(sdk.getUser(uid, g1), 223103)
     assert ok(sdk.groupDelete(g2)) is None
-    failed(sdk.getUser("obama", "@ALL"), 223103)
+    failed(sdk.getUser(uid, "@ALL"), 223103)
     assert ok(sdk.getGroupUsers(g1))["user_id_list"] == []  # explicit group outlives users
 
 

@@ -81,7 +81,8 @@ def render_audit_html(run_dir: Path | str) -> str:
         info=info, plan_size=len(plan), probes=sum(p.probe for p in plan),
         counts=[(k, KIND_LABELS[k], counts.get(k, 0)) for k in KINDS],
         cards=cards(plan, findings[:MAX_CARDS]), hidden=max(0, len(findings) - MAX_CARDS),
-        total=len(findings), clusters=clusters, version=__version__)
+        total=len(findings), unconfirmed=sum(not f.confirmed for f in findings),
+        clusters=clusters, version=__version__)
 
 
 def write_audit_report(run_dir: Path | str) -> Path:

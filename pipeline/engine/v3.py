@@ -26,8 +26,9 @@ Project decisions (the contract's, §2-§4, and the engine's own):
   comparisons, in the contract's order of codes (§4.3), to the face used.
 * ``image_type=URL`` answers 222204 (the engine has no network access).
 * user add creates a missing group; 20 faces per user and group (the 21st: 222210);
-  a face already in the group for any user (same picture, or a descriptor within
-  ``scoring.same_image_distance()``: a re-encoded copy) answers 223105.
+  a face_token already in the group for any user (the same picture) answers 223105,
+  and so does a re-encoded copy of one of the user's own faces (a descriptor within
+  ``scoring.same_image_distance()``, as v2's 216616).
 * ``display_corp_image=1`` answers 222001 (not supported: no crop is produced).
 """
 
@@ -412,7 +413,7 @@ async def _register(state: EngineState, params: Params, *, replace: bool,
     member = state.store.membership(group, uid)
     if must_exist and member is None:
         raise Failure(223103)
-    _refuse_duplicate(state, group, uid if replace else None, face)
+    _refuse_duplicate(state, group, uid, replace, face)
     if not replace and member is not None and len(state.store.faces_of(group, uid)) >= FACE_LIMIT:
         raise Failure(222210, f"{uid} has {FACE_LIMIT} faces in {group}")
     if not state.store.group_exists(group):
@@ -425,12 +426,17 @@ async def _register(state: EngineState, params: Params, *, replace: bool,
     return {"face_token": change.added[0].face_token, "location": location}
 
 
-def _refuse_duplicate(state: EngineState, group: str, except_uid: str | None,
+def _refuse_duplicate(state: EngineState, group: str, uid: str, replace: bool,
                       face: TokenFace) -> None:
-    """223105 when the face (or a re-encoded copy) is in the group for another user
-    (``except_uid``: REPLACE may re-register the user's own face)."""
-    for hit in state.index.search(face.descriptor, [group], 2, per_user=1):
-        if hit.uid != except_uid and hit.distances[0] < same_image_distance():
+    """223105 when the group holds this face_token for any user (the same picture), or,
+    as v2 does, a re-encoded copy (descriptor within the model's same-image bound) for
+    this user.
+    REPLACE may re-register the user's own face."""
+    for hit in state.index.search(face.descriptor, [group], 3, per_user=1):
+        if hit.distances[0] >= same_image_distance() or (replace and hit.uid == uid):
+            continue
+        if hit.uid == uid or any(f.face_token == face.token
+                                 for f in state.store.faces_of(group, hit.uid)):
             raise Failure(223105)
 
 

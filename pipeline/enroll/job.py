@@ -33,8 +33,8 @@ import csv
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,32 @@ import numpy as np
 
 from pipeline.api.errors import (
     ApiError,
-    AuthError,
     ConfigError,
+    FaceLimitError,
     FaceNotFoundError,
     ImageExistsError,
     InvalidInputError,
-    QuotaError,
+    RejectedError,
     RetryableError,
     StateError,
     UserNotFoundError,
 )
-from pipeline.client.budget import BudgetUnavailable, open_budget
+from pipeline.client.budget import open_budget
 from pipeline.client.config import Settings
+from pipeline.frame import (
+    STOPPING_ERRORS,
+    ClientFactory,
+    FaceApi,
+    Runner,
+    Stopped,
+    StopReason,
+    StopRun,
+    as_stop,
+    default_client_factory,
+    next_session,
+    open_held,
+)
+from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -74,12 +88,12 @@ from pipeline.runs.rundir import (
 _log = logging.getLogger(__name__)
 
 MODES = ("add", "update", "upsert")
+#: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
+APIS = ("v2", "v3")
+SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
-STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
-#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
-STOP_BUDGET = "budget"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
@@ -114,14 +128,37 @@ class EnrollConfig:
     #: When set, images whose real path (symlinks resolved) lies outside this folder
     #: are refused (``outside_manifest_dir``). None: any file the user can read.
     images_root: Path | None = None
+    #: A ledger location (pipeline.ledger.open_ledger): rows it holds are not sent
+    #: (``skipped_known``) and every success is recorded in it. None: no ledger.
+    ledger: str | None = None
+    #: Before a write, identify the photo in the row's groups; another uid scoring
+    #: >= duplicate_score (confirmed by match) makes the row ``duplicate_suspect``.
+    block_duplicates: bool = False
+    duplicate_score: float = 80.0
     #: The manifest's text encoding (CSV, JSONL) and CSV separator (None: detected).
     encoding: str = "utf-8"
     delimiter: str | None = None
     #: ``postgresql://...``: pace every process of this account from one shared budget
     #: (pipeline/client/budget.py); ``qps`` is then the account-wide ceiling.
     qps_budget: str | None = None
+    #: The protocol: "v2" or "v3" (FACE_TOKEN writes, 48-byte ids, one group per row).
+    api: str = "v2"
+    #: v3 only: LOW/NORMAL/HIGH sent as ``quality_control`` with each write (the local
+    #: gate still decides first and names its reasons).
+    server_quality: str | None = None
+    #: The resolved quality limits to judge with (``run.json``'s ``thresholds``): a
+    #: resumed run keeps its gate even if the thresholds file changed since. None:
+    #: load ``thresholds_file`` and ``threshold_overrides``.
+    thresholds_values: Mapping[str, Any] | None = None
+    #: Resuming with options that differ from the run's is refused (ConfigError listing
+    #: them) unless this is set; then they apply from this session on, recorded in run.json.
+    change_options: bool = False
+    #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
+    #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
         from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
 
         try:
@@ -129,14 +166,29 @@ class EnrollConfig:
             check_delimiter(self.delimiter)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        normalise_qps(self.qps)  # a mistyped interface name fails now, before any file
         if self.images_root is not None and not self.images_root.is_dir():
             raise ConfigError(f"--images-root {self.images_root}: not a directory")
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.api not in APIS:
+            raise ConfigError(f"--api {self.api!r}: use v2 or v3 (or set FACEFLOW_API)")
+        if self.server_quality is not None and (
+                self.api != "v3" or self.server_quality not in SERVER_QUALITY_LEVELS):
+            raise ConfigError(f"--server-quality {self.server_quality!r}: use LOW, NORMAL or "
+                              "HIGH, with --api v3 (v2 has no quality_control)")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
+        if not 0 < self.duplicate_score <= 100:
+            raise ConfigError(f"--duplicate-score {self.duplicate_score:g}: use a similarity "
+                              "score above 0 and at most 100 (the service's scale; 80 is "
+                              "its same-person threshold)")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 0 <= k < n:
+                raise ConfigError(f"--shard {k}/{n}: use K/N with 0 <= K < N, e.g. 3/16")
         if self.qps_budget is not None:
             from pipeline.client.budget import check_budget_options  # noqa: PLC0415
 
@@ -152,7 +204,11 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
+            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
+            "api": self.api, "server_quality": self.server_quality,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
         }
 
 
@@ -193,7 +249,7 @@ class RunResult:
     run_dir: Path
     manifest: Path
     exit_code: int
-    stop_reason: str | None
+    stop_reason: StopReason | None
     stop_message: str | None
     counts: Mapping[str, int]
     session_counts: Mapping[str, int]
@@ -218,21 +274,11 @@ class EnrollObserver:
     def tick(self, progress: Progress) -> None:
         """About once a second while the run goes on."""
 
-    def stopping(self, reason: str, message: str) -> None:
+    def stopping(self, reason: StopReason, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
 
-
-ClientFactory = Callable[[Settings, Any], Any]
-
-
-def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager).
-
-    ``limiter``: the shared QPS budget standing in for the process's own limiter.
-    """
-    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
-
-    return FaceClient(settings, qps=qps, limiter=limiter)
+    def known_skipped(self, rows: int) -> None:
+        """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
 
 
 # -- pure deciding parts -----------------------------------------------------------
@@ -248,8 +294,11 @@ class Verdict:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
-    """The checks that need no call: None when the row may go on, else ``invalid_input``."""
+def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | None:
+    """The checks that need no call: None when the row may go on, else ``invalid_input``.
+
+    ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
+    """
     from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
@@ -262,19 +311,40 @@ def check_row(row: Any, duplicate_of: int | None) -> Verdict | None:
         validate.check_group_ids(row.group_id),
         None if row.action in MODES else "bad_action",
     ]
-    reasons = tuple(p for p in problems if p)
+    if api == "v3":
+        problems += _v3_row_problems(row)
+    reasons = tuple(dict.fromkeys(p for p in problems if p))
     if not reasons:
         return None
     own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "image_missing": "the image cell is empty; write the photo's path"}
+           "image_missing": "the image cell is empty; write the photo's path",
+           "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
+           "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
+           "group_id_multiple": "v3 writes to one group per row; split the row per group"}
     texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
     return Verdict("invalid_input", reasons, message="; ".join(texts))
+
+
+def _v3_row_problems(row: Any) -> list[str | None]:
+    from pipeline.api import validate_v3  # noqa: PLC0415
+
+    groups = row.group_id.split(",")
+    return [
+        "group_id_multiple" if len(groups) > 1 else None,
+        "uid_too_long_v3" if validate_v3.check_id(row.uid) == "id_too_long" else None,
+        "group_id_too_long_v3" if any(validate_v3.check_id(g) == "id_too_long"
+                                      for g in groups) else None,
+    ]
 
 
 def classify_error(exc: ApiError) -> Verdict:
     """The outcome of a row whose call failed (quota and auth errors never get here)."""
     if isinstance(exc, ImageExistsError):
         return Verdict("already_enrolled")
+    if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
+        return Verdict("failed", ("face_limit",))
+    if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
+        return Verdict("rejected_quality", ("server_quality",))
     if isinstance(exc, FaceNotFoundError):
         return Verdict("no_face", ("no_face",))
     if isinstance(exc, UserNotFoundError):
@@ -302,11 +372,11 @@ def success_status(action: str) -> str:
 
 def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
-    if stop_reason == STOP_INTERRUPTED:
+    if stop_reason == StopReason.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason in (STOP_QUOTA, STOP_BUDGET):
+    if stop_reason in (StopReason.QUOTA, StopReason.BUDGET):
         return EXIT_QUOTA
-    if stop_reason == STOP_AUTH:
+    if stop_reason == StopReason.AUTH:
         return EXIT_AUTH
     failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
     return EXIT_FAILED_ROWS if failed else EXIT_OK
@@ -315,18 +385,13 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
 # -- one row ------------------------------------------------------------------------
 
 
-class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
-        super().__init__(reason)
-        self.reason, self.error = reason, error
-
-
 @dataclass
 class _RowState:
     """What is known about a row so far; becomes the Outcome."""
 
     fields: dict[str, Any]
     attempts: int = 0
+    stat: Any = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: Verdict) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -376,35 +441,105 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
+                 ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
+        self.ledger = ledger
+        self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
-        """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
+        """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
                            "started_at": utc_now()})
-        early = check_row(row, duplicate_of)
+        early = check_row(row, duplicate_of, self.config.api)
         if early is not None:
             return state.finish(early)
         image = await self._load(row, state)
         if isinstance(image, Verdict):
             return state.finish(image)
+        known = await self._known(row, image, state)
+        if known is not None:
+            return state.finish(known)
         verdict = await self._detect(image, state)
+        if verdict is None and self.config.block_duplicates:
+            verdict = await self._duplicates(row, image, state)
         if verdict is None:
             verdict = await self._write(row, image, state)
-        return state.finish(verdict)
+        outcome = state.finish(verdict)
+        await self._record(row, outcome, state)
+        return outcome
 
     async def _load(self, row: Any, state: _RowState) -> Any:
-        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
+
+        def stat_then_load() -> Any:
+            # The stat is taken before the read: if the file changes while it is read,
+            # its mtime is newer than the one a ledger records, so it is read again.
+            state.stat = stat_file(row.image_path) if self.ledger is not None else None
+            return load_image(row.image_path, root=self.config.images_root,
+                              limits=limits_for(self.config.api))
 
         try:
-            image = await asyncio.to_thread(load_image, row.image_path,
-                                            root=self.config.images_root)
+            image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
             return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
+
+    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
+        of the row (a file touched or moved since: read once, then remembered)."""
+        if self.ledger is None or row.action not in MODES:
+            return None
+        groups = split_groups(row.group_id)
+        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+                                         image.sha256) for g in groups]
+        if not groups or any(f is None for f in faces):
+            return None
+        if state.stat is not None:
+            for face in faces:
+                await asyncio.to_thread(self.ledger.refresh_stat, face, state.stat.path,
+                                        state.stat.size, state.stat.mtime_ns)
+        first = faces[0]
+        state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
+                            face_count=first.face_count)
+        return Verdict("skipped_known")
+
+    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+        """Record a success in the ledger. A ledger error is logged, never fatal: the
+        row is sent again next time and answered "image exist" (already_enrolled)."""
+        if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
+            return
+        entries = entries_for(outcome, self.endpoint, image_path=str(row.image_path),
+                              stat=state.stat, user_info=row.user_info or None)
+        try:
+            await asyncio.to_thread(self.ledger.record, entries)
+        except Exception as exc:  # noqa: BLE001 — sqlite3.Error, OSError, a backend's own
+            _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
+                         type(exc).__name__, exc)
+
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+        """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
+        from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
+
+        try:
+            found = await find_duplicate(self.client, row, image.data,
+                                         bound=self.config.duplicate_score, ledger=self.ledger,
+                                         endpoint=self.endpoint)
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
+        except ApiError as exc:
+            state.note_error(exc, "identify_log_id")
+            return classify_error(exc)
+        state.attempts += found.attempts
+        state.fields.update(identify_log_id=found.identify_log_id,
+                            match_log_id=found.match_log_id)
+        if found.uid is None:
+            return None
+        state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
+                            duplicate_score=found.score)
+        return Verdict("duplicate_suspect", found.reasons, message=found.message)
 
     async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
@@ -439,10 +574,8 @@ class _RowRunner:
         to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
         try:
             result = await call
-        except (QuotaError, AuthError) as exc:
-            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
-        except BudgetUnavailable as exc:
-            raise _StopRun(STOP_BUDGET, exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
             state.note_error(exc, log_field)
             return classify_error(exc)
@@ -457,68 +590,29 @@ class _RowRunner:
 class _Session:
     """One pass over the rows still to do, with at most ``concurrency`` in flight."""
 
-    def __init__(self, config: EnrollConfig, manifest: Any, store: RecordStore,
-                 rows: _RowRunner, observer: EnrollObserver, already_done: int) -> None:
-        self.config, self.manifest, self.store, self.rows = config, manifest, store, rows
-        self.observer, self.already_done = observer, already_done
+    def __init__(self, run: _Run, store: RecordStore, rows: _RowRunner) -> None:
+        self.run, self.store, self.rows = run, store, rows
+        self.already_done = int(store.done[shard_rows(run.manifest.num_rows,
+                                                      run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.stop_reason: str | None = None
-        self.stop_message: str | None = None
         self.started = time.monotonic()
-        self._halt = asyncio.Event()
+        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
+                                          on_stop=self._stopping, tick=self._tick)
 
     def progress(self) -> Progress:
-        return Progress(self.manifest.num_rows, self.already_done, sum(self.counts.values()),
-                        len(self.tasks), dict(self.counts), time.monotonic() - self.started)
+        total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
+        return Progress(total, self.already_done, sum(self.counts.values()),
+                        self.runner.in_flight, dict(self.counts), time.monotonic() - self.started)
 
-    async def run(self, stop: asyncio.Event | None) -> None:
-        feed = asyncio.create_task(self._feed())
-        ticker = asyncio.create_task(self._tick())
-        waiters: set[asyncio.Future[Any]] = {feed}
-        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
-        if stop_wait is not None:
-            waiters.add(stop_wait)
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if not feed.done():
-                self._stop(STOP_INTERRUPTED, "interrupted: rows in flight are left for resume")
-                await self._cancel([feed, *self.tasks])
-            feed.result() if not feed.cancelled() else None
-        finally:
-            for task in (ticker, stop_wait):
-                if task is not None:
-                    task.cancel()
-            await self._cancel([t for t in (ticker, stop_wait) if t is not None])
-
-    async def _feed(self) -> None:
-        slots = asyncio.Semaphore(self.config.concurrency)
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt):
-            await slots.acquire()
-            if self._halt.is_set():
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(row))
-            self.tasks.add(task)
-            task.add_done_callback(self._done_callback(slots))
-            await asyncio.sleep(0)  # let rows start before the next batch is read
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    def _done_callback(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            self.tasks.discard(task)
-            slots.release()
-
-        return done
+    async def go(self) -> Stopped | None:
+        end = shard_rows(self.run.manifest.num_rows, self.run.config.shard).stop
+        rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
+        return await self.runner.run(rows, self._one)
 
     async def _one(self, row: Any) -> None:
         try:
-            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row.row))
-        except _StopRun as stop:
-            self._stop(stop.reason, f"{stop.error}")
-            return
-        except asyncio.CancelledError:
+            outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
+        except (StopRun, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 — a bug on one row must not end the run
             _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
@@ -530,32 +624,23 @@ class _Session:
                 started_at=utc_now(), finished_at=utc_now())
         self.store.append(outcome)
         self.counts[outcome.status] += 1
-        self.observer.row_done(outcome, self.progress())
+        self.run.observer.row_done(outcome, self.progress())
 
-    def _stop(self, reason: str, message: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason, self.stop_message = reason, message
-            self._halt.set()
-            self.observer.stopping(reason, message)
+    def _stopping(self, stopped: Stopped) -> None:
+        self.run.observer.stopping(stopped.reason, stopped.message)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.store.maybe_flush()
-            self.observer.tick(self.progress())
-
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def _tick(self) -> None:
+        self.store.maybe_flush()
+        self.run.observer.tick(self.progress())
 
 
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event) -> None:
+    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+                 end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
+        self.end = len(done) if end is None else end  # a shard stops reading at its end
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -572,11 +657,29 @@ class _AsyncRows:
             if batch is None:
                 return
             for row in batch:
+                if row.row >= self.end:
+                    return
                 if not self.done[row.row]:
                     yield row
 
 
 # -- a whole run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One session of an enroll run: what it reads, where it writes, whom it tells."""
+
+    config: EnrollConfig
+    manifest: Any
+    thresholds: Any
+    rundir: RunDir
+    info: RunInfo
+    resumed: bool
+    client_factory: ClientFactory
+    observer: EnrollObserver
+    stop: asyncio.Event | None
+    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
 
 
 async def run_enroll(
@@ -591,37 +694,76 @@ async def run_enroll(
     call. ``client_factory(settings, qps)`` returns an async context manager
     yielding the client. Setting ``stop`` interrupts the run cleanly.
     """
-    observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
-    rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+    ledger = _open_ledger(config)
     try:
-        return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                               client_factory, observer, stop)
+        rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        run = _Run(config, manifest, thresholds, rundir, info, resumed, client_factory,
+                   observer or EnrollObserver(), stop, ledger)
+        try:
+            return await _run_held(run)
+        finally:
+            rundir.release()
     finally:
-        rundir.release()
+        if ledger is not None:
+            ledger.close()
 
 
-async def _run_held(
-    config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
-    resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None,
-) -> RunResult:
-    store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
-                              flush_seconds=config.flush_seconds)
-    already = int(store.done.sum())
+def _open_ledger(config: EnrollConfig) -> Any:
+    if not config.ledger:
+        return None
+    from pipeline.ledger import open_ledger  # noqa: PLC0415
+
+    return open_ledger(config.ledger)
+
+
+def _endpoint_key(config: EnrollConfig) -> str:
+    from pipeline.ledger import endpoint_key  # noqa: PLC0415
+
+    return endpoint_key(config.settings.endpoint)
+
+
+async def _run_held(run: _Run) -> RunResult:
+    config, manifest = run.config, run.manifest
+    store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
+                                  flush_rows=config.flush_rows,
+                                  flush_seconds=config.flush_seconds)
+    rows = shard_rows(manifest.num_rows, config.shard)
+    # Rows of other shards count as done here (in memory only: no outcome is written).
+    store.done[: rows.start] = True
+    store.done[rows.stop:] = True
+    already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), manifest.num_rows,
-                              already, resumed, store.recovered, detected))
+    run.observer.started(RunStart(run.info.run_id, run.rundir.path, Path(manifest.path),
+                                  len(rows), already, run.resumed, store.recovered, detected))
     started = time.monotonic()
-    stop_reason, stop_message, session_counts = None, None, Counter[str]()
+    stopped, session_counts = None, Counter[str]()
     try:
-        if already < manifest.num_rows:
-            stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop)
+        skipped = 0
+        if run.ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, run.ledger,
+                                              _endpoint_key(config), store, run.info.run_id)
+            run.observer.known_skipped(skipped)
+        if int(store.done[rows.start: rows.stop].sum()) < len(rows):
+            stopped, session_counts = await _run_session(run, store)
+        if skipped:
+            session_counts["skipped_known"] += skipped
     finally:
         store.close()
-    return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts)
+    return _finish(run, store, already, time.monotonic() - started, stopped, session_counts,
+                   len(rows))
+
+
+def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
+    """The rows of shard ``k`` of ``n``: ``[k*N//n, (k+1)*N//n)``; all rows for None.
+
+    Contiguous ranges whose sizes differ by at most one; together they hold every
+    row once, so ``faceflow merge`` can check coverage from the split alone.
+    """
+    if shard is None:
+        return range(num_rows)
+    k, n = shard
+    return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
 def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
@@ -629,41 +771,47 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
     return asyncio.run(run_enroll(config, **kwargs))
 
 
-async def _run_session(
-    config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
-    client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
-) -> tuple[str | None, str | None, Counter[str]]:
+async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
+    config = run.config
     session: _Session | None = None
     timeline = CallTimeline()
     try:
         async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
-                client_factory(config.settings, config.qps,
-                               **({"limiter": budget} if budget else {})) as client:
+                run.client_factory(config.settings, config.qps,
+                                   **_client_options(config, budget)) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run_id, client, thresholds)
-            session = _Session(config, manifest, store, rows, observer, int(store.done.sum()))
-            await session.run(stop)
-    except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
-        reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
-                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
-        observer.stopping(reason, str(exc))
-        return reason, str(exc), session.counts if session else Counter()
+            rows = _RowRunner(config, run.info.run_id, client, run.thresholds, run.ledger)
+            session = _Session(run, store, rows)
+            stopped = await session.go()
+    except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token fetch)
+        stop = as_stop(exc)
+        run.observer.stopping(stop.reason, stop.message)
+        return Stopped(stop.reason, stop.message), session.counts if session else Counter()
     finally:
         timeline.save(store.rundir.path)
     assert session is not None
-    return session.stop_reason, session.stop_message, session.counts
+    return stopped, session.counts
 
 
-def _finish(
-    rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
-    already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str],
-) -> RunResult:
+def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+    """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
+    factory exactly as before."""
+    options: dict[str, Any] = {"limiter": budget} if budget else {}
+    if config.api != "v2":
+        options.update(api=config.api, server_quality=config.server_quality)
+    return options
+
+
+def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
+            stopped: Stopped | None, session_counts: Counter[str], total_rows: int
+            ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
+    rundir, manifest = run.rundir, run.manifest
+    stop_reason = stopped.reason if stopped else None
     counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
     failures = rundir.path / FAILURES_CSV
     outcomes = sum(counts.values())
@@ -675,10 +823,11 @@ def _finish(
     rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
                        stop_reason=stop_reason, failures_for=outcomes)
     return RunResult(
-        run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
-        exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
-        counts=counts, session_counts=dict(session_counts), total_rows=manifest.num_rows,
-        already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
+        run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
+        exit_code=exit_code, stop_reason=stop_reason,
+        stop_message=stopped.message if stopped else None,
+        counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
+        already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
 
@@ -690,6 +839,10 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     manifest = open_manifest(config.manifest, default_group=config.group,
                              default_action=config.mode, encoding=config.encoding,
                              delimiter=config.delimiter)
+    if config.thresholds_values is not None:
+        from pipeline.enroll.gate import thresholds_from_dict  # noqa: PLC0415
+
+        return manifest, thresholds_from_dict(config.thresholds_values)
     thresholds = load_thresholds(config.thresholds_file, dict(config.threshold_overrides) or None)
     return manifest, thresholds
 
@@ -707,12 +860,7 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
         raise ConfigError(
             f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
             "a new run there, or give the --run-dir of the run to resume.")
-    rundir.hold()
-    try:
-        return _open_held(config, manifest, thresholds, rundir)
-    except BaseException:
-        rundir.release()
-        raise
+    return open_held(rundir, lambda held: _open_held(config, manifest, thresholds, held))
 
 
 def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
@@ -724,16 +872,91 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
     if rundir.exists():
         info = rundir.read_info()
         _check_same_run(rundir, info, ref)
-        info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
-                       stop_reason=None, **current)
-        rundir.write_info(info)
-        return rundir, info, True
+        _check_same_api(rundir, info, config.api)
+        _check_same_shard(rundir, info, current["options"].get("shard"))
+        changes = option_differences(info, current["options"], limits)
+        if changes and not config.change_options:
+            raise ConfigError(
+                f"{rundir.path} holds run {info.run_id}, started with other settings: "
+                f"{'; '.join(changes)}. Resume without these options (the run's settings "
+                "apply), or add --change-options to apply them from now on (recorded in "
+                "run.json).")
+        if changes:
+            entry = {"session": info.sessions + 1, "at": utc_now().isoformat(),
+                     "changes": changes}
+            current["option_changes"] = [*info.option_changes, entry]
+        return rundir, next_session(rundir, info, **current), True
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
     info = RunInfo(run_id=run_id, job="enroll", created_at=utc_now().isoformat(), manifest=ref,
                    parent_run_id=config.parent_run_id, **current)
     rundir.write_info(info)
     return rundir, info, False
+
+
+#: run.json option -> the flag that sets it (options without a flag keep their name).
+_FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", "qps": "--qps",
+          "largest_face": "--largest-face", "flush_rows": "--flush-rows",
+          "flush_seconds": "--flush-seconds", "images_root": "--images-root",
+          "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
+          "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
+          "shard": "--shard", "api": "--api", "server_quality": "--server-quality"}
+#: Judged through the resolved limits (``thresholds``), not as written.
+_THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
+
+
+def option_differences(info: RunInfo, options: Mapping[str, Any],
+                       limits: Mapping[str, Any] | None) -> list[str]:
+    """What ``options`` and ``limits`` (the quality gate's resolved thresholds) change in
+    the run of ``info``, one "--flag: X in the run, Y now" each. Options the run did not
+    record (older versions) are not compared."""
+    out = []
+    for key, value in options.items():
+        if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
+            continue
+        out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
+                   f"{_shown(value)} now")
+    if info.thresholds is not None and limits is not None:
+        for key in sorted(set(info.thresholds) | set(limits)):
+            old, new = info.thresholds.get(key), limits.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                out += [f"threshold {key}.{part}: {_shown(old.get(part))} in the run, "
+                        f"{_shown(new.get(part))} now"
+                        for part in sorted(set(old) | set(new)) if old.get(part) != new.get(part)]
+            elif old != new:
+                out.append(f"threshold {key}: {_shown(old)} in the run, {_shown(new)} now")
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in value.items()) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(
+        value)
+
+
+def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
+                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+    """The config that continues the enroll run in ``run_dir``: the options and quality
+    limits saved in its ``run.json``, with the options in ``given`` (those the user gave
+    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    ``given`` and the run are refused when the run opens (see :func:`option_differences`).
+    """
+    info = RunDir(run_dir).read_info()
+    if info.job != "enroll":
+        raise ConfigError(f"{run_dir} holds a {info.job} run, not an enroll run; choose "
+                          "another --run-dir")
+    saved = _config_options(info.options)
+    if info.options.get("shard"):  # "k/n" in run.json
+        k, _, n = str(info.options["shard"]).partition("/")
+        saved["shard"] = (int(k), int(n))
+    values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
+    return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
+                        parent_run_id=info.parent_run_id, thresholds_values=values,
+                        **{**saved, **given}, **flags)
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
@@ -746,6 +969,27 @@ def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
             f"({info.manifest.fingerprint[:19]}...), not of {ref.path} "
             f"({ref.fingerprint[:19]}...): the manifest differs. Choose another --run-dir "
             "(or none, for a new run under runs/).")
+
+
+def _check_same_api(rundir: RunDir, info: RunInfo, api: str) -> None:
+    """A run keeps its protocol: tokens, id rules and error codes differ between them."""
+    before = str((info.options or {}).get("api") or "v2")
+    if before != api:
+        raise ConfigError(
+            f"{rundir.path} holds run {info.run_id} made with --api {before}; it cannot be "
+            f"resumed with --api {api}. Resume with --api {before} (or FACEFLOW_API="
+            f"{before}), or start a new run in another --run-dir.")
+
+
+def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
+    held = info.options.get("shard")
+    if held != shard:
+        what = f"shard {held}" if held else "a whole (unsharded) run"
+        asked = f"--shard {shard}" if shard else "no --shard"
+        raise ConfigError(
+            f"{rundir.path} holds {what} of {info.manifest.path}, but this command gives "
+            f"{asked}: a resume must use the same split. Give the same --shard, or another "
+            "--run-dir for another split.")
 
 
 # -- failures.csv and rerun ----------------------------------------------------------------
@@ -820,6 +1064,28 @@ def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
 RERUN_MANIFEST = "rerun-manifest.csv"
 
 
+class RunNotFinishedError(ConfigError):
+    """A rerun of a run that has rows without an outcome: resume that run first."""
+
+    def __init__(self, run_dir: Path, manifest: str, rows: int, total: int, state: str) -> None:
+        self.run_dir, self.manifest, self.rows, self.total, self.state = (
+            run_dir, manifest, rows, total, state)
+        super().__init__(f"{run_dir} is {state}: {rows} of {total} rows have an outcome. "
+                         "Resume it first (its failures are known only when every row has "
+                         "one), then rerun")
+
+
+def _check_finished(old: RunDir, info: RunInfo) -> None:
+    from pipeline.enroll.report import run_state  # noqa: PLC0415
+
+    rows = old.read_records(OUTCOME_SCHEMA, ["row"]).num_rows
+    rows += old.journal_records(OUTCOME_SCHEMA).num_rows
+    state = run_state(old, info, rows)
+    if state != "finished":
+        raise RunNotFinishedError(old.path, info.manifest.path, rows, info.manifest.num_rows,
+                                  state)
+
+
 def plan_rerun(
     old_run_dir: Path,
     settings: Settings,
@@ -844,6 +1110,7 @@ def plan_rerun(
     target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
     manifest_path = target / RERUN_MANIFEST
     if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun
+        _check_finished(old, info)
         rows = _non_success(old, retryable_only=not include_all)
         if not rows:
             return None
@@ -864,8 +1131,10 @@ def plan_rerun(
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """EnrollConfig keyword arguments from a run.json ``options`` object."""
+    # A rerun's manifest holds only the failed rows: the shard does not carry over.
     allowed = set(EnrollConfig.__dataclass_fields__) - {"manifest", "settings", "run_dir",
-                                                        "runs_root", "resume", "parent_run_id"}
+                                                        "runs_root", "resume", "parent_run_id",
+                                                        "shard"}
     out = {k: v for k, v in options.items() if k in allowed}
     for key in ("thresholds_file", "images_root"):
         if out.get(key):

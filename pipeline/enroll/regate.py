@@ -73,7 +73,7 @@ REGATE_SCHEMA = pa.schema(
         pa.field("new_reasons", pa.list_(pa.string()), nullable=False),
         pa.field("change", pa.string(), nullable=False),
     ],
-    metadata={"faceflow.record": "pipeline.regate.RegateRow"},
+    metadata={"faceflow.record": "pipeline.enroll.regate.RegateRow"},
 )
 
 

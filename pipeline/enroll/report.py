@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class Summary:
     last_finished: str | None
     exit_code: int | None
     stop_reason: str | None
+    #: "finished", "in progress (pid N)", "stopped (reason)" or "not finished".
+    state: str = "finished"
 
     @property
     def remaining(self) -> int:
@@ -95,7 +97,23 @@ def summarize(run_dir: Path | str) -> Summary:
     rundir = RunDir(run_dir)
     info = rundir.read_info()
     table = rundir.read_records(OUTCOME_SCHEMA)
-    return summarize_table(table, info)
+    journal = rundir.journal_records(OUTCOME_SCHEMA)
+    if journal.num_rows:  # a session running now, or killed: its rows count too
+        table = pa.concat_tables([table, journal])
+    return replace(summarize_table(table, info), state=run_state(rundir, info, table.num_rows))
+
+
+def run_state(rundir: RunDir, info: RunInfo, rows: int) -> str:
+    """``finished``, ``in progress (pid N)``, ``stopped (reason)``, or ``not finished``
+    (a session was killed, or never reached its end)."""
+    pid = rundir.holder_pid()
+    if pid is not None:
+        return f"in progress (pid {pid})" if pid > 0 else "in progress"
+    if info.stop_reason:
+        return f"stopped ({info.stop_reason})"
+    if info.finished_at is None or rows < info.manifest.num_rows:
+        return "not finished"
+    return "finished"
 
 
 def summarize_table(table: pa.Table, info: RunInfo) -> Summary:
@@ -234,10 +252,51 @@ def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
     env = Environment(loader=PackageLoader("pipeline", "templates"),
                       autoescape=select_autoescape(["html"]))
     template = env.get_template("enroll.html")
+    counts = dict(summary.counts)
     finished = _micros(rundir.read_records(OUTCOME_SCHEMA, ["finished_at"]), "finished_at")
     return template.render(s=summary, thumbs=_thumbs(rundir, summary), version=__version__,
                            success=SUCCESS_STATUSES,
-                           timeline=timeline_svg(read_timeline(rundir.path), finished))
+                           timeline=timeline_svg(read_timeline(rundir.path), finished),
+                           skipped_known=counts.get("skipped_known", 0),
+                           duplicates=duplicate_rows(rundir, summary),
+                           duplicates_total=counts.get("duplicate_suspect", 0))
+
+
+#: Duplicate suspects listed one by one in the page (the count shows them all).
+DUPLICATES_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateRow:
+    """A ``duplicate_suspect`` row: the photo and the uid that already holds the face."""
+
+    row: int
+    uid: str | None
+    group_id: str | None
+    image: str | None
+    other_uid: str | None
+    other_group_id: str | None
+    score: float | None
+    confirmed: bool
+    identify_log_id: int | None
+    match_log_id: int | None
+    data_url: str | None
+
+
+def duplicate_rows(rundir: RunDir, summary: Summary, limit: int = DUPLICATES_SHOWN
+                   ) -> list[DuplicateRow]:
+    """The first ``limit`` duplicate suspects of the run, in row order, with thumbnails."""
+    columns = ["row", "uid", "group_id", "image", "status", "reasons", "duplicate_uid",
+               "duplicate_group_id", "duplicate_score", "identify_log_id", "match_log_id",
+               "transformed", *_BOX]
+    table = rundir.read_records(OUTCOME_SCHEMA, columns)
+    table = table.filter(pc.equal(table["status"], "duplicate_suspect")).sort_by("row")
+    base = Path(summary.manifest).parent
+    return [DuplicateRow(rec["row"], rec["uid"], rec["group_id"], rec["image"],
+                         rec["duplicate_uid"], rec["duplicate_group_id"], rec["duplicate_score"],
+                         "not_confirmed" not in (rec["reasons"] or []), rec["identify_log_id"],
+                         rec["match_log_id"], _thumbnail(base, rec))
+            for rec in table.slice(0, limit).to_pylist()]
 
 
 def _thumbs(rundir: RunDir, summary: Summary) -> dict[str, ThumbGroup]:

@@ -134,6 +134,11 @@ class GroupStats:
 
 #: A path probe: (caller's key, group_id, uid, absolute image path).
 PathProbe = tuple[int, str, str, str]
+#: A face found for a probe, as a plain tuple (a million of them are made per night):
+#: (probe key, group_id, image_sha256, image_path, image_size, image_mtime_ns,
+#:  face_count, detect_log_id, write_log_id). Log ids may come back as decimal text.
+PathMatch = tuple[int, str, str, str | None, int | None, int | None, int | None,
+                  int | str | None, int | str | None]
 
 
 class Ledger(Protocol):
@@ -145,7 +150,7 @@ class Ledger(Protocol):
         """Apply ``entries`` in order; skip events already held. Returns how many were new."""
         ...
 
-    def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[KnownFace]:
+    def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[PathMatch]:
         """The faces whose (group, uid, image_path) equal a probe's, with the probe's key.
 
         The caller compares size and mtime with the file's stat before trusting one.
@@ -161,8 +166,10 @@ class Ledger(Protocol):
         """Remember that ``face``'s bytes are now at ``image_path`` with this stat."""
         ...
 
-    def faces(self, endpoint: str, group_id: str) -> Iterator[KnownFace]:
-        """Every face held for the group, ordered by uid then recorded time."""
+    def faces(self, endpoint: str, group_id: str, uid: str | None = None
+              ) -> Iterator[KnownFace]:
+        """Every face held for the group (of ``uid`` only, when given), ordered by uid
+        then recorded time."""
         ...
 
     def stats(self) -> list[GroupStats]:

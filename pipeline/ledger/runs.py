@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.base import ENROLL_ACTIONS, Entry, KnownFace, Ledger, endpoint_key
+from pipeline.ledger.base import ENROLL_ACTIONS, Entry, Ledger, PathMatch, endpoint_key
 from pipeline.runs.outcomes import OUTCOME_SCHEMA
 from pipeline.runs.rundir import RunDir, utc_now
 
@@ -147,70 +149,139 @@ def _user_infos(info: Any) -> dict[int, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class KnownRow:
-    """A manifest row the ledger already holds: one face per group of the row."""
+class KnownRows:
+    """Rows of one manifest chunk that the ledger holds, as columns (row order).
 
-    row: Any  # pipeline.runs.manifest.ManifestRow
-    faces: tuple[KnownFace, ...]
+    ``image_sha256``, ``face_count`` and the log ids are those recorded for the row's
+    first group (log ids as uint64 Arrow arrays)."""
+
+    rows: np.ndarray
+    lines: np.ndarray
+    uid: pa.Array
+    group_id: pa.Array
+    image: pa.Array
+    image_sha256: pa.Array
+    face_count: pa.Array
+    detect_log_id: pa.Array
+    write_log_id: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
-               skip: np.ndarray | None = None, batch_size: int = 16_384
-               ) -> Iterator[list[KnownRow]]:
-    """Batches of the rows that need not be sent (see the module docstring).
+               skip: np.ndarray | None = None) -> Iterator[KnownRows]:
+    """The rows that need not be sent (see the module docstring), one
+    :class:`KnownRows` per manifest chunk (:meth:`~pipeline.manifest.Manifest.key_chunks`).
 
     ``skip[row]`` True leaves a row out (rows already done in this run). Rows
     that repeat an earlier row, and rows with an action enroll does not send,
     are never "known": they get their usual outcome.
     """
-    for batch in manifest.batches(batch_size):
-        probes: list[tuple[int, str, str, str]] = []
-        for i, row in enumerate(batch):
-            if (skip is not None and skip[row.row]) or row.action not in _SENDABLE \
-                    or manifest.row_is_duplicate_of(row.row) is not None:
-                continue
-            path = str(row.image_path)
-            probes.extend((i, g, row.uid, path) for g in split_groups(row.group_id))
-        yield _confirm(batch, ledger.known_paths(endpoint, probes))
+    # The ledger lookup of the next chunk runs in a worker thread while this one's files
+    # are stat'ed: SQLite and stat() both release the GIL, so the two overlap.
+    with ThreadPoolExecutor(1, thread_name_prefix="ledger-lookup") as pool:
+        pending: Future[tuple[Any, ...]] | None = None
+        for chunk in manifest.key_chunks():
+            ahead = pool.submit(_lookup, manifest, ledger, endpoint, chunk, skip)
+            if pending is not None:
+                yield _confirm(*pending.result())
+            pending = ahead
+        if pending is not None:
+            yield _confirm(*pending.result())
 
 
-def _confirm(batch: Sequence[Any], found: Sequence[KnownFace]) -> list[KnownRow]:
-    """Keep the rows whose file still has the recorded size and mtime, in every group."""
-    by_row: dict[int, list[KnownFace]] = {}
-    for face in found:
-        assert face.key is not None
-        by_row.setdefault(face.key, []).append(face)
-    out: list[KnownRow] = []
-    for i in sorted(by_row):
-        row = batch[i]
-        st = stat_file(row.image_path)
+def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
+            skip: np.ndarray | None) -> tuple[Any, np.ndarray, list[int], list[PathMatch]]:
+    """The faces the ledger holds at the paths of ``chunk``'s candidate rows."""
+    rows = chunk.rows
+    keep = ~manifest.duplicate_mask(rows)
+    if skip is not None:
+        keep &= ~skip[rows]
+    keep &= pc.is_in(chunk.action, pa.array(_SENDABLE)).to_numpy(zero_copy_only=False)
+    index = np.flatnonzero(keep)
+    at = pa.array(index)
+    uids, groups, paths = (chunk.uid.take(at).to_pylist(), chunk.group_id.take(at).to_pylist(),
+                           chunk.image_path.take(at).to_pylist())
+    probes: list[tuple[int, str, str, str]] = []
+    need: list[int] = []
+    for j, (uid, group, path) in enumerate(zip(uids, groups, paths, strict=True)):
+        if "," in group:
+            parts = split_groups(group)
+            probes.extend((j, g, uid, path) for g in parts)
+            need.append(len(parts))
+        else:
+            probes.append((j, group, uid, path))
+            need.append(1 if group else 0)
+    found = ledger.known_paths(endpoint, probes) if probes else []
+    return chunk, index, need, found
+
+
+def _confirm(chunk: Any, index: np.ndarray, need: list[int], found: Sequence[PathMatch]
+             ) -> KnownRows:
+    """Keep the rows whose file still has the recorded size and mtime, in every group.
+    A match's key is a position in ``index`` (positions in ``chunk``)."""
+    stats: dict[int, tuple[int, int]] = {}
+    matched: dict[int, tuple[set[str], PathMatch]] = {}
+    for match in found:
+        j, group, _sha, path, size, mtime = match[:6]
+        st = stats.get(j)
         if st is None:
+            try:
+                s = os.stat(path or "")
+                st = (s.st_size, s.st_mtime_ns)
+            except OSError:
+                st = (-1, -1)
+            stats[j] = st
+        if (size, mtime) != st:
             continue
-        chosen: dict[str, KnownFace] = {}
-        for face in by_row[i]:
-            if face.image_size == st.size and face.image_mtime_ns == st.mtime_ns:
-                chosen[face.group_id] = face
-        groups = split_groups(row.group_id)
-        if groups and all(g in chosen for g in groups):
-            out.append(KnownRow(row, tuple(chosen[g] for g in groups)))
-    return out
+        seen = matched.get(j)
+        if seen is None:
+            matched[j] = ({group}, match)
+        else:
+            seen[0].add(group)
+    keep = sorted(j for j, (groups, _) in matched.items() if len(groups) == need[j] > 0)
+    first = [matched[j][1] for j in keep]
+    at = pa.array(index[keep] if keep else np.empty(0, np.int64), pa.int64())
+    pos = at.to_numpy()
+    return KnownRows(
+        chunk.rows[pos], chunk.lines[pos], chunk.uid.take(at), chunk.group_id.take(at),
+        chunk.image.take(at), pa.array([m[2] for m in first], pa.string()),
+        pa.array([m[6] for m in first], pa.int32()), _uint64([m[7] for m in first]),
+        _uint64([m[8] for m in first]))
 
 
-def skipped_table(run_id: str, rows: Sequence[KnownRow], now: datetime | None = None
-                  ) -> pa.Table:
-    """The ``skipped_known`` outcomes of ``rows`` (attempts 0; the log ids, sha256 and
-    face count are those the ledger recorded for the row's first group)."""
+def _uint64(values: list[Any]) -> pa.Array:
+    """Log ids (int, decimal text or None) as uint64."""
+    return pa.array([None if v is None else int(v) for v in values], pa.uint64())
+
+
+def skip_known(manifest: Any, ledger: Ledger, endpoint: str, store: Any, run_id: str) -> int:
+    """Give every known row not done yet its ``skipped_known`` outcome, written in bulk
+    to ``store`` (a RecordStore: one part per batch); returns how many."""
+    total = 0
+    for found in known_rows(manifest, ledger, endpoint, skip=store.done):
+        if len(found):
+            store.append_table(skipped_table(run_id, found))
+        total += len(found)
+    return total
+
+
+def skipped_table(run_id: str, known: KnownRows, now: datetime | None = None) -> pa.Table:
+    """The ``skipped_known`` outcomes of ``known`` (attempts 0; sha256, face count and
+    log ids as the ledger recorded them)."""
     now = now or utc_now()
-    n = len(rows)
-    first = [r.faces[0] for r in rows]
-    columns: dict[str, Any] = {name: [None] * n for name in OUTCOME_SCHEMA.names}
+    n = len(known)
+    columns: dict[str, Any] = {f.name: pa.nulls(n, f.type) for f in OUTCOME_SCHEMA}
+    empty_list = pa.array([[]] * n, pa.list_(pa.string()))
     columns.update(
-        run_id=[run_id] * n, row=[r.row.row for r in rows], line=[r.row.line for r in rows],
-        uid=[r.row.uid for r in rows], group_id=[r.row.group_id for r in rows],
-        image=[r.row.image for r in rows], image_sha256=[f.image_sha256 for f in first],
-        status=["skipped_known"] * n, reasons=[[]] * n, retryable=[False] * n,
-        face_count=[f.face_count for f in first], transformed=[[]] * n,
-        detect_log_id=[f.detect_log_id for f in first],
-        write_log_id=[f.write_log_id for f in first], attempts=[0] * n,
-        started_at=[now] * n, finished_at=[now] * n)
+        run_id=pa.array([run_id] * n, pa.string()), row=pa.array(known.rows, pa.int64()),
+        line=pa.array(known.lines, pa.int64()), uid=known.uid, group_id=known.group_id,
+        image=known.image, image_sha256=known.image_sha256,
+        status=pa.array(["skipped_known"] * n, pa.string()), reasons=empty_list,
+        retryable=pa.array(np.zeros(n, bool)), face_count=known.face_count,
+        transformed=empty_list, detect_log_id=known.detect_log_id,
+        write_log_id=known.write_log_id, attempts=pa.array(np.zeros(n, np.int32)),
+        started_at=pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        finished_at=pa.array([now] * n, pa.timestamp("us", tz="UTC")))
     return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA)

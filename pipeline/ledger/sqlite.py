@@ -34,6 +34,7 @@ from pipeline.ledger.base import (
     Entry,
     GroupStats,
     KnownFace,
+    PathMatch,
     PathProbe,
 )
 
@@ -61,7 +62,6 @@ CREATE TABLE IF NOT EXISTS faces (
     recorded_at TEXT NOT NULL,
     PRIMARY KEY (endpoint, group_id, uid, image_sha256)
 );
-CREATE INDEX IF NOT EXISTS faces_by_path ON faces (endpoint, image_path);
 """
 
 _FACE_COLUMNS = ("endpoint", "group_id", "uid", "image_sha256", "image_path", "image_size",
@@ -191,7 +191,7 @@ class SqliteLedger:
 
     # -- reads ------------------------------------------------------------------
 
-    def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[KnownFace]:
+    def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[PathMatch]:
         if not probes:
             return []
         with self._lock:
@@ -202,14 +202,20 @@ class SqliteLedger:
                              "(k INTEGER, group_id TEXT, uid TEXT, image_path TEXT)")
                 conn.execute("DELETE FROM probe")
                 conn.executemany("INSERT INTO probe VALUES (?,?,?,?)", probes)
+                # CROSS JOIN fixes the loop order (SQLite's rule): for each probe, seek the
+                # faces by the primary key's (endpoint, group_id, uid) prefix. Left to the
+                # planner, a fresh temp table without statistics made it scan every face
+                # of the endpoint once per probe.
                 rows = conn.execute(
-                    f"SELECT {_FACE_SELECT}, p.k FROM probe p JOIN faces f "
-                    "ON f.endpoint=? AND f.image_path=p.image_path AND f.group_id=p.group_id "
-                    "AND f.uid=p.uid", (endpoint,)).fetchall()
+                    "SELECT p.k, f.group_id, f.image_sha256, f.image_path, f.image_size, "
+                    "f.image_mtime_ns, f.face_count, f.detect_log_id, f.write_log_id "
+                    "FROM probe p CROSS JOIN faces f "
+                    "WHERE f.endpoint=? AND f.group_id=p.group_id AND f.uid=p.uid "
+                    "AND f.image_path=p.image_path", (endpoint,)).fetchall()
                 conn.execute("DELETE FROM probe")
             finally:
                 conn.execute("COMMIT")
-        return [_face(r[:-1], key=r[-1]) for r in rows]
+        return rows
 
     def known_image(self, endpoint: str, group_id: str, uid: str, sha256: str
                     ) -> KnownFace | None:
@@ -219,11 +225,15 @@ class SqliteLedger:
                 "AND image_sha256=?", (endpoint, group_id, uid, sha256)).fetchone()
         return None if row is None else _face(row)
 
-    def faces(self, endpoint: str, group_id: str) -> Iterator[KnownFace]:
+    def faces(self, endpoint: str, group_id: str, uid: str | None = None
+              ) -> Iterator[KnownFace]:
+        where, args = "endpoint=? AND group_id=?", [endpoint, group_id]
+        if uid is not None:
+            where, args = where + " AND uid=?", [*args, uid]
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_FACE_SELECT} FROM faces f WHERE endpoint=? AND group_id=? "
-                "ORDER BY uid, recorded_at", (endpoint, group_id)).fetchall()
+                f"SELECT {_FACE_SELECT} FROM faces f WHERE {where} "
+                "ORDER BY uid, recorded_at", args).fetchall()
         return iter([_face(r) for r in rows])
 
     def stats(self) -> list[GroupStats]:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.api import validate_v3
 from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
 
 #: Decoded pixels above which an image is refused as a decompression bomb (50 MP:
@@ -109,15 +110,36 @@ class LoadedImage:
     transformed: tuple[str, ...]  # () when ``data`` is the file as is
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the service takes: sides in px (``short_side`` None: no rule) and base64 bytes."""
+
+    long_side: int
+    short_side: int | None
+    b64_max: int
+
+
+V2_LIMITS = Limits(MAX_SIDE, None, IMAGE_B64_MAX)
+#: v3: below 1920x1080 and 2 MiB of base64 (v3 contract §5).
+V3_LIMITS = Limits(validate_v3.MAX_LONG_SIDE, validate_v3.MAX_SHORT_SIDE,
+                   validate_v3.IMAGE_B64_MAX)
+
+
+def limits_for(api: str) -> Limits:
+    """The limits of protocol ``api`` ("v2" or "v3")."""
+    return V3_LIMITS if api == "v3" else V2_LIMITS
+
+
 def load_image(
     path: Path, *, root: Path | None = None, max_file_bytes: int = MAX_FILE_BYTES,
-    fit: bool = True,
+    fit: bool = True, limits: Limits = V2_LIMITS,
 ) -> LoadedImage:
     """Read and check the image at ``path``; raise :class:`ImageProblem` when unusable.
 
     ``root``: when given, a path that resolves (through symlinks) outside it is
     refused. ``max_file_bytes``: larger files are refused before reading.
     ``fit``: shrink images over the service's limits instead of refusing them.
+    ``limits``: the protocol's (v2 by default; :data:`V3_LIMITS` for v3).
     """
     path = Path(path)
     if root is not None:
@@ -126,7 +148,7 @@ def load_image(
     data = _read(path, size, max_file_bytes)
     fmt = _sniff(data)
     img = _decode(data, fmt)
-    return _prepare(img, data, fmt, fit)
+    return _prepare(img, data, fmt, fit, limits)
 
 
 # ------------------------------------------------------------------ the path and the file
@@ -241,7 +263,8 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
 # ------------------------------------------------------------------ what to send
 
 
-def _prepare(img: Image.Image, data: bytes, fmt: str, fit: bool) -> LoadedImage:
+def _prepare(img: Image.Image, data: bytes, fmt: str, fit: bool,
+             limits: Limits = V2_LIMITS) -> LoadedImage:
     if min(img.size) < MIN_SIDE:
         raise ImageProblem("image_too_small", f"the image is {img.width}x{img.height} px; "
                            f"its shortest side must be at least {MIN_SIDE} px")
@@ -256,7 +279,7 @@ def _prepare(img: Image.Image, data: bytes, fmt: str, fit: bool) -> LoadedImage:
     if transformed:
         out_fmt = "png" if transformed == ["converted"] and fmt != "jpeg" else "jpeg"
         out = _encode(img, out_fmt, quality=95)
-    img, out, out_fmt, step = _fit(img, out, out_fmt, fit)
+    img, out, out_fmt, step = _fit(img, out, out_fmt, fit, limits)
     transformed += [step] if step else []
     sent = hashlib.sha256(out).hexdigest()
     source = sent if out is data else hashlib.sha256(data).hexdigest()
@@ -309,19 +332,24 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 
 def _fit(
-    img: Image.Image, out: bytes, fmt: str, fit: bool
+    img: Image.Image, out: bytes, fmt: str, fit: bool, limits: Limits = V2_LIMITS
 ) -> tuple[Image.Image, bytes, str, str | None]:
-    """Shrink until the longest side and the base64 size are within the service's limits."""
-    longest = max(img.size)
-    if longest <= MAX_SIDE and _b64_len(out) <= IMAGE_B64_MAX:
+    """Shrink until the sides and the base64 size are within the service's limits."""
+    longest, shortest = max(img.size), min(img.size)
+    scale = min(1.0, limits.long_side / longest,
+                limits.short_side / shortest if limits.short_side else 1.0)
+    if scale >= 1.0 and _b64_len(out) <= limits.b64_max:
         return img, out, fmt, None
     if not fit:
-        if longest > MAX_SIDE:
-            raise ImageProblem("image_too_big", f"the image is {img.width}x{img.height} px; "
-                               f"its longest side must be at most {MAX_SIDE} px")
+        if scale < 1.0:
+            rule = (f"its longest side must be at most {limits.long_side} px"
+                    if limits.short_side is None else
+                    f"it must fit within {limits.long_side}x{limits.short_side} px")
+            raise ImageProblem("image_too_big",
+                               f"the image is {img.width}x{img.height} px; {rule}")
         raise ImageProblem("image_too_large", f"the image is {_mib(_b64_len(out))} once "
-                           f"base64-encoded, over the service's {_mib(IMAGE_B64_MAX)}")
-    return _shrink(img, min(1.0, MAX_SIDE / longest), IMAGE_B64_MAX)
+                           f"base64-encoded, over the service's {_mib(limits.b64_max)}")
+    return _shrink(img, scale, limits.b64_max)
 
 
 def _shrink(

@@ -120,6 +120,21 @@ class ManifestRow:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyChunk:
+    """Consecutive rows as columns (:meth:`Manifest.key_chunks`): ``rows`` and ``lines``
+    as numpy arrays, the rest Arrow text arrays with the defaults applied; ``image_path``
+    is :attr:`ManifestRow.image_path` as text, ``action`` stripped and lower-cased."""
+
+    rows: np.ndarray
+    lines: np.ndarray
+    uid: pa.Array
+    group_id: pa.Array
+    image: pa.Array
+    image_path: pa.Array
+    action: pa.Array
+
+
+@dataclass(frozen=True, slots=True)
 class _Chunk:
     """Rows as text columns (no nulls): ``rows`` holds their row numbers (ascending,
     consecutive unless a reader was asked for ``wanted`` rows only) and ``lines``
@@ -212,6 +227,45 @@ class Manifest:
                               cells[group_at] or group, cells[info_at],
                               cells[action_at].strip().lower() or mode,
                               dict(zip(names, cells, strict=False)))  # not the stand-in
+
+    def duplicate_mask(self, rows: np.ndarray) -> np.ndarray:
+        """For each row number in ``rows``: True when it repeats an earlier row."""
+        return np.isin(rows, self._dup_rows)
+
+    def key_chunks(self) -> Iterator[KeyChunk]:
+        """Every row's key fields as Arrow text columns, chunk by chunk, without making a
+        :class:`ManifestRow` per row: for bulk decisions over millions of rows (a
+        ledger's "already enrolled"). The values equal the ManifestRow fields."""
+        for chunk in self._reader.chunks(None, 0):
+            yield self._key_chunk(chunk)
+
+    def _key_chunk(self, chunk: _Chunk) -> KeyChunk:
+        n = chunk.num_rows
+        empty = pa.array([""] * n, pa.string())
+
+        def column(key: str) -> pa.Array:
+            name = self._names.get(key)
+            return chunk.columns.get(name, empty) if name is not None else empty
+
+        group, action = column("group_id"), column("action")
+        if self._default_group:
+            group = pc.if_else(pc.equal(group, ""), self._default_group, group)
+        action = pc.utf8_lower(pc.utf8_trim_whitespace(action))
+        action = pc.if_else(pc.equal(action, ""), self._default_action, action)
+        image = column("image")
+        return KeyChunk(chunk.rows, chunk.lines, column("uid"), group, image,
+                        self._image_paths(image), action)
+
+    def _image_paths(self, image: pa.Array) -> pa.Array:
+        """:meth:`_image_path` of every cell, as text; Python only for the odd ones."""
+        odd = pc.or_(pc.or_(pc.match_substring_regex(image, r"^[/.]|^$|/$"),
+                            pc.match_substring(image, "//")), pc.match_substring(image, "/."))
+        plain = pc.binary_join_element_wise(self._inside, image, "")
+        if not pc.any(odd).as_py():
+            return plain
+        slow = [str(self._image_path(x)) if o else p for x, o, p in
+                zip(image.to_pylist(), odd.to_pylist(), plain.to_pylist(), strict=True)]
+        return pa.array(slow, pa.string())
 
     def _image_path(self, image: str) -> Path:
         """``normpath(join(folder, image))`` as a Path; symlinks are left as they are.

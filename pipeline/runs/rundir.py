@@ -106,6 +106,9 @@ class RunInfo:
     stop_reason: str | None = None
     #: The number of outcomes ``failures.csv`` was last written from (None: not yet).
     failures_for: int | None = None
+    #: Options changed on resume (``--change-options``): one entry per such session,
+    #: ``{"session": n, "at": iso time, "changes": ["--qps: 3 in the run, 5 now", ...]}``.
+    option_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -156,6 +159,62 @@ class RunDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def holder_pid(self) -> int | None:
+        """The pid of the process holding the directory (:meth:`hold`) now, or None.
+
+        Read from ``/proc/locks`` (no lock is taken, so a session starting at this
+        moment is never refused because we looked); elsewhere, a shared-lock probe.
+        """
+        lock = self.path / LOCK_FILE
+        try:
+            st = lock.stat()
+        except OSError:
+            return None
+        try:
+            text = Path("/proc/locks").read_text()
+        except OSError:
+            return self._probe_holder(lock)
+        for line in text.splitlines():
+            parts = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:56789 0 EOF"
+            if len(parts) >= 6 and parts[1] == "FLOCK" and parts[3] == "WRITE":
+                dev_inode = parts[5].rsplit(":", 1)
+                if len(dev_inode) == 2 and dev_inode[1] == str(st.st_ino):
+                    return int(parts[4])
+        return None
+
+    def _probe_holder(self, lock: Path) -> int | None:
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)  # closing drops the shared lock, if taken
+        return None
+
+    def journal_records(self, schema: pa.Schema, key: str = "row") -> pa.Table:
+        """Records still in the journal (a session running now, or killed) whose ``key`` is
+        in no part, the first per key: what :meth:`read_records` does not see yet. Read
+        only: nothing is recovered or written."""
+        rows: dict[int, dict[str, Any]] = {}
+        for _, seg in _numbered(self.journal_dir, _SEG_RE):
+            try:
+                for rec in read_journal(seg):
+                    if isinstance(rec.get(key), int):
+                        rows.setdefault(rec[key], rec)
+            except FileNotFoundError:
+                continue  # became a part while we looked: read below
+        # The parts after the journal: a segment flushed meanwhile is found in its part.
+        in_parts = set(self.read_records(schema, [key]).column(key).to_pylist())
+        rows = {k: r for k, r in rows.items() if k not in in_parts}
+        if not rows:
+            return schema.empty_table()
+        known = set(schema.names)
+        return pa.Table.from_pylist([{n: v for n, v in r.items() if n in known}
+                                     for r in rows.values()], schema=schema)
 
     @property
     def info_path(self) -> Path:
@@ -305,6 +364,20 @@ class RecordStore:
         if 0 <= key < len(self.done):
             self.done[key] = True
         self.maybe_flush()
+
+    def append_table(self, table: pa.Table) -> None:
+        """Write terminal records made in bulk (``table`` has the store's schema) as one
+        part at once, after what is buffered: atomic like every part, no journal lines.
+        For records that need no call (a ledger's ``skipped_known`` rows)."""
+        if table.num_rows == 0:
+            return
+        self.flush()
+        table = table.select(self.schema.names).cast(self.schema)
+        path = self.rundir.outcomes_dir / f"part-{self._next:05d}.parquet"
+        write_table_atomic(path, table)
+        _fsync_dir(path.parent)
+        self._mark(table.column(self.key).to_numpy())
+        self._next += 1
 
     def maybe_flush(self) -> bool:
         """Flush when ``flush_rows`` records wait or ``flush_seconds`` passed; True if flushed."""

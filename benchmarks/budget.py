@@ -1,0 +1,131 @@
+"""One QPS budget per account: N enroll processes sharing one PostgreSQL budget vs alone.
+
+The no-work server of benchmarks/quota.py (the engine's own Emulation, Q calls per fixed
+1-s window on each of detect and add, error 18 beyond) runs in its own process. Against
+it, for N = 2 and 4:
+
+1. N ``faceflow enroll`` processes with ``--qps Q --qps-budget postgresql://...``: one
+   budget for the account, so together they should send Q;
+2. the same N processes with ``--qps Q`` each and no budget (separate limiters, each
+   believing it owns the account's Q): they offer N*Q and learn from the 18s.
+
+Each run enrolls Q * ``--seconds`` rows in total (split evenly between the processes);
+utilisation is the server's successful calls/s over the run without its first and last
+2 seconds, divided by Q; "18 share" is the share of calls rejected. Goal (issue 15):
+with the budget, together >= 0.95 Q and <= 0.5 % rejected.
+
+    .venv/bin/python benchmarks/budget.py [--q 10] [--seconds 20] [--procs 2 4]
+
+The budget's PostgreSQL is a temporary local cluster (pipeline.postgres.LocalCluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, write_result  # noqa: E402
+from benchmarks.quota import _admin, make_manifest, utilisation  # noqa: E402
+from pipeline.postgres import LocalCluster  # noqa: E402
+
+FACEFLOW = Path(sys.executable).parent / "faceflow"
+
+
+def split_manifest(manifest: Path, parts: int) -> list[Path]:
+    lines = manifest.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    out = []
+    for k in range(parts):
+        path = manifest.with_name(f"part{k}.csv")
+        path.write_text("\n".join([header, *rows[k::parts]]) + "\n")
+        out.append(path)
+    return out
+
+
+def run_processes(url: str, manifests: list[Path], folder: Path, q: float,
+                  budget: str | None) -> float:
+    """Run one enroll process per manifest at once; seconds until the last finished."""
+    env = {**os.environ, "FACEFLOW_API_KEY": "bench-ak", "FACEFLOW_SECRET_KEY": "bench-sk"}
+    start = time.perf_counter()
+    procs = []
+    for k, manifest in enumerate(manifests):
+        command = [str(FACEFLOW), "enroll", str(manifest), "--group", "bench", "--qps", str(q),
+                   "--endpoint", url, "--concurrency", "16", "--flush-seconds", "5",
+                   "--run-dir", str(folder / f"run-{k}")]
+        if budget:
+            command += ["--qps-budget", budget]
+        procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"enroll exited {proc.returncode}: {err[-500:]}")
+    return time.perf_counter() - start
+
+
+def measure(url: str, q: float, seconds: int, counts: list[int], budget_url: str
+            ) -> dict[str, Any]:
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        manifest = make_manifest(folder, int(q * seconds))
+        for n in counts:
+            parts = split_manifest(manifest, n)
+            for label, budget in ((f"{n} processes, one shared budget", budget_url),
+                                  (f"{n} processes, separate limiters", None)):
+                _admin(url, f"/admin/reset?q={q}", "POST")
+                run_dir = folder / f"{n}-{'budget' if budget else 'separate'}"
+                wall = run_processes(url, parts, run_dir, q, budget)
+                stats = _admin(url, "/admin/stats")
+                runs[label] = {"processes": n, "shared_budget": budget is not None,
+                               "wall_s": round(wall, 1), **utilisation(stats, q)}
+    return runs
+
+
+def verdict(run: dict[str, Any]) -> str:
+    ok = all(run[i]["utilisation"] >= 0.95 and run[i]["rejected_share"] <= 0.005
+             for i in ("detect", "add"))
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--q", type=float, default=10.0, help="server quota per interface")
+    parser.add_argument("--seconds", type=int, default=20, help="length of each run")
+    parser.add_argument("--procs", type=int, nargs="+", default=[2, 4])
+    args = parser.parse_args()
+    server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "quota.py"),
+                               "--serve", str(args.q)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
+        with LocalCluster() as cluster:
+            runs = measure(url, args.q, args.seconds, args.procs, cluster.url)
+    finally:
+        server.terminate()
+        server.wait(10)
+    report = {"q": args.q, "seconds": args.seconds, "runs": runs,
+              "verdicts": {k: verdict(r) for k, r in runs.items() if r["shared_budget"]},
+              "goal": "shared budget: together >= 0.95 Q, <= 0.5 % rejected"}
+    path = write_result("budget", report)
+    print(f"server quota Q = {args.q:g} calls/s per interface (fixed 1-s windows); "
+          "utilisation = successful calls/s / Q, all processes together")
+    print(f"{'run':38} {'wall s':>7} {'detect':>8} {'add':>8} {'18 share':>9} {'goal':>6}")
+    for label, run in runs.items():
+        share = max(run["detect"]["rejected_share"], run["add"]["rejected_share"])
+        goal = verdict(run) if run["shared_budget"] else ""
+        print(f"{label:38} {run['wall_s']:7.1f} {run['detect']['utilisation']:8.3f} "
+              f"{run['add']['utilisation']:8.3f} {share:9.2%} {goal:>6}")
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
