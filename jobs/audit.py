@@ -12,7 +12,7 @@ import click
 
 from jobs.enroll import parse_qps
 from jobs.exits import config_errors, exit_with
-from jobs.options import connection_options, plural, run_stoppable, settings_from
+from jobs.options import api_option, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import KINDS, ProbeRecord
 from pipeline.audit.job import (
@@ -124,6 +124,7 @@ Examples:
   faceflow audit --manifest members.csv --group staff --top-k 3 --qps 5
   faceflow audit --manifest new.csv --group staff --before-enroll
   faceflow audit --group staff --ledger ledger.sqlite
+  faceflow audit --manifest new.csv --group staff --before-enroll --api v3
   faceflow audit --run-dir runs/20261126T090000Z-77aa01    # resume""")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path, file_okay=False,
                                                       exists=True))
@@ -156,6 +157,7 @@ Examples:
               default=None, help="Wait after filling the scratch group [default 6].")
 @click.option("--no-report", "report", flag_value=False, default=None,
               help="Skip report.html.")
+@api_option
 @connection_options
 def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
           run_dir: Path | None, **kwargs: Any) -> None:
@@ -175,7 +177,7 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
-               "ledger": kwargs.pop("ledger")}
+               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
     observer = LineObserver()
     with config_errors():
         config = _config(sources, manifest, groups, run_dir, settings, options)

@@ -12,11 +12,24 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, _settings, parse_qps
+from jobs.exits import exit_code as exit_code_for
 from jobs.ledger import ledger_option
 from jobs.options import connection_options, run_stoppable
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.reconcile import ReconcileConfig, ReconcileObserver, run_reconcile
+from pipeline.frame import Stopped
+from pipeline.ledger.reconcile import (
+    ReconcileConfig,
+    ReconcileObserver,
+    ReconcileResult,
+    run_reconcile,
+)
 from pipeline.runs.rundir import new_run_id
+
+
+def exit_code(result: ReconcileResult) -> int:
+    """0 in sync, 1 differences found, 3 quota or budget, 4 credentials, 130 interrupted
+    (the table in jobs/exits.py)."""
+    return exit_code_for(result.stopped.reason if result.stopped else None, result.differences)
 
 
 class _Echo(ReconcileObserver):
@@ -27,8 +40,8 @@ class _Echo(ReconcileObserver):
         found = ", ".join(f"{k} {n}" for k, n in plan.items()) or "no difference"
         click.echo(f"service {service_users} uids, ledger {ledger_uids} uids: {found}", err=True)
 
-    def stopping(self, reason: str, message: str) -> None:
-        click.echo(f"Stopping ({reason}): {message}", err=True)
+    def stopping(self, stopped: Stopped) -> None:
+        click.echo(f"Stopping ({stopped.reason}): {stopped.message}", err=True)
 
 
 @click.command(epilog="""\b
@@ -92,8 +105,8 @@ def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, con
         click.echo(f"Repair manifest ({result.repair_rows} photos): {result.repair_manifest}\n"
                    f"  restore: faceflow enroll {shlex.quote(str(result.repair_manifest))} "
                    f"--ledger {shlex.quote(ledger)}")
-    if result.stop_reason is not None:
-        click.echo(f"Stopped ({result.stop_reason}); resume: faceflow reconcile --group "
+    if result.stopped is not None:
+        click.echo(f"Stopped ({result.stopped.reason}); resume: faceflow reconcile --group "
                    f"{group} --ledger {shlex.quote(ledger)} --run-dir "
                    f"{shlex.quote(str(result.run_dir))}", err=True)
-    sys.exit(result.exit_code)
+    sys.exit(exit_code(result))

@@ -48,6 +48,7 @@ from all probe records at the end of every session. This module never prints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -67,6 +68,7 @@ from pipeline.api.errors import (
     ApiError,
     ConfigError,
     EmptyGroupError,
+    GroupNotFoundError,
     ImageExistsError,
     UserNotFoundError,
 )
@@ -161,6 +163,9 @@ class AuditConfig:
     ledger: str | None = None
     #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
     qps_budget: str | None = None
+    #: The protocol, "v2" or "v3": on v3 identify is search and a confirm match compares
+    #: two pictures per call (pipeline/client/v3jobs.py); photos fit v3's limits.
+    api: str = "v2"
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
@@ -177,7 +182,7 @@ class AuditConfig:
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
                 "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger}
+                "ledger": self.ledger, "api": self.api}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -195,6 +200,10 @@ def _config_problems(c: AuditConfig) -> list[str]:
         problems.append("--concurrency and confirm_photos must be at least 1")
     if c.before_enroll and c.manifest is None:
         problems.append("--before-enroll audits a manifest: give --manifest")
+    if c.api not in ("v2", "v3"):
+        problems.append(f"--api {c.api!r}: use v2 or v3")
+    if c.api == "v3" and len(c.groups) + c.before_enroll > 10:
+        problems.append("v3 searches at most 10 groups at once (with the scratch group)")
     return problems
 
 
@@ -362,11 +371,12 @@ def photos_by_uid(plan: Sequence[AuditImage]) -> dict[str, list[int]]:
 Loader = Callable[[AuditImage], bytes]
 
 
-def default_loader(img: AuditImage) -> bytes:
-    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`)."""
-    from pipeline.runs.images import load_image  # noqa: PLC0415
+def default_loader(img: AuditImage, api: str = "v2") -> bytes:
+    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`,
+    within the limits of protocol ``api``)."""
+    from pipeline.runs.images import limits_for, load_image  # noqa: PLC0415
 
-    return load_image(Path(img.path)).data
+    return load_image(Path(img.path), limits=limits_for(api)).data
 
 
 class PhotoCache:
@@ -736,12 +746,27 @@ class _Session:
         except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
 
+    async def _delete_group(self, client: Any, group: str) -> Stopped | None:
+        try:
+            await client.delete_group(group)
+        except GroupNotFoundError:
+            pass  # never created, or deleted by an earlier session
+        except STOPPING_ERRORS as exc:
+            stop = as_stop(exc)
+            return Stopped(stop.reason, stop.message)
+        except ApiError as exc:  # the users are gone; an empty group left behind is harmless
+            log.warning("could not delete the empty scratch group %s: %s", group, exc)
+        return None
+
     async def _empty_scratch(
         self, client: FaceApi, scratch: ScratchMap, stop: asyncio.Event | None
     ) -> Stopped | None:
         self.observer.phase("scratch_delete", f"{len(scratch.uids)} scratch users")
         stopped = await self._runner(stop).run(scratch.uids.values(),
                                                lambda u: self._delete(client, scratch, u))
+        if stopped is None and hasattr(client, "delete_group"):
+            # v3 groups outlive their users: the empty scratch group is deleted too.
+            stopped = await self._delete_group(client, scratch.group)
         if stopped is None:
             state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
             # Emptied: a later session that fills it again must add every photo.
@@ -834,6 +859,8 @@ async def run_audit(
     the client; ``loader(photo)`` the bytes to send (default: what enroll sent).
     Setting ``stop`` interrupts the audit cleanly.
     """
+    if loader is default_loader and config.api != "v2":
+        loader = functools.partial(default_loader, api=config.api)
     rundir, info, plan, resumed = open_audit(config)
     run = _Audit(config, rundir, info, plan, resumed, client_factory,
                  observer or AuditObserver(), stop, loader)
@@ -857,7 +884,7 @@ async def _run_held(run: _Audit) -> AuditResult:
         try:
             async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                     run.client_factory(config.settings, config.qps,
-                                       **_client_options(budget)) as client:
+                                       **_client_options(budget, config.api)) as client:
                 stopped = await session.run(client, todo, already, run.stop)
         except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
             stop = as_stop(exc)
@@ -868,9 +895,12 @@ async def _run_held(run: _Audit) -> AuditResult:
     return finish_audit(run, already, session, stopped)
 
 
-def _client_options(budget: PgBudget | None) -> dict[str, Any]:
+def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use."""
-    return {"limiter": budget} if budget else {}
+    options: dict[str, Any] = {"limiter": budget} if budget else {}
+    if api != "v2":
+        options["api"] = api
+    return options
 
 
 def audit(config: AuditConfig, **kwargs: Any) -> AuditResult:
@@ -934,6 +964,8 @@ def _check_same_audit(rundir: RunDir, info: RunInfo, config: AuditConfig) -> Non
                           "choose another --run-dir")
     wanted = config.options()
     differ = [k for k in _SAME_OPTIONS if info.options.get(k) != wanted[k]]
+    if (info.options.get("api") or "v2") != config.api:  # audits before v3 were v2
+        differ.append(f"api: --api {info.options.get('api') or 'v2'} in the audit")
     if differ:
         raise ConfigError(f"{rundir.path} holds audit {info.run_id} with other options "
                           f"({', '.join(differ)}); resume it with the same options "
@@ -946,8 +978,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     info = RunDir(run_dir).read_info()
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
-    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps")
-             if k in info.options}
+    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api")
+             if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):

@@ -5,8 +5,9 @@ that speaks it) implements it; a client for another protocol version implements
 the same methods and returns the same records (:mod:`pipeline.api.records`), so
 jobs run unchanged on either. Errors are the classes of :mod:`pipeline.api.errors`.
 
-Only the calls jobs make are here (enroll: detect, add, update; audit: identify,
-match, add, delete; reading the library back: get_user and the group listings).
+Only the calls jobs make are here (enroll: detect, add, update, and identify + match
+with --block-duplicates; audit: identify, match, add, delete; reconcile: get_user, the
+group listings, verify, delete).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.api.records import (
     IdentifyResult,
     MatchResult,
     UserResult,
+    VerifyResult,
     WriteResult,
 )
 
@@ -76,6 +78,12 @@ class FaceApi(Protocol):
         """1:N search of ``image`` in the groups; the best ``user_top_num`` users (0-100)."""
         ...
 
+    async def verify(self, uid: str, group_id: str | Sequence[str], image: bytes, *,
+                     top_num: int = 1, ext_fields: str | None = None) -> VerifyResult:
+        """1:1 check of ``image`` against ``uid``'s faces: up to ``top_num`` scores (0-100)
+        (reconcile --check-faces)."""
+        ...
+
     async def match(self, images: Sequence[bytes], *, ext_fields: str | None = None,
                     image_liveness: str | None = None, types: str | None = None
                     ) -> MatchResult:
@@ -109,10 +117,7 @@ def default_client_factory(
     if api == "v3":
         from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
 
-        # V3JobApi has the calls enroll and audit make; get_user and the group listings
-        # are still to come (issue 14), hence the ignore.
-        return V3JobApi(settings, qps=qps, limiter=limiter,  # type: ignore[return-value]
-                        server_quality=server_quality)
+        return V3JobApi(settings, qps=qps, limiter=limiter, server_quality=server_quality)
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
     return FaceClient(settings, qps=qps, limiter=limiter)
