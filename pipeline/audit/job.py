@@ -65,6 +65,7 @@ from pipeline.api.errors import (
 )
 from pipeline.audit.config import MAX_TOP_K, AuditConfig
 from pipeline.audit.findings import (
+    CONFIDENCES,
     KINDS,
     PROBE_SCHEMA,
     AuditImage,
@@ -158,6 +159,8 @@ class AuditResult:
     #: Findings per kind that identify alone found (no photo of the other uid to
     #: confirm with match): counted in ``counts`` too.
     unconfirmed: Mapping[str, int] = field(default_factory=dict)
+    #: Findings per confidence (high, medium, low; see pipeline.audit.findings).
+    confidence: Mapping[str, int] = field(default_factory=dict)
 
 
 class AuditObserver:
@@ -406,4 +409,5 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
         scratch_left=session.scratch.left if scratch_pending(rundir) else None,
-        scratch_failed=session.scratch.failed, unconfirmed=unconfirmed)
+        scratch_failed=session.scratch.failed, unconfirmed=unconfirmed,
+        confidence={c: sum(f.confidence == c for f in findings) for c in CONFIDENCES})
