@@ -60,9 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.api.errors import (
-    ConfigError,
-)
+from pipeline.api.errors import ConfigError
 from pipeline.audit.config import MAX_TOP_K, AuditConfig
 from pipeline.audit.findings import (
     CONFIDENCES,
