@@ -74,6 +74,7 @@ from pipeline.api.errors import (
 )
 from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
 from pipeline.audit.findings import (
+    CONFIDENCES,
     FINDING_SCHEMA,
     KINDS,
     PLAN_SCHEMA,
@@ -638,6 +639,8 @@ class AuditResult:
     #: Findings per kind that identify alone found (no photo of the other uid to
     #: confirm with match): counted in ``counts`` too.
     unconfirmed: Mapping[str, int] = field(default_factory=dict)
+    #: Findings per confidence (high, medium, low; see pipeline.audit.findings).
+    confidence: Mapping[str, int] = field(default_factory=dict)
 
 
 class AuditObserver:
@@ -1037,7 +1040,8 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
         scratch_left=session.scratch_left if _scratch_pending(rundir) else None,
-        scratch_failed=session.scratch_failed, unconfirmed=unconfirmed)
+        scratch_failed=session.scratch_failed, unconfirmed=unconfirmed,
+        confidence={c: sum(f.confidence == c for f in findings) for c in CONFIDENCES})
 
 
 def write_findings(
