@@ -823,7 +823,7 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
-    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.enroll.thresholds import load_thresholds  # noqa: PLC0415
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,
