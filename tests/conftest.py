@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,18 @@ from support.pg_fixtures import pg_server, pg_url  # noqa: F401 - fixtures (Post
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
 DEVSET = ROOT.parent / "shared" / "faces"
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """Put back the levels of faceflow's loggers after each test: a CLI run through
+    CliRunner sets them (jobs.cli.configure_logging), and a level left behind hides
+    the records a later test captures with caplog."""
+    names = ("faceflow", "pipeline", "jobs")
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -314,3 +314,19 @@ def test_upgrade_from_version_1_fills_face_tokens(pg_url: str) -> None:
         assert face.face_token == face_token_of("sha", face.descriptor)
     finally:
         store.close()
+
+
+def test_a_dropped_connection_fails_one_call_then_reconnects(pg_url: str) -> None:
+    import psycopg
+
+    migrate(pg_url)
+    store = PgStore(pg_url)
+    try:
+        store.put_token("tok", 5.0)
+        with connect(pg_url) as admin:  # the server drops the store's connection
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.token_expiry("tok")
+        assert store.token_expiry("tok") == 5.0
+    finally:
+        store.close()

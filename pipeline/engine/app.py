@@ -131,6 +131,7 @@ def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Rep
         state = request.app[STATE]
         log_id = new_log_id()
         state.calls[name] += 1
+        state.request_bytes[name] += request.content_length or 0
         try:
             early = await _gate(request, state, name)
             if early is not None:
@@ -233,6 +234,7 @@ def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], a
         log_id = new_v3_log_id()
         arrived = state.now()
         state.calls[interface] += 1
+        state.request_bytes[interface] += request.content_length or 0
         try:
             early = await _gate(request, state, interface)
             if early is not None:

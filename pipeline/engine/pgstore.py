@@ -201,13 +201,17 @@ class PgStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.RLock()
-        self._db = connect(url, autocommit=True, vector=True)
+        self._closed = False
+        self._db = self._open()
+
+    def _open(self) -> Any:
+        db = connect(self.url, autocommit=True, vector=True)
         # Custom plans: the group id is known when planning, so the planner can pick
         # that group's partial HNSW index.
-        self._db.execute("SET plan_cache_mode = force_custom_plan")
-        version = schema_version(self._db)
+        db.execute("SET plan_cache_mode = force_custom_plan")
+        version = schema_version(db)
         if version != SCHEMA_VERSION:
-            self._db.close()
+            db.close()
             if version > SCHEMA_VERSION:
                 raise PostgresUnavailable(_newer(version))
             raise PostgresUnavailable(
@@ -215,20 +219,34 @@ class PgStore:
                 f"{SCHEMA_VERSION}: run `faceflow engine migrate --store URL` first")
         from pgvector.psycopg import register_vector  # noqa: PLC0415
 
-        register_vector(self._db)
+        register_vector(db)
+        return db
+
+    def _conn(self) -> Any:
+        # A connection the server dropped (restart, failover, idle timeout) fails the
+        # call that meets it (the engine answers 216401; clients retry); the next call
+        # reconnects here. Nothing is retried blindly: a write whose commit was in flight
+        # may or may not have happened.
+        if self._db.broken and not self._closed:
+            self._db.close()
+            self._db = self._open()
+        return self._db
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock, self._db.transaction():
-            yield self._db
+        with self._lock:
+            db = self._conn()
+            with db.transaction():
+                yield db
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
     # -- reads -------------------------------------------------------------------------
 

@@ -78,6 +78,8 @@ class EngineState:
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        #: request body bytes received per interface (what clients upload)
+        self.request_bytes: Counter[str] = Counter()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def now(self) -> float:
@@ -138,6 +140,7 @@ class EngineState:
 
     def stats(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "errors": dict(self.errors),
+                "request_bytes": dict(self.request_bytes),
                 **self.store.counts(), "indexed_faces": self.index.size()}
 
 
