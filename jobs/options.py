@@ -14,9 +14,10 @@ from pipeline.client.config import Settings
 # Exit codes (documented in the README).
 EXIT_OK = 0  # every row has a terminal outcome and none failed
 EXIT_FAILED_ROWS = 1  # the run finished, some rows failed (see failures.csv)
-EXIT_CONFIG = 2  # bad options, manifest or credentials: nothing was sent
+EXIT_CONFIG = 2  # bad options, manifest, run directory or credentials: nothing was sent
 EXIT_QUOTA = 3  # stopped by the daily/total quota (17/19): resume later
 EXIT_AUTH = 4  # the service refused the credentials mid-run
+EXIT_DISK = 6  # the run directory could not be written mid-run (disk full): resume
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
 
 F = Callable[..., Any]

@@ -58,9 +58,9 @@ def test_exit_codes_match_the_cli_constants() -> None:
     from pipeline.enroll import job as enroll
 
     assert (enroll.EXIT_OK, enroll.EXIT_FAILED_ROWS, enroll.EXIT_QUOTA, enroll.EXIT_AUTH,
-            enroll.EXIT_INTERRUPTED) == (options.EXIT_OK, options.EXIT_FAILED_ROWS,
-                                         options.EXIT_QUOTA, options.EXIT_AUTH,
-                                         options.EXIT_INTERRUPTED)
+            enroll.EXIT_INTERRUPTED, enroll.EXIT_CONFIG, enroll.EXIT_DISK) == (
+        options.EXIT_OK, options.EXIT_FAILED_ROWS, options.EXIT_QUOTA, options.EXIT_AUTH,
+        options.EXIT_INTERRUPTED, options.EXIT_CONFIG, options.EXIT_DISK)
 
 
 def test_decide_face() -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.api.errors import (
     ApiError,
@@ -84,11 +85,16 @@ SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
 STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
+#: The credentials were refused when the session opened, before any API call.
+STOP_CREDENTIALS = "credentials"
+#: The run directory could not be written (disk full, I/O error): stopped at the first.
+STOP_DISK = "disk"
 #: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
 STOP_BUDGET = "budget"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+EXIT_CONFIG, EXIT_DISK = 2, 6
 
 
 @dataclass(frozen=True)
@@ -382,9 +388,15 @@ def success_status(action: str) -> str:
 
 
 def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
-    """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
+    """0 all rows succeeded, 1 some did not, 2 credentials refused before any call,
+    3 quota, 4 credentials refused mid-run, 6 run directory not writable (disk full),
+    130 interrupted."""
     if stop_reason == STOP_INTERRUPTED:
         return EXIT_INTERRUPTED
+    if stop_reason == STOP_CREDENTIALS:
+        return EXIT_CONFIG
+    if stop_reason == STOP_DISK:
+        return EXIT_DISK
     if stop_reason in (STOP_QUOTA, STOP_BUDGET):
         return EXIT_QUOTA
     if stop_reason == STOP_AUTH:
@@ -683,7 +695,11 @@ class _Session:
                 reasons=("internal_error",), retryable=True,
                 error_msg=f"{type(exc).__name__}: {exc}"[:500],
                 started_at=utc_now(), finished_at=utc_now())
-        self.store.append(outcome)
+        try:
+            self.store.append(outcome)
+        except OSError as exc:  # disk full, I/O error: stop at the first, keep what was written
+            self._stop(STOP_DISK, disk_message(self.store.rundir.path, exc))
+            return
         self.counts[outcome.status] += 1
         self.observer.row_done(outcome, self.progress())
 
@@ -696,7 +712,10 @@ class _Session:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.store.maybe_flush()
+            try:
+                self.store.maybe_flush()
+            except OSError as exc:
+                self._stop(STOP_DISK, disk_message(self.store.rundir.path, exc))
             self.observer.tick(self.progress())
 
     @staticmethod
@@ -784,8 +803,13 @@ async def _run_held(
     resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
     stop: asyncio.Event | None, ledger: Any = None,
 ) -> RunResult:
-    store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows, flush_rows=config.flush_rows,
-                              flush_seconds=config.flush_seconds)
+    try:
+        store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
+                                  flush_rows=config.flush_rows,
+                                  flush_seconds=config.flush_seconds)
+    except OSError as exc:  # recovery could not write a part: nothing was sent yet
+        raise ConfigError(f"{rundir.path}: cannot write the run directory: "
+                          f"{exc.strerror or exc}") from None
     rows = shard_rows(manifest.num_rows, config.shard)
     # Rows of other shards count as done here (in memory only: no outcome is written).
     store.done[: rows.start] = True
@@ -809,7 +833,11 @@ async def _run_held(
         if skipped:
             session_counts["skipped_known"] += skipped
     finally:
-        store.close()
+        try:
+            store.close()
+        except OSError as exc:  # the last part could not be written: the journal has it
+            if stop_reason is None:
+                stop_reason, stop_message = STOP_DISK, disk_message(rundir.path, exc)
     return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
                    stop_reason, stop_message, session_counts, len(rows))
 
@@ -852,11 +880,16 @@ async def _run_session(
             await session.run(stop)
     except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
         reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
-                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
-        observer.stopping(reason, str(exc))
-        return reason, str(exc), session.counts if session else Counter()
+                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else
+                  STOP_CREDENTIALS if session is None else STOP_AUTH)
+        message = str(exc) + ("; nothing was sent" if reason == STOP_CREDENTIALS else "")
+        observer.stopping(reason, message)
+        return reason, message, session.counts if session else Counter()
     finally:
-        timeline.save(store.rundir.path)
+        try:
+            timeline.save(store.rundir.path)
+        except OSError as exc:
+            _log.warning("timeline not saved: %s", exc)
     assert session is not None
     return session.stop_reason, session.stop_message, session.counts
 
@@ -877,22 +910,40 @@ def _finish(
 ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
-    counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
+    statuses = rundir.read_records(OUTCOME_SCHEMA, ["status"])
+    journal = rundir.journal_records(OUTCOME_SCHEMA)  # a session that stopped on a disk error
+    if journal.num_rows:
+        statuses = pa.concat_tables([statuses, journal.select(["status"])])
+    counts = status_counts(statuses)
     failures = rundir.path / FAILURES_CSV
     outcomes = sum(counts.values())
-    # failures.csv changes only with the outcomes: a resume with nothing to do (or a
-    # session that stopped before any row) leaves the file of the same outcomes alone.
-    if not (failures.exists() and info_failures_for(rundir) == outcomes):
-        write_failures(failures, manifest, rundir)
-    exit_code = exit_code_for(stop_reason, counts)
-    rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
-                       stop_reason=stop_reason, failures_for=outcomes)
+    try:
+        # failures.csv changes only with the outcomes: a resume with nothing to do (or a
+        # session that stopped before any row) leaves the file of the same outcomes alone.
+        if not (failures.exists() and info_failures_for(rundir) == outcomes):
+            write_failures(failures, manifest, rundir)
+        exit_code = exit_code_for(stop_reason, counts)
+        rundir.update_info(finished_at=utc_now().isoformat(), counts=counts,
+                           exit_code=exit_code, stop_reason=stop_reason, failures_for=outcomes)
+    except OSError as exc:  # the outcomes are safe (parts + journal); these files follow
+        if stop_reason not in (None, STOP_DISK):
+            _log.warning("run.json/failures.csv not updated: %s", exc)
+        else:
+            stop_reason, stop_message = STOP_DISK, disk_message(rundir.path, exc)
+        exit_code = exit_code_for(stop_reason, counts)
     return RunResult(
         run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
         counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
+
+
+def disk_message(run_dir: Path, exc: OSError) -> str:
+    """One line: which file could not be written, and why (``No space left on device``)."""
+    where = getattr(exc, "filename", None) or run_dir
+    return (f"cannot write {where}: {exc.strerror or exc}; the outcomes written so far are "
+            "kept (rows in flight are left for resume)")
 
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
@@ -927,6 +978,10 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
     rundir.hold()
     try:
         return _open_held(config, manifest, thresholds, rundir)
+    except OSError as exc:  # run.json cannot be written (read-only, full): nothing was sent
+        rundir.release()
+        raise ConfigError(f"{rundir.path}: cannot write the run directory: "
+                          f"{exc.strerror or exc}") from None
     except BaseException:
         rundir.release()
         raise
