@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import EXIT_CONFIG, connection_options, plural, run_stoppable, settings_from
+from jobs.options import (
+    EXIT_CONFIG,
+    api_option,
+    connection_options,
+    plural,
+    run_stoppable,
+    settings_from,
+)
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import KINDS, ProbeRecord
 from pipeline.audit.job import (
@@ -124,6 +131,7 @@ Examples:
   faceflow audit --manifest members.csv --group staff --top-k 3 --qps 5
   faceflow audit --manifest new.csv --group staff --before-enroll
   faceflow audit --group staff --ledger ledger.sqlite
+  faceflow audit --manifest new.csv --group staff --before-enroll --api v3
   faceflow audit --run-dir runs/20261126T090000Z-77aa01    # resume""")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path, file_okay=False,
                                                       exists=True))
@@ -156,6 +164,7 @@ Examples:
               default=None, help="Wait after filling the scratch group [default 6].")
 @click.option("--no-report", "report", flag_value=False, default=None,
               help="Skip report.html.")
+@api_option
 @connection_options
 def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, ...],
           run_dir: Path | None, **kwargs: Any) -> None:
@@ -179,7 +188,7 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
-               "ledger": kwargs.pop("ledger")}
+               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
     observer = LineObserver()
     try:
         config = _config(sources, manifest, groups, run_dir, settings, options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -125,7 +126,11 @@ def _parse_faults(items: tuple[str, ...]) -> dict[str, float]:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("engine-data"), show_default=True,
               help="The engine's data folder (stop the engine or restart it afterwards).")
-def import_persons(csv_path: Path, data_dir: Path) -> None:
+@click.option("--store", "store_url", default=None, metavar="postgresql://...",
+              envvar="FACEFLOW_ENGINE_STORE",
+              help="Import into the shared PostgreSQL store instead (every replica sees the "
+                   "records at once).")
+def import_persons(csv_path: Path, data_dir: Path, store_url: str | None) -> None:
     """Load ID-photo records for person verify from a CSV.
 
     Columns: id_card_number,name,photo (photo paths relative to the CSV).
@@ -135,10 +140,13 @@ def import_persons(csv_path: Path, data_dir: Path) -> None:
       faceflow engine import-persons persons.csv --data-dir ./faceset
     """
     from pipeline.engine.persons import import_persons as run
-    from pipeline.engine.store import Store
+    from pipeline.postgres import PostgresUnavailable
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(data_dir / "faceset.sqlite3")
+    _check_store_url(store_url)
+    try:
+        store = _open_store(store_url, data_dir)
+    except PostgresUnavailable as exc:
+        raise _Problem(str(exc)) from None
     try:
         report = run(csv_path, store)
     except ValueError as exc:
@@ -150,3 +158,15 @@ def import_persons(csv_path: Path, data_dir: Path) -> None:
     click.echo(f"imported {report.imported} person(s), refused {len(report.refused)}")
     if report.refused:
         raise SystemExit(1)
+
+
+def _open_store(store_url: str | None, data_dir: Path) -> Any:
+    """The shared PostgreSQL store at ``store_url``, else the SQLite one in ``data_dir``."""
+    if store_url:
+        from pipeline.engine.pgstore import PgStore
+
+        return PgStore(store_url)
+    from pipeline.engine.store import Store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(data_dir / "faceset.sqlite3")

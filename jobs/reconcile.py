@@ -13,10 +13,36 @@ import click
 
 from jobs.enroll import ConfigProblem, _settings, parse_qps
 from jobs.ledger import ledger_option
-from jobs.options import connection_options, run_stoppable
+from jobs.options import (
+    EXIT_AUTH,
+    EXIT_FAILED_ROWS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUOTA,
+    connection_options,
+    run_stoppable,
+)
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.reconcile import ReconcileConfig, ReconcileObserver, run_reconcile
+from pipeline.frame import Stopped, StopReason
+from pipeline.ledger.reconcile import (
+    ReconcileConfig,
+    ReconcileObserver,
+    ReconcileResult,
+    run_reconcile,
+)
 from pipeline.runs.rundir import new_run_id
+
+#: Stop reason -> exit code (the budget, like the quota: resume later).
+_STOP_EXITS = {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
+               StopReason.AUTH: EXIT_AUTH, StopReason.INTERRUPTED: EXIT_INTERRUPTED}
+
+
+def exit_code(result: ReconcileResult) -> int:
+    """0 in sync, 1 differences found (EXIT_FAILED_ROWS's number), 3 quota or budget,
+    4 credentials, 130 interrupted."""
+    if result.stopped is not None:
+        return _STOP_EXITS[result.stopped.reason]
+    return EXIT_FAILED_ROWS if result.differences else EXIT_OK
 
 
 class _Echo(ReconcileObserver):
@@ -27,8 +53,8 @@ class _Echo(ReconcileObserver):
         found = ", ".join(f"{k} {n}" for k, n in plan.items()) or "no difference"
         click.echo(f"service {service_users} uids, ledger {ledger_uids} uids: {found}", err=True)
 
-    def stopping(self, reason: str, message: str) -> None:
-        click.echo(f"Stopping ({reason}): {message}", err=True)
+    def stopping(self, stopped: Stopped) -> None:
+        click.echo(f"Stopping ({stopped.reason}): {stopped.message}", err=True)
 
 
 @click.command(epilog="""\b
@@ -92,8 +118,8 @@ def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, con
         click.echo(f"Repair manifest ({result.repair_rows} photos): {result.repair_manifest}\n"
                    f"  restore: faceflow enroll {shlex.quote(str(result.repair_manifest))} "
                    f"--ledger {shlex.quote(ledger)}")
-    if result.stop_reason is not None:
-        click.echo(f"Stopped ({result.stop_reason}); resume: faceflow reconcile --group "
+    if result.stopped is not None:
+        click.echo(f"Stopped ({result.stopped.reason}); resume: faceflow reconcile --group "
                    f"{group} --ledger {shlex.quote(ledger)} --run-dir "
                    f"{shlex.quote(str(result.run_dir))}", err=True)
-    sys.exit(result.exit_code)
+    sys.exit(exit_code(result))

@@ -227,3 +227,30 @@ def test_a_large_group_gets_its_own_hnsw_index_and_finds_planted_faces(pg_url: s
         assert {h.uid for h in hits} == {"b5", "new"}
     finally:
         store.close()
+
+
+@pytest.mark.dlib
+def test_import_persons_into_the_shared_store(pg_url: str, samples_dir: Path,
+                                              tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    migrate(pg_url)
+    prefix = "11010519491231002"
+    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+    number = prefix + "10X98765432"[sum(int(d) * w for d, w in zip(prefix, weights,
+                                                                  strict=True)) % 11]
+    csv_path = tmp_path / "persons.csv"
+    csv_path.write_text(f"id_card_number,name,photo\n{number},Barack,"
+                        f"{samples_dir / 'obama_01.jpg'}\n")
+    result = CliRunner().invoke(main, ["engine", "import-persons", str(csv_path),
+                                       "--store", pg_url])
+    assert result.exit_code == 0 and "imported 1 person(s)" in result.output, result.output
+    store = PgStore(pg_url)
+    try:
+        person = store.person(number)
+        assert person is not None and person.name == "Barack"
+        assert np.linalg.norm(person.descriptor) == pytest.approx(1.0, abs=1e-3)
+    finally:
+        store.close()

@@ -350,3 +350,71 @@ def test_rerun_keeps_the_runs_ledger(server: Any, samples_dir: Path, tmp_path: P
     with open_ledger(str(ledger)) as book:
         held = [f.uid for f in book.faces(endpoint_key(server.url), "rerun")]
     assert held == ["rr_eve"]
+
+
+def test_two_enroll_processes_share_one_ledger(server: Any, samples_dir: Path,
+                                               tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _photos(tmp_path / "img", samples_dir)
+    ledger = tmp_path / "ledger.sqlite"
+    env = {**os.environ, **_env(server, ledger)}
+    procs = []
+    for k, group in enumerate(("two_a", "two_b")):
+        manifest = _manifest(tmp_path / f"m{k}.csv", [(f"{group}_1", "img/obama_01.jpg"),
+                                                      (f"{group}_2", "img/biden_01.jpg")])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "enroll", str(manifest), "--group", group,
+             "--run-dir", str(tmp_path / f"run{k}")], env=env, cwd=Path(__file__).parent.parent,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    with open_ledger(str(ledger)) as book:
+        stats = {s.group_id: (s.uids, s.faces, s.events) for s in book.stats()}
+    assert stats == {g: (2, 2, {"enrolled": 2}) for g in ("two_a", "two_b")}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_leaves_ledger_and_service_agreeing(
+        server: Any, samples_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    _photos(tmp_path / "img", samples_dir)
+    ledger = tmp_path / "ledger.sqlite"
+    uids = [f"k9_{i}" for i in range(6)]
+    manifest = _manifest(tmp_path / "m.csv", [(u, "img/obama_01.jpg") for u in uids])
+    args = ["enroll", str(manifest), "--group", "killed", "--run-dir", str(tmp_path / "run"),
+            "--concurrency", "1"]
+    server.configure_emulation(faults={"slow": 1.0}, delay=0.3)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args],
+                                env={**os.environ, **_env(server, ledger)},
+                                cwd=Path(__file__).parent.parent,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until two successes are in the ledger
+            time.sleep(0.1)
+            try:
+                with sqlite3.connect(ledger) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                continue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        server.configure_emulation(faults={}, reset=True)
+    result = CliRunner().invoke(main, args, env=_env(server, ledger))
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "run" / "outcomes")
+    assert sorted(df.uid) == uids and set(df.status) <= {"enrolled", "already_enrolled",
+                                                         "skipped_known"}
+    with open_ledger(str(ledger)) as book:
+        held = sorted(f.uid for f in book.faces(endpoint_key(server.url), "killed"))
+    assert held == uids
+    assert all(len(server.store.faces_of("killed", u)) == 1 for u in uids)

@@ -48,28 +48,28 @@ from all probe records at the end of every session. This module never prints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.api.errors import (
     ApiError,
-    AuthError,
     ConfigError,
     EmptyGroupError,
+    GroupNotFoundError,
     ImageExistsError,
-    QuotaError,
     UserNotFoundError,
 )
 from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
@@ -86,8 +86,20 @@ from pipeline.audit.findings import (
     records_table,
     table_records,
 )
-from pipeline.client.budget import BudgetUnavailable, check_budget_options, open_budget
+from pipeline.client.budget import PgBudget, check_budget_options, open_budget
 from pipeline.client.config import Settings
+from pipeline.frame import (
+    STOPPING_ERRORS,
+    ClientFactory,
+    FaceApi,
+    Runner,
+    Stopped,
+    StopReason,
+    as_stop,
+    default_client_factory,
+    next_session,
+    open_held,
+)
 from pipeline.runs.rundir import (
     ManifestRef,
     RecordStore,
@@ -110,9 +122,6 @@ REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
 #: Plan rows already added to the scratch group, one per line (appended as they are
 #: added), so a resumed fill adds only the others.
 SCRATCH_ADDED_FILE = "scratch-added.txt"
-STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
-#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
-STOP_BUDGET = "budget"
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
@@ -156,6 +165,9 @@ class AuditConfig:
     ledger: str | None = None
     #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
     qps_budget: str | None = None
+    #: The protocol, "v2" or "v3": on v3 identify is search and a confirm match compares
+    #: two pictures per call (pipeline/client/v3jobs.py); photos fit v3's limits.
+    api: str = "v2"
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
@@ -172,7 +184,7 @@ class AuditConfig:
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
                 "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger}
+                "ledger": self.ledger, "api": self.api}
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -190,6 +202,10 @@ def _config_problems(c: AuditConfig) -> list[str]:
         problems.append("--concurrency and confirm_photos must be at least 1")
     if c.before_enroll and c.manifest is None:
         problems.append("--before-enroll audits a manifest: give --manifest")
+    if c.api not in ("v2", "v3"):
+        problems.append(f"--api {c.api!r}: use v2 or v3")
+    if c.api == "v3" and len(c.groups) + c.before_enroll > 10:
+        problems.append("v3 searches at most 10 groups at once (with the scratch group)")
     return problems
 
 
@@ -355,38 +371,14 @@ def photos_by_uid(plan: Sequence[AuditImage]) -> dict[str, list[int]]:
 # -- calling: one probe --------------------------------------------------------------------
 
 Loader = Callable[[AuditImage], bytes]
-ClientFactory = Callable[[Settings, Any], Any]
 
 
-def default_loader(img: AuditImage) -> bytes:
-    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`)."""
-    from pipeline.runs.images import load_image  # noqa: PLC0415
+def default_loader(img: AuditImage, api: str = "v2") -> bytes:
+    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`,
+    within the limits of protocol ``api``)."""
+    from pipeline.runs.images import limits_for, load_image  # noqa: PLC0415
 
-    return load_image(Path(img.path)).data
-
-
-def default_client_factory(settings: Settings, qps: Any, limiter: Any = None) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient` (an async context manager);
-    ``limiter``: the shared QPS budget standing in for the process's own limiter."""
-    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
-
-    return FaceClient(settings, qps=qps, limiter=limiter)
-
-
-class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
-        super().__init__(reason)
-        self.reason, self.error = reason, error
-
-
-#: Errors that stop the audit (resumably) instead of failing one probe.
-_STOPPING = (QuotaError, AuthError, BudgetUnavailable)
-
-
-def _stop_for(exc: ApiError | BudgetUnavailable) -> _StopRun:
-    reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
-              STOP_BUDGET if isinstance(exc, BudgetUnavailable) else STOP_AUTH)
-    return _StopRun(reason, exc)
+    return load_image(Path(img.path), limits=limits_for(api)).data
 
 
 class PhotoCache:
@@ -453,7 +445,7 @@ def _inverse(mapping: Mapping[str, str]) -> dict[str, str]:
 class Prober:
     """Runs the calls of one probe (shared by every probe of a session)."""
 
-    def __init__(self, config: AuditConfig, plan: Sequence[AuditImage], client: Any,
+    def __init__(self, config: AuditConfig, plan: Sequence[AuditImage], client: FaceApi,
                  photos: PhotoCache, run_id: str, scratch: ScratchMap | None = None) -> None:
         self.config, self.plan, self.client, self.photos = config, plan, client, photos
         self.run_id, self.scratch = run_id, scratch
@@ -464,7 +456,7 @@ class Prober:
         self.calls: Counter[str] = Counter()  # interface -> requests, this session
 
     async def probe(self, img: AuditImage) -> ProbeRecord:
-        """The record of ``img``'s probe; raises :class:`_StopRun` on quota or auth errors."""
+        """The record of ``img``'s probe; raises :class:`StopRun` on quota or auth errors."""
         from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         state = _ProbeState(img, utc_now())
@@ -475,8 +467,8 @@ class Prober:
             await self._reference(data, state)
         except ImageProblem as exc:
             return state.record(self.run_id, "failed", exc.reason, None, exc.message)
-        except _STOPPING as exc:
-            raise _stop_for(exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
             state.attempts += exc.attempts
             code = None if exc.code is None else str(exc.code)
@@ -629,7 +621,7 @@ class AuditResult:
     run_id: str
     run_dir: Path
     exit_code: int
-    stop_reason: str | None
+    stop_reason: StopReason | None
     stop_message: str | None
     probes: int
     checked: int
@@ -663,42 +655,8 @@ class AuditObserver:
     def probe_done(self, record: ProbeRecord, progress: AuditProgress) -> None:
         """One probe has its record (journaled)."""
 
-    def stopping(self, reason: str, message: str) -> None:
+    def stopping(self, reason: StopReason, message: str) -> None:
         """The audit stops early (quota, auth, interrupted)."""
-
-
-async def _pool(items: Iterable[Any], work: Callable[[Any], Any], concurrency: int,
-                stop: asyncio.Event | None) -> tuple[str | None, str | None]:
-    """Run ``work(item)`` over ``items`` with ``concurrency`` workers.
-
-    Returns (stop_reason, message): None when every item ran; ``quota``/``auth``
-    when ``work`` raised :class:`_StopRun` (items in flight finish, none start);
-    ``interrupted`` when ``stop`` was set (items in flight are cancelled).
-    """
-    feed: Iterator[Any] = iter(items)
-    halted: list[tuple[str, str]] = []
-
-    async def worker() -> None:
-        for item in feed:  # one shared iterator: each item goes to exactly one worker
-            if halted:
-                return
-            try:
-                await work(item)
-            except _StopRun as exc:
-                halted.append((exc.reason, str(exc.error)))
-
-    workers = asyncio.gather(*(worker() for _ in range(concurrency)))
-    waiter = asyncio.ensure_future(stop.wait()) if stop is not None else None
-    pending: list[asyncio.Future[Any]] = [workers] + ([waiter] if waiter else [])
-    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    if waiter is not None and not workers.done():
-        workers.cancel()
-        await asyncio.gather(workers, return_exceptions=True)
-        return STOP_INTERRUPTED, "probes in flight are left for resume"
-    if waiter is not None:
-        waiter.cancel()
-    workers.result()
-    return halted[0] if halted else (None, None)
 
 
 class _Session:
@@ -715,29 +673,33 @@ class _Session:
         self.scratch_left: str | None = None
         self.scratch_failed = 0
 
-    async def run(self, client: Any, todo: Sequence[AuditImage], already: int,
-                  stop: asyncio.Event | None) -> tuple[str | None, str | None]:
+    async def run(self, client: FaceApi, todo: Sequence[AuditImage], already: int,
+                  stop: asyncio.Event | None) -> Stopped | None:
         scratch = None
         if self.config.before_enroll:
-            scratch, reason = await self._fill_scratch(client, stop)
-            if reason is not None:
-                return reason
+            scratch, stopped = await self._fill_scratch(client, stop)
+            if stopped is not None:
+                return stopped
         prober = Prober(self.config, self.plan, client, self.photos, self.run_id, scratch)
         store = self.rundir.open_store(PROBE_SCHEMA, len(self.plan),
                                        flush_rows=self.config.flush_rows,
                                        flush_seconds=self.config.flush_seconds)
         self.observer.phase("probes", f"{len(todo)} photos to probe")
         try:
-            outcome = await _pool(todo, lambda img: self._one(prober, store, img, already),
-                                  self.config.concurrency, stop)
+            stopped = await self._runner(stop).run(
+                todo, lambda img: self._one(prober, store, img, already))
         finally:
             store.close()
             self.calls.update(prober.calls)
-        if outcome[0] is None and scratch is not None:
-            outcome = await self._empty_scratch(client, scratch, stop)
-        return outcome
+        if stopped is None and scratch is not None:
+            stopped = await self._empty_scratch(client, scratch, stop)
+        return stopped
 
-    async def _one(self, prober: Prober, store: Any, img: AuditImage, already: int) -> None:
+    def _runner(self, stop: asyncio.Event | None) -> Runner[Any]:
+        return Runner(self.config.concurrency, stop, noun="probes")
+
+    async def _one(self, prober: Prober, store: RecordStore, img: AuditImage, already: int
+                   ) -> None:
         record = await prober.probe(img)
         store.append(record)
         self.done += 1
@@ -749,8 +711,8 @@ class _Session:
     # -- the scratch group of a before-enroll audit --------------------------------------
 
     async def _fill_scratch(
-        self, client: Any, stop: asyncio.Event | None
-    ) -> tuple[ScratchMap, tuple[str | None, str | None] | None]:
+        self, client: FaceApi, stop: asyncio.Event | None
+    ) -> tuple[ScratchMap, Stopped | None]:
         state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
         self.scratch_left = state["group"]
         scratch = ScratchMap(state["group"], state["uids"])
@@ -760,16 +722,17 @@ class _Session:
         probes = [p for p in self.plan if p.probe and p.row not in added]
         self.observer.phase("scratch_fill", f"{len(probes)} photos into {scratch.group}")
         with open(self.rundir.path / SCRATCH_ADDED_FILE, "a", encoding="ascii") as log_file:
-            reason = await _pool(probes, lambda img: self._add(client, scratch, img, log_file),
-                                 self.config.concurrency, stop)
-        if reason[0] is not None:
-            return scratch, reason
+            stopped = await self._runner(stop).run(
+                probes, lambda img: self._add(client, scratch, img, log_file))
+        if stopped is not None:
+            return scratch, stopped
         save_scratch(self.rundir, {**state, "filled": True})
         # The reference: a new user is searchable only some seconds after user add.
         await asyncio.sleep(self.config.scratch_settle_s)
         return scratch, None
 
-    async def _add(self, client: Any, scratch: ScratchMap, img: AuditImage, done: Any) -> None:
+    async def _add(self, client: FaceApi, scratch: ScratchMap, img: AuditImage, done: TextIO
+                   ) -> None:
         from pipeline.runs.images import ImageProblem  # noqa: PLC0415
 
         try:
@@ -781,33 +744,48 @@ class _Session:
             done.flush()  # in the OS at once: a killed session's resume skips this photo
         except (ImageProblem, ImageExistsError):
             return  # unreadable photos fail in their probe; 216616 = added by a killed session
-        except _STOPPING as exc:
-            raise _stop_for(exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError:
             self.scratch_failed += 1  # its probe still runs; others cannot find it
 
+    async def _delete_group(self, client: Any, group: str) -> Stopped | None:
+        try:
+            await client.delete_group(group)
+        except GroupNotFoundError:
+            pass  # never created, or deleted by an earlier session
+        except STOPPING_ERRORS as exc:
+            stop = as_stop(exc)
+            return Stopped(stop.reason, stop.message)
+        except ApiError as exc:  # the users are gone; an empty group left behind is harmless
+            log.warning("could not delete the empty scratch group %s: %s", group, exc)
+        return None
+
     async def _empty_scratch(
-        self, client: Any, scratch: ScratchMap, stop: asyncio.Event | None
-    ) -> tuple[str | None, str | None]:
+        self, client: FaceApi, scratch: ScratchMap, stop: asyncio.Event | None
+    ) -> Stopped | None:
         self.observer.phase("scratch_delete", f"{len(scratch.uids)} scratch users")
-        reason = await _pool(scratch.uids.values(), lambda u: self._delete(client, scratch, u),
-                             self.config.concurrency, stop)
-        if reason[0] is None:
+        stopped = await self._runner(stop).run(scratch.uids.values(),
+                                               lambda u: self._delete(client, scratch, u))
+        if stopped is None and hasattr(client, "delete_group"):
+            # v3 groups outlive their users: the empty scratch group is deleted too.
+            stopped = await self._delete_group(client, scratch.group)
+        if stopped is None:
             state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
             # Emptied: a later session that fills it again must add every photo.
             (self.rundir.path / SCRATCH_ADDED_FILE).unlink(missing_ok=True)
             save_scratch(self.rundir, {**state, "filled": False, "deleted": True})
             self.scratch_left = None
-        return reason
+        return stopped
 
-    async def _delete(self, client: Any, scratch: ScratchMap, scratch_uid: str) -> None:
+    async def _delete(self, client: FaceApi, scratch: ScratchMap, scratch_uid: str) -> None:
         self.calls["delete"] += 1
         try:
             await client.delete_user(scratch_uid, group_id=scratch.group)
         except UserNotFoundError:
             pass  # never added (its photo failed) or deleted by an earlier session
-        except _STOPPING as exc:
-            raise _stop_for(exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
 
 
 def scratch_group_name(group: str, run_id: str) -> str:
@@ -855,6 +833,21 @@ def save_scratch(rundir: RunDir, state: Mapping[str, Any]) -> None:
 # -- a whole audit ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Audit:
+    """One session of an audit: its options, run directory and plan, and whom it tells."""
+
+    config: AuditConfig
+    rundir: RunDir
+    info: RunInfo
+    plan: list[AuditImage]
+    resumed: bool
+    client_factory: ClientFactory
+    observer: AuditObserver
+    stop: asyncio.Event | None
+    loader: Loader
+
+
 async def run_audit(
     config: AuditConfig,
     client_factory: ClientFactory = default_client_factory,
@@ -869,38 +862,48 @@ async def run_audit(
     the client; ``loader(photo)`` the bytes to send (default: what enroll sent).
     Setting ``stop`` interrupts the audit cleanly.
     """
-    observer = observer or AuditObserver()
+    if loader is default_loader and config.api != "v2":
+        loader = functools.partial(default_loader, api=config.api)
     rundir, info, plan, resumed = open_audit(config)
+    run = _Audit(config, rundir, info, plan, resumed, client_factory,
+                 observer or AuditObserver(), stop, loader)
     try:
-        return await _run_held(config, client_factory, observer, stop, loader,
-                               (rundir, info, plan, resumed))
+        return await _run_held(run)
     finally:
         rundir.release()
 
 
-async def _run_held(config: AuditConfig, client_factory: ClientFactory,
-                    observer: AuditObserver, stop: asyncio.Event | None, loader: Loader,
-                    opened: tuple[RunDir, RunInfo, list[AuditImage], bool]) -> AuditResult:
-    rundir, info, plan, resumed = opened
+async def _run_held(run: _Audit) -> AuditResult:
+    config, rundir, plan, observer = run.config, run.rundir, run.plan, run.observer
     records = _latest(rundir)
     todo = [p for p in plan if p.probe and _needs_probe(records.get(p.row))]
     already = sum(p.probe for p in plan) - len(todo)
-    observer.started(AuditStart(info.run_id, rundir.path, already + len(todo), len(plan),
-                                already, resumed))
-    session = _Session(config, rundir, plan, info.run_id, observer, PhotoCache(loader))
-    reason, message = None, None
+    observer.started(AuditStart(run.info.run_id, rundir.path, already + len(todo), len(plan),
+                                already, run.resumed))
+    session = _Session(run.config, rundir, plan, run.info.run_id, observer,
+                       PhotoCache(run.loader))
+    stopped = None
     if todo or _scratch_pending(rundir):
         try:
             async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
-                    client_factory(config.settings, config.qps,
-                                   **({"limiter": budget} if budget else {})) as client:
-                reason, message = await session.run(client, todo, already, stop)
-        except _STOPPING as exc:  # raised while opening the client (token)
-            reason, message = _stop_for(exc).reason, str(exc)
-        if reason is not None:
-            observer.stopping(reason, message or reason)
+                    run.client_factory(config.settings, config.qps,
+                                       **_client_options(budget, config.api)) as client:
+                stopped = await session.run(client, todo, already, run.stop)
+        except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
+            stop = as_stop(exc)
+            stopped = Stopped(stop.reason, stop.message)
+        if stopped is not None:
+            observer.stopping(stopped.reason, stopped.message)
     observer.phase("report", "findings, clusters and report.html")
-    return finish_audit(config, rundir, plan, info, resumed, already, session, reason, message)
+    return finish_audit(run, already, session, stopped)
+
+
+def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
+    """Factory keywords beyond (settings, qps): only those in use."""
+    options: dict[str, Any] = {"limiter": budget} if budget else {}
+    if api != "v2":
+        options["api"] = api
+    return options
 
 
 def audit(config: AuditConfig, **kwargs: Any) -> AuditResult:
@@ -931,12 +934,8 @@ def open_audit(config: AuditConfig) -> tuple[RunDir, RunInfo, list[AuditImage], 
     (groups, threshold, top_k, before_enroll, confirm_photos) must be the same.
     """
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
-    rundir.hold()  # one session at a time (released by run_audit, or by the process's end)
-    try:
-        return _open_held(config, rundir)
-    except BaseException:
-        rundir.release()
-        raise
+    # one session at a time (released by run_audit, or by the process's end)
+    return open_held(rundir, lambda held: _open_held(config, held))
 
 
 def _open_held(config: AuditConfig, rundir: RunDir
@@ -944,9 +943,7 @@ def _open_held(config: AuditConfig, rundir: RunDir
     if rundir.exists():
         info = rundir.read_info()
         _check_same_audit(rundir, info, config)
-        info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
-                       stop_reason=None, settings=config.settings.public())
-        rundir.write_info(info)
+        info = next_session(rundir, info, settings=config.settings.public())
         return rundir, info, read_plan(rundir), True
     plan = build_plan(config)
     table = records_table(plan, PLAN_SCHEMA)
@@ -970,6 +967,8 @@ def _check_same_audit(rundir: RunDir, info: RunInfo, config: AuditConfig) -> Non
                           "choose another --run-dir")
     wanted = config.options()
     differ = [k for k in _SAME_OPTIONS if info.options.get(k) != wanted[k]]
+    if (info.options.get("api") or "v2") != config.api:  # audits before v3 were v2
+        differ.append(f"api: --api {info.options.get('api') or 'v2'} in the audit")
     if differ:
         raise ConfigError(f"{rundir.path} holds audit {info.run_id} with other options "
                           f"({', '.join(differ)}); resume it with the same options "
@@ -982,8 +981,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     info = RunDir(run_dir).read_info()
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
-    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps")
-             if k in info.options}
+    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api")
+             if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
     if info.options.get("manifest"):
@@ -1011,11 +1010,11 @@ def _fingerprint(table: pa.Table) -> str:
 # -- outputs ----------------------------------------------------------------------------------
 
 
-def finish_audit(
-    config: AuditConfig, rundir: RunDir, plan: Sequence[AuditImage], info: RunInfo,
-    resumed: bool, already: int, session: _Session, reason: str | None, message: str | None,
-) -> AuditResult:
+def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped | None
+                 ) -> AuditResult:
     """Derive and write findings, clusters and the report; update run.json."""
+    config, rundir, plan, info = run.config, run.rundir, run.plan, run.info
+    reason = stopped.reason if stopped else None
     records = _latest(rundir)
     findings, clusters = write_findings(rundir, plan, records, config.threshold, info.run_id)
     statuses = Counter(r.status for r in records.values())
@@ -1035,9 +1034,10 @@ def finish_audit(
                                                    "unconfirmed": sum(unconfirmed.values())})
     return AuditResult(
         run_id=info.run_id, run_dir=rundir.path, exit_code=exit_code, stop_reason=reason,
-        stop_message=message, probes=probes, checked=statuses["checked"],
+        stop_message=stopped.message if stopped else None, probes=probes,
+        checked=statuses["checked"],
         failed=statuses["failed"], pending=probes - len(records), already_done=already,
-        resumed=resumed, counts=kinds, clusters=len(clusters), calls=dict(session.calls),
+        resumed=run.resumed, counts=kinds, clusters=len(clusters), calls=dict(session.calls),
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
         scratch_left=session.scratch_left if _scratch_pending(rundir) else None,
@@ -1059,8 +1059,8 @@ def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
     """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
     130 interrupted."""
     if stop_reason is not None:
-        return {STOP_QUOTA: EXIT_QUOTA, STOP_BUDGET: EXIT_QUOTA,
-                STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
+        return {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
+                StopReason.AUTH: EXIT_AUTH}.get(StopReason(stop_reason), EXIT_INTERRUPTED)
     return EXIT_FAILED if failed_probes else EXIT_OK
 
 

@@ -21,7 +21,8 @@ so the jobs branch on the protocol only where the semantics differ. What it does
   (:class:`~pipeline.api.errors.EmptyGroupError`).
 * **match** of N pictures is N-1 v3 matches of picture 0 against each other one (v3
   compares exactly two), as pairs (0, j).
-* **delete_user** without a group deletes from ``@ALL``.
+* **delete_user** without a group deletes from ``@ALL``; **delete_group** (v3 only:
+  groups outlive their users) removes the audit's scratch group.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ class V3JobApi:
 
     async def delete_user(self, uid: str, *, group_id: str | None = None) -> WriteResult:
         return await self.client.delete_user(group_id or "@ALL", uid)
+
+    async def delete_group(self, group_id: str) -> WriteResult:
+        """v3 only: delete a group (the audit's emptied scratch group)."""
+        return await self.client.group_delete(group_id)
 
     # -- audit ---------------------------------------------------------------------------
 

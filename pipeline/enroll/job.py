@@ -33,8 +33,8 @@ import csv
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,31 @@ import pyarrow as pa
 
 from pipeline.api.errors import (
     ApiError,
-    AuthError,
     ConfigError,
     FaceLimitError,
     FaceNotFoundError,
     ImageExistsError,
     InvalidInputError,
-    QuotaError,
     RejectedError,
     RetryableError,
     StateError,
     UserNotFoundError,
 )
-from pipeline.client.budget import BudgetUnavailable, open_budget
+from pipeline.client.budget import open_budget
 from pipeline.client.config import Settings
+from pipeline.frame import (
+    STOPPING_ERRORS,
+    ClientFactory,
+    FaceApi,
+    Runner,
+    Stopped,
+    StopReason,
+    StopRun,
+    as_stop,
+    default_client_factory,
+    next_session,
+    open_held,
+)
 from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
@@ -84,13 +95,6 @@ SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
-STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
-#: The credentials were refused when the session opened, before any API call.
-STOP_CREDENTIALS = "credentials"
-#: The run directory could not be written (disk full, I/O error): stopped at the first.
-STOP_DISK = "disk"
-#: The shared QPS budget (--qps-budget) could not be reached: resume when it can.
-STOP_BUDGET = "budget"
 
 #: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
@@ -247,7 +251,7 @@ class RunResult:
     run_dir: Path
     manifest: Path
     exit_code: int
-    stop_reason: str | None
+    stop_reason: StopReason | None
     stop_message: str | None
     counts: Mapping[str, int]
     session_counts: Mapping[str, int]
@@ -272,30 +276,11 @@ class EnrollObserver:
     def tick(self, progress: Progress) -> None:
         """About once a second while the run goes on."""
 
-    def stopping(self, reason: str, message: str) -> None:
+    def stopping(self, reason: StopReason, message: str) -> None:
         """The run stops early (quota, auth, interrupted): no new rows start."""
 
     def known_skipped(self, rows: int) -> None:
         """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
-
-
-ClientFactory = Callable[[Settings, Any], Any]
-
-
-def default_client_factory(settings: Settings, qps: Any, limiter: Any = None,
-                           api: str = "v2", server_quality: str | None = None) -> Any:
-    """A :class:`pipeline.client.faceclient.FaceClient`, or for ``api="v3"`` a
-    :class:`pipeline.client.v3jobs.V3JobApi` (same calls over v3); async context managers.
-
-    ``limiter``: the shared QPS budget standing in for the process's own limiter.
-    """
-    if api == "v3":
-        from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
-
-        return V3JobApi(settings, qps=qps, limiter=limiter, server_quality=server_quality)
-    from pipeline.client.faceclient import FaceClient  # noqa: PLC0415 (keeps import of enroll light)
-
-    return FaceClient(settings, qps=qps, limiter=limiter)
 
 
 # -- pure deciding parts -----------------------------------------------------------
@@ -391,27 +376,21 @@ def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
     """0 all rows succeeded, 1 some did not, 2 credentials refused before any call,
     3 quota, 4 credentials refused mid-run, 6 run directory not writable (disk full),
     130 interrupted."""
-    if stop_reason == STOP_INTERRUPTED:
+    if stop_reason == StopReason.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if stop_reason == STOP_CREDENTIALS:
+    if stop_reason == StopReason.CREDENTIALS:
         return EXIT_CONFIG
-    if stop_reason == STOP_DISK:
+    if stop_reason == StopReason.DISK:
         return EXIT_DISK
-    if stop_reason in (STOP_QUOTA, STOP_BUDGET):
+    if stop_reason in (StopReason.QUOTA, StopReason.BUDGET):
         return EXIT_QUOTA
-    if stop_reason == STOP_AUTH:
+    if stop_reason == StopReason.AUTH:
         return EXIT_AUTH
     failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
     return EXIT_FAILED_ROWS if failed else EXIT_OK
 
 
 # -- one row ------------------------------------------------------------------------
-
-
-class _StopRun(Exception):
-    def __init__(self, reason: str, error: ApiError | BudgetUnavailable) -> None:
-        super().__init__(reason)
-        self.reason, self.error = reason, error
 
 
 @dataclass
@@ -470,14 +449,14 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: Any, thresholds: Any,
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
                  ledger: Any = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
         self.ledger = ledger
         self.endpoint = _endpoint_key(config)
 
     async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
-        """The terminal outcome of ``row``; raises :class:`_StopRun` for quota/auth."""
+        """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
                            "started_at": utc_now()})
@@ -556,9 +535,8 @@ class _RowRunner:
             found = await find_duplicate(self.client, row, image.data,
                                          bound=self.config.duplicate_score, ledger=self.ledger,
                                          endpoint=self.endpoint)
-        except (QuotaError, AuthError) as exc:
-            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH,
-                           exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
             state.note_error(exc, "identify_log_id")
             return classify_error(exc)
@@ -604,10 +582,8 @@ class _RowRunner:
         to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
         try:
             result = await call
-        except (QuotaError, AuthError) as exc:
-            raise _StopRun(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, exc) from exc
-        except BudgetUnavailable as exc:
-            raise _StopRun(STOP_BUDGET, exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
             state.note_error(exc, log_field)
             return classify_error(exc)
@@ -622,70 +598,29 @@ class _RowRunner:
 class _Session:
     """One pass over the rows still to do, with at most ``concurrency`` in flight."""
 
-    def __init__(self, config: EnrollConfig, manifest: Any, store: RecordStore,
-                 rows: _RowRunner, observer: EnrollObserver, already_done: int) -> None:
-        self.config, self.manifest, self.store, self.rows = config, manifest, store, rows
-        self.observer, self.already_done = observer, already_done
+    def __init__(self, run: _Run, store: RecordStore, rows: _RowRunner) -> None:
+        self.run, self.store, self.rows = run, store, rows
+        self.already_done = int(store.done[shard_rows(run.manifest.num_rows,
+                                                      run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.stop_reason: str | None = None
-        self.stop_message: str | None = None
         self.started = time.monotonic()
-        self._halt = asyncio.Event()
+        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
+                                          on_stop=self._stopping, tick=self._tick)
 
     def progress(self) -> Progress:
-        total = len(shard_rows(self.manifest.num_rows, self.config.shard))
+        total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
         return Progress(total, self.already_done, sum(self.counts.values()),
-                        len(self.tasks), dict(self.counts), time.monotonic() - self.started)
+                        self.runner.in_flight, dict(self.counts), time.monotonic() - self.started)
 
-    async def run(self, stop: asyncio.Event | None) -> None:
-        feed = asyncio.create_task(self._feed())
-        ticker = asyncio.create_task(self._tick())
-        waiters: set[asyncio.Future[Any]] = {feed}
-        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
-        if stop_wait is not None:
-            waiters.add(stop_wait)
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if not feed.done():
-                self._stop(STOP_INTERRUPTED, "rows in flight are left for resume")
-                await self._cancel([feed, *self.tasks])
-            feed.result() if not feed.cancelled() else None
-        finally:
-            for task in (ticker, stop_wait):
-                if task is not None:
-                    task.cancel()
-            await self._cancel([t for t in (ticker, stop_wait) if t is not None])
-
-    async def _feed(self) -> None:
-        slots = asyncio.Semaphore(self.config.concurrency)
-        end = shard_rows(self.manifest.num_rows, self.config.shard).stop
-        async for row in _AsyncRows(self.manifest, self.store.done, self._halt, end):
-            await slots.acquire()
-            if self._halt.is_set():
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(row))
-            self.tasks.add(task)
-            task.add_done_callback(self._done_callback(slots))
-            await asyncio.sleep(0)  # let rows start before the next batch is read
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    def _done_callback(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            self.tasks.discard(task)
-            slots.release()
-
-        return done
+    async def go(self) -> Stopped | None:
+        end = shard_rows(self.run.manifest.num_rows, self.run.config.shard).stop
+        rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
+        return await self.runner.run(rows, self._one)
 
     async def _one(self, row: Any) -> None:
         try:
-            outcome = await self.rows.run(row, self.manifest.row_is_duplicate_of(row.row))
-        except _StopRun as stop:
-            self._stop(stop.reason, f"{stop.error}")
-            return
-        except asyncio.CancelledError:
+            outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
+        except (StopRun, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 — a bug on one row must not end the run
             _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
@@ -698,31 +633,20 @@ class _Session:
         try:
             self.store.append(outcome)
         except OSError as exc:  # disk full, I/O error: stop at the first, keep what was written
-            self._stop(STOP_DISK, disk_message(self.store.rundir.path, exc))
+            self.runner.halt(StopReason.DISK, disk_message(self.store.rundir.path, exc))
             return
         self.counts[outcome.status] += 1
-        self.observer.row_done(outcome, self.progress())
+        self.run.observer.row_done(outcome, self.progress())
 
-    def _stop(self, reason: str, message: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason, self.stop_message = reason, message
-            self._halt.set()
-            self.observer.stopping(reason, message)
+    def _stopping(self, stopped: Stopped) -> None:
+        self.run.observer.stopping(stopped.reason, stopped.message)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self.store.maybe_flush()
-            except OSError as exc:
-                self._stop(STOP_DISK, disk_message(self.store.rundir.path, exc))
-            self.observer.tick(self.progress())
-
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def _tick(self) -> None:
+        try:
+            self.store.maybe_flush()
+        except OSError as exc:  # a part could not be written: stop at the first error
+            self.runner.halt(StopReason.DISK, disk_message(self.store.rundir.path, exc))
+        self.run.observer.tick(self.progress())
 
 
 class _AsyncRows:
@@ -757,6 +681,22 @@ class _AsyncRows:
 # -- a whole run ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One session of an enroll run: what it reads, where it writes, whom it tells."""
+
+    config: EnrollConfig
+    manifest: Any
+    thresholds: Any
+    rundir: RunDir
+    info: RunInfo
+    resumed: bool
+    client_factory: ClientFactory
+    observer: EnrollObserver
+    stop: asyncio.Event | None
+    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
+
+
 async def run_enroll(
     config: EnrollConfig,
     client_factory: ClientFactory = default_client_factory,
@@ -769,14 +709,14 @@ async def run_enroll(
     call. ``client_factory(settings, qps)`` returns an async context manager
     yielding the client. Setting ``stop`` interrupts the run cleanly.
     """
-    observer = observer or EnrollObserver()
     manifest, thresholds = open_inputs(config)
     ledger = _open_ledger(config)
     try:
         rundir, info, resumed = open_run(config, manifest, thresholds)  # holds the run dir
+        run = _Run(config, manifest, thresholds, rundir, info, resumed, client_factory,
+                   observer or EnrollObserver(), stop, ledger)
         try:
-            return await _run_held(config, manifest, thresholds, rundir, info, resumed,
-                                   client_factory, observer, stop, ledger)
+            return await _run_held(run)
         finally:
             rundir.release()
     finally:
@@ -798,17 +738,14 @@ def _endpoint_key(config: EnrollConfig) -> str:
     return endpoint_key(config.settings.endpoint)
 
 
-async def _run_held(
-    config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir, info: RunInfo,
-    resumed: bool, client_factory: ClientFactory, observer: EnrollObserver,
-    stop: asyncio.Event | None, ledger: Any = None,
-) -> RunResult:
+async def _run_held(run: _Run) -> RunResult:
+    config, manifest = run.config, run.manifest
     try:
-        store = rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
-                                  flush_rows=config.flush_rows,
-                                  flush_seconds=config.flush_seconds)
+        store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
+                                      flush_rows=config.flush_rows,
+                                      flush_seconds=config.flush_seconds)
     except OSError as exc:  # recovery could not write a part: nothing was sent yet
-        raise ConfigError(f"{rundir.path}: cannot write the run directory: "
+        raise ConfigError(f"{run.rundir.path}: cannot write the run directory: "
                           f"{exc.strerror or exc}") from None
     rows = shard_rows(manifest.num_rows, config.shard)
     # Rows of other shards count as done here (in memory only: no outcome is written).
@@ -816,30 +753,29 @@ async def _run_held(
     store.done[rows.stop:] = True
     already = int(store.done[rows.start: rows.stop].sum())
     detected = manifest.delimiter if getattr(manifest, "delimiter_detected", False) else None
-    observer.started(RunStart(info.run_id, rundir.path, Path(manifest.path), len(rows),
-                              already, resumed, store.recovered, detected))
+    run.observer.started(RunStart(run.info.run_id, run.rundir.path, Path(manifest.path),
+                                  len(rows), already, run.resumed, store.recovered, detected))
     started = time.monotonic()
-    stop_reason, stop_message, session_counts = None, None, Counter[str]()
+    stopped, session_counts = None, Counter[str]()
     try:
         skipped = 0
-        if ledger is not None and already < len(rows):
-            skipped = await asyncio.to_thread(skip_known, manifest, ledger,
-                                              _endpoint_key(config), store, info.run_id)
-            observer.known_skipped(skipped)
+        if run.ledger is not None and already < len(rows):
+            skipped = await asyncio.to_thread(skip_known, manifest, run.ledger,
+                                              _endpoint_key(config), store, run.info.run_id)
+            run.observer.known_skipped(skipped)
         if int(store.done[rows.start: rows.stop].sum()) < len(rows):
-            stop_reason, stop_message, session_counts = await _run_session(
-                config, manifest, store, thresholds, info.run_id, client_factory, observer, stop,
-                ledger)
+            stopped, session_counts = await _run_session(run, store)
         if skipped:
             session_counts["skipped_known"] += skipped
     finally:
         try:
             store.close()
         except OSError as exc:  # the last part could not be written: the journal has it
-            if stop_reason is None:
-                stop_reason, stop_message = STOP_DISK, disk_message(rundir.path, exc)
-    return _finish(rundir, manifest, store, info, resumed, already, time.monotonic() - started,
-                   stop_reason, stop_message, session_counts, len(rows))
+            if stopped is None:
+                stopped = Stopped(StopReason.DISK, disk_message(run.rundir.path, exc))
+                run.observer.stopping(stopped.reason, stopped.message)
+    return _finish(run, store, already, time.monotonic() - started, stopped, session_counts,
+                   len(rows))
 
 
 def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
@@ -859,39 +795,35 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
     return asyncio.run(run_enroll(config, **kwargs))
 
 
-async def _run_session(
-    config: EnrollConfig, manifest: Any, store: RecordStore, thresholds: Any, run_id: str,
-    client_factory: ClientFactory, observer: EnrollObserver, stop: asyncio.Event | None,
-    ledger: Any = None,
-) -> tuple[str | None, str | None, Counter[str]]:
+async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
     from pipeline.timeline import CallTimeline  # noqa: PLC0415
 
+    config = run.config
     session: _Session | None = None
     timeline = CallTimeline()
     try:
         async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
-                client_factory(config.settings, config.qps, **_client_options(config, budget)
-                               ) as client:
+                run.client_factory(config.settings, config.qps,
+                                   **_client_options(config, budget)) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
-            rows = _RowRunner(config, run_id, client, thresholds, ledger)
-            done = store.done[shard_rows(manifest.num_rows, config.shard)]
-            session = _Session(config, manifest, store, rows, observer, int(done.sum()))
-            await session.run(stop)
-    except (QuotaError, AuthError, BudgetUnavailable) as exc:  # while opening budget/client
-        reason = (STOP_QUOTA if isinstance(exc, QuotaError) else
-                  STOP_BUDGET if isinstance(exc, BudgetUnavailable) else
-                  STOP_CREDENTIALS if session is None else STOP_AUTH)
-        message = str(exc) + ("; nothing was sent" if reason == STOP_CREDENTIALS else "")
-        observer.stopping(reason, message)
-        return reason, message, session.counts if session else Counter()
+            rows = _RowRunner(config, run.info.run_id, client, run.thresholds, run.ledger)
+            session = _Session(run, store, rows)
+            stopped = await session.go()
+    except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token fetch)
+        stop = as_stop(exc)
+        reason, message = stop.reason, stop.message
+        if reason == StopReason.AUTH and session is None:  # refused before any call
+            reason, message = StopReason.CREDENTIALS, f"{message}; nothing was sent"
+        run.observer.stopping(reason, message)
+        return Stopped(reason, message), session.counts if session else Counter()
     finally:
         try:
             timeline.save(store.rundir.path)
         except OSError as exc:
             _log.warning("timeline not saved: %s", exc)
     assert session is not None
-    return session.stop_reason, session.stop_message, session.counts
+    return stopped, session.counts
 
 
 def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
@@ -903,13 +835,14 @@ def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
     return options
 
 
-def _finish(
-    rundir: RunDir, manifest: Any, store: RecordStore, info: RunInfo, resumed: bool,
-    already: int, elapsed: float, stop_reason: str | None, stop_message: str | None,
-    session_counts: Counter[str], total_rows: int,
-) -> RunResult:
+def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
+            stopped: Stopped | None, session_counts: Counter[str], total_rows: int
+            ) -> RunResult:
     from pipeline.runs.rundir import status_counts  # noqa: PLC0415
 
+    rundir, manifest = run.rundir, run.manifest
+    stop_reason = stopped.reason if stopped else None
+    stop_message = stopped.message if stopped else None
     statuses = rundir.read_records(OUTCOME_SCHEMA, ["status"])
     journal = rundir.journal_records(OUTCOME_SCHEMA)  # a session that stopped on a disk error
     if journal.num_rows:
@@ -926,16 +859,16 @@ def _finish(
         rundir.update_info(finished_at=utc_now().isoformat(), counts=counts,
                            exit_code=exit_code, stop_reason=stop_reason, failures_for=outcomes)
     except OSError as exc:  # the outcomes are safe (parts + journal); these files follow
-        if stop_reason not in (None, STOP_DISK):
+        if stop_reason not in (None, StopReason.DISK):
             _log.warning("run.json/failures.csv not updated: %s", exc)
         else:
-            stop_reason, stop_message = STOP_DISK, disk_message(rundir.path, exc)
+            stop_reason, stop_message = StopReason.DISK, disk_message(rundir.path, exc)
         exit_code = exit_code_for(stop_reason, counts)
     return RunResult(
-        run_id=info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
+        run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
         exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
         counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
-        already_done=already, remaining=int((~store.done).sum()), resumed=resumed,
+        already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
 
@@ -975,16 +908,11 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
         raise ConfigError(
             f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
             "a new run there, or give the --run-dir of the run to resume.")
-    rundir.hold()
     try:
-        return _open_held(config, manifest, thresholds, rundir)
+        return open_held(rundir, lambda held: _open_held(config, manifest, thresholds, held))
     except OSError as exc:  # run.json cannot be written (read-only, full): nothing was sent
-        rundir.release()
         raise ConfigError(f"{rundir.path}: cannot write the run directory: "
                           f"{exc.strerror or exc}") from None
-    except BaseException:
-        rundir.release()
-        raise
 
 
 def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
@@ -1009,10 +937,7 @@ def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: Run
             entry = {"session": info.sessions + 1, "at": utc_now().isoformat(),
                      "changes": changes}
             current["option_changes"] = [*info.option_changes, entry]
-        info = replace(info, sessions=info.sessions + 1, finished_at=None, exit_code=None,
-                       stop_reason=None, **current)
-        rundir.write_info(info)
-        return rundir, info, True
+        return rundir, next_session(rundir, info, **current), True
     # A directory named like a run id (runs/<run_id>) gives the run its name.
     run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
     info = RunInfo(run_id=run_id, job="enroll", created_at=utc_now().isoformat(), manifest=ref,

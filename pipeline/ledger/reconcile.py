@@ -41,7 +41,7 @@ import asyncio
 import csv
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,15 +50,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.api.errors import (
-    ApiError,
-    AuthError,
-    ConfigError,
-    EmptyGroupError,
-    QuotaError,
-    UserNotFoundError,
-)
+from pipeline.api.errors import ApiError, ConfigError, EmptyGroupError, UserNotFoundError
 from pipeline.client.config import Settings
+from pipeline.frame import (
+    STOPPING_ERRORS,
+    ClientFactory,
+    Runner,
+    Stopped,
+    as_stop,
+    default_client_factory,
+    next_session,
+    open_held,
+)
 from pipeline.ledger import Entry, KnownFace, endpoint_key, open_ledger
 from pipeline.runs.rundir import (
     RUN_ID_RE,
@@ -79,9 +82,6 @@ PLAN_FILE = "plan.parquet"
 RECONCILE_PARQUET = "reconcile.parquet"
 SUMMARY_JSON = "summary.json"
 REPAIR_MANIFEST = "repair-manifest.csv"
-STOP_QUOTA, STOP_AUTH, STOP_INTERRUPTED = "quota", "auth", "interrupted"
-#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
-EXIT_OK, EXIT_DIFFERENCES, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 _PAGE_SCHEMA = pa.schema([pa.field("uid", pa.string(), nullable=False),
                           pa.field("user_info", pa.string())])
@@ -208,11 +208,12 @@ class ReconcileConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
+    """What a reconcile found. ``stopped`` is None when it ran to the end (then
+    ``counts`` covers the whole group); ``differences`` sums ``counts``."""
+
     run_id: str
     run_dir: Path
-    exit_code: int
-    stop_reason: str | None
-    stop_message: str | None
+    stopped: Stopped | None
     service_users: int
     ledger_uids: int
     counts: Mapping[str, int]  # kind -> uids (faces_differ after verify)
@@ -221,6 +222,10 @@ class ReconcileResult:
     parquet: Path
     summary: Path
     repair_manifest: Path
+
+    @property
+    def differences(self) -> int:
+        return sum(self.counts.values())
 
 
 class ReconcileObserver:
@@ -232,27 +237,8 @@ class ReconcileObserver:
     def compared(self, service_users: int, ledger_uids: int, plan: Mapping[str, int]) -> None:
         """The lists are compared; ``plan`` counts the discrepancies by kind."""
 
-    def stopping(self, reason: str, message: str) -> None:
+    def stopping(self, stopped: Stopped) -> None:
         """Quota, credentials or an interrupt: no new call starts."""
-
-
-ClientFactory = Callable[[Settings, Any], Any]
-
-
-def default_client_factory(settings: Settings, qps: Any) -> Any:
-    from pipeline.client import FaceClient  # noqa: PLC0415
-
-    return FaceClient(settings, qps=qps)
-
-
-class _Stop(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-
-def _stop_for(exc: ApiError) -> _Stop:
-    return _Stop(STOP_QUOTA if isinstance(exc, QuotaError) else STOP_AUTH, str(exc))
 
 
 # -- the pure part -------------------------------------------------------------------------
@@ -309,8 +295,8 @@ async def list_group(client: Any, rundir: RunDir, group: str, page_size: int,
         try:
             result = await client.get_group_users(group, start=start, num=page_size)
             page = [(u.uid, u.user_info) for u in result.users]
-        except (QuotaError, AuthError) as exc:
-            raise _stop_for(exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except EmptyGroupError:  # 216618: a group nobody is in (the engine answers 0 users)
             page = []
         write_table_atomic(rundir.path / PAGES_DIR / f"page-{start:010d}.parquet",
@@ -343,8 +329,8 @@ class _Detail:
                 await self._get_user(plan, fields)
                 if plan.kind == "unknown_to_ledger" and self.config.delete_unknown:
                     await self._delete(plan, fields)
-        except (QuotaError, AuthError) as exc:
-            raise _stop_for(exc) from exc
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
         except ApiError as exc:
             fields.update(action="failed", error_code=None if exc.code is None else str(exc.code),
                           error_msg=exc.message)
@@ -365,7 +351,7 @@ class _Detail:
     async def _delete(self, plan: PlanRow, fields: dict[str, Any]) -> None:
         try:
             result = await self.client.delete_user(plan.uid, group_id=self.config.group)
-        except (QuotaError, AuthError):
+        except STOPPING_ERRORS:
             raise
         except ApiError as exc:
             fields.update(action="delete_failed", error_msg=exc.message,
@@ -399,11 +385,15 @@ async def run_reconcile(config: ReconcileConfig,
                         client_factory: ClientFactory = default_client_factory,
                         observer: ReconcileObserver | None = None,
                         stop: asyncio.Event | None = None) -> ReconcileResult:
-    """Run (or resume) a reconcile; see the module docstring. ConfigError before any call."""
+    """Run (or resume) a reconcile; see the module docstring. ConfigError before any call.
+
+    ``client_factory(settings, qps)`` opens the client (:mod:`pipeline.frame`);
+    setting ``stop`` interrupts cleanly (pages and records so far are kept)."""
     observer = observer or ReconcileObserver()
     ledger = open_ledger(config.ledger)
     try:
-        rundir, info = _open_run(config)
+        rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+        info = open_held(rundir, lambda held: _open_run(config, held))
         try:
             return await _run_held(config, ledger, rundir, info, client_factory, observer, stop)
         finally:
@@ -412,91 +402,78 @@ async def run_reconcile(config: ReconcileConfig,
         ledger.close()
 
 
-def _open_run(config: ReconcileConfig) -> tuple[RunDir, RunInfo]:
-    rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+def _open_run(config: ReconcileConfig, rundir: RunDir) -> RunInfo:
+    """run.json of a new reconcile, or of the resumed one (same service and group)."""
     endpoint = endpoint_key(config.settings.endpoint)
     ref = ManifestRef(config.ledger, f"reconcile:{endpoint}/{config.group}", 0)
-    rundir.hold()
-    try:
-        if rundir.exists():
-            info = rundir.read_info()
-            if info.job != "reconcile" or info.manifest.fingerprint != ref.fingerprint:
-                raise ConfigError(f"{rundir.path} holds a {info.job} run "
-                                  f"({info.manifest.fingerprint}), not a reconcile of "
-                                  f"{endpoint} group {config.group}; choose another --run-dir")
-            info = rundir.update_info(sessions=info.sessions + 1, finished_at=None,
-                                      exit_code=None, stop_reason=None,
-                                      options=config.options())
-            return rundir, info
-        run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
-        info = RunInfo(run_id=run_id, job="reconcile", created_at=utc_now().isoformat(),
-                       manifest=ref, settings=config.settings.public(),
-                       options=config.options())
-        rundir.write_info(info)
-        return rundir, info
-    except BaseException:
-        rundir.release()
-        raise
+    if rundir.exists():
+        info = rundir.read_info()
+        if info.job != "reconcile" or info.manifest.fingerprint != ref.fingerprint:
+            raise ConfigError(f"{rundir.path} holds a {info.job} run "
+                              f"({info.manifest.fingerprint}), not a reconcile of "
+                              f"{endpoint} group {config.group}; choose another --run-dir")
+        return next_session(rundir, info, settings=config.settings.public(),
+                            options=config.options())
+    run_id = rundir.path.name if RUN_ID_RE.match(rundir.path.name) else new_run_id()
+    info = RunInfo(run_id=run_id, job="reconcile", created_at=utc_now().isoformat(),
+                   manifest=ref, settings=config.settings.public(), options=config.options())
+    rundir.write_info(info)
+    return info
 
 
 async def _run_held(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
                     client_factory: ClientFactory, observer: ReconcileObserver,
                     stop: asyncio.Event | None) -> ReconcileResult:
-    endpoint = endpoint_key(config.settings.endpoint)
-    faces = list(ledger.faces(endpoint, config.group))
-    stop_reason, stop_message = None, None
-    service: dict[str, str] = {}
+    faces = list(ledger.faces(endpoint_key(config.settings.endpoint), config.group))
+    session = _Session(config, rundir, faces, observer, stop)
     try:
         async with client_factory(config.settings, config.qps) as client:
-            work = asyncio.ensure_future(_work(config, client, rundir, faces, observer))
-            waiters: set[asyncio.Future[Any]] = {work}
-            stop_wait = asyncio.ensure_future(stop.wait()) if stop is not None else None
-            if stop_wait is not None:
-                waiters.add(stop_wait)
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if stop_wait is not None:
-                stop_wait.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                raise _Stop(STOP_INTERRUPTED, "interrupted: resume with the same --run-dir")
-            service = work.result()
-    except (QuotaError, AuthError) as exc:  # the token fetch
-        stop_reason, stop_message = _stop_for(exc).reason, str(exc)
-    except _Stop as stopped:
-        stop_reason, stop_message = stopped.reason, stopped.message
-    if stop_reason is not None:
-        observer.stopping(stop_reason, stop_message or "")
-    return _finish(config, ledger, rundir, info, faces, service, stop_reason, stop_message)
+            stopped = await session.run(client)
+    except STOPPING_ERRORS as exc:  # raised while opening the client (the token fetch)
+        found = as_stop(exc)
+        stopped = Stopped(found.reason, found.message)
+    if stopped is not None:
+        observer.stopping(stopped)
+    return _finish(config, ledger, rundir, info, faces, session.service, stopped)
 
 
-async def _work(config: ReconcileConfig, client: Any, rundir: RunDir,
-                faces: Sequence[KnownFace], observer: ReconcileObserver) -> dict[str, str]:
-    service = await list_group(client, rundir, config.group, config.page_size, observer)
-    plan = _freeze_plan(rundir, compare(service, faces, check_faces=config.check_faces))
-    observer.compared(len(service), len({f.uid for f in faces}),
-                      Counter(p.kind for p in plan))
-    store = rundir.open_store(RECONCILE_SCHEMA, len(plan), flush_rows=200)
-    detail = _Detail(config, client)
-    slots = asyncio.Semaphore(config.concurrency)
-    first_stop: list[_Stop] = []
+class _Session:
+    """One session: list the group (one item on the frame's runner, so an interrupt
+    stops it between pages), then the discrepancies (``concurrency`` at a time)."""
 
-    async def one(p: PlanRow) -> None:
-        async with slots:
-            if first_stop:
-                return
-            try:
-                store.append(await detail.run(p))
-            except _Stop as stopped:
-                first_stop.append(stopped)
+    def __init__(self, config: ReconcileConfig, rundir: RunDir, faces: Sequence[KnownFace],
+                 observer: ReconcileObserver, stop: asyncio.Event | None) -> None:
+        self.config, self.rundir, self.faces = config, rundir, faces
+        self.observer, self.stop = observer, stop
+        self.service: dict[str, str] = {}
 
-    try:
-        await asyncio.gather(*(one(p) for p in plan if not store.done[p.row]))
-    finally:
-        store.close()
-    if first_stop:
-        raise first_stop[0]
-    return service
+    async def run(self, client: Any) -> Stopped | None:
+        async def listing(_: int) -> None:
+            self.service = await list_group(client, self.rundir, self.config.group,
+                                            self.config.page_size, self.observer)
+
+        stopped = await Runner[int](1, self.stop, noun="pages").run([0], listing)
+        if stopped is not None:
+            return stopped
+        plan = _freeze_plan(self.rundir, compare(self.service, self.faces,
+                                                 check_faces=self.config.check_faces))
+        self.observer.compared(len(self.service), len({f.uid for f in self.faces}),
+                               Counter(p.kind for p in plan))
+        store = self.rundir.open_store(RECONCILE_SCHEMA, len(plan), flush_rows=200)
+        detail = _Detail(self.config, client)
+
+        async def one(p: PlanRow) -> None:
+            store.append(await detail.run(p))
+
+        def flush() -> None:
+            store.maybe_flush()
+
+        try:
+            todo = [p for p in plan if not store.done[p.row]]
+            runner = Runner[PlanRow](self.config.concurrency, self.stop, noun="uids", tick=flush)
+            return await runner.run(todo, one)
+        finally:
+            store.close()
 
 
 def _freeze_plan(rundir: RunDir, plan: list[PlanRow]) -> list[PlanRow]:
@@ -512,8 +489,8 @@ def _freeze_plan(rundir: RunDir, plan: list[PlanRow]) -> list[PlanRow]:
 
 
 def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
-            faces: Sequence[KnownFace], service: Mapping[str, str], stop_reason: str | None,
-            stop_message: str | None) -> ReconcileResult:
+            faces: Sequence[KnownFace], service: Mapping[str, str], stopped: Stopped | None
+            ) -> ReconcileResult:
     records = rundir.read_records(RECONCILE_SCHEMA).sort_by("row")
     paths = (rundir.path / RECONCILE_PARQUET, rundir.path / SUMMARY_JSON,
              rundir.path / REPAIR_MANIFEST)
@@ -524,9 +501,9 @@ def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
     actions = status_counts(records, "action")
     repair = _write_repair(paths[2], config.group, faces,
                            {r["uid"] for r in found if r["kind"] == "missing_in_service"})
-    if stop_reason is None:
+    if stopped is None:
         _record(ledger, endpoint_key(config.settings.endpoint), config.group, info.run_id, rows)
-    exit_code = _exit_code(stop_reason, counts)
+    stop_reason = None if stopped is None else str(stopped.reason)
     ledger_uids = len({f.uid for f in faces})
     summary = {"run_id": info.run_id, "group": config.group,
                "service": endpoint_key(config.settings.endpoint), "ledger": config.ledger,
@@ -534,17 +511,10 @@ def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
                "counts": counts, "actions": actions, "repair_rows": repair,
                "stop_reason": stop_reason, "finished_at": utc_now().isoformat()}
     write_atomic(paths[1], json.dumps(summary, indent=2).encode("utf-8"))
-    rundir.update_info(finished_at=summary["finished_at"], counts=counts, exit_code=exit_code,
+    rundir.update_info(finished_at=summary["finished_at"], counts=counts,
                        stop_reason=stop_reason)
-    return ReconcileResult(info.run_id, rundir.path, exit_code, stop_reason, stop_message,
-                           len(service), ledger_uids, counts, actions, repair, *paths)
-
-
-def _exit_code(stop_reason: str | None, counts: Mapping[str, int]) -> int:
-    """0 in sync, 1 differences found, 3 quota, 4 auth, 130 interrupted."""
-    if stop_reason is not None:
-        return {STOP_QUOTA: EXIT_QUOTA, STOP_AUTH: EXIT_AUTH}.get(stop_reason, EXIT_INTERRUPTED)
-    return EXIT_DIFFERENCES if any(counts.values()) else EXIT_OK
+    return ReconcileResult(info.run_id, rundir.path, stopped, len(service), ledger_uids,
+                           counts, actions, repair, *paths)
 
 
 def _record(ledger: Any, endpoint: str, group: str, run_id: str, rows: list[dict[str, Any]]

@@ -1,0 +1,22 @@
+"""The one job frame that enroll, audit and the jobs to come are built on.
+
+- :mod:`~pipeline.frame.faceapi`: :class:`FaceApi`, the calls a job makes of a face
+  service, and the factory that opens a client;
+- :mod:`~pipeline.frame.stop`: :class:`StopReason` and :class:`StopRun`, how a job
+  stops early (quota, auth, interrupted) and says why;
+- :mod:`~pipeline.frame.runner`: :class:`Runner`, the bounded-concurrency loop over
+  rows or probes;
+- :mod:`~pipeline.frame.run`: holding a run directory for a session.
+
+The library returns a stop reason; ``jobs/`` alone maps it to an exit code.
+"""
+
+from pipeline.frame.faceapi import ClientFactory, FaceApi, Qps, default_client_factory
+from pipeline.frame.run import next_session, open_held
+from pipeline.frame.runner import Runner, Stopped
+from pipeline.frame.stop import STOPPING_ERRORS, StopReason, StopRun, as_stop, stop_for
+
+__all__ = [
+    "STOPPING_ERRORS", "ClientFactory", "FaceApi", "Qps", "Runner", "StopReason", "StopRun",
+    "Stopped", "as_stop", "default_client_factory", "next_session", "open_held", "stop_for",
+]
