@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import (
-    EXIT_CONFIG,
-    api_option,
-    connection_options,
-    plural,
-    run_stoppable,
-    settings_from,
-)
+from jobs.enroll import parse_qps
+from jobs.exits import config_errors, exit_with
+from jobs.options import api_option, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import KINDS, ProbeRecord
 from pipeline.audit.job import (
@@ -178,11 +171,7 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
     completed (findings or not), 1 some probes failed, 2 bad configuration,
     3 quota, 4 credentials refused, 130 interrupted.
     """
-    try:
-        settings = settings_from(kwargs)
-    except click.ClickException as exc:
-        exc.exit_code = EXIT_CONFIG
-        raise
+    settings = settings_from(kwargs)
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
                "qps": parse_qps(kwargs.pop("qps")), "qps_budget": kwargs.pop("qps_budget"),
                "concurrency": kwargs.pop("concurrency"),
@@ -190,11 +179,9 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
                "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
     observer = LineObserver()
-    try:
+    with config_errors():
         config = _config(sources, manifest, groups, run_dir, settings, options)
         result = asyncio.run(run_stoppable(
             lambda stop: run_audit(config, observer=observer, stop=stop)))
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
     print_result(result, _hint(result))
-    sys.exit(result.exit_code)
+    exit_with(result)

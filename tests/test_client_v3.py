@@ -218,3 +218,33 @@ async def test_every_interface_against_the_engine(engine, samples_dir: Path):
             await client.faceverify([obama])
         assert unsupported.value.code == 3
         assert client.stats.calls["detect"] == 1
+
+
+@pytest.mark.dlib
+async def test_job_api_reads_the_library_back(engine, samples_dir: Path):
+    from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
+    from pipeline.frame.faceapi import FaceApi  # noqa: PLC0415
+
+    obama = (samples_dir / "obama_01.jpg").read_bytes()
+    g = "j3_" + uuid.uuid4().hex[:8]
+    uid = "u_" + uuid.uuid4().hex[:8]
+    async with V3JobApi(_settings(engine)) as api:
+        assert isinstance(api, FaceApi)
+        await api.detect(obama, face_fields=("qualities",))
+        await api.add_user(uid, "Barack", g, obama, action_type="append")
+        assert api.token_writes == 1
+        assert [(r.uid, r.user_info, r.group_id) for r in (await api.get_user(uid)).records] \
+            == [(uid, "Barack", g)]
+        assert g in (await api.get_group_list(num=1000)).group_ids
+        assert [u.uid for u in (await api.get_group_users(g)).users] == [uid]
+        verified = await api.verify(uid, g, obama)
+        assert len(verified.scores) == 1 and verified.scores[0] >= 80
+        found = await api.identify([g], obama, user_top_num=3)
+        assert found.candidates[0].uid == uid
+        pairs = (await api.match([obama, obama, obama])).pairs
+        assert [(p.index_i, p.index_j) for p in pairs] == [(0, 1), (0, 2)]
+        with pytest.raises(E.InvalidInputError):
+            await api.match([obama, obama], types="7,7")
+        await api.delete_user(uid)
+        with pytest.raises(E.UserNotFoundError):
+            await api.get_user(uid)

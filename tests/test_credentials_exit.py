@@ -11,6 +11,7 @@ from typing import Any
 from support.doubles import API_KEY, ProtocolDouble, double, token_error  # noqa: F401
 from test_enroll_failures_csv import _manifest, _photo
 
+from jobs.exits import exit_code_of
 from pipeline.enroll.job import EnrollConfig, EnrollObserver, run_enroll
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,5 +49,5 @@ async def test_keys_refused_mid_run_exit_4(double: ProtocolDouble,  # noqa: F811
     result = await run_enroll(EnrollConfig(manifest=manifest, settings=double.settings(),
                                            group="g", run_dir=tmp_path / "run", concurrency=1),
                               observer=RevokeAfterFirst())
-    assert (result.stop_reason, result.exit_code) == ("auth", 4)
+    assert (result.stop_reason, exit_code_of(result)) == ("auth", 4)
     assert result.counts.get("enrolled") == 1

@@ -122,8 +122,6 @@ REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
 #: Plan rows already added to the scratch group, one per line (appended as they are
 #: added), so a resumed fill adds only the others.
 SCRATCH_ADDED_FILE = "scratch-added.txt"
-#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
-EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
 
 
@@ -620,7 +618,6 @@ class AuditResult:
 
     run_id: str
     run_dir: Path
-    exit_code: int
     stop_reason: StopReason | None
     stop_message: str | None
     probes: int
@@ -1022,18 +1019,17 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
     kinds = {k: sum(f.kind == k for f in findings) for k in KINDS}
     unconfirmed = {k: n for k in KINDS
                    if (n := sum(f.kind == k and not f.confirmed for f in findings))}
-    exit_code = exit_code_for(reason, statuses["failed"])
     report = None
     if config.report:
         from pipeline.audit.report import write_audit_report  # noqa: PLC0415
 
         report = write_audit_report(rundir.path)
-    rundir.update_info(finished_at=utc_now().isoformat(), exit_code=exit_code,
+    rundir.update_info(finished_at=utc_now().isoformat(),
                        stop_reason=reason, counts={**kinds, "probes_checked": statuses["checked"],
                                                    "probes_failed": statuses["failed"],
                                                    "unconfirmed": sum(unconfirmed.values())})
     return AuditResult(
-        run_id=info.run_id, run_dir=rundir.path, exit_code=exit_code, stop_reason=reason,
+        run_id=info.run_id, run_dir=rundir.path, stop_reason=reason,
         stop_message=stopped.message if stopped else None, probes=probes,
         checked=statuses["checked"],
         failed=statuses["failed"], pending=probes - len(records), already_done=already,
@@ -1053,15 +1049,6 @@ def write_findings(
     write_table_atomic(rundir.path / FINDINGS_FILE, records_table(findings, FINDING_SCHEMA))
     write_table_atomic(rundir.path / CLUSTERS_FILE, records_table(clusters, CLUSTER_SCHEMA))
     return findings, clusters
-
-
-def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
-    """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
-    130 interrupted."""
-    if stop_reason is not None:
-        return {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
-                StopReason.AUTH: EXIT_AUTH}.get(StopReason(stop_reason), EXIT_INTERRUPTED)
-    return EXIT_FAILED if failed_probes else EXIT_OK
 
 
 def read_findings(run_dir: Path) -> list[Finding]:

@@ -21,6 +21,7 @@ so the jobs branch on the protocol only where the semantics differ. What it does
   (:class:`~pipeline.api.errors.EmptyGroupError`).
 * **match** of N pictures is N-1 v3 matches of picture 0 against each other one (v3
   compares exactly two), as pairs (0, j).
+* **verify** (one uid) is search with ``user_id``: one score per group, not per face.
 * **delete_user** without a group deletes from ``@ALL``; **delete_group** (v3 only:
   groups outlive their users) removes the audit's scratch group.
 """
@@ -35,14 +36,20 @@ from pipeline.api.errors import (
     EmptyGroupError,
     FaceTokenError,
     GroupNotFoundError,
+    InvalidInputError,
     NoMatchError,
 )
 from pipeline.api.records import (
     Candidate,
     DetectResult,
+    GroupListResult,
+    GroupUser,
+    GroupUsersResult,
     IdentifyResult,
     MatchPair,
     MatchResult,
+    UserResult,
+    VerifyResult,
     WriteResult,
 )
 from pipeline.client.config import Settings
@@ -147,6 +154,23 @@ class V3JobApi:
     async def delete_user(self, uid: str, *, group_id: str | None = None) -> WriteResult:
         return await self.client.delete_user(group_id or "@ALL", uid)
 
+    # -- reading the library back ---------------------------------------------------------
+
+    async def get_user(self, uid: str, *, group_id: str | None = None) -> UserResult:
+        """One record per group ``uid`` is in (``@ALL``), or only ``group_id``'s."""
+        return await self.client.get_user(uid, group_id or "@ALL")
+
+    async def get_group_list(self, *, start: int = 0, num: int = 100) -> GroupListResult:
+        return await self.client.get_group_list(start=start, length=num)
+
+    async def get_group_users(self, group_id: str, *, start: int = 0, num: int = 100
+                              ) -> GroupUsersResult:
+        """Users of the group. v3 lists ids only: ``user_info`` is empty here (one
+        ``get_user`` per user reads it, at one call each)."""
+        found = await self.client.get_group_users(group_id, start=start, length=num)
+        users = tuple(GroupUser(uid, "") for uid in found.user_ids)
+        return GroupUsersResult(users, found.log_id, found.attempts)
+
     async def delete_group(self, group_id: str) -> WriteResult:
         """v3 only: delete a group (the audit's emptied scratch group)."""
         return await self.client.group_delete(group_id)
@@ -154,7 +178,8 @@ class V3JobApi:
     # -- audit ---------------------------------------------------------------------------
 
     async def identify(self, group_id: str | Sequence[str], image: bytes, *,
-                       user_top_num: int = 1) -> IdentifyResult:
+                       user_top_num: int = 1, ext_fields: str | None = None) -> IdentifyResult:
+        _v2_only("ext_fields", ext_fields)
         groups = group_id.split(",") if isinstance(group_id, str) else list(group_id)
         try:
             return await self._search(groups, image, user_top_num)
@@ -188,7 +213,29 @@ class V3JobApi:
                            for u in found.users)
         return IdentifyResult(candidates, found.log_id, found.attempts)
 
-    async def match(self, images: Sequence[bytes]) -> MatchResult:
+    async def verify(self, uid: str, group_id: str | Sequence[str], image: bytes, *,
+                     top_num: int = 1, ext_fields: str | None = None) -> VerifyResult:
+        """v3 search restricted to ``user_id``: one score (0-100) per listed group that
+        holds the uid (its best face there; v2 gave one per face), best first."""
+        _v2_only("ext_fields", ext_fields)
+        groups = group_id.split(",") if isinstance(group_id, str) else list(group_id)
+        try:
+            found = await self.client.search(image, groups, user_id=uid,
+                                             max_user_num=min(50, max(1, len(groups))),
+                                             match_threshold=0)
+        except NoMatchError as exc:
+            return VerifyResult((), exc.log_id, exc.attempts)
+        scores = sorted((u.score for u in found.users), reverse=True)[:top_num]
+        return VerifyResult(tuple(scores), found.log_id, found.attempts)
+
+    async def match(self, images: Sequence[bytes], *, ext_fields: str | None = None,
+                    image_liveness: str | None = None, types: str | None = None
+                    ) -> MatchResult:
+        for name, value in (("ext_fields", ext_fields), ("image_liveness", image_liveness),
+                            ("types", types)):
+            _v2_only(name, value)
+        if len(images) < 2:
+            raise InvalidInputError(None, "match needs at least 2 images", attempts=0)
         pairs, attempts, log_id = [], 0, None
         for j, other in enumerate(images[1:], start=1):
             result = await self.client.match(images[0], other)
@@ -201,3 +248,9 @@ class V3JobApi:
 def _one_group(group_id: str | Sequence[str]) -> str:
     # v3 writes take one group; the jobs check rows before this (group_id_multiple).
     return group_id if isinstance(group_id, str) else ",".join(group_id)
+
+
+def _v2_only(name: str, value: str | None) -> None:
+    if value:
+        raise InvalidInputError(None, f"{name} is a v2 option; v3 has no equivalent the "
+                                "faceflow jobs use", attempts=0)

@@ -96,9 +96,6 @@ SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
 
-#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
-EXIT_CONFIG, EXIT_DISK = 2, 6
 
 
 @dataclass(frozen=True)
@@ -245,12 +242,12 @@ class RunStart:
 class RunResult:
     """What a session did. ``counts`` covers the whole run (every session),
     ``session_counts`` this session only. ``stop_reason`` is None when every
-    row got an outcome, else ``quota``, ``auth`` or ``interrupted``."""
+    row got an outcome, else why the run stopped early (jobs/exits.py turns it and
+    :attr:`failed` into the exit code)."""
 
     run_id: str
     run_dir: Path
     manifest: Path
-    exit_code: int
     stop_reason: StopReason | None
     stop_message: str | None
     counts: Mapping[str, int]
@@ -262,6 +259,11 @@ class RunResult:
     elapsed_s: float
     failures_csv: Path
     outcomes_dir: Path
+
+    @property
+    def failed(self) -> int:
+        """Rows of the run (every session) whose outcome is not a success."""
+        return sum(n for status, n in self.counts.items() if status not in SUCCESS_STATUSES)
 
 
 class EnrollObserver:
@@ -370,24 +372,6 @@ def decide_face(choice: Any) -> Verdict | None:
 
 def success_status(action: str) -> str:
     return "enrolled" if action == "add" else "updated"
-
-
-def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
-    """0 all rows succeeded, 1 some did not, 2 credentials refused before any call,
-    3 quota, 4 credentials refused mid-run, 6 run directory not writable (disk full),
-    130 interrupted."""
-    if stop_reason == StopReason.INTERRUPTED:
-        return EXIT_INTERRUPTED
-    if stop_reason == StopReason.CREDENTIALS:
-        return EXIT_CONFIG
-    if stop_reason == StopReason.DISK:
-        return EXIT_DISK
-    if stop_reason in (StopReason.QUOTA, StopReason.BUDGET):
-        return EXIT_QUOTA
-    if stop_reason == StopReason.AUTH:
-        return EXIT_AUTH
-    failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
-    return EXIT_FAILED_ROWS if failed else EXIT_OK
 
 
 # -- one row ------------------------------------------------------------------------
@@ -855,18 +839,16 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
         # session that stopped before any row) leaves the file of the same outcomes alone.
         if not (failures.exists() and info_failures_for(rundir) == outcomes):
             write_failures(failures, manifest, rundir)
-        exit_code = exit_code_for(stop_reason, counts)
         rundir.update_info(finished_at=utc_now().isoformat(), counts=counts,
-                           exit_code=exit_code, stop_reason=stop_reason, failures_for=outcomes)
+                           stop_reason=stop_reason, failures_for=outcomes)
     except OSError as exc:  # the outcomes are safe (parts + journal); these files follow
         if stop_reason not in (None, StopReason.DISK):
             _log.warning("run.json/failures.csv not updated: %s", exc)
         else:
             stop_reason, stop_message = StopReason.DISK, disk_message(rundir.path, exc)
-        exit_code = exit_code_for(stop_reason, counts)
     return RunResult(
         run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
-        exit_code=exit_code, stop_reason=stop_reason, stop_message=stop_message,
+        stop_reason=stop_reason, stop_message=stop_message,
         counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)

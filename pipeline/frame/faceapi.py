@@ -117,10 +117,7 @@ def default_client_factory(
     if api == "v3":
         from pipeline.client.v3jobs import V3JobApi  # noqa: PLC0415
 
-        # V3JobApi has the calls enroll and audit make; get_user and the group listings
-        # are still to come (issue 14), hence the ignore.
-        return V3JobApi(settings, qps=qps, limiter=limiter,  # type: ignore[return-value]
-                        server_quality=server_quality)
+        return V3JobApi(settings, qps=qps, limiter=limiter, server_quality=server_quality)
     from pipeline.client.faceclient import FaceClient  # noqa: PLC0415
 
     return FaceClient(settings, qps=qps, limiter=limiter)
