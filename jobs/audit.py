@@ -14,7 +14,7 @@ from jobs.enroll import parse_qps
 from jobs.exits import config_errors, exit_with
 from jobs.options import api_option, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
-from pipeline.audit.findings import KINDS, ProbeRecord
+from pipeline.audit.findings import CONFIDENCES, KINDS, ProbeRecord
 from pipeline.audit.job import (
     AuditConfig,
     AuditObserver,
@@ -78,6 +78,10 @@ def print_result(result: AuditResult, resume_hint: str) -> None:
         click.echo(f"  {n - loose:6d}  {LABELS[kind]}, confirmed by match")
         click.echo(f"  {loose:6d}  {LABELS[kind]}, unconfirmed (identify only: no photo of "
                    "the other uid to match)")
+    if total:
+        click.echo("  by confidence: " + ", ".join(
+            f"{result.confidence.get(c, 0)} {c}" for c in CONFIDENCES)
+            + " (act on high; review medium and low: report.html)")
     calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items())) or "none"
     _err(f"API calls this session: {calls} ({result.elapsed_s:.1f} s)")
     _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")

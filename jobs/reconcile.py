@@ -14,7 +14,7 @@ import click
 from jobs.enroll import ConfigProblem, _settings, parse_qps
 from jobs.exits import exit_code as exit_code_for
 from jobs.ledger import ledger_option
-from jobs.options import connection_options, run_stoppable
+from jobs.options import api_option, connection_options, run_stoppable
 from pipeline.api.errors import ConfigError
 from pipeline.frame import Stopped
 from pipeline.ledger.reconcile import (
@@ -69,6 +69,7 @@ Examples:
                    "Needs --confirm-delete-group with the group again.")
 @click.option("--confirm-delete-group", default=None, metavar="GROUP",
               help="The group, typed again, to confirm --delete-unknown.")
+@api_option
 @connection_options
 def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, concurrency: int,
               qps: str | None, check_faces: bool, score: float, delete_unknown: bool,
@@ -89,7 +90,8 @@ def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, con
                                  page_size=page_size, concurrency=concurrency,
                                  qps=parse_qps(qps), check_faces=check_faces, score=score,
                                  delete_unknown=delete_unknown,
-                                 confirm_group=confirm_delete_group)
+                                 confirm_group=confirm_delete_group,
+                                 api=kwargs.pop("api", None) or "v2")
         result = asyncio.run(run_stoppable(
             lambda stop: run_reconcile(config, observer=_Echo(), stop=stop)))
     except ConfigError as exc:

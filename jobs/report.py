@@ -96,7 +96,7 @@ def _job_of(run_dir: Path) -> str | None:
 
 
 def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
-    from pipeline.audit.job import read_findings  # noqa: PLC0415
+    from pipeline.audit.outputs import read_findings  # noqa: PLC0415
     from pipeline.audit.report import render_audit_html  # noqa: PLC0415
 
     findings = read_findings(run_dir)

@@ -93,7 +93,7 @@ def test_audit_finds_the_three_planted_cases(engine: Any, enrolled: Path,
     multi = next(f for f in findings if f.kind == MULTIPLE_PEOPLE)
     assert multi.score is not None and multi.score < 80
     assert multi.image_b is not None and multi.image_b.endswith("astronaut.png")
-    assert "3 findings" in done.output
+    assert "3 findings" in done.output and "by confidence:" in done.output
     # obama_a's two photos both point at obama_b and obama_b's at obama_a.
     assert (same.photos_checked, same.photos_agreeing) == (3, 3)
     assert same.margin is not None and same.margin > 0

@@ -115,6 +115,8 @@ class EngineState:
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        #: request body bytes received per interface (what clients upload)
+        self.request_bytes: Counter[str] = Counter()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def now(self) -> float:
@@ -175,6 +177,7 @@ class EngineState:
 
     def stats(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "errors": dict(self.errors),
+                "request_bytes": dict(self.request_bytes),
                 **self.store.counts(), "indexed_faces": self.index.size()}
 
 
@@ -308,6 +311,7 @@ def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Rep
         state = request.app[STATE]
         log_id = new_log_id()
         state.calls[name] += 1
+        state.request_bytes[name] += request.content_length or 0
         try:
             early = await _gate(request, state, name)
             if early is not None:
@@ -410,6 +414,7 @@ def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], a
         log_id = new_v3_log_id()
         arrived = state.now()
         state.calls[interface] += 1
+        state.request_bytes[interface] += request.content_length or 0
         try:
             early = await _gate(request, state, interface)
             if early is not None:
