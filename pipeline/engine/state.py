@@ -19,14 +19,13 @@ import time
 import types
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from pipeline.api.errors import error_message
-from pipeline.engine.emulation import Emulation, EmulationConfig
-from pipeline.engine.index import SearchIndex
+from pipeline.engine.config import EngineConfig
+from pipeline.engine.emulation import Emulation
+from pipeline.engine.faceset import open_faceset
 from pipeline.engine.models import (
     MODELS,
     AnalyseOptions,
@@ -38,27 +37,10 @@ from pipeline.engine.models import (
     warm_up,
 )
 from pipeline.engine.params import Failure
-from pipeline.engine.store import Change, ModelMismatchError, Store
+from pipeline.engine.store import Change
 from pipeline.engine.tokens import FaceTokens
 
 log = logging.getLogger("faceflow.engine")
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How to run one engine. ``token_ttl`` in seconds; ``workers`` model processes."""
-
-    data_dir: Path
-    api_key: str
-    secret_key: str
-    workers: int = 1
-    token_ttl: float = 2592000.0
-    detector: str = "hog"
-    emulation: EmulationConfig = field(default_factory=EmulationConfig)
-    #: ``postgresql://...``: the shared faceset (pgstore.py) instead of ``data_dir``'s.
-    store_url: str | None = None
-    #: Descriptor model (models.MODELS); a faceset holds one model's descriptors.
-    model: str = "dlib"
 
 
 class EngineState:
@@ -73,7 +55,7 @@ class EngineState:
         self.config = config
         self.clock_offset = 0.0
         check_model(config.model)
-        self.store, self.index = open_faceset(config)
+        self.store, self.index = open_faceset(config)  # FaceStore, FaceIndex
         self.emulation = Emulation(config.emulation, self.monotonic, self.today)
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
@@ -151,32 +133,6 @@ def check_model(model: str) -> None:
         raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
     if model == "sface":
         sface_model_dir()
-
-
-def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
-    """(store, index) of one engine: SQLite + in-memory index, or PostgreSQL for both.
-
-    Both pairs have the same public methods (store.py / index.py, pgstore.py); the
-    interfaces use only those. The embedded index is rebuilt from the store here.
-    """
-    if config.store_url:
-        from pipeline.engine.pgstore import PgIndex, PgStore  # noqa: PLC0415
-
-        if config.model != "dlib":
-            raise ValueError(f"--model {config.model} keeps its faceset in --data-dir only: "
-                             "the shared PostgreSQL store holds dlib descriptors")
-        pg = PgStore(config.store_url)
-        return pg, PgIndex(pg)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.data_dir / "faceset.sqlite3")
-    try:
-        store.claim_model(config.model)
-    except ModelMismatchError:
-        store.close()
-        raise
-    index = SearchIndex()
-    index.load(store.all_faces())
-    return store, index
 
 
 @contextlib.contextmanager
