@@ -54,15 +54,18 @@ from pipeline.engine.emulation import Emulation, EmulationConfig
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
 from pipeline.engine.models import (
+    MODELS,
     AnalyseOptions,
     ImageAnalysis,
     ImageRejected,
     analyse,
     init_worker,
+    sface_model_dir,
     warm_up,
 )
 from pipeline.engine.params import Failure
-from pipeline.engine.store import Change, Store
+from pipeline.engine.scoring import scoring_model
+from pipeline.engine.store import Change, ModelMismatchError, Store
 from pipeline.engine.v3 import V3_INTERFACES, FaceTokens
 
 log = logging.getLogger("faceflow.engine")
@@ -91,6 +94,8 @@ class EngineConfig:
     emulation: EmulationConfig = field(default_factory=EmulationConfig)
     #: ``postgresql://...``: the shared faceset (pgstore.py) instead of ``data_dir``'s.
     store_url: str | None = None
+    #: Descriptor model (models.MODELS); a faceset holds one model's descriptors.
+    model: str = "dlib"
 
 
 class EngineState:
@@ -104,11 +109,14 @@ class EngineState:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.clock_offset = 0.0
+        check_model(config.model)
         self.store, self.index = open_faceset(config)
         self.emulation = Emulation(config.emulation, self.monotonic, self.today)
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        #: request body bytes received per interface (what clients upload)
+        self.request_bytes: Counter[str] = Counter()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def now(self) -> float:
@@ -131,7 +139,7 @@ class EngineState:
             max_workers=self.config.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(self.config.detector,),
+            initargs=(self.config.detector, self.config.model),
         )
         with _without_main_module():
             futures = [self.pool.submit(warm_up) for _ in range(self.config.workers)]
@@ -169,7 +177,17 @@ class EngineState:
 
     def stats(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "errors": dict(self.errors),
+                "request_bytes": dict(self.request_bytes),
                 **self.store.counts(), "indexed_faces": self.index.size()}
+
+
+def check_model(model: str) -> None:
+    """Refuse an unknown model, or one whose files are not installed, before any worker
+    starts (a worker's failure would only say that the pool broke)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+    if model == "sface":
+        sface_model_dir()
 
 
 def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
@@ -181,10 +199,18 @@ def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
     if config.store_url:
         from pipeline.engine.pgstore import PgIndex, PgStore  # noqa: PLC0415
 
+        if config.model != "dlib":
+            raise ValueError(f"--model {config.model} keeps its faceset in --data-dir only: "
+                             "the shared PostgreSQL store holds dlib descriptors")
         pg = PgStore(config.store_url)
         return pg, PgIndex(pg)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.data_dir / "faceset.sqlite3")
+    try:
+        store.claim_model(config.model)
+    except ModelMismatchError:
+        store.close()
+        raise
     index = SearchIndex()
     index.load(store.all_faces())
     return store, index
@@ -233,7 +259,7 @@ def is_loopback(remote: str | None) -> bool:
 
 def create_app(state: EngineState) -> web.Application:
     """The aiohttp application for ``state`` (its pool must be started by the caller)."""
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[_safety])
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[_scored, _safety])
     app[STATE] = state
     app.router.add_route("*", "/oauth/2.0/token", _token)
     for name, (path, handler) in INTERFACES.items():
@@ -249,6 +275,13 @@ def create_app(state: EngineState) -> web.Application:
 def _error_reply(code: int, message: str, log_id: int | None = None) -> web.Response:
     body = {"error_code": code, "error_msg": message, "log_id": log_id or new_log_id()}
     return web.json_response(body)
+
+
+@web.middleware
+async def _scored(request: web.Request, handler: Callable[[web.Request], Awaitable]):
+    # Scores of this request follow the engine's model (scoring.py: one curve per model).
+    with scoring_model(request.app[STATE].config.model):
+        return await handler(request)
 
 
 @web.middleware
@@ -278,6 +311,7 @@ def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Rep
         state = request.app[STATE]
         log_id = new_log_id()
         state.calls[name] += 1
+        state.request_bytes[name] += request.content_length or 0
         try:
             early = await _gate(request, state, name)
             if early is not None:
@@ -380,6 +414,7 @@ def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], a
         log_id = new_v3_log_id()
         arrived = state.now()
         state.calls[interface] += 1
+        state.request_bytes[interface] += request.content_length or 0
         try:
             early = await _gate(request, state, interface)
             if early is not None:

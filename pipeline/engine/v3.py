@@ -28,7 +28,7 @@ Project decisions (the contract's, §2-§4, and the engine's own):
 * user add creates a missing group; 20 faces per user and group (the 21st: 222210);
   a face_token already in the group for any user (the same picture) answers 223105,
   and so does a re-encoded copy of one of the user's own faces (a descriptor within
-  ``SAME_IMAGE_DISTANCE``, as v2's 216616).
+  ``scoring.same_image_distance()``, as v2's 216616).
 * ``display_corp_image=1`` answers 222001 (not supported: no crop is produced).
 """
 
@@ -47,7 +47,7 @@ from pipeline.engine.models import AnalyseOptions, FaceAnalysis, ImageAnalysis
 from pipeline.engine.params import Failure
 from pipeline.engine.persons import valid_id_card_number
 from pipeline.engine.qualities import FaceQualities
-from pipeline.engine.scoring import SAME_IMAGE_DISTANCE, distance, score_from_distance
+from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 from pipeline.engine.store import FaceRow, face_token_of
 
 if TYPE_CHECKING:
@@ -429,10 +429,11 @@ async def _register(state: EngineState, params: Params, *, replace: bool,
 def _refuse_duplicate(state: EngineState, group: str, uid: str, replace: bool,
                       face: TokenFace) -> None:
     """223105 when the group holds this face_token for any user (the same picture), or,
-    as v2 does, a re-encoded copy (descriptor within SAME_IMAGE_DISTANCE) for this user.
+    as v2 does, a re-encoded copy (descriptor within the model's same-image bound) for
+    this user.
     REPLACE may re-register the user's own face."""
     for hit in state.index.search(face.descriptor, [group], 3, per_user=1):
-        if hit.distances[0] >= SAME_IMAGE_DISTANCE or (replace and hit.uid == uid):
+        if hit.distances[0] >= same_image_distance() or (replace and hit.uid == uid):
             continue
         if hit.uid == uid or any(f.face_token == face.token
                                  for f in state.store.faces_of(group, hit.uid)):
