@@ -51,7 +51,7 @@ from aiohttp import web
 
 from pipeline.api.errors import GATEWAY_CODES, V3_ERROR_TABLE, error_message
 from pipeline.engine.emulation import Emulation, EmulationConfig
-from pipeline.engine.index import SearchIndex
+from pipeline.engine.faceset import open_faceset
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
 from pipeline.engine.models import (
     MODELS,
@@ -65,7 +65,7 @@ from pipeline.engine.models import (
 )
 from pipeline.engine.params import Failure
 from pipeline.engine.scoring import scoring_model
-from pipeline.engine.store import Change, ModelMismatchError, Store
+from pipeline.engine.store import Change
 from pipeline.engine.v3 import V3_INTERFACES, FaceTokens
 
 log = logging.getLogger("faceflow.engine")
@@ -110,7 +110,7 @@ class EngineState:
         self.config = config
         self.clock_offset = 0.0
         check_model(config.model)
-        self.store, self.index = open_faceset(config)
+        self.store, self.index = open_faceset(config)  # FaceStore, FaceIndex
         self.emulation = Emulation(config.emulation, self.monotonic, self.today)
         self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
         self.calls: Counter[str] = Counter()
@@ -188,32 +188,6 @@ def check_model(model: str) -> None:
         raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
     if model == "sface":
         sface_model_dir()
-
-
-def open_faceset(config: EngineConfig) -> tuple[Any, Any]:
-    """(store, index) of one engine: SQLite + in-memory index, or PostgreSQL for both.
-
-    Both pairs have the same public methods (store.py / index.py, pgstore.py); the
-    interfaces use only those. The embedded index is rebuilt from the store here.
-    """
-    if config.store_url:
-        from pipeline.engine.pgstore import PgIndex, PgStore  # noqa: PLC0415
-
-        if config.model != "dlib":
-            raise ValueError(f"--model {config.model} keeps its faceset in --data-dir only: "
-                             "the shared PostgreSQL store holds dlib descriptors")
-        pg = PgStore(config.store_url)
-        return pg, PgIndex(pg)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.data_dir / "faceset.sqlite3")
-    try:
-        store.claim_model(config.model)
-    except ModelMismatchError:
-        store.close()
-        raise
-    index = SearchIndex()
-    index.load(store.all_faces())
-    return store, index
 
 
 @contextlib.contextmanager
