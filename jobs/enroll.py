@@ -228,7 +228,12 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
         "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
                   "far are saved; when the database is back, resume",
-    }[result.stop_reason or "interrupted"]
+        "credentials": "The service refused the credentials before any call (nothing was "
+                       "sent). Fix --api-key/--secret-key (or FACEFLOW_API_KEY/"
+                       "FACEFLOW_SECRET_KEY), then run",
+        "disk": "The run directory could not be written (see above). Outcomes written so "
+                "far are kept; free space (or fix the disk), then resume",
+    }.get(result.stop_reason or "interrupted", "Stopped. Outcomes so far are saved; resume")
     return f"{what}; {left}:\n  {resume_hint}"
 
 
@@ -371,8 +376,12 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
-    2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
-    refused, 130 interrupted.
+    2 bad configuration or credentials refused before any call (nothing sent), 3 quota
+    (or the shared --qps-budget unreachable), 4 credentials refused mid-run, 6 run
+    directory not writable mid-run (disk full), 130 interrupted.
+
+    Resuming (the same --run-dir again) reuses the run's options from run.json;
+    options given again that differ are refused unless --change-options.
     """
     existing = run_dir is not None and RunDir(run_dir).exists()
     if existing and kwargs.get("endpoint") is None and "FACEFLOW_ENDPOINT" not in _env():

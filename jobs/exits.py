@@ -20,9 +20,10 @@ from pipeline.frame import StopReason
 
 EXIT_OK = 0  # every row has a terminal outcome and none failed
 EXIT_FAILED_ROWS = 1  # the run finished, some rows failed (see failures.csv)
-EXIT_CONFIG = 2  # bad options, manifest or credentials: nothing was sent
+EXIT_CONFIG = 2  # bad options, manifest, run directory or credentials: nothing was sent
 EXIT_QUOTA = 3  # stopped by the daily/total quota (17/19) or the shared budget: resume later
 EXIT_AUTH = 4  # the service refused the credentials mid-run
+EXIT_DISK = 6  # the run directory could not be written mid-run (disk full): resume later
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
 
 #: Why a run stopped early -> the exit code. Every StopReason has a row (a test checks).
@@ -31,6 +32,8 @@ STOP_EXITS: dict[StopReason, int] = {
     StopReason.BUDGET: EXIT_QUOTA,
     StopReason.AUTH: EXIT_AUTH,
     StopReason.INTERRUPTED: EXIT_INTERRUPTED,
+    StopReason.CREDENTIALS: EXIT_CONFIG,  # refused before any call: nothing was sent
+    StopReason.DISK: EXIT_DISK,
 }
 
 
@@ -65,7 +68,10 @@ def exit_with(result: RunEnd) -> NoReturn:
     from pipeline.runs.rundir import RunDir  # noqa: PLC0415
 
     code = exit_code_of(result)
-    RunDir(result.run_dir).update_info(exit_code=code)
+    try:
+        RunDir(result.run_dir).update_info(exit_code=code)
+    except OSError:
+        pass  # a full or read-only disk: the exit code still tells
     sys.exit(code)
 
 

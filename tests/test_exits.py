@@ -21,8 +21,8 @@ from pipeline.frame import StopReason
 @pytest.mark.parametrize(
     ("stop", "failed", "code"),
     [(None, 0, 0), (None, 3, 1), ("quota", 0, 3), ("budget", 2, 3), ("auth", 5, 4),
-     ("interrupted", 1, 130)],
-    ids=["ok", "failed-rows", "quota", "budget", "auth", "interrupted"],
+     ("interrupted", 1, 130), ("credentials", 0, 2), ("disk", 4, 6)],
+    ids=["ok", "failed-rows", "quota", "budget", "auth", "interrupted", "credentials", "disk"],
 )
 def test_exit_code(stop: str | None, failed: int, code: int) -> None:
     assert exit_code(stop, failed) == code
@@ -30,7 +30,10 @@ def test_exit_code(stop: str | None, failed: int, code: int) -> None:
 
 def test_every_stop_reason_has_an_exit_code() -> None:
     assert set(STOP_EXITS) == set(StopReason)
-    assert all(code not in (0, 1, 2) for code in STOP_EXITS.values())
+    assert all(code not in (0, 1) for code in STOP_EXITS.values())
+    # 2 means "nothing was sent": only credentials refused as the session opened.
+    assert [r for r, code in STOP_EXITS.items() if code == EXIT_CONFIG] == [
+        StopReason.CREDENTIALS]
 
 
 @pytest.mark.parametrize("error", [ConfigError("--qps must be above 0"),
