@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "faceflow needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev,scale]'
+	$(PY) -m pip install -q -e '.[test,dev,scale,sface]'
 	@touch $@
 
 $(SAMPLES): data/fetch_samples.py | $(STAMP)

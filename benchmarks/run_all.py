@@ -42,6 +42,7 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
                      600),
     "scale_replicas": (["benchmarks/scale_replicas.py"], 300),
     "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 300),
+    "v3": (["benchmarks/v3.py", "--q", "10", "--seconds", "30"], 300),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares
 #: the machine (with scale): it spends its time waiting (10 calls/s per interface to a
@@ -49,7 +50,7 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
 #: allowed. Everything else runs alone, so its CPU figures are undisturbed.
 STAGES: list[list[str]] = [["client_overhead"], ["engine"], ["calibration"], ["audit"],
                            ["scale", "quota"], ["resume_finished"], ["ledger"],
-                           ["scale_engine"], ["scale_replicas"], ["budget"]]
+                           ["scale_engine"], ["scale_replicas"], ["budget"], ["v3"]]
 
 Row = tuple[str, str, str, str]  # measure, figure, goal, verdict
 
@@ -140,28 +141,47 @@ def _engine(d: dict[str, Any]) -> list[Row]:
          "dev set absent", "", ""),
         ("engine images/s with 1 and 2 model workers",
          ", ".join(f"{v:.2f}" for v in d["images_per_second"].values()), "", ""),
+        *_other_models(d),
         ("engine identify, search only, p50 at 100k faces", f"{search:.1f} ms", "<= 10 ms",
          _verdict(search <= 10)),
     ]
 
 
-def _calibration(d: dict[str, Any]) -> list[Row]:
-    fit = d["fit"]
-    out: list[Row] = [(
-        f"score calibration: different-person unit distances, {fit['impostor_pairs']} pairs "
-        "of stated-licence photos (normal model; score 80 = modelled FAR 1e-4)",
-        f"mean {fit['impostor_mean']}, sd {fit['impostor_sd']}; 80 at d "
-        f"{fit['anchors_fitted']['80.0']} (shipped {d['anchors_shipped']['80.0']})", "", "")]
-    for name, points in d["roc"].items():
-        at80 = next((p for p in points if p["score"] == 80.0 and "TAR" in p), None)
-        if at80 is None:
+def _other_models(d: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for name, m in d.get("models", {}).items():
+        if name == "dlib":
             continue
-        ok = (at80["FAR"] <= 0.001 and (at80["TAR"] or 0) >= 0.97) if at80["genuine_pairs"] \
-            else None
-        out.append((f"score >= 80 on {name}",
-                    f"genuine {at80['true_accepts']}/{at80['genuine_pairs']}, impostor "
-                    f"{at80['false_accepts']}/{at80['impostor_pairs']}",
-                    ">= 97 % genuine, <= 0.1 % impostor", _verdict(ok)))
+        rates = ", ".join(f"{v:.2f}" for v in m["images_per_second"].values())
+        pairs = "; ".join(f"{p['score']:g}: genuine {p['true_accepts']}/{p['genuine_pairs']}, "
+                          f"impostor {p['false_accepts']}/{p['impostor_pairs']}"
+                          for p in m["roc"] or []) or "dev set absent"
+        out.append((f"engine --model {name}: ms/image, images/s with 1 and 2 workers, pairs at "
+                    "score 70/80/90", f"{m['ms_per_image']:.0f} ms; {rates} images/s; {pairs}",
+                    "", ""))
+    return out
+
+
+def _calibration(d: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for model, m in d["models"].items():
+        fit = m["fit"]
+        out.append((
+            f"{model} score calibration: different-person unit distances, "
+            f"{fit['impostor_pairs']} pairs of stated-licence photos (normal model; score 80 = "
+            "modelled FAR 1e-4)",
+            f"mean {fit['impostor_mean']}, sd {fit['impostor_sd']}; 80 at d "
+            f"{fit['anchors_fitted']['80.0']} (shipped {m['anchors_shipped']['80.0']})", "", ""))
+        for name, points in m["roc"].items():
+            at80 = next((p for p in points if p["score"] == 80.0 and "TAR" in p), None)
+            if at80 is None:
+                continue
+            ok = (at80["FAR"] <= 0.001 and (at80["TAR"] or 0) >= 0.97) \
+                if at80["genuine_pairs"] else None
+            out.append((f"{model} score >= 80 on {name}",
+                        f"genuine {at80['true_accepts']}/{at80['genuine_pairs']}, impostor "
+                        f"{at80['false_accepts']}/{at80['impostor_pairs']}",
+                        ">= 97 % genuine, <= 0.1 % impostor", _verdict(ok)))
     return out
 
 
@@ -278,10 +298,31 @@ def _ledger(d: dict[str, Any]) -> list[Row]:
              _verdict(d["verdict"] == "PASS"))]
 
 
+def _v3(d: dict[str, Any]) -> list[Row]:
+    runs = d["bytes"]["enrollable"]
+    v2, v3 = runs["v2"], runs["v3"]
+    out: list[Row] = [(
+        f"bytes uploaded per enrolled row, {v3['rows']} enrollable rows: v3 (FACE_TOKEN "
+        "writes) vs v2", f"{v3['per_enrolled_row']:,} B vs {v2['per_enrolled_row']:,} B "
+        f"({runs['v3_over_v2']:.2f}); writes {v3['write_per_enrolled_row']} B vs "
+        f"{v2['write_per_enrolled_row']:,} B", "about half", _verdict(
+            runs["v3_over_v2"] <= 0.6))]
+    q = d["quota"]
+    for i, (label, run) in enumerate(q["runs"].items()):
+        share = max(run["detect"]["rejected_share"], run["add"]["rejected_share"])
+        util = min(run["detect"]["utilisation"], run["add"]["utilisation"])
+        goal, ok = (">= 0.97 Q, <= 0.5 % error 18", util >= 0.97 and share <= 0.005) \
+            if i == 0 else ("", None)
+        out.append((f"quota use on v3 paths, server Q={q['q']:g}/s, {run['rows']} rows: "
+                    f"{label}", f"{util:.3f} Q, {share:.2%} of calls got error 18", goal,
+                    _verdict(ok)))
+    return out
+
+
 ROWS = {"client_overhead": _client, "quota": _quota, "engine": _engine, "audit": _audit,
         "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration,
         "ledger": _ledger, "scale_engine": _scale_engine, "scale_replicas": _scale_replicas,
-        "budget": _budget}
+        "budget": _budget, "v3": _v3}
 
 
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

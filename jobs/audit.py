@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from jobs.enroll import ConfigProblem, parse_qps
-from jobs.options import (
-    EXIT_CONFIG,
-    api_option,
-    connection_options,
-    plural,
-    run_stoppable,
-    settings_from,
-)
+from jobs.enroll import parse_qps
+from jobs.exits import config_errors, exit_with
+from jobs.options import api_option, connection_options, plural, run_stoppable, settings_from
 from pipeline.api.errors import ConfigError
-from pipeline.audit.findings import KINDS, ProbeRecord
+from pipeline.audit.findings import CONFIDENCES, KINDS, ProbeRecord
 from pipeline.audit.job import (
     AuditConfig,
     AuditObserver,
@@ -85,6 +78,10 @@ def print_result(result: AuditResult, resume_hint: str) -> None:
         click.echo(f"  {n - loose:6d}  {LABELS[kind]}, confirmed by match")
         click.echo(f"  {loose:6d}  {LABELS[kind]}, unconfirmed (identify only: no photo of "
                    "the other uid to match)")
+    if total:
+        click.echo("  by confidence: " + ", ".join(
+            f"{result.confidence.get(c, 0)} {c}" for c in CONFIDENCES)
+            + " (act on high; review medium and low: report.html)")
     calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items())) or "none"
     _err(f"API calls this session: {calls} ({result.elapsed_s:.1f} s)")
     _err(f"Findings: {result.findings_path}\nClusters: {result.clusters_path}")
@@ -178,11 +175,7 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
     completed (findings or not), 1 some probes failed, 2 bad configuration,
     3 quota, 4 credentials refused, 130 interrupted.
     """
-    try:
-        settings = settings_from(kwargs)
-    except click.ClickException as exc:
-        exc.exit_code = EXIT_CONFIG
-        raise
+    settings = settings_from(kwargs)
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
                "qps": parse_qps(kwargs.pop("qps")), "qps_budget": kwargs.pop("qps_budget"),
                "concurrency": kwargs.pop("concurrency"),
@@ -190,11 +183,9 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
                "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
     observer = LineObserver()
-    try:
+    with config_errors():
         config = _config(sources, manifest, groups, run_dir, settings, options)
         result = asyncio.run(run_stoppable(
             lambda stop: run_audit(config, observer=observer, stop=stop)))
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
     print_result(result, _hint(result))
-    sys.exit(result.exit_code)
+    exit_with(result)

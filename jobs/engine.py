@@ -41,6 +41,10 @@ def engine() -> None:
               help="Access-token lifetime in seconds.")
 @click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
               help="Face detector: HOG (fast) or dlib's CNN (slower, finds more poses).")
+@click.option("--model", type=click.Choice(["dlib", "sface"]), default="dlib", show_default=True,
+              help="Descriptor model: dlib's ResNet, or OpenCV's YuNet+SFace (faster; needs "
+                   "pip install 'faceflow[sface]'). A faceset keeps the model it was "
+                   "enrolled with: an engine started with another refuses it.")
 @click.option("--fault", "faults", multiple=True, metavar="KIND=RATE",
               help="Inject faults: an error code (4, 18, 216400...), http500, drop or slow, "
                    "with a 0-1 rate; repeatable.")
@@ -49,14 +53,16 @@ def engine() -> None:
 @click.option("--seed", type=int, default=None, help="Seed of the fault draws.")
 def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: int,
           qps: float | None, daily_quota: int | None, token_ttl: float, detector: str,
-          faults: tuple[str, ...], delay: float, seed: int | None) -> None:
+          model: str, faults: tuple[str, ...], delay: float, seed: int | None) -> None:
     """Serve the face API until SIGTERM or Ctrl-C.
 
     \b
     Examples:
       faceflow engine serve --data-dir ./faceset --port 8480 --workers 2
       faceflow engine serve --store postgresql://faceflow@db/faces --port 8481
+      faceflow engine serve --model sface --data-dir ./faceset-sface
     """
+    from pipeline.engine.models import ModelUnavailable
     from pipeline.engine.server import ListenError, build_config
     from pipeline.engine.server import serve as run
     from pipeline.postgres import PostgresUnavailable
@@ -66,9 +72,9 @@ def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: 
         config = build_config(data_dir, workers=workers, qps=qps, daily_quota=daily_quota,
                               token_ttl=token_ttl, detector=detector,
                               faults=_parse_faults(faults), delay=delay, seed=seed,
-                              store_url=store_url)
+                              store_url=store_url, model=model)
         run(config, host, port)
-    except (ValueError, PostgresUnavailable, ListenError) as exc:
+    except (ValueError, PostgresUnavailable, ListenError, ModelUnavailable) as exc:
         raise _Problem(str(exc)) from None
 
 

@@ -23,20 +23,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from jobs.exits import ConfigProblem, config_errors, exit_with
 from jobs.options import (
-    EXIT_CONFIG,
     api_option,
     connection_options,
     run_stoppable,
     settings_from,
 )
 from pipeline.api.errors import ConfigError
+from pipeline.client.config import Settings
 from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
-    RunResult,
     RunNotFinishedError,
+    RunResult,
     RunStart,
     plan_rerun,
     resume_enroll_config,
@@ -48,12 +49,6 @@ from pipeline.runs.rundir import RunDir, new_run_id
 
 #: Seconds between plain progress lines when stderr is not a terminal (cron, CI).
 PLAIN_INTERVAL_S = 10.0
-
-
-class ConfigProblem(click.ClickException):
-    """A configuration error: nothing was sent. Exit code 2 (EXIT_CONFIG)."""
-
-    exit_code = EXIT_CONFIG
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -109,12 +104,8 @@ def parse_thresholds(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _settings(kwargs: dict[str, Any]) -> Any:
-    try:
-        return settings_from(kwargs)
-    except click.ClickException as exc:
-        exc.exit_code = EXIT_CONFIG  # missing/bad credentials are configuration
-        raise
+def _settings(kwargs: dict[str, Any]) -> Settings:
+    return settings_from(kwargs)  # missing/bad credentials: ConfigProblem, exit 2
 
 
 # -- progress on the terminal ------------------------------------------------------------
@@ -137,7 +128,8 @@ class ConsoleObserver(EnrollObserver):
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
-                               f"outcome; skipping them.", highlight=False, soft_wrap=True, markup=False)
+                               f"outcome; skipping them.", highlight=False, soft_wrap=True,
+                               markup=False)
         else:
             self.console.print(f"Run {start.run_id} -> {start.run_dir} ({start.total_rows} rows)",
                                highlight=False, soft_wrap=True, markup=False)
@@ -149,7 +141,8 @@ class ConsoleObserver(EnrollObserver):
                                highlight=False, soft_wrap=True, markup=False)
         if start.recovered:
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
-                               "interrupted session.", highlight=False, soft_wrap=True, markup=False)
+                               "interrupted session.", highlight=False, soft_wrap=True,
+                               markup=False)
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
@@ -235,7 +228,12 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
         "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
                   "far are saved; when the database is back, resume",
-    }[result.stop_reason or "interrupted"]
+        "credentials": "The service refused the credentials before any call (nothing was "
+                       "sent). Fix --api-key/--secret-key (or FACEFLOW_API_KEY/"
+                       "FACEFLOW_SECRET_KEY), then run",
+        "disk": "The run directory could not be written (see above). Outcomes written so "
+                "far are kept; free space (or fix the disk), then resume",
+    }.get(result.stop_reason or "interrupted", "Stopped. Outcomes so far are saved; resume")
     return f"{what}; {left}:\n  {resume_hint}"
 
 
@@ -247,10 +245,9 @@ def execute(config: EnrollConfig, resume_hint: str, console: Console | None = No
     console = console or Console(stderr=True)
     observer = ConsoleObserver(console)
     try:
-        result = asyncio.run(run_stoppable(
-            lambda stop: run_enroll(config, observer=observer, stop=stop)))
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
+        with config_errors():
+            result = asyncio.run(run_stoppable(
+                lambda stop: run_enroll(config, observer=observer, stop=stop)))
     finally:
         observer.close()
     print_summary(console, result, resume_hint)
@@ -379,8 +376,12 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
     Each row: read the image, detect with qualities, apply the quality gate, then
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
-    2 bad configuration, 3 quota (or the shared --qps-budget unreachable), 4 credentials
-    refused, 130 interrupted.
+    2 bad configuration or credentials refused before any call (nothing sent), 3 quota
+    (or the shared --qps-budget unreachable), 4 credentials refused mid-run, 6 run
+    directory not writable mid-run (disk full), 130 interrupted.
+
+    Resuming (the same --run-dir again) reuses the run's options from run.json;
+    options given again that differ are refused unless --change-options.
     """
     existing = run_dir is not None and RunDir(run_dir).exists()
     if existing and kwargs.get("endpoint") is None and "FACEFLOW_ENDPOINT" not in _env():
@@ -392,7 +393,7 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
                   if v is not None})
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --run-dir (the run directory to resume)")
-    try:
+    with config_errors():
         if existing:  # a resume: the run's own settings, unless given (and then compared)
             assert run_dir is not None
             config = resume_enroll_config(run_dir, manifest, settings, given, resume=resume,
@@ -400,10 +401,7 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
         else:
             config = EnrollConfig(manifest=manifest, settings=settings, run_dir=run_dir,
                                   resume=resume, **given)
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
-    result = _execute_enroll(config)
-    sys.exit(result.exit_code)
+    exit_with(_execute_enroll(config))
 
 
 def _execute_enroll(config: EnrollConfig) -> RunResult:
@@ -455,15 +453,12 @@ def rerun(old_run_dir: Path, include_all: bool, run_dir: Path | None, **kwargs: 
     hint = " ".join(shlex.quote(p) for p in ["faceflow", "rerun", str(old_run_dir), "--run-dir",
                                              str(config.run_dir)] + (["--all"] if include_all
                                                                      else []))
-    result = execute(config, hint)
-    sys.exit(result.exit_code)
+    exit_with(execute(config, hint))
 
 
 def _old_endpoint(old_run_dir: Path) -> str | None:
-    try:
+    with config_errors():
         return str(RunDir(old_run_dir).read_info().settings.get("endpoint") or "") or None
-    except ConfigError as exc:
-        raise ConfigProblem(str(exc)) from None
 
 
 def _env() -> Mapping[str, str]:

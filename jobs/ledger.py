@@ -6,13 +6,9 @@ from pathlib import Path
 
 import click
 
-from jobs.options import EXIT_CONFIG
+from jobs.exits import ConfigProblem
 from pipeline.api.errors import ConfigError
 from pipeline.ledger import LEDGER_ENV, open_ledger
-
-
-class ConfigProblem(click.ClickException):
-    exit_code = EXIT_CONFIG
 
 
 def ledger_option(required: bool = False):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Options shared by every command, and the documented exit codes."""
+"""Options shared by every command (the exit codes are in jobs/exits.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
-from pipeline.api.errors import ConfigError
+from jobs.exits import (  # noqa: F401 - re-exported for commands that import them here
+    EXIT_AUTH,
+    EXIT_CONFIG,
+    EXIT_FAILED_ROWS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUOTA,
+    config_errors,
+)
 from pipeline.client.config import Settings
-
-# Exit codes (documented in the README).
-EXIT_OK = 0  # every row has a terminal outcome and none failed
-EXIT_FAILED_ROWS = 1  # the run finished, some rows failed (see failures.csv)
-EXIT_CONFIG = 2  # bad options, manifest or credentials: nothing was sent
-EXIT_QUOTA = 3  # stopped by the daily/total quota (17/19): resume later
-EXIT_AUTH = 4  # the service refused the credentials mid-run
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
 
 F = Callable[..., Any]
 T = TypeVar("T")
@@ -54,13 +54,12 @@ api_option = click.option(
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
-    """Pop the connection options out of a command's kwargs and build Settings."""
+    """Pop the connection options out of a command's kwargs and build Settings; missing
+    or bad credentials are configuration (exit 2)."""
     names = ("endpoint", "api_key", "secret_key", "app_id", "connect_timeout", "read_timeout")
     overrides = {name: kwargs.pop(name, None) for name in names}
-    try:
+    with config_errors():
         return Settings.from_env(**overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 async def run_stoppable(job: Callable[[asyncio.Event], Awaitable[T]]) -> T:

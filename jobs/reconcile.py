@@ -12,18 +12,11 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, _settings, parse_qps
+from jobs.exits import exit_code as exit_code_for
 from jobs.ledger import ledger_option
-from jobs.options import (
-    EXIT_AUTH,
-    EXIT_FAILED_ROWS,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_QUOTA,
-    connection_options,
-    run_stoppable,
-)
+from jobs.options import api_option, connection_options, run_stoppable
 from pipeline.api.errors import ConfigError
-from pipeline.frame import Stopped, StopReason
+from pipeline.frame import Stopped
 from pipeline.ledger.reconcile import (
     ReconcileConfig,
     ReconcileObserver,
@@ -32,17 +25,11 @@ from pipeline.ledger.reconcile import (
 )
 from pipeline.runs.rundir import new_run_id
 
-#: Stop reason -> exit code (the budget, like the quota: resume later).
-_STOP_EXITS = {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
-               StopReason.AUTH: EXIT_AUTH, StopReason.INTERRUPTED: EXIT_INTERRUPTED}
-
 
 def exit_code(result: ReconcileResult) -> int:
-    """0 in sync, 1 differences found (EXIT_FAILED_ROWS's number), 3 quota or budget,
-    4 credentials, 130 interrupted."""
-    if result.stopped is not None:
-        return _STOP_EXITS[result.stopped.reason]
-    return EXIT_FAILED_ROWS if result.differences else EXIT_OK
+    """0 in sync, 1 differences found, 3 quota or budget, 4 credentials, 130 interrupted
+    (the table in jobs/exits.py)."""
+    return exit_code_for(result.stopped.reason if result.stopped else None, result.differences)
 
 
 class _Echo(ReconcileObserver):
@@ -82,6 +69,7 @@ Examples:
                    "Needs --confirm-delete-group with the group again.")
 @click.option("--confirm-delete-group", default=None, metavar="GROUP",
               help="The group, typed again, to confirm --delete-unknown.")
+@api_option
 @connection_options
 def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, concurrency: int,
               qps: str | None, check_faces: bool, score: float, delete_unknown: bool,
@@ -102,7 +90,8 @@ def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, con
                                  page_size=page_size, concurrency=concurrency,
                                  qps=parse_qps(qps), check_faces=check_faces, score=score,
                                  delete_unknown=delete_unknown,
-                                 confirm_group=confirm_delete_group)
+                                 confirm_group=confirm_delete_group,
+                                 api=kwargs.pop("api", None) or "v2")
         result = asyncio.run(run_stoppable(
             lambda stop: run_reconcile(config, observer=_Echo(), stop=stop)))
     except ConfigError as exc:

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import click
 
-from jobs.options import EXIT_CONFIG
+from jobs.exits import ConfigProblem
 from pipeline.api.errors import ConfigError
-
-
-class ConfigProblem(click.ClickException):
-    exit_code = EXIT_CONFIG
 
 
 @click.command(epilog="""\b

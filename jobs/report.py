@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from jobs.options import EXIT_CONFIG, plural
-from pipeline.api.errors import ConfigError
+from jobs.exits import ConfigProblem, config_errors
+from jobs.options import plural
 from pipeline.enroll.report import Summary, render_html, summarize
 from pipeline.runs.outcomes import SUCCESS_STATUSES
 
@@ -76,12 +76,8 @@ def report(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
     if _job_of(run_dir) == "audit":
         _report_audit(run_dir, html_path, as_json)
         return
-    try:
+    with config_errors():
         summary = summarize(run_dir)
-    except ConfigError as exc:
-        err = click.ClickException(str(exc))
-        err.exit_code = EXIT_CONFIG
-        raise err from None
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -100,7 +96,7 @@ def _job_of(run_dir: Path) -> str | None:
 
 
 def _report_audit(run_dir: Path, html_path: Path | None, as_json: bool) -> None:
-    from pipeline.audit.job import read_findings  # noqa: PLC0415
+    from pipeline.audit.outputs import read_findings  # noqa: PLC0415
     from pipeline.audit.report import render_audit_html  # noqa: PLC0415
 
     findings = read_findings(run_dir)
@@ -127,8 +123,6 @@ def _write_html(path: Path, render: Callable[[], str]) -> None:
     try:
         path.write_text(render(), encoding="utf-8")
     except OSError as exc:
-        err = click.ClickException(f"cannot write the HTML report to {path}: "
-                                   f"{exc.strerror or exc}")
-        err.exit_code = EXIT_CONFIG
-        raise err from None
+        raise ConfigProblem(f"cannot write the HTML report to {path}: "
+                            f"{exc.strerror or exc}") from None
     click.echo(f"HTML report: {path}", err=True)

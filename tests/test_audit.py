@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from support.audit_double import FaceDouble, Row, descriptors, enroll_run, png, variant
 
 from jobs.cli import main
+from jobs.exits import exit_code_of
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import EXACT_COPY, FINDING_SCHEMA, MULTIPLE_PEOPLE, SAME_PERSON
 from pipeline.audit.job import AuditConfig, audit, read_findings, resume_config, run_audit
@@ -73,7 +74,7 @@ def test_finds_each_kind_with_n_times_k_calls(double: FaceDouble, tmp_path: Path
     enroll_dir, photos = enroll_run(tmp_path, GROUP, rows, double)
     result = audit(_config(double, tmp_path, enroll_dir, top_k=5),
                    loader=lambda img: photos[img.path])
-    assert result.exit_code == 0 and result.failed == 0
+    assert exit_code_of(result) == 0 and result.failed == 0
     assert _kinds(read_findings(result.run_dir)) == expected
     n = len(rows)
     assert result.probes == n == double.calls["identify"]
@@ -94,7 +95,8 @@ def test_outputs_are_written_with_the_declared_schema(double: FaceDouble, tmp_pa
     clusters = pq.read_table(result.clusters_path).to_pylist()
     assert any(set(c["uids"]) == {"p001", "p001_again"} for c in clusters)
     info = json.loads((result.run_dir / "run.json").read_text())
-    assert info["job"] == "audit" and info["exit_code"] == 0
+    # the library records why it stopped; the exit code is the CLI's (jobs/exits.py)
+    assert info["job"] == "audit" and info["stop_reason"] is None
     assert info["counts"]["same_person_multiple_uids"] == 1
     for path in result.run_dir.rglob("*"):  # no secret anywhere in the audit's files
         if path.is_file():
@@ -108,13 +110,13 @@ def test_quota_stop_then_resume_calls_each_probe_once(double: FaceDouble, tmp_pa
     load = lambda img: photos[img.path]  # noqa: E731
     double.quota_after = {"identify": 12}
     first = audit(_config(double, tmp_path, enroll_dir, concurrency=3), loader=load)
-    assert (first.exit_code, first.stop_reason) == (3, "quota")
+    assert (exit_code_of(first), first.stop_reason) == (3, "quota")
     assert 0 < first.checked <= 12 and first.pending == len(rows) - first.checked
     calls_before = double.calls["identify"]
 
     double.quota_after = {}
     second = audit(_config(double, tmp_path, enroll_dir, concurrency=3), loader=load)
-    assert second.exit_code == 0 and second.resumed
+    assert exit_code_of(second) == 0 and second.resumed
     assert second.already_done == first.checked
     assert double.calls["identify"] - calls_before == len(rows) - first.checked
     assert second.checked == len(rows)
@@ -129,11 +131,11 @@ def test_failed_probe_exits_1_and_is_retried_on_resume(double: FaceDouble,
     saved = victim.read_bytes()
     victim.unlink()
     first = audit(_config(double, tmp_path, enroll_dir))
-    assert first.exit_code == 1 and first.failed == 1
+    assert exit_code_of(first) == 1 and first.failed == 1
     victim.write_bytes(saved)
     calls = double.calls["identify"]
     second = audit(_config(double, tmp_path, enroll_dir))
-    assert second.exit_code == 0 and second.failed == 0
+    assert exit_code_of(second) == 0 and second.failed == 0
     assert double.calls["identify"] - calls == 1  # only the failed probe ran again
 
 
@@ -160,7 +162,7 @@ def test_a_held_audit_directory_is_refused_then_released(double: FaceDouble,
     finally:
         other.release()
     result = audit(config, loader=lambda img: photos[img.path])
-    assert result.exit_code == 0
+    assert exit_code_of(result) == 0
     again = RunDir(config.run_dir)
     again.hold()  # the audit released its hold when it ended
     again.release()
@@ -200,7 +202,7 @@ def test_before_enroll_uses_and_deletes_a_scratch_group(double: FaceDouble,
     config = AuditConfig(settings=_settings(double), groups=(GROUP,), manifest=manifest,
                          run_dir=tmp_path / "pre", before_enroll=True, scratch_settle_s=0)
     result = audit(config)
-    assert result.exit_code == 0 and result.scratch_left is None
+    assert exit_code_of(result) == 0 and result.scratch_left is None
     kinds = _kinds(read_findings(result.run_dir))
     # alice_new matches alice in the library (no photo known: identify only); bob and
     # bobby are one person inside the manifest, found through the scratch group.
@@ -213,7 +215,7 @@ def test_before_enroll_uses_and_deletes_a_scratch_group(double: FaceDouble,
     assert double.calls["add"] == 4 and double.calls["delete"] == 4
     assert double.calls["identify"] == 4
     again = audit(resume_config(config.run_dir, _settings(double)))  # type: ignore[arg-type]
-    assert again.resumed and again.exit_code == 0 and again.calls == {}
+    assert again.resumed and exit_code_of(again) == 0 and again.calls == {}
     assert double.calls["add"] == 4 and double.calls["identify"] == 4
 
 
@@ -297,5 +299,5 @@ async def test_interrupt_stops_cleanly(double: FaceDouble, tmp_path: Path) -> No
                                      qps={"identify": 50}),
                              observer=StopAfter5(), stop=stop,  # type: ignore[arg-type]
                              loader=lambda img: photos[img.path])
-    assert (result.exit_code, result.stop_reason) == (130, "interrupted")
+    assert (exit_code_of(result), result.stop_reason) == (130, "interrupted")
     assert 5 <= result.checked < len(rows)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from support.audit_double import FaceDouble, descriptors, png, variant
 
+from jobs.exits import exit_code_of
 from pipeline.audit.job import AuditConfig, audit, read_findings, resume_config
 from pipeline.client.config import Secret, Settings
 
@@ -54,7 +55,7 @@ def test_resumed_before_enroll_does_not_add_the_scratch_users_again(
     assert first.stop_reason == "quota" and double.calls["add"] == 3
     double.quota_after = {}
     again = audit(resume_config(config.run_dir, _settings(double)))  # type: ignore[arg-type]
-    assert again.exit_code == 0
+    assert exit_code_of(again) == 0
     # Two photos were in the scratch group already: only the other two are added now.
     assert double.calls["add"] == 3 + 2
     kinds = {(f.kind, f.uid_a, f.uid_b) for f in read_findings(again.run_dir)}

@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
+from jobs.exits import exit_code_of
 from pipeline.audit.findings import EXACT_COPY, MULTIPLE_PEOPLE, SAME_PERSON
 from pipeline.audit.job import AuditConfig, audit, read_findings
 from pipeline.client.config import Secret, Settings
@@ -92,7 +93,7 @@ def test_audit_finds_the_three_planted_cases(engine: Any, enrolled: Path,
     multi = next(f for f in findings if f.kind == MULTIPLE_PEOPLE)
     assert multi.score is not None and multi.score < 80
     assert multi.image_b is not None and multi.image_b.endswith("astronaut.png")
-    assert "3 findings" in done.output
+    assert "3 findings" in done.output and "by confidence:" in done.output
     # obama_a's two photos both point at obama_b and obama_b's at obama_a.
     assert (same.photos_checked, same.photos_agreeing) == (3, 3)
     assert same.margin is not None and same.margin > 0
@@ -190,7 +191,7 @@ def test_devset_audit_agrees_with_the_labels(engine: Any, devset_dir: Path,
     asyncio.run(enroll_all())
     result = audit(AuditConfig(settings=_settings(engine), groups=("audit_dev",),
                                manifest=_manifest(tmp_path, rows), run_dir=tmp_path / "dev"))
-    assert result.exit_code == 0
+    assert exit_code_of(result) == 0
     people = {uid: {labels[n] for n in names} for uid, names in DEV_UIDS.items()}
     got = {(f.kind, tuple(sorted((f.uid_a, f.uid_b)))) for f in read_findings(result.run_dir)}
     for kind, (a, b) in got:  # precision: every finding is true according to the labels

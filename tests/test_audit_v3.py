@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
+from jobs.exits import exit_code_of
 from pipeline.api.errors import ConfigError
 from pipeline.audit.findings import EXACT_COPY, MULTIPLE_PEOPLE, SAME_PERSON
 from pipeline.audit.job import AuditConfig, audit, read_findings, resume_config
@@ -81,7 +82,7 @@ def test_v3_before_enroll(engine: Any, enrolled: Path, samples_dir: Path,
     result = audit(AuditConfig(settings=_settings(engine), groups=(GROUP,),
                                run_dirs=(enrolled,), manifest=manifest, before_enroll=True,
                                scratch_settle_s=0, run_dir=tmp_path / "pre", api="v3"))
-    assert result.exit_code == 0
+    assert exit_code_of(result) == 0
     got = {(f.kind, tuple(sorted((f.uid_a, f.uid_b)))) for f in read_findings(tmp_path / "pre")}
     assert (SAME_PERSON, ("new_obama", "obama_b")) in got
     assert (EXACT_COPY, ("astro", "mixed")) in got

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from support.doubles import API_KEY, ProtocolDouble, double  # noqa: F401 - double: fixture
 
+from jobs.exits import exit_code_of
 from pipeline.api.errors import ConfigError
 from pipeline.client.budget import BudgetUnavailable, PgBudget, account_key
 from pipeline.enroll.job import EnrollConfig, run_enroll
@@ -122,7 +123,7 @@ async def test_enroll_stops_resumably_when_the_budget_is_unreachable(
                           group="g", qps=40, run_dir=tmp_path / "run",
                           qps_budget="postgresql://app:pw@/db?host=/nonexistent-dir")
     result = await run_enroll(config)
-    assert result.stop_reason == "budget" and result.exit_code == 3
+    assert result.stop_reason == "budget" and exit_code_of(result) == 3
     assert result.remaining == 4 and double.requests == []  # nothing sent unpaced
     assert "pw" not in (result.stop_message or "")
     with pytest.raises(ConfigError, match="needs --qps"):
@@ -139,5 +140,5 @@ async def test_audit_stops_resumably_when_the_budget_is_unreachable(
                          manifest=_manifest(tmp_path, 3), qps=10, run_dir=tmp_path / "audit",
                          qps_budget="postgresql://app:pw@/db?host=/nonexistent-dir")
     result = await run_audit(config)
-    assert result.stop_reason == "budget" and result.exit_code == 3
+    assert result.stop_reason == "budget" and exit_code_of(result) == 3
     assert double.requests == []

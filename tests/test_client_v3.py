@@ -248,3 +248,12 @@ async def test_job_api_reads_the_library_back(engine, samples_dir: Path):
         await api.delete_user(uid)
         with pytest.raises(E.UserNotFoundError):
             await api.get_user(uid)
+
+
+def test_v3_search_is_paced_by_the_identify_limit():
+    from pipeline.client.ratelimit import RateLimiter, canonical_interface  # noqa: PLC0415
+
+    assert canonical_interface("search") == "identify"
+    assert canonical_interface("multi-search") == "multi_identify"
+    limiter = RateLimiter({"identify": 3, "face_delete": 1})
+    assert limiter.ceiling("search") == 3 and limiter.ceiling("face_delete") == 1

@@ -326,8 +326,9 @@ async def test_person_verify(api: Api, engine: Any, photos: dict, samples_dir: P
     csv_path = tmp_path / "persons.csv"
     csv_path.write_text(f"id_card_number,name,photo\n{number},Barack,"
                         f"{samples_dir / 'obama_01.jpg'}\n12345,Bad,none.jpg\n")
-    result = CliRunner().invoke(main, ["engine", "import-persons", str(csv_path),
-                                       "--data-dir", str(engine.data_dir)])
+    where = (["--store", engine.config.store_url] if engine.config.store_url
+             else ["--data-dir", str(engine.data_dir)])
+    result = CliRunner().invoke(main, ["engine", "import-persons", str(csv_path), *where])
     assert result.exit_code == 1 and "imported 1 person(s), refused 1" in result.output
     same = await api.call("person/verify", image=photos["obama_02"], id_card_number=number,
                           name="Barack")

@@ -25,7 +25,7 @@ from pipeline.engine.pgstore import (
     index_name,
     migrate,
 )
-from pipeline.engine.store import Change, Person, Store
+from pipeline.engine.store import Change, Person, Store, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
 
 
@@ -174,13 +174,51 @@ def test_seed_faces_bulk(faceset: Faceset) -> None:
     assert faceset.index.search(vecs[9], ["bulk"], 1)[0].uid == "s9"
 
 
+def test_v3_groups_faces_and_tokens(faceset: Faceset) -> None:
+    rng = np.random.default_rng(9)
+    vecs = unit(rng, 4)
+    s = faceset.store
+    assert s.add_group("empty") and not s.add_group("empty")
+    assert s.group_exists("empty") and not s.group_exists("nope")
+    assert s.groups() == []  # v2 lists groups with members only
+    faceset.write(s.add_face(["g"], "u1", "", "sha-a", vecs[0]))
+    faceset.write(s.add_face(["g"], "u2", "", "sha-b", vecs[1]))
+    faceset.write(s.add_face(["g"], "u1", "", "sha-c", vecs[2]))
+    assert s.group_ids() == ["empty", "g"] and s.group_ids(1, 5) == ["g"]
+    assert s.users_by_age("g") == ["u1", "u2"]
+    first = s.faces_of("g", "u1")[0]
+    assert first.created > 0 and len(first.face_token) == 32
+    found = s.face_by_token(first.face_token)
+    assert found is not None and found.face_id == first.face_id
+    assert s.face_by_token("0" * 32) is None
+    faceset.write(s.delete_face(s.faces_of("g", "u2")[0].face_id))
+    assert s.membership("g", "u2") is None  # its last face went, so did the membership
+    assert faceset.index.size("g") == 2 and s.integrity_check() == "ok"
+    faceset.write(s.delete_group("g"))
+    assert not s.group_exists("g") and s.counts()["faces"] == 0
+    assert faceset.index.search(vecs[0], ["g"], 1) == [] and s.group_ids() == ["empty"]
+
+
+def test_face_tokens_are_the_same_on_both_backends(tmp_path: Path, pg_url: str) -> None:
+    vec = unit(np.random.default_rng(10), 1)[0]
+    migrate(pg_url)
+    sqlite, pg = Store(tmp_path / "f.sqlite3"), PgStore(pg_url)
+    try:
+        a = sqlite.add_face(["g"], "u", "", "sha", vec).added[0]
+        b = pg.add_face(["g"], "u", "", "sha", vec).added[0]
+        assert a.face_token == b.face_token == pg.faces_of("g", "u")[0].face_token
+    finally:
+        sqlite.close()
+        pg.close()
+
+
 # -- PostgreSQL only ------------------------------------------------------------------------
 
 
 def test_migrate_is_versioned_and_the_store_refuses_an_old_schema(pg_url: str) -> None:
     with pytest.raises(PostgresUnavailable, match="faceflow engine migrate"):
         PgStore(pg_url)
-    assert migrate(pg_url) == (0, SCHEMA_VERSION)
+    assert SCHEMA_VERSION >= 3 and migrate(pg_url) == (0, SCHEMA_VERSION)
     assert migrate(pg_url) == (SCHEMA_VERSION, SCHEMA_VERSION)
     with connect(pg_url) as conn:
         conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
@@ -252,5 +290,43 @@ def test_import_persons_into_the_shared_store(pg_url: str, samples_dir: Path,
         person = store.person(number)
         assert person is not None and person.name == "Barack"
         assert np.linalg.norm(person.descriptor) == pytest.approx(1.0, abs=1e-3)
+    finally:
+        store.close()
+
+
+def test_upgrade_from_version_1_fills_face_tokens(pg_url: str) -> None:
+    from pipeline.engine.pgstore import MIGRATIONS
+
+    vec = unit(np.random.default_rng(11), 1)[0]
+    with connect(pg_url, vector=True) as conn:  # a database migrated by the first release
+        conn.execute("CREATE TABLE engine_schema (version int PRIMARY KEY, "
+                     "applied timestamptz NOT NULL DEFAULT now())")
+        conn.execute(MIGRATIONS[0])
+        conn.execute("INSERT INTO engine_schema (version) VALUES (1)")
+        conn.execute("INSERT INTO engine_memberships (group_id, uid, user_info) "
+                     "VALUES ('g', 'old', '')")
+        conn.execute("INSERT INTO engine_faces (group_id, uid, sha256, descriptor) "
+                     "VALUES ('g', 'old', 'sha', %s)", (str(vec.tolist()),))
+    assert migrate(pg_url) == (1, SCHEMA_VERSION)
+    store = PgStore(pg_url)
+    try:
+        face = store.faces_of("g", "old")[0]
+        assert face.face_token == face_token_of("sha", face.descriptor)
+    finally:
+        store.close()
+
+
+def test_a_dropped_connection_fails_one_call_then_reconnects(pg_url: str) -> None:
+    import psycopg
+
+    migrate(pg_url)
+    store = PgStore(pg_url)
+    try:
+        store.put_token("tok", 5.0)
+        with connect(pg_url) as admin:  # the server drops the store's connection
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.token_expiry("tok")
+        assert store.token_expiry("tok") == 5.0
     finally:
         store.close()

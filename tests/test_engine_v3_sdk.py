@@ -154,7 +154,24 @@ def test_search_multisearch_match(sdk, photos):
     failed(sdk.match([{"image": photos["obama"], "image_type": "BASE64"}]), 222208)
 
 
+def test_person_verify_and_idmatch_against_a_registered_person(sdk, photos, engine):
+    from pipeline.engine.store import Person  # noqa: PLC0415
+
+    number, name = "11010519491231002X", "奥巴马"  # a valid GB 11643 number; UTF-8 name
+    token = ok(sdk.detect(photos["obama"], "BASE64"))["face_list"][0]["face_token"]
+    held = engine.call_in_loop(lambda: engine.state.face_tokens.get(token))
+    engine.store.put_person(Person(number, name, held.descriptor, held.sha256))
+    same = ok(sdk.personVerify(photos["obama2"], "BASE64", number, name))
+    other = ok(sdk.personVerify(photos["astronaut"], "BASE64", number, name))
+    assert same["score"] >= 80 > other["score"]
+    assert ok(sdk.facePersonIdmatchV3(number, name)) is None
+    failed(sdk.facePersonIdmatchV3(number, "someone else"), 222351)
+    failed(sdk.personVerify(photos["obama"], "BASE64", number, name,
+                            {"liveness_control": "LOW"}), 223119)
+
+
 def test_identity_and_liveness(sdk, photos, engine):
+    failed(sdk.personVerify(photos["obama"], "BASE64", "110105194912310021", "x"), 222022)
     failed(sdk.personVerify(photos["obama"], "BASE64", "11010519491231002X", "x"), 222351)
     failed(sdk.personVerify(photos["obama"], "BASE64", "123", "x"), 222022)
     failed(sdk.facePersonIdmatchV3("11010519491231002X", "x"), 222351)

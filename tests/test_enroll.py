@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from jobs.cli import main
+from jobs.exits import exit_code_of
 from pipeline import variants as v
 from pipeline.client.config import Secret, Settings
 from pipeline.enroll.job import EnrollConfig, EnrollObserver, run_enroll
@@ -297,10 +298,10 @@ async def test_interrupted_run_resumes_to_one_outcome_per_row(
                           run_dir=tmp_path / "run", concurrency=2, flush_rows=1)
     stop = asyncio.Event()
     first = await run_enroll(config, observer=_StopAfter(1, stop), stop=stop)
-    assert first.exit_code == 130 and first.stop_reason == "interrupted"
+    assert exit_code_of(first) == 130 and first.stop_reason == "interrupted"
     assert 1 <= sum(first.counts.values()) < 4 and first.remaining >= 1
     second = await run_enroll(config)
-    assert second.resumed and second.exit_code == 0 and second.remaining == 0
+    assert second.resumed and exit_code_of(second) == 0 and second.remaining == 0
     df = _outcomes(tmp_path / "run")
     assert df["row"].tolist() == [0, 1, 2, 3]
     assert set(df["status"]) <= {"enrolled", "already_enrolled"}
@@ -342,7 +343,7 @@ async def test_retryable_failures_then_rerun_from_the_failures(
         first = await run_enroll(config, client_factory=lambda s, q: FaceClient(s, retry=fast))
     finally:
         server.configure_emulation(faults={})
-    assert first.exit_code == 1 and first.counts == {"failed": 4}
+    assert exit_code_of(first) == 1 and first.counts == {"failed": 4}
     df = _outcomes(tmp_path / "run")
     assert df["retryable"].all() and set(df["error_code"]) == {"216500"}
     assert (df["attempts"] == 2).all() and list(df["reasons"].map(list)) == [

@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 from support.doubles import ProtocolDouble, double  # noqa: F401
 
+from jobs.exits import exit_code_of
 from pipeline.enroll.job import EnrollConfig, run_enroll
 
 
@@ -53,7 +54,7 @@ async def test_an_empty_image_cell_is_image_missing_and_stays_empty(
     assert [f["image"] for f in failures[:2]] == ["", ""]  # not the manifest's folder
     assert [f["photo_note"] for f in failures] == ["", "", ""]
     assert failures[2]["image"] == str(tmp_path / "photos" / "missing.jpg")
-    assert result.exit_code == 1
+    assert exit_code_of(result) == 1
 
 
 async def test_an_absolute_windows_path_gets_a_hint(double: ProtocolDouble,  # noqa: F811

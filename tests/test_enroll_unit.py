@@ -12,7 +12,6 @@ from pipeline.enroll.job import (
     Verdict,
     classify_error,
     decide_face,
-    exit_code_for,
     success_status,
 )
 
@@ -36,31 +35,6 @@ from pipeline.enroll.job import (
 )
 def test_classify_error(code: int | str, message: str, expected: Verdict) -> None:
     assert classify_error(E.make_error(code, message, 7)) == expected
-
-
-@pytest.mark.parametrize(
-    ("stop", "counts", "code"),
-    [
-        (None, {"enrolled": 3, "already_enrolled": 1, "updated": 2}, 0),
-        (None, {"enrolled": 3, "no_face": 1}, 1),
-        (None, {}, 0),
-        ("quota", {"enrolled": 3}, 3),
-        ("auth", {"failed": 3}, 4),
-        ("interrupted", {"enrolled": 1}, 130),
-    ],
-)
-def test_exit_codes(stop: str | None, counts: dict[str, int], code: int) -> None:
-    assert exit_code_for(stop, counts) == code
-
-
-def test_exit_codes_match_the_cli_constants() -> None:
-    from jobs import options
-    from pipeline.enroll import job as enroll
-
-    assert (enroll.EXIT_OK, enroll.EXIT_FAILED_ROWS, enroll.EXIT_QUOTA, enroll.EXIT_AUTH,
-            enroll.EXIT_INTERRUPTED) == (options.EXIT_OK, options.EXIT_FAILED_ROWS,
-                                         options.EXIT_QUOTA, options.EXIT_AUTH,
-                                         options.EXIT_INTERRUPTED)
 
 
 def test_decide_face() -> None:

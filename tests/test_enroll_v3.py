@@ -17,6 +17,7 @@ from PIL import Image
 
 from jobs.cli import main
 from jobs.demo import build_manifest
+from jobs.exits import exit_code_of
 from pipeline import variants as v
 from pipeline.api.errors import ConfigError
 from pipeline.client.config import Secret, Settings
@@ -96,7 +97,7 @@ async def test_face_limit_and_one_face_per_group(engine, samples_dir, tmp_path):
     assert rows[1] == ("enrolled", ())
     # v3: a picture's face_token is unique in its group, whoever holds it (223105)
     assert rows[2] == ("already_enrolled", ())
-    assert result.exit_code == 1
+    assert exit_code_of(result) == 1
 
 
 async def test_expired_token_falls_back_to_base64(engine, samples_dir):

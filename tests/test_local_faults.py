@@ -56,3 +56,56 @@ async def test_report_html_to_a_path_that_cannot_be_written(
         assert out.exit_code == 2, out.output
         assert f"cannot write the HTML report to {target}: {cause}" in out.stderr
         assert "Traceback" not in out.output
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 96 KiB file system: a few hundred outcomes fill it."""
+    folder = tmp_path / "small"
+    _mount(folder, "size=96k")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_a_read_only_run_dir_is_one_line_exit_2(double: ProtocolDouble,  # noqa: F811
+                                                      tmp_path: Path, read_only: Path) -> None:
+    from test_resume_settings import _cli
+
+    manifest = _manifest(tmp_path / "m.csv", [("missing.jpg", "u1")])
+    code, text = await _cli(double, "enroll", str(manifest), "--group", "g", "--run-dir",
+                            str(read_only / "run"))
+    assert code == 2, text
+    assert f"{read_only / 'run'}: cannot use it as the run directory: Read-only file " \
+           "system" in text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+    assert double.token_fetches == 0
+
+
+async def test_a_full_disk_stops_at_the_first_error_and_the_command_finishes_later(
+        double: ProtocolDouble, tmp_path: Path, small_disk: Path) -> None:  # noqa: F811
+    import duckdb
+    from test_enroll_failures_csv import _photo
+    from test_resume_settings import _cli
+
+    _photo(tmp_path / "a.jpg")
+    rows = 600
+    manifest = _manifest(tmp_path / "m.csv", [("a.jpg", f"u{i}") for i in range(rows)])
+    run = small_disk / "run"
+    code, text = await _cli(double, "enroll", str(manifest), "--group", "g", "--run-dir",
+                            str(run))
+    assert code == 6, text[-3000:]
+    assert "Stopping (disk): cannot write" in text and "No space left on device" in text
+    assert "Traceback" not in text and "Task exception" not in text
+    hint = f"faceflow enroll {manifest} --run-dir {run} --resume"
+    assert hint in text
+    sent = len(double.calls("add"))
+    assert 0 < sent < rows  # stopped early, not after every row
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    code, text = await _cli(double, *hint.split()[1:])
+    assert code == 0, text[-3000:]
+    done = duckdb.sql(f"select row, count(*) n from '{run}/outcomes/*.parquet' group by row")
+    counts = dict(done.fetchall())
+    assert sorted(counts) == list(range(rows)) and set(counts.values()) == {1}

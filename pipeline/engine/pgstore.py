@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from pipeline.engine.index import Hit, rank_users
-from pipeline.engine.store import Change, FaceRow, Membership, Person
+from pipeline.engine.store import Change, FaceRow, Membership, Person, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
 
 #: Groups with at least this many faces get their own HNSW index (smaller: exact search).
@@ -56,7 +56,7 @@ HNSW_M, HNSW_EF_CONSTRUCTION = 16, 200
 #: Advisory lock keys: schema migration, index building.
 _MIGRATE_LOCK, _INDEX_LOCK = 0x66616365_01, 0x66616365_02
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Callable[[Any], None]] = [
     # 1: the faceset (same model as the SQLite store) + group face counts.
     """
     CREATE EXTENSION IF NOT EXISTS vector;
@@ -78,6 +78,14 @@ MIGRATIONS: list[str] = [
         descriptor vector(128) NOT NULL, sha256 text NOT NULL);
     CREATE TABLE engine_tokens (token text PRIMARY KEY, expires double precision NOT NULL);
     """,
+    # 2: v3 - face tokens, groups created explicitly (they outlive their last member).
+    """
+    ALTER TABLE engine_faces ADD COLUMN face_token text NOT NULL DEFAULT '';
+    CREATE INDEX engine_faces_token ON engine_faces (face_token);
+    ALTER TABLE engine_groups ADD COLUMN explicit_at double precision;
+    """,
+    # 3: the face tokens of faces stored before version 2 (computed as the SQLite store does).
+    lambda conn: _fill_face_tokens(conn),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,12 +117,25 @@ def migrate(url: str) -> tuple[int, int]:
             if before > SCHEMA_VERSION:
                 raise PostgresUnavailable(_newer(before))
             for version in range(before + 1, SCHEMA_VERSION + 1):
+                step = MIGRATIONS[version - 1]
                 with conn.transaction():
-                    conn.execute(MIGRATIONS[version - 1])
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step)
                     conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (version,))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
     return before, SCHEMA_VERSION
+
+
+def _fill_face_tokens(conn: Any) -> None:
+    rows = conn.execute("SELECT face_id, sha256, descriptor::real[] FROM engine_faces "
+                        "WHERE face_token = ''").fetchall()
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE engine_faces SET face_token=%s WHERE face_id=%s",
+                        [(face_token_of(sha, np.asarray(vec, dtype=np.float32)), fid)
+                         for fid, sha, vec in rows])
 
 
 def _newer(version: int) -> str:
@@ -180,13 +201,17 @@ class PgStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.RLock()
-        self._db = connect(url, autocommit=True, vector=True)
+        self._closed = False
+        self._db = self._open()
+
+    def _open(self) -> Any:
+        db = connect(self.url, autocommit=True, vector=True)
         # Custom plans: the group id is known when planning, so the planner can pick
         # that group's partial HNSW index.
-        self._db.execute("SET plan_cache_mode = force_custom_plan")
-        version = schema_version(self._db)
+        db.execute("SET plan_cache_mode = force_custom_plan")
+        version = schema_version(db)
         if version != SCHEMA_VERSION:
-            self._db.close()
+            db.close()
             if version > SCHEMA_VERSION:
                 raise PostgresUnavailable(_newer(version))
             raise PostgresUnavailable(
@@ -194,20 +219,34 @@ class PgStore:
                 f"{SCHEMA_VERSION}: run `faceflow engine migrate --store URL` first")
         from pgvector.psycopg import register_vector  # noqa: PLC0415
 
-        register_vector(self._db)
+        register_vector(db)
+        return db
+
+    def _conn(self) -> Any:
+        # A connection the server dropped (restart, failover, idle timeout) fails the
+        # call that meets it (the engine answers 216401; clients retry); the next call
+        # reconnects here. Nothing is retried blindly: a write whose commit was in flight
+        # may or may not have happened.
+        if self._db.broken and not self._closed:
+            self._db.close()
+            self._db = self._open()
+        return self._db
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock, self._db.transaction():
-            yield self._db
+        with self._lock:
+            db = self._conn()
+            with db.transaction():
+                yield db
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -237,13 +276,47 @@ class PgStore:
         return [Membership(*row) for row in rows]
 
     def faces_of(self, group_id: str, uid: str) -> list[FaceRow]:
-        rows = self._query("SELECT face_id, group_id, uid, sha256, descriptor FROM engine_faces "
+        rows = self._query(f"SELECT {_FACE_COLUMNS} FROM engine_faces "
                            "WHERE group_id=%s AND uid=%s ORDER BY face_id", (group_id, uid))
         return [_face(row) for row in rows]
 
+    def face_by_token(self, face_token: str) -> FaceRow | None:
+        """The oldest stored face with this registration token (any group), or None."""
+        rows = self._query(f"SELECT {_FACE_COLUMNS} FROM engine_faces WHERE face_token=%s "
+                           "ORDER BY face_id LIMIT 1", (face_token,))
+        return _face(rows[0]) if rows else None
+
+    def group_exists(self, group_id: str) -> bool:
+        """True for a group created explicitly (v3) or holding a membership."""
+        rows = self._query(
+            "SELECT EXISTS (SELECT 1 FROM engine_groups WHERE group_id=%s "
+            "AND explicit_at IS NOT NULL) OR EXISTS (SELECT 1 FROM engine_memberships "
+            "WHERE group_id=%s)", (group_id, group_id))
+        return bool(rows[0][0])
+
+    def group_ids(self, start: int = 0, length: int = 100) -> list[str]:
+        """Every group (explicit or with members) in creation order, ``length`` from ``start``.
+
+        A group's creation time is its explicit creation's, else its oldest membership's.
+        """
+        rows = self._query(
+            "SELECT group_id, MIN(c) AS c FROM ("
+            " SELECT group_id, explicit_at AS c FROM engine_groups WHERE explicit_at IS NOT NULL"
+            " UNION ALL SELECT group_id, extract(epoch FROM created)::float8 FROM"
+            " engine_memberships) t GROUP BY group_id ORDER BY c, group_id COLLATE \"C\" "
+            "LIMIT %s OFFSET %s", (length, start))
+        return [row[0] for row in rows]
+
+    def users_by_age(self, group_id: str, start: int = 0, length: int = 100) -> list[str]:
+        """User ids of a group in registration order (v3 group getusers)."""
+        rows = self._query("SELECT uid FROM engine_memberships WHERE group_id=%s "
+                           "ORDER BY created, uid COLLATE \"C\" LIMIT %s OFFSET %s",
+                           (group_id, length, start))
+        return [row[0] for row in rows]
+
     def all_faces(self) -> list[FaceRow]:
         """Every stored face, in face_id order."""
-        rows = self._query("SELECT face_id, group_id, uid, sha256, descriptor FROM engine_faces "
+        rows = self._query(f"SELECT {_FACE_COLUMNS} FROM engine_faces "
                            "ORDER BY face_id")
         return [_face(row) for row in rows]
 
@@ -307,6 +380,43 @@ class PgStore:
                 added += [_insert_face(db, group, uid, f.sha256, f.descriptor) for f in faces]
         return Change(tuple(added))
 
+    def delete_face(self, face_id: int) -> Change:
+        """Remove one face; a membership left without faces is removed too (v3 face delete)."""
+        with self._tx() as db:
+            row = db.execute("DELETE FROM engine_faces WHERE face_id=%s RETURNING group_id, uid",
+                             (face_id,)).fetchone()
+            if row is None:
+                return Change()
+            _count(db, row[0], -1)
+            db.execute("DELETE FROM engine_memberships m WHERE group_id=%s AND uid=%s AND NOT "
+                       "EXISTS (SELECT 1 FROM engine_faces f WHERE f.group_id=m.group_id "
+                       "AND f.uid=m.uid)", row)
+        return Change(removed=(face_id,))
+
+    def add_group(self, group_id: str) -> bool:
+        """Create an empty group (v3 group add); False when it already exists."""
+        with self._tx() as db:
+            # The row lock of the group's counter row serialises two replicas adding it.
+            db.execute("INSERT INTO engine_groups (group_id) VALUES (%s) "
+                       "ON CONFLICT (group_id) DO NOTHING", (group_id,))
+            db.execute("SELECT 1 FROM engine_groups WHERE group_id=%s FOR UPDATE", (group_id,))
+            if self.group_exists(group_id):
+                return False
+            db.execute("UPDATE engine_groups SET explicit_at = extract(epoch FROM now()) "
+                       "WHERE group_id=%s", (group_id,))
+        return True
+
+    def delete_group(self, group_id: str) -> Change:
+        """Remove a group with every membership and face in it (v3 group delete)."""
+        with self._tx() as db:
+            ids = [int(r[0]) for r in db.execute(
+                "DELETE FROM engine_faces WHERE group_id=%s RETURNING face_id",
+                (group_id,)).fetchall()]
+            db.execute("DELETE FROM engine_memberships WHERE group_id=%s", (group_id,))
+            db.execute("UPDATE engine_groups SET faces=0, explicit_at=NULL WHERE group_id=%s",
+                       (group_id,))
+        return Change(removed=tuple(ids))
+
     def seed_faces(self, group_id: str, items: Sequence[tuple[str, str, np.ndarray]]) -> Change:
         """Bulk fast path for benchmarks: (uid, user_info, descriptor) rows, one transaction.
 
@@ -322,11 +432,12 @@ class PgStore:
             db.execute("INSERT INTO engine_memberships (group_id, uid, user_info) "
                        "SELECT %s, uid, info FROM seed_members ON CONFLICT (group_id, uid) "
                        "DO UPDATE SET user_info=excluded.user_info", (group_id,))
-            with cur.copy("COPY engine_faces (group_id, uid, sha256, descriptor) "
+            with cur.copy("COPY engine_faces (group_id, uid, sha256, descriptor, face_token) "
                           "FROM STDIN WITH (FORMAT BINARY)") as cp:
-                cp.set_types(["text", "text", "text", "vector"])
+                cp.set_types(["text", "text", "text", "vector", "text"])
                 for uid, _, vec in items:
-                    cp.write_row((group_id, uid, "", np.asarray(vec, dtype=np.float32)))
+                    arr = np.asarray(vec, dtype=np.float32)
+                    cp.write_row((group_id, uid, "", arr, face_token_of("", arr)))
             _count(db, group_id, len(items))
         return Change()
 
@@ -475,6 +586,10 @@ def _vec(descriptor: np.ndarray) -> Any:
     return Vector(np.asarray(descriptor, dtype=np.float32))
 
 
+_FACE_COLUMNS = ("face_id, group_id, uid, sha256, descriptor, extract(epoch FROM created), "
+                 "face_token")
+
+
 def _array(value: Any) -> np.ndarray:
     # pgvector's loader answers Vector objects (numpy arrays in older releases).
     value = value.to_numpy() if hasattr(value, "to_numpy") else value
@@ -482,8 +597,8 @@ def _array(value: Any) -> np.ndarray:
 
 
 def _face(row: tuple) -> FaceRow:
-    face_id, group, uid, sha, vec = row
-    return FaceRow(int(face_id), group, uid, sha, _array(vec))
+    face_id, group, uid, sha, vec, created, token = row
+    return FaceRow(int(face_id), group, uid, sha, _array(vec), float(created), token)
 
 
 def _count(db: Any, group: str, delta: int) -> None:
@@ -500,11 +615,12 @@ def _upsert_membership(db: Any, group: str, uid: str, info: str) -> None:
 
 def _insert_face(db: Any, group: str, uid: str, sha: str, descriptor: np.ndarray) -> FaceRow:
     vec = np.asarray(descriptor, dtype=np.float32)
-    row = db.execute("INSERT INTO engine_faces (group_id, uid, sha256, descriptor) "
-                     "VALUES (%s, %s, %s, %s) RETURNING face_id",
-                     (group, uid, sha, _vec(vec))).fetchone()
+    token = face_token_of(sha, vec)
+    row = db.execute("INSERT INTO engine_faces (group_id, uid, sha256, descriptor, face_token) "
+                     "VALUES (%s, %s, %s, %s, %s) RETURNING face_id, extract(epoch FROM created)",
+                     (group, uid, sha, _vec(vec), token)).fetchone()
     _count(db, group, 1)
-    return FaceRow(int(row[0]), group, uid, sha, vec)
+    return FaceRow(int(row[0]), group, uid, sha, vec, float(row[1]), token)
 
 
 def _delete_faces(db: Any, group: str, uid: str) -> list[int]:

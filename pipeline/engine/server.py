@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
-from pipeline.engine.app import EngineConfig, EngineState, create_app
+from pipeline.api.endpoints import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.engine.app import create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
-from pipeline.engine.store import Store
+from pipeline.engine.state import EngineConfig, EngineState
 
 if TYPE_CHECKING:
-    from pipeline.engine.pgstore import PgStore
+    from pipeline.engine.faceset import FaceStore
 
 
 log = logging.getLogger("faceflow.engine")
@@ -79,6 +79,7 @@ class EngineServer:
         faults: Mapping[str, float] | None = None,
         seed: int | None = None,
         store_url: str | None = None,
+        model: str = "dlib",
     ) -> None:
         self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="faceflow-engine-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp or ".")
@@ -87,7 +88,7 @@ class EngineServer:
         emulation = EmulationConfig(qps=_qps_config(qps), daily_quota=daily_quota,
                                     faults=dict(faults or {}), seed=seed)
         self.config = EngineConfig(self.data_dir, api_key, secret_key, workers, token_ttl,
-                                   detector, emulation, store_url)
+                                   detector, emulation, store_url, model)
         self.state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -159,7 +160,7 @@ class EngineServer:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
     @property
-    def store(self) -> Store | PgStore:
+    def store(self) -> FaceStore:
         assert self.state is not None, "the engine is not running"
         return self.state.store
 
@@ -212,13 +213,14 @@ def build_config(
     seed: int | None = None,
     env: Mapping[str, str] | None = None,
     store_url: str | None = None,
+    model: str = "dlib",
 ) -> EngineConfig:
     """The configuration ``faceflow engine serve`` builds from its flags and environment."""
     api_key, secret_key = credentials_from_env(env)
     emulation = EmulationConfig(qps=qps, daily_quota=daily_quota, faults=dict(faults or {}),
                                 delay=delay, seed=seed)
     return EngineConfig(Path(data_dir), api_key, secret_key, workers, token_ttl, detector,
-                        emulation, store_url)
+                        emulation, store_url, model)
 
 
 def _check_listen(host: str, port: int) -> None:

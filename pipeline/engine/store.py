@@ -43,7 +43,19 @@ CREATE TABLE IF NOT EXISTS persons (
     sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class ModelMismatchError(ValueError):
+    """The faceset's descriptors come from another model than the engine's."""
+
+    def __init__(self, path: Path, stored: str, wanted: str) -> None:
+        super().__init__(
+            f"the faceset in {path} was enrolled with the {stored} model; this engine runs "
+            f"{wanted} and their descriptors are not comparable: start it with "
+            f"--model {stored}, or use another --data-dir for {wanted}")
+        self.stored, self.wanted = stored, wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +239,21 @@ class Store:
         users, members, groups, faces, persons = self._query(sql)[0]
         return {"users": users, "memberships": members, "groups": groups,
                 "faces": faces, "persons": persons}
+
+    def claim_model(self, model: str) -> None:
+        """Record that this faceset's descriptors come from ``model``, or refuse with
+        :class:`ModelMismatchError` when it holds another's. Files written before the model
+        was recorded are dlib's (the only model then) once they hold a face or person."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='model'").fetchone()
+            stored = row[0] if row else None
+            if stored is None:
+                used = db.execute("SELECT EXISTS(SELECT 1 FROM faces) OR "
+                                  "EXISTS(SELECT 1 FROM persons)").fetchone()[0]
+                stored = "dlib" if used else model
+                db.execute("INSERT INTO meta (key, value) VALUES ('model', ?)", (stored,))
+        if stored != model:
+            raise ModelMismatchError(self.path, stored, model)
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer ("ok" when sound)."""

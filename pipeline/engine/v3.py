@@ -28,15 +28,13 @@ Project decisions (the contract's, §2-§4, and the engine's own):
 * user add creates a missing group; 20 faces per user and group (the 21st: 222210);
   a face_token already in the group for any user (the same picture) answers 223105,
   and so does a re-encoded copy of one of the user's own faces (a descriptor within
-  ``SAME_IMAGE_DISTANCE``, as v2's 216616).
+  ``scoring.same_image_distance()``, as v2's 216616).
 * ``display_corp_image=1`` answers 222001 (not supported: no crop is produced).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,16 +45,16 @@ from pipeline.engine.models import AnalyseOptions, FaceAnalysis, ImageAnalysis
 from pipeline.engine.params import Failure
 from pipeline.engine.persons import valid_id_card_number
 from pipeline.engine.qualities import FaceQualities
-from pipeline.engine.scoring import SAME_IMAGE_DISTANCE, distance, score_from_distance
+from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 from pipeline.engine.store import FaceRow, face_token_of
+from pipeline.engine.tokens import FaceTokens, TokenFace
 
 if TYPE_CHECKING:
-    from pipeline.engine.app import EngineState
+    from pipeline.engine.state import EngineState
 
 Params = Mapping[str, Any]
 Result = dict[str, Any] | None
 
-TOKEN_TTL = 3600.0
 FACE_LIMIT = 20
 UNSUPPORTED_FIELDS = ("age", "expression", "face_shape", "gender", "glasses", "eye_status",
                       "emotion", "face_type", "mask", "spoofing", "landmark150", "liveness")
@@ -70,48 +68,6 @@ QUALITY_LEVELS = {"LOW": (0.8, 0.8, 20, 0), "NORMAL": (0.6, 0.6, 40, 0),
 OCCLUSION_CODES = (("left_eye", 223121), ("right_eye", 223122), ("left_cheek", 223123),
                    ("right_cheek", 223124), ("chin_contour", 223125), ("nose", 223126),
                    ("mouth", 223127))
-
-
-# -- face tokens -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TokenFace:
-    """A face the engine can use without its picture: what a face_token stands for."""
-
-    token: str
-    sha256: str
-    descriptor: np.ndarray
-    qualities: FaceQualities | None
-    location: dict[str, Any]
-
-
-class FaceTokens:
-    """Tokens issued by detect/search/match: kept ``ttl`` seconds of ``now()``, at most
-    ``capacity`` (the oldest go first). Not thread-safe: the engine's loop thread only."""
-
-    __slots__ = ("_now", "_ttl", "_capacity", "_items")
-
-    def __init__(self, now: Callable[[], float], ttl: float = TOKEN_TTL,
-                 capacity: int = 200_000) -> None:
-        self._now, self._ttl, self._capacity = now, ttl, capacity
-        self._items: OrderedDict[str, tuple[float, TokenFace]] = OrderedDict()
-
-    def put(self, face: TokenFace) -> None:
-        # A re-issued token lives 60 min from its latest issue (same picture, same token).
-        self._items.pop(face.token, None)
-        self._items[face.token] = (self._now() + self._ttl, face)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def get(self, token: str) -> TokenFace | None:
-        item = self._items.get(token)
-        if item is None:
-            return None
-        if item[0] <= self._now():
-            del self._items[token]
-            return None
-        return item[1]
 
 
 def _tokens(state: EngineState) -> FaceTokens:
@@ -429,10 +385,11 @@ async def _register(state: EngineState, params: Params, *, replace: bool,
 def _refuse_duplicate(state: EngineState, group: str, uid: str, replace: bool,
                       face: TokenFace) -> None:
     """223105 when the group holds this face_token for any user (the same picture), or,
-    as v2 does, a re-encoded copy (descriptor within SAME_IMAGE_DISTANCE) for this user.
+    as v2 does, a re-encoded copy (descriptor within the model's same-image bound) for
+    this user.
     REPLACE may re-register the user's own face."""
     for hit in state.index.search(face.descriptor, [group], 3, per_user=1):
-        if hit.distances[0] >= SAME_IMAGE_DISTANCE or (replace and hit.uid == uid):
+        if hit.distances[0] >= same_image_distance() or (replace and hit.uid == uid):
             continue
         if hit.uid == uid or any(f.face_token == face.token
                                  for f in state.store.faces_of(group, hit.uid)):

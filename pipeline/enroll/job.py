@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.api.errors import (
     ApiError,
@@ -95,8 +96,6 @@ SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 MAX_FACE_NUM = 10
 FAILURES_CSV = "failures.csv"
 
-#: Exit codes, the same numbers as jobs/options.py (the library cannot import jobs/).
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_QUOTA, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 
 @dataclass(frozen=True)
@@ -243,12 +242,12 @@ class RunStart:
 class RunResult:
     """What a session did. ``counts`` covers the whole run (every session),
     ``session_counts`` this session only. ``stop_reason`` is None when every
-    row got an outcome, else ``quota``, ``auth`` or ``interrupted``."""
+    row got an outcome, else why the run stopped early (jobs/exits.py turns it and
+    :attr:`failed` into the exit code)."""
 
     run_id: str
     run_dir: Path
     manifest: Path
-    exit_code: int
     stop_reason: StopReason | None
     stop_message: str | None
     counts: Mapping[str, int]
@@ -260,6 +259,11 @@ class RunResult:
     elapsed_s: float
     failures_csv: Path
     outcomes_dir: Path
+
+    @property
+    def failed(self) -> int:
+        """Rows of the run (every session) whose outcome is not a success."""
+        return sum(n for status, n in self.counts.items() if status not in SUCCESS_STATUSES)
 
 
 class EnrollObserver:
@@ -368,18 +372,6 @@ def decide_face(choice: Any) -> Verdict | None:
 
 def success_status(action: str) -> str:
     return "enrolled" if action == "add" else "updated"
-
-
-def exit_code_for(stop_reason: str | None, counts: Mapping[str, int]) -> int:
-    """0 all rows succeeded, 1 some did not, 3 quota, 4 auth, 130 interrupted."""
-    if stop_reason == StopReason.INTERRUPTED:
-        return EXIT_INTERRUPTED
-    if stop_reason in (StopReason.QUOTA, StopReason.BUDGET):
-        return EXIT_QUOTA
-    if stop_reason == StopReason.AUTH:
-        return EXIT_AUTH
-    failed = sum(n for status, n in counts.items() if status not in SUCCESS_STATUSES)
-    return EXIT_FAILED_ROWS if failed else EXIT_OK
 
 
 # -- one row ------------------------------------------------------------------------
@@ -622,7 +614,11 @@ class _Session:
                 reasons=("internal_error",), retryable=True,
                 error_msg=f"{type(exc).__name__}: {exc}"[:500],
                 started_at=utc_now(), finished_at=utc_now())
-        self.store.append(outcome)
+        try:
+            self.store.append(outcome)
+        except OSError as exc:  # disk full, I/O error: stop at the first, keep what was written
+            self.runner.halt(StopReason.DISK, disk_message(self.store.rundir.path, exc))
+            return
         self.counts[outcome.status] += 1
         self.run.observer.row_done(outcome, self.progress())
 
@@ -630,7 +626,10 @@ class _Session:
         self.run.observer.stopping(stopped.reason, stopped.message)
 
     def _tick(self) -> None:
-        self.store.maybe_flush()
+        try:
+            self.store.maybe_flush()
+        except OSError as exc:  # a part could not be written: stop at the first error
+            self.runner.halt(StopReason.DISK, disk_message(self.store.rundir.path, exc))
         self.run.observer.tick(self.progress())
 
 
@@ -725,9 +724,13 @@ def _endpoint_key(config: EnrollConfig) -> str:
 
 async def _run_held(run: _Run) -> RunResult:
     config, manifest = run.config, run.manifest
-    store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
-                                  flush_rows=config.flush_rows,
-                                  flush_seconds=config.flush_seconds)
+    try:
+        store = run.rundir.open_store(OUTCOME_SCHEMA, manifest.num_rows,
+                                      flush_rows=config.flush_rows,
+                                      flush_seconds=config.flush_seconds)
+    except OSError as exc:  # recovery could not write a part: nothing was sent yet
+        raise ConfigError(f"{run.rundir.path}: cannot write the run directory: "
+                          f"{exc.strerror or exc}") from None
     rows = shard_rows(manifest.num_rows, config.shard)
     # Rows of other shards count as done here (in memory only: no outcome is written).
     store.done[: rows.start] = True
@@ -749,7 +752,12 @@ async def _run_held(run: _Run) -> RunResult:
         if skipped:
             session_counts["skipped_known"] += skipped
     finally:
-        store.close()
+        try:
+            store.close()
+        except OSError as exc:  # the last part could not be written: the journal has it
+            if stopped is None:
+                stopped = Stopped(StopReason.DISK, disk_message(run.rundir.path, exc))
+                run.observer.stopping(stopped.reason, stopped.message)
     return _finish(run, store, already, time.monotonic() - started, stopped, session_counts,
                    len(rows))
 
@@ -788,10 +796,16 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
             stopped = await session.go()
     except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token fetch)
         stop = as_stop(exc)
-        run.observer.stopping(stop.reason, stop.message)
-        return Stopped(stop.reason, stop.message), session.counts if session else Counter()
+        reason, message = stop.reason, stop.message
+        if reason == StopReason.AUTH and session is None:  # refused before any call
+            reason, message = StopReason.CREDENTIALS, f"{message}; nothing was sent"
+        run.observer.stopping(reason, message)
+        return Stopped(reason, message), session.counts if session else Counter()
     finally:
-        timeline.save(store.rundir.path)
+        try:
+            timeline.save(store.rundir.path)
+        except OSError as exc:
+            _log.warning("timeline not saved: %s", exc)
     assert session is not None
     return stopped, session.counts
 
@@ -812,28 +826,44 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
 
     rundir, manifest = run.rundir, run.manifest
     stop_reason = stopped.reason if stopped else None
-    counts = status_counts(rundir.read_records(OUTCOME_SCHEMA, ["status"]))
+    stop_message = stopped.message if stopped else None
+    statuses = rundir.read_records(OUTCOME_SCHEMA, ["status"])
+    journal = rundir.journal_records(OUTCOME_SCHEMA)  # a session that stopped on a disk error
+    if journal.num_rows:
+        statuses = pa.concat_tables([statuses, journal.select(["status"])])
+    counts = status_counts(statuses)
     failures = rundir.path / FAILURES_CSV
     outcomes = sum(counts.values())
-    # failures.csv changes only with the outcomes: a resume with nothing to do (or a
-    # session that stopped before any row) leaves the file of the same outcomes alone.
-    if not (failures.exists() and info_failures_for(rundir) == outcomes):
-        write_failures(failures, manifest, rundir)
-    exit_code = exit_code_for(stop_reason, counts)
-    rundir.update_info(finished_at=utc_now().isoformat(), counts=counts, exit_code=exit_code,
-                       stop_reason=stop_reason, failures_for=outcomes)
+    try:
+        # failures.csv changes only with the outcomes: a resume with nothing to do (or a
+        # session that stopped before any row) leaves the file of the same outcomes alone.
+        if not (failures.exists() and info_failures_for(rundir) == outcomes):
+            write_failures(failures, manifest, rundir)
+        rundir.update_info(finished_at=utc_now().isoformat(), counts=counts,
+                           stop_reason=stop_reason, failures_for=outcomes)
+    except OSError as exc:  # the outcomes are safe (parts + journal); these files follow
+        if stop_reason not in (None, StopReason.DISK):
+            _log.warning("run.json/failures.csv not updated: %s", exc)
+        else:
+            stop_reason, stop_message = StopReason.DISK, disk_message(rundir.path, exc)
     return RunResult(
         run_id=run.info.run_id, run_dir=rundir.path, manifest=Path(manifest.path),
-        exit_code=exit_code, stop_reason=stop_reason,
-        stop_message=stopped.message if stopped else None,
+        stop_reason=stop_reason, stop_message=stop_message,
         counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
 
+def disk_message(run_dir: Path, exc: OSError) -> str:
+    """One line: which file could not be written, and why (``No space left on device``)."""
+    where = getattr(exc, "filename", None) or run_dir
+    return (f"cannot write {where}: {exc.strerror or exc}; the outcomes written so far are "
+            "kept (rows in flight are left for resume)")
+
+
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
-    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.enroll.thresholds import load_thresholds  # noqa: PLC0415
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,
@@ -860,7 +890,11 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
         raise ConfigError(
             f"--resume: {rundir.path} holds no run (no run.json). Drop --resume to start "
             "a new run there, or give the --run-dir of the run to resume.")
-    return open_held(rundir, lambda held: _open_held(config, manifest, thresholds, held))
+    try:
+        return open_held(rundir, lambda held: _open_held(config, manifest, thresholds, held))
+    except OSError as exc:  # run.json cannot be written (read-only, full): nothing was sent
+        raise ConfigError(f"{rundir.path}: cannot write the run directory: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir

@@ -23,6 +23,8 @@ class StopReason(StrEnum):
     AUTH = "auth"  # the service refused the credentials, even after a token refresh
     INTERRUPTED = "interrupted"  # the caller's stop event (Ctrl-C, SIGTERM)
     BUDGET = "budget"  # the shared QPS budget (--qps-budget) cannot be reached; resume later
+    CREDENTIALS = "credentials"  # refused when the session opened, before any API call
+    DISK = "disk"  # the run directory cannot be written (disk full, I/O error); resume later
 
 
 class StopRun(Exception):  # noqa: N818 - control flow, not an error of the row

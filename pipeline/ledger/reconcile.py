@@ -181,6 +181,9 @@ class ReconcileConfig:
     score: float = 80.0
     delete_unknown: bool = False
     confirm_group: str | None = None
+    #: The protocol, "v2" or "v3" (pipeline/client/v3jobs.py; on v3 the group listing
+    #: carries no user_info, so ``service_user_info`` is empty).
+    api: str = "v2"
 
     def __post_init__(self) -> None:
         from pipeline.api import validate  # noqa: PLC0415
@@ -203,7 +206,7 @@ class ReconcileConfig:
         qps = dict(self.qps) if isinstance(self.qps, Mapping) else self.qps
         return {"group": self.group, "ledger": self.ledger, "page_size": self.page_size,
                 "concurrency": self.concurrency, "qps": qps, "check_faces": self.check_faces,
-                "score": self.score, "delete_unknown": self.delete_unknown}
+                "score": self.score, "delete_unknown": self.delete_unknown, "api": self.api}
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,10 +365,11 @@ class _Detail:
         fields.update(action="deleted", delete_log_id=result.log_id)
 
     async def _verify(self, plan: PlanRow, fields: dict[str, Any]) -> None:
-        from pipeline.runs.images import ImageProblem, load_image  # noqa: PLC0415
+        from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
         try:
-            image = await asyncio.to_thread(load_image, Path(plan.ledger_image or ""))
+            image = await asyncio.to_thread(load_image, Path(plan.ledger_image or ""),
+                                            limits=limits_for(self.config.api))
         except ImageProblem as exc:
             fields.update(action="failed", error_msg=f"the ledger's photo: {exc.message}")
             return
@@ -427,7 +431,9 @@ async def _run_held(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: 
     faces = list(ledger.faces(endpoint_key(config.settings.endpoint), config.group))
     session = _Session(config, rundir, faces, observer, stop)
     try:
-        async with client_factory(config.settings, config.qps) as client:
+        async with client_factory(config.settings, config.qps,
+                                  **({"api": config.api} if config.api != "v2" else {})
+                                  ) as client:
             stopped = await session.run(client)
     except STOPPING_ERRORS as exc:  # raised while opening the client (the token fetch)
         found = as_stop(exc)

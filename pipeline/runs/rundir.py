@@ -30,6 +30,7 @@ from the key column of the parts alone.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -140,8 +141,12 @@ class RunDir:
         """
         if self._lock_fd is not None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only mount, no permission, a file in the way
+            raise ConfigError(f"{self.path}: cannot use it as the run directory: "
+                              f"{exc.strerror or exc}; choose another --run-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -306,6 +311,9 @@ class RecordStore:
         self._last_flush = clock()
         self.done = np.zeros(num_rows, dtype=bool)
         self.recovered = 0  # journal records turned into parts by recovery
+        #: The write error (disk full, I/O error) that stopped the store, or None. Once
+        #: set, nothing more is written: what the journal holds is recovered on resume.
+        self.broken: OSError | None = None
         self._next = self._recover()
 
     # -- recovery ---------------------------------------------------------------
@@ -351,14 +359,21 @@ class RecordStore:
 
         When this returns, the record is in the OS (and on disk with ``durable``).
         """
+        if self.broken is not None:
+            raise self.broken
         row = self._to_row(record)
-        if self._segment is None:
-            path = self.rundir.journal_dir / f"seg-{self._next:05d}.jsonl"
-            self._segment = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._segment.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
-        self._segment.flush()
-        if self.durable:
-            os.fsync(self._segment.fileno())
+        try:
+            if self._segment is None:
+                path = self.rundir.journal_dir / f"seg-{self._next:05d}.jsonl"
+                self._segment = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+            self._segment.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False)
+                                + "\n")
+            self._segment.flush()
+            if self.durable:
+                os.fsync(self._segment.fileno())
+        except OSError as exc:
+            seg = self.rundir.journal_dir / f"seg-{self._next:05d}.jsonl"
+            raise self._break(exc, seg) from None
         self._pending.append(row)
         key = row[self.key]
         if 0 <= key < len(self.done):
@@ -390,18 +405,37 @@ class RecordStore:
     def flush(self) -> None:
         """Write the buffered records to the next part and drop their journal segment."""
         self._last_flush = self._clock()
-        if not self._pending:
+        if not self._pending or self.broken is not None:
             return
         number, rows = self._next, self._pending
         self._segment.close()
         self._segment, self._pending = None, []
-        self._write_part(number, rows)
+        try:
+            self._write_part(number, rows)
+        except OSError as exc:  # the segment stays: recovery makes it a part on resume
+            part = self.rundir.outcomes_dir / f"part-{number:05d}.parquet"
+            raise self._break(exc, part) from None
         (self.rundir.journal_dir / f"seg-{number:05d}.jsonl").unlink()
         self._next = number + 1
 
     def close(self) -> None:
         """Flush what is buffered. The store can still be appended to afterwards."""
         self.flush()
+
+    def _break(self, exc: OSError, path: Path) -> OSError:
+        """Stop writing at the first error: close the segment (a torn last line is skipped
+        by recovery) and forget the buffer (journaled, so recovered on resume). Returns
+        the error naming ``path``, the file that could not be written."""
+        code = exc.errno or errno.EIO
+        # The system's words for the errno: pyarrow's own strerror is "Error writing bytes".
+        self.broken = OSError(code, os.strerror(code), str(path))
+        if self._segment is not None:
+            try:
+                self._segment.close()
+            except OSError:
+                pass
+        self._segment, self._pending = None, []
+        return self.broken
 
     @property
     def pending(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support.reliability import member_manifest, read_parts
 
+from jobs.exits import exit_code_of
 from pipeline.client.config import Settings
 from pipeline.client.faceclient import FaceClient
 from pipeline.enroll.job import EnrollConfig, run_enroll
@@ -73,7 +74,7 @@ def test_tokens_expiring_every_two_seconds_are_renewed_not_refused(
     # 4 rows/s: the run lasts ~6 s, three token lifetimes.
     result, clients = _enroll(short_tokens, manifest, tmp_path / "run", "rel_ttl",
                               {"detect": 4, "add": 4}, 4)
-    assert result.exit_code == 0 and result.stop_reason is None, result.stop_message
+    assert exit_code_of(result) == 0 and result.stop_reason is None, result.stop_message
     _no_token_failures(tmp_path / "run", rows)
     stats = clients[0].stats
     sends = sum(stats.calls.values())
@@ -92,6 +93,6 @@ def test_a_call_queued_longer_than_a_token_lives_is_sent_with_a_fresh_one(
     # 8 rows in flight at 1 call/s: the last waits ~8 s in the limiter, four lifetimes.
     result, clients = _enroll(short_tokens, manifest, tmp_path / "run", "rel_ttl_queue",
                               1, 8)
-    assert result.exit_code == 0 and result.stop_reason is None, result.stop_message
+    assert exit_code_of(result) == 0 and result.stop_reason is None, result.stop_message
     _no_token_failures(tmp_path / "run", rows)
     print(f"\nqueued: {clients[0].stats.as_dict()}, {result.elapsed_s:.1f} s")

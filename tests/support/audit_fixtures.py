@@ -13,10 +13,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from pipeline.audit.findings import PLAN_SCHEMA, AuditImage, ProbeRecord, records_table
-from pipeline.audit.job import PLAN_FILE, file_sha256, write_findings, write_table_atomic
+from pipeline.audit.outputs import write_findings
+from pipeline.audit.plan import PLAN_FILE, file_sha256
 from pipeline.audit.report import write_audit_report
 from pipeline.client.config import Settings
-from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo
+from pipeline.runs.rundir import ManifestRef, RunDir, RunInfo, write_table_atomic
 
 HOSTILE_UID = 'x"><script>document.title="pwned"</script>'
 HOSTILE_INFO = '<img src="x" onerror="document.title=1">'

@@ -53,12 +53,23 @@ def _ensure_vector(url: str) -> None:
 
 @pytest.fixture
 def pg_url(pg_server: str) -> Iterator[str]:
-    schema = f"t{next(_SCHEMAS)}_{uuid.uuid4().hex[:8]}"
-    with connect(pg_server) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
+    schema = new_schema(pg_server)
     yield with_schema(pg_server, schema)
     with connect(pg_server) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def new_schema(server: str) -> str:
+    """Create a new, empty schema on ``server``; its name."""
+    schema = f"t{next(_SCHEMAS)}_{uuid.uuid4().hex[:8]}"
+    with connect(server) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema
+
+
+def fresh_schema(server: str) -> str:
+    """A URL of ``server`` whose search_path starts with a new, empty schema."""
+    return with_schema(server, new_schema(server))
 
 
 def with_schema(url: str, schema: str) -> str:

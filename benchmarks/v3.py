@@ -1,0 +1,250 @@
+"""v3 figures: bytes uploaded per enrolled row (v2 vs v3 with FACE_TOKEN writes), and
+quota use on v3 paths.
+
+1. **Bytes.** Two manifests are enrolled twice against the real engine, with
+   ``--api v2`` and ``--api v3``, each into its own groups; the engine counts the request
+   body bytes it receives per interface (``/admin/stats`` ``request_bytes``):
+   *enrollable*: obama_01.jpg (910x1137 px, within both protocols' limits, so both send
+   the same bytes to detect) in 20 rows, one group each, every row enrolled; and *demo*:
+   the demo's manifest (sample photos and degraded variants, most refused by the gate).
+   Per enrolled row: every byte uploaded by the run (detects of every row, writes) /
+   rows enrolled, and the write bytes alone. v2 sends the photo with detect and again
+   with user add; v3 sends it with detect and writes with the 32-character face_token.
+   Expected: v3 about half on the enrollable manifest.
+2. **Quota on v3 paths.** As ``benchmarks/quota.py``, against a no-work server in its own
+   process answering the v3 paths (envelope, face_tokens, error 18 in the two-field
+   gateway shape), Q calls per fixed 1-s window on each of detect and user add, decided
+   by the engine's own Emulation: ``--api v3`` enroll with ``--qps Q`` (known quota) and
+   with ``--qps 3Q`` (unknown quota). Utilisation and error-18 share as quota.py computes
+   them (its functions).
+
+    .venv/bin/python benchmarks/v3.py [--q 10] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, write_result  # noqa: E402
+from benchmarks.quota import after, make_manifest, timeline, utilisation  # noqa: E402
+
+V3_INTERFACES = {"/rest/2.0/face/v3/detect": "detect",
+                 "/rest/2.0/face/v3/faceset/user/add": "add"}
+V3_FACE = {"face_token": "0" * 32, "face_probability": 1.0,
+           "location": {"left": 10, "top": 10, "width": 180, "height": 180, "rotation": 0},
+           "angle": {"yaw": 0.0, "pitch": 0.0, "roll": 0.0},
+           "quality": {"occlusion": {p: 0.0 for p in ("left_eye", "right_eye", "nose", "mouth",
+                                                      "left_cheek", "right_cheek",
+                                                      "chin_contour")},
+                       "blur": 0.05, "illumination": 120, "completeness": 1}}
+
+
+# -- 1. bytes per enrolled row ------------------------------------------------------------------
+
+def measure_bytes(concurrency: int = 4) -> dict[str, Any]:
+    from jobs.demo import _face_box, build_manifest
+    from pipeline.client.config import Secret, Settings
+    from pipeline.engine.server import EngineServer
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, EngineServer(Path(tmp) / "engine") as engine:
+        settings = Settings(endpoint=engine.url, api_key=Secret(engine.api_key),
+                            secret_key=Secret(engine.secret_key))
+        obama = ROOT / "data" / "samples" / "obama_01.jpg"
+        demo = build_manifest(Path(tmp), _face_box(settings, obama))
+        for name in ("enrollable", "demo"):
+            out[name] = {}
+            for api in ("v2", "v3"):  # each run in groups of its own
+                manifest = _enrollable(Path(tmp), obama, 20, api) if name != "demo" else demo
+                out[name][api] = _bytes_run(engine.url, settings, manifest, Path(tmp), name, api,
+                                            concurrency)
+            out[name]["v3_over_v2"] = round(out[name]["v3"]["per_enrolled_row"]
+                                            / max(1, out[name]["v2"]["per_enrolled_row"]), 3)
+    return out
+
+
+def _enrollable(folder: Path, photo: Path, rows: int, api: str) -> Path:
+    path = folder / f"enrollable_{api}.csv"
+    path.write_text("uid,image,group_id\n" + "".join(f"u{i},{photo},{api}_g{i}\n"
+                                                      for i in range(rows)))
+    return path
+
+
+def _bytes_run(url: str, settings: Any, manifest: Path, tmp: Path, name: str, api: str,
+               concurrency: int) -> dict[str, Any]:
+    from pipeline.enroll.job import EnrollConfig, run_enroll
+
+    before = _stats(url)["request_bytes"]
+    config = EnrollConfig(manifest=manifest, settings=settings, group=f"{name}_{api}",
+                          run_dir=tmp / f"run_{name}_{api}", api=api, concurrency=concurrency)
+    result = asyncio.run(run_enroll(config))
+    sent = _delta(before, _stats(url)["request_bytes"])
+    enrolled = result.counts.get("enrolled", 0)
+    write = sum(n for k, n in sent.items() if k.endswith(("user_add", "user_update")))
+    return {"rows": result.total_rows, "enrolled": enrolled,
+            "bytes_total": sum(sent.values()),
+            "bytes_detect": sum(n for k, n in sent.items() if k.endswith("detect")),
+            "bytes_write": write,
+            "per_enrolled_row": round(sum(sent.values()) / max(1, enrolled)),
+            "write_per_enrolled_row": round(write / max(1, enrolled)),
+            "statuses": result.counts}
+
+
+def _stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/admin/stats", timeout=10) as reply:
+        return dict(json.load(reply))
+
+
+def _delta(before: dict[str, int], after_: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after_.items() if n - before.get(k, 0)}
+
+
+# -- 2. quota on v3 paths (the no-work server runs in its own process) ----------------------------
+
+def serve(q: float) -> None:
+    from aiohttp import web
+
+    from pipeline.engine.emulation import Emulation, EmulationConfig
+
+    state: dict[str, Any] = {"q": q, "ok": defaultdict(lambda: defaultdict(int)),
+                             "rejected": defaultdict(lambda: defaultdict(int)),
+                             "emulation": Emulation(EmulationConfig(qps=q or None)), "log": 10**15}
+
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response({"access_token": "bench", "expires_in": 2592000,
+                                  "scope": "brain_all_scope"})
+
+    async def api(request: web.Request) -> web.Response:
+        await request.read()
+        name = V3_INTERFACES.get(request.path)
+        state["log"] += 1
+        if name is None:
+            return web.json_response({"error_code": 3, "error_msg": "Unsupported openapi method"})
+        sec = int(time.monotonic())
+        if state["emulation"].admit(name).kind != "ok":
+            state["rejected"][name][sec] += 1
+            return web.json_response({"error_code": 18,
+                                      "error_msg": "Open api qps request limit reached"})
+        state["ok"][name][sec] += 1
+        result: Any = ({"face_num": 1, "face_list": [V3_FACE]} if name == "detect" else
+                       {"face_token": "0" * 32, "location": V3_FACE["location"]})
+        return web.json_response({"error_code": 0, "error_msg": "SUCCESS", "log_id": state["log"],
+                                  "timestamp": int(time.time()), "cached": 0, "result": result})
+
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response({k: {n: dict(v) for n, v in state[k].items()}
+                                  for k in ("ok", "rejected")})
+
+    async def reset(request: web.Request) -> web.Response:
+        state["emulation"].configure({"qps": float(request.query.get("q", q)) or None,
+                                      "reset": True})
+        for key in ("ok", "rejected"):
+            state[key].clear()
+        return web.json_response({})
+
+    app = web.Application(client_max_size=32 * 2**20)
+    app.router.add_route("*", "/oauth/2.0/token", token)
+    app.router.add_post("/admin/reset", reset)
+    app.router.add_get("/admin/stats", stats)
+    app.router.add_post("/{tail:.*}", api)
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _admin(url: str, path: str, method: str = "GET") -> Any:
+    req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as reply:
+        return json.load(reply)
+
+
+def measure_quota(q: float, seconds: int) -> dict[str, Any]:
+    from pipeline.client.config import Settings
+    from pipeline.enroll.job import EnrollConfig, run_enroll
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(q)],
+                              stdout=subprocess.PIPE, text=True)
+    runs: dict[str, Any] = {}
+    try:
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
+        rows = int(q * seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = make_manifest(Path(tmp), rows)
+            settings = Settings(endpoint=url, api_key="bench-ak", secret_key="bench-sk")
+            for label, qps in (("v3, --qps Q", q), ("v3, --qps 3Q (unknown quota)", 3 * q)):
+                _admin(url, f"/admin/reset?q={q}", "POST")
+                config = EnrollConfig(manifest=manifest, settings=settings, group="bench",
+                                      qps=qps, concurrency=16, api="v3", flush_seconds=5,
+                                      run_dir=Path(tmp) / f"run{len(runs)}")
+                started = time.perf_counter()
+                result = asyncio.run(run_enroll(config))
+                assert result.remaining == 0, "the run did not finish"
+                stats = _admin(url, "/admin/stats")
+                line = timeline(stats, q)
+                runs[label] = {"client_qps": qps, "rows": rows,
+                               "wall_s": round(time.perf_counter() - started, 1),
+                               **utilisation(stats, q), "timeline_5s": line,
+                               "after_30s": after(line, 30)}
+    finally:
+        server.terminate()
+        server.wait(10)
+    return {"q": q, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--q", type=float, default=10.0, help="server quota per interface")
+    parser.add_argument("--seconds", type=int, default=30, help="length of each quota run")
+    parser.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
+    report = {"bytes": measure_bytes(), "quota": measure_quota(args.q, args.seconds)}
+    report["goals"] = {"bytes": "v3 (FACE_TOKEN writes) about half of v2 per enrolled row",
+                       "quota": "as quota.py: known >= 0.97 Q, <= 0.5 % error 18"}
+    path = write_result("v3", report)
+    print_report(report)
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print("bytes uploaded (request bodies the engine received):")
+    print(f"{'manifest':11} {'api':4} {'rows':>5} {'enrolled':>9} {'total B':>11} "
+          f"{'B per enrolled row':>19} {'write B per enrolled row':>25}")
+    for name, runs in report["bytes"].items():
+        for api in ("v2", "v3"):
+            r = runs[api]
+            print(f"{name:11} {api:4} {r['rows']:5d} {r['enrolled']:9d} {r['bytes_total']:11d} "
+                  f"{r['per_enrolled_row']:19d} {r['write_per_enrolled_row']:25d}")
+        print(f"{name:11} v3 / v2 per enrolled row: {runs['v3_over_v2']:.3f}")
+    q = report["quota"]
+    print(f"\nquota on v3 paths, Q = {q['q']:g} calls/s per interface (fixed 1-s windows):")
+    print(f"{'run':32} {'wall s':>7} {'detect':>8} {'add':>8} {'18 share':>9}")
+    for label, run in q["runs"].items():
+        share = max(run["detect"]["rejected_share"], run["add"]["rejected_share"])
+        print(f"{label:32} {run['wall_s']:7.1f} {run['detect']['utilisation']:8.3f} "
+              f"{run['add']['utilisation']:8.3f} {share:9.2%}")
+
+
+if __name__ == "__main__":
+    main()
