@@ -167,9 +167,60 @@ def serve(config: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
-def _admin(url: str, path: str) -> Any:
-    with urllib.request.urlopen(url + path, timeout=10) as reply:
+def _admin(url: str, path: str, method: str = "GET") -> Any:
+    req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as reply:
         return json.load(reply)
+
+
+# -- figures from {"ok"|"rejected": {interface: {second: n}}} counts (benchmarks/v3.py and
+# benchmarks/budget.py count their servers' calls so) ------------------------------------------
+
+def utilisation(stats: dict[str, Any], q: float, window: tuple[int, int] | None = None
+                ) -> dict[str, Any]:
+    """Per interface: successful calls/s over the steady part of the run, / Q; 18 share."""
+    out = {}
+    for name in ("detect", "add"):
+        ok = {int(s): n for s, n in stats["ok"].get(name, {}).items()}
+        rej = {int(s): n for s, n in stats["rejected"].get(name, {}).items()}
+        if not ok:
+            out[name] = None
+            continue
+        first, last = min(ok), max(ok)
+        lo, hi = window or (first + 2, last - 2)  # skip the ramp-up and the tail
+        span = range(lo, hi + 1)
+        rate = sum(ok.get(s, 0) for s in span) / max(1, len(span))
+        calls = sum(ok.values()) + sum(rej.values())
+        out[name] = {"ok_per_s": round(rate, 3), "utilisation": round(rate / q, 4),
+                     "calls": calls, "rejected": sum(rej.values()),
+                     "rejected_share": round(sum(rej.values()) / calls, 4),
+                     "seconds": len(span)}
+    return out
+
+
+def timeline(stats: dict[str, Any], q: float, step: int = 5) -> dict[str, list[float]]:
+    """Per interface: utilisation per ``step``-second window from the run's first call
+    (the last, partial window left out)."""
+    seconds = [int(s) for name in ("detect", "add") for s in stats["ok"].get(name, {})]
+    if not seconds:
+        return {}
+    first, last = min(seconds), max(seconds)
+    out = {}
+    for name in ("detect", "add"):
+        ok = {int(s): n for s, n in stats["ok"].get(name, {}).items()}
+        out[name] = [round(sum(ok.get(s, 0) for s in range(t, t + step)) / step / q, 3)
+                     for t in range(first, last - step + 1, step)]
+    return out
+
+
+def after(line: dict[str, list[float]], seconds: int, step: int = 5) -> dict[str, float] | None:
+    """Worst and mean utilisation over the windows from ``seconds`` on, both interfaces."""
+    values = [min(pair) for pair in zip(line["detect"], line["add"], strict=True)]
+    values = values[seconds // step:]
+    if not values:
+        return None
+    return {"min": min(values), "mean": round(sum(values) / len(values), 3),
+            "windows": len(values)}
 
 
 # -- the clients --------------------------------------------------------------------------------

@@ -310,6 +310,8 @@ class FaceClient:
                 self.health.answered()
                 return
             except TransientError as exc:
+                log.info("token request to %s failed (try %d of %d)", endpoint, tries,
+                         OPEN_TRIES, exc_info=exc)  # -v shows where
                 status = _http_status(exc)
                 if status is not None and status < 500:
                     raise UnreachableError(

@@ -63,6 +63,12 @@ class Health:
         self._next_probe = 0.0
         self._answered: asyncio.Event | None = None
 
+    def configure(self, *, outage_after: float, outage_wait: float) -> None:
+        """Change the two limits (seconds) of a client already open."""
+        if outage_after < 0 or outage_wait < 0:
+            raise ValueError("outage times must not be negative")
+        self.outage_after, self.outage_wait = outage_after, outage_wait
+
     # -- what the calls report ------------------------------------------------------------
 
     def answered(self) -> None:

@@ -155,6 +155,11 @@ class EnrollConfig:
     #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
     #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
     shard: tuple[int, int] | None = None
+    #: Seconds without any answer from the service (calls failing for connection
+    #: reasons or 5xx) before new rows pause, and how long to keep probing after that
+    #: before the run stops with reason "outage" (resume it later).
+    outage_after: float = 60.0
+    outage_wait: float = 300.0
 
     def __post_init__(self) -> None:
         from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
@@ -178,6 +183,8 @@ class EnrollConfig:
                 self.api != "v3" or self.server_quality not in SERVER_QUALITY_LEVELS):
             raise ConfigError(f"--server-quality {self.server_quality!r}: use LOW, NORMAL or "
                               "HIGH, with --api v3 (v2 has no quality_control)")
+        if self.outage_after <= 0 or self.outage_wait < 0:
+            raise ConfigError("--outage-after must be > 0 and --outage-wait >= 0 seconds")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
         if not 0 < self.duplicate_score <= 100:
@@ -390,7 +397,9 @@ class _RowState:
                  "retryable": verdict.retryable}
         if verdict.message is not None:
             extra["error_msg"] = verdict.message
-        return make_outcome(**self.fields, **extra, attempts=self.attempts,
+        by_cause = getattr(self.attempts, "by_cause", None)  # the client's Attempts
+        return make_outcome(**self.fields, **extra, attempts=int(self.attempts),
+                            attempts_by_cause=by_cause() if by_cause else None,
                             finished_at=utc_now())
 
     def note_error(self, exc: ApiError, log_field: str) -> None:
@@ -589,7 +598,8 @@ class _Session:
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
-                                          on_stop=self._stopping, tick=self._tick)
+                                          on_stop=self._stopping, tick=self._tick,
+                                          ready=self._ready)
 
     def progress(self) -> Progress:
         total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
@@ -621,6 +631,17 @@ class _Session:
             return
         self.counts[outcome.status] += 1
         self.run.observer.row_done(outcome, self.progress())
+
+    async def _ready(self) -> None:
+        """While the service answers nobody, no new row starts (see Health.wait_ready);
+        once it has been gone longer than --outage-wait, the run stops (outage)."""
+        health = getattr(self.rows.client, "health", None)
+        if health is None:
+            return
+        try:
+            await health.wait_ready()
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
 
     def _stopping(self, stopped: Stopped) -> None:
         self.run.observer.stopping(stopped.reason, stopped.message)
@@ -791,6 +812,9 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
                                    **_client_options(config, budget)) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
+            if hasattr(client, "health"):  # the outage pause: --outage-after/--outage-wait
+                client.health.configure(outage_after=config.outage_after,
+                                        outage_wait=config.outage_wait)
             rows = _RowRunner(config, run.info.run_id, client, run.thresholds, run.ledger)
             session = _Session(run, store, rows)
             stopped = await session.go()
