@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
-from pipeline.engine.app import EngineConfig, EngineState, create_app
+from pipeline.api.endpoints import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.engine.app import create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
-from pipeline.engine.store import Store
+from pipeline.engine.state import EngineConfig, EngineState
 
 if TYPE_CHECKING:
-    from pipeline.engine.pgstore import PgStore
+    from pipeline.engine.faceset import FaceStore
 
 
 log = logging.getLogger("faceflow.engine")
@@ -160,7 +160,7 @@ class EngineServer:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
     @property
-    def store(self) -> Store | PgStore:
+    def store(self) -> FaceStore:
         assert self.state is not None, "the engine is not running"
         return self.state.store
 

@@ -21,10 +21,8 @@ not report is not judged: the gate never invents a value.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.api.errors import ConfigError
@@ -138,36 +136,27 @@ def valid_keys() -> list[str]:
     return [*_SCALAR_KEYS, "min_face_size", *occ]
 
 
-def load_thresholds(
-    path: Path | None = None, overrides: Mapping[str, str] | None = None,
-    base: Thresholds | None = None,
+def build_thresholds(
+    doc: Mapping[str, Any] | None = None, overrides: Mapping[str, str] | None = None,
+    base: Thresholds | None = None, source: str = "the thresholds",
 ) -> Thresholds:
-    """Defaults (or ``base``), then the TOML file at ``path``, then ``overrides``
-    (``"occlusion.mouth"``).
+    """Defaults (or ``base``), then ``doc`` (a parsed TOML document named ``source``),
+    then ``overrides`` (``--threshold`` texts, e.g. ``"occlusion.mouth": "0.6"``).
 
     Raises :class:`ConfigError` naming the bad key (and listing the valid ones) for an
-    unknown key, a value that is not a non-negative number, or an unreadable file.
+    unknown key or a value that is not a non-negative number. Reading the file is
+    :func:`pipeline.enroll.thresholds.load_thresholds`'s job: the gate does no I/O.
     """
     values: dict[str, Any] = {}
     occlusion = dict(DEFAULT_OCCLUSION)
     if base is not None:
         values = {k: v for k, v in base.to_dict().items() if k != "occlusion"}
         occlusion = dict(base.occlusion)
-    if path is not None:
-        _apply(_read_toml(Path(path)), values, occlusion, source=str(path))
+    if doc is not None:
+        _apply(doc, values, occlusion, source=source)
     for key, text in (overrides or {}).items():
         _apply_one(key.strip(), _parse_number(key, text), values, occlusion, "--threshold")
     return Thresholds(occlusion=FrozenMap(occlusion), **values)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read thresholds file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"thresholds file {path} is not valid TOML: {exc}") from None
 
 
 def _apply(doc: Mapping[str, Any], values: dict, occlusion: dict, source: str) -> None:
