@@ -395,28 +395,38 @@ def failed_checks(reasons: Sequence[str], values: Mapping[str, Any], t: Threshol
     ``values``: an outcome's metric columns (``yaw``, ``blur``, ``face_width``,
     ``occlusion_mouth``...). Reasons without a measured value are left out.
     """
-    bounds = {"completeness": ("completeness", "≤", t.completeness_min, ".2f"),
-              "blur": ("blur", "≥", t.blur_max, ".2f"),
-              "illumination": ("illumination", "≤", t.illumination_min, ".0f")}
-    out = []
-    for reason in reasons:
-        if reason == "face_too_small" and values.get("face_width") is not None:
-            out.append(f"face {values['face_width']:.0f}x{values.get('face_height') or 0:.0f} "
-                       f"< {t.min_face_width}x{t.min_face_height} px")
-        elif reason in bounds and values.get(reason) is not None:
-            name, op, bound, fmt = bounds[reason]
-            out.append(f"{name} {values[reason]:{fmt}} {op} {bound:g}")
-        elif reason.startswith("pose_") and values.get(reason[5:]) is not None:
-            angle, limit = float(values[reason[5:]]), float(getattr(t, f"{reason[5:]}_max"))
-            op, limit = ("≤", -limit) if angle < 0 else ("≥", limit)
-            out.append(f"{reason[5:]} {angle:.1f} {op} {limit:g}")
-        elif reason.startswith("occlusion_") and values.get(reason) is not None:
-            part = reason.removeprefix("occlusion_")
-            most = t.occlusion.get(part)
-            if most is not None:
-                out.append(f"{_PART_WORDS.get(part, part)} occlusion {values[reason]:.2f} "
-                           f"≥ {most:g}")
-    return out
+    return [text for reason in reasons if (text := _check_text(reason, values, t))]
+
+
+#: Checks of one value against one bound: reason -> (operator that failed, the
+#: Thresholds field, format of the value).
+_BOUNDS = {"completeness": ("≤", "completeness_min", ".2f"), "blur": ("≥", "blur_max", ".2f"),
+           "illumination": ("≤", "illumination_min", ".0f")}
+
+
+def _check_text(reason: str, values: Mapping[str, Any], t: Thresholds) -> str | None:
+    if reason == "face_too_small":
+        width = values.get("face_width")
+        return None if width is None else (
+            f"face {width:.0f}x{values.get('face_height') or 0:.0f} "
+            f"< {t.min_face_width}x{t.min_face_height} px")
+    if reason.startswith("pose_"):
+        axis = reason.removeprefix("pose_")
+        angle, limit = values.get(axis), float(getattr(t, f"{axis}_max"))
+        if angle is None:
+            return None
+        op, shown = ("≤", -limit) if angle < 0 else ("≥", limit)
+        return f"{axis} {float(angle):.1f} {op} {shown:g}"
+    value = values.get(reason)
+    if reason.startswith("occlusion_"):
+        part = reason.removeprefix("occlusion_")
+        bound = t.occlusion.get(part)
+        return None if value is None or bound is None else (
+            f"{_PART_WORDS.get(part, part)} occlusion {value:.2f} ≥ {bound:g}")
+    if reason not in _BOUNDS or value is None:
+        return None
+    op, field_name, fmt = _BOUNDS[reason]
+    return f"{reason} {value:{fmt}} {op} {getattr(t, field_name):g}"
 
 
 #: Reason slug -> sentence at the default thresholds (the report's legend).
