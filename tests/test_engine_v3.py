@@ -17,7 +17,8 @@ from PIL import Image
 
 from pipeline import variants
 from pipeline.engine.qualities import FaceQualities
-from pipeline.engine.v3 import FaceTokens, TokenFace, quality_failure
+from pipeline.engine.tokens import FaceTokens, TokenFace
+from pipeline.engine.v3 import quality_failure
 
 V3 = "/rest/2.0/face/v3/"
 

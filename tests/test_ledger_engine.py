@@ -418,3 +418,37 @@ def test_kill_9_mid_run_then_resume_leaves_ledger_and_service_agreeing(
         held = sorted(f.uid for f in book.faces(endpoint_key(server.url), "killed"))
     assert held == uids
     assert all(len(server.store.faces_of("killed", u)) == 1 for u in uids)
+
+
+async def test_reconcile_interrupted_mid_listing_resumes_after_the_saved_pages(
+        server: Any, samples_dir: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from pipeline.client.config import Secret, Settings
+    from pipeline.frame import StopReason
+    from pipeline.ledger.reconcile import PAGES_DIR, ReconcileConfig, run_reconcile
+
+    for i in range(4):
+        await _outside(server, "add", f"int_{i}", "interrupted", samples_dir / "obama_01.jpg")
+    settings = Settings(endpoint=server.url, api_key=Secret(server.api_key),
+                        secret_key=Secret(server.secret_key))
+    config = ReconcileConfig(group="interrupted", ledger=str(tmp_path / "l.sqlite"),
+                             settings=settings, run_dir=tmp_path / "rec", page_size=1)
+    stop = asyncio.Event()
+    server.configure_emulation(faults={"slow": 1.0}, delay=0.4)
+    try:
+        task = asyncio.ensure_future(run_reconcile(config, stop=stop))
+        while len(list((tmp_path / "rec" / PAGES_DIR).glob("*.parquet"))) < 1:
+            await asyncio.sleep(0.05)
+        stop.set()  # Ctrl-C
+        first = await task
+    finally:
+        server.configure_emulation(faults={}, reset=True)
+    assert first.stopped is not None and first.stopped.reason == StopReason.INTERRUPTED
+    saved = len(list((tmp_path / "rec" / PAGES_DIR).glob("*.parquet")))
+    assert 1 <= saved < 5
+    before = _calls(server)
+    second = await run_reconcile(config)
+    assert second.stopped is None and second.counts["unknown_to_ledger"] == 4
+    # only the pages not saved yet are read again (4 users, 1 a page: 5 pages in all)
+    assert _delta(_calls(server), before)["group_getusers"] == 5 - saved

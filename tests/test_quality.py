@@ -16,8 +16,8 @@ from pipeline.enroll.gate import (
     Thresholds,
     choose_face,
     judge_face,
-    load_thresholds,
 )
+from pipeline.enroll.thresholds import load_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_OCCLUSION = {part: 0.0 for part in OCCLUSION_PARTS}

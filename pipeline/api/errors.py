@@ -47,6 +47,7 @@ access tokens: only the service's ``error_msg`` and our own words go in them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -315,7 +316,7 @@ def error_class(code: int | str | None, message: str = "", api: str = "v2") -> t
     v2: unknown codes are plain :class:`ApiError`. v3: unknown 222900-222999 are
     transient, any other unknown code is input (v3 contract §6).
     """
-    norm = _normalise_code(code)
+    norm = normalise_code(code)
     if api == "v3":
         return _v3_class(norm, message)
     if norm == 216100 and message.strip() == ALREADY_ADD_MSG:
@@ -343,13 +344,33 @@ def error_message(code: int | str) -> str:
     return V3_ERROR_TABLE[code][1]
 
 
-def raise_for_reply(reply: dict[str, Any], attempts: int = 1, api: str = "v2") -> None:
-    """Raise the mapped error when a reply carries an ``error_code`` other than 0."""
-    code = reply.get("error_code")
-    if code in (None, 0, "0"):
-        return
-    raise make_error(code, str(reply.get("error_msg", "")), reply.get("log_id"), attempts,
-                     api=api)
+def reply_code(reply: Mapping[str, Any]) -> int | str | None:
+    """A reply's ``error_code``, normalised (``"18"`` -> 18); None for a success (absent or 0)."""
+    code = normalise_code(reply.get("error_code"))
+    return None if code in (None, 0) else code
+
+
+def reply_error(reply: Mapping[str, Any], attempts: int = 1, api: str = "v2",
+                scrub: Callable[[str], str] = str) -> ApiError | None:
+    """The error a reply stands for (its message passed through ``scrub``), or None."""
+    code = reply_code(reply)
+    if code is None:
+        return None
+    return make_error(code, scrub(str(reply.get("error_msg", ""))), reply.get("log_id"),
+                      attempts, api=api)
+
+
+def parse_log_id(value: object) -> int | None:
+    """A ``log_id`` as an int (int, whole float or digit string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
 
 
 def make_error(
@@ -357,15 +378,14 @@ def make_error(
     api: str = "v2",
 ) -> ApiError:
     """Build the error of the right class for ``code`` under protocol ``api``."""
-    norm = _normalise_code(code)
-    cls = error_class(norm, message, api)
-    lid = int(log_id) if isinstance(log_id, (int, str)) and str(log_id).isdigit() else None
-    return cls(norm, message, lid, attempts)
+    norm = normalise_code(code)
+    return error_class(norm, message, api)(norm, message, parse_log_id(log_id), attempts)
 
 
-def _normalise_code(code: int | str | None) -> int | str | None:
+def normalise_code(code: object) -> int | str | None:
+    """An error code as the tables key it: ints stay, digit strings become ints."""
     # Server codes are integers; the SDK's own is the string "SDK108". Some
     # proxies send numbers as strings, so "18" is read as 18.
     if isinstance(code, str) and code.isdigit():
         return int(code)
-    return code
+    return code if isinstance(code, (int, str)) else None

@@ -16,6 +16,7 @@ from pipeline.api.errors import (
     ApiError,
     EmptyGroupError,
 )
+from pipeline.api.validate import b64_size
 from pipeline.audit.config import AuditConfig
 from pipeline.audit.findings import (
     AuditImage,
@@ -241,4 +242,4 @@ def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
 
 
 def _b64_len(data: bytes) -> int:
-    return 4 * ((len(data) + 2) // 3)
+    return b64_size(len(data))

@@ -11,15 +11,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from pipeline.api.endpoints import (  # noqa: F401 - ENGINE_DEMO_* re-exported for callers
+    BAIDU_ENDPOINT,
+    ENGINE_DEFAULT_PORT,
+    ENGINE_DEMO_API_KEY,
+    ENGINE_DEMO_SECRET_KEY,
+)
 from pipeline.api.errors import ConfigError
-
-#: The real service. The engine listens on http://127.0.0.1:8480 by default.
-BAIDU_ENDPOINT = "https://aip.baidubce.com"
-ENGINE_DEFAULT_PORT = 8480
-#: Credentials the local engine accepts when none are configured (documented in
-#: the README; they only ever open the local engine).
-ENGINE_DEMO_API_KEY = "faceflow-demo-key"
-ENGINE_DEMO_SECRET_KEY = "faceflow-demo-secret"
 
 
 class Secret:

@@ -28,45 +28,23 @@ loopback peers; others get HTTP 403.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import hmac
 import ipaddress
 import json
 import logging
-import multiprocessing
 import secrets
-import sys
-import threading
 import time
-import types
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from pipeline.api.errors import GATEWAY_CODES, V3_ERROR_TABLE, error_message
-from pipeline.engine.emulation import Emulation, EmulationConfig
-from pipeline.engine.faceset import open_faceset
 from pipeline.engine.interfaces import INTERFACES, Params, Reply
-from pipeline.engine.models import (
-    MODELS,
-    AnalyseOptions,
-    ImageAnalysis,
-    ImageRejected,
-    analyse,
-    init_worker,
-    sface_model_dir,
-    warm_up,
-)
 from pipeline.engine.params import Failure
 from pipeline.engine.scoring import scoring_model
-from pipeline.engine.store import Change
-from pipeline.engine.v3 import V3_INTERFACES, FaceTokens
+from pipeline.engine.state import EngineState
+from pipeline.engine.v3 import V3_INTERFACES
 
 log = logging.getLogger("faceflow.engine")
 
@@ -79,138 +57,6 @@ V2_TO_V3 = {216200: 222203, 216201: 222203, 216202: 222013, 216402: 222202,
             216401: 222302, 216400: 222302, 216500: 222302, 216300: 222302}
 CLIENT_MAX_SIZE = 25 * 2**20
 SCOPE = "public brain_all_scope vis-faceverify_faceverify_v2 brain_face_match"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How to run one engine. ``token_ttl`` in seconds; ``workers`` model processes."""
-
-    data_dir: Path
-    api_key: str
-    secret_key: str
-    workers: int = 1
-    token_ttl: float = 2592000.0
-    detector: str = "hog"
-    emulation: EmulationConfig = field(default_factory=EmulationConfig)
-    #: ``postgresql://...``: the shared faceset (pgstore.py) instead of ``data_dir``'s.
-    store_url: str | None = None
-    #: Descriptor model (models.MODELS); a faceset holds one model's descriptors.
-    model: str = "dlib"
-
-
-class EngineState:
-    """Everything one running engine holds: store, index, pool, emulation, counters.
-
-    Used from the event loop's thread only (the store has its own lock for readers).
-    ``clock_offset`` (seconds) shifts the engine's clocks so tests can expire tokens and
-    move QPS windows without sleeping.
-    """
-
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.clock_offset = 0.0
-        check_model(config.model)
-        self.store, self.index = open_faceset(config)  # FaceStore, FaceIndex
-        self.emulation = Emulation(config.emulation, self.monotonic, self.today)
-        self.face_tokens = FaceTokens(self.now)  # v3 tokens from detect/search/match
-        self.calls: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        #: request body bytes received per interface (what clients upload)
-        self.request_bytes: Counter[str] = Counter()
-        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
-
-    def now(self) -> float:
-        return time.time() + self.clock_offset
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.clock_offset
-
-    def today(self) -> date:
-        return datetime.fromtimestamp(self.now()).date()
-
-    def start_pool(self) -> None:
-        """Start the model processes and wait until each has loaded its models.
-
-        "spawn", not fork: forking a process that has threads (the server's loop, BLAS)
-        can deadlock the child. The pool starts every process during the warm-up
-        submits, so they are all created inside :func:`_without_main_module`.
-        """
-        self.pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.config.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(self.config.detector, self.config.model),
-        )
-        with _without_main_module():
-            futures = [self.pool.submit(warm_up) for _ in range(self.config.workers)]
-        for future in futures:
-            future.result(timeout=180)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        self.store.close()
-
-    async def analyse(self, data: bytes, options: AnalyseOptions) -> ImageAnalysis:
-        """Run the models on ``data`` in the pool; image problems raise :class:`Failure`."""
-        pool = self.pool
-        assert pool is not None
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(pool, analyse, data, options)
-        except concurrent.futures.BrokenExecutor:
-            # Every call in flight in the dead pool lands here; only the first replaces
-            # it. Each used to restart it anew, shutting down the pool the one before had
-            # just started: 8 calls in flight, 8 model loads with the loop blocked.
-            if self.pool is pool:
-                log.error("a model process died; restarting the pool")
-                pool.shutdown(wait=False, cancel_futures=True)
-                self.start_pool()
-            raise Failure(216401, "a model process failed; retry") from None
-        if isinstance(result, ImageRejected):
-            raise Failure(result.code, _detail(result))
-        return result
-
-    def apply(self, change: Change) -> None:
-        self.index.apply(change)
-
-    def stats(self) -> dict[str, Any]:
-        return {"calls": dict(self.calls), "errors": dict(self.errors),
-                "request_bytes": dict(self.request_bytes),
-                **self.store.counts(), "indexed_faces": self.index.size()}
-
-
-def check_model(model: str) -> None:
-    """Refuse an unknown model, or one whose files are not installed, before any worker
-    starts (a worker's failure would only say that the pool broke)."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
-    if model == "sface":
-        sface_model_dir()
-
-
-@contextlib.contextmanager
-def _without_main_module() -> Iterator[None]:
-    # A spawned child re-imports the parent's __main__ script unless it is guarded by
-    # `if __name__ == "__main__"`; the workers only need pipeline.engine.models, so the
-    # script is hidden while they are created (tests, benchmarks, the demo need no guard).
-    with _SPAWN_LOCK:
-        saved = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            if saved is not None:
-                sys.modules["__main__"] = saved
-
-
-_SPAWN_LOCK = threading.Lock()
-
-
-def _detail(rejected: ImageRejected) -> str:
-    base = error_message(rejected.code)
-    return rejected.message[len(base) + 2:] if rejected.message.startswith(base + ":") else ""
 
 
 STATE: web.AppKey[EngineState] = web.AppKey("state", EngineState)

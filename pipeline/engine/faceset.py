@@ -34,7 +34,7 @@ from pipeline.engine.store import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.engine.app import EngineConfig
+    from pipeline.engine.config import EngineConfig
 
 
 class FaceStore(Protocol):

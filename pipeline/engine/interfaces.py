@@ -43,7 +43,7 @@ from pipeline.engine.persons import valid_id_card_number
 from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 
 if TYPE_CHECKING:
-    from pipeline.engine.app import EngineState
+    from pipeline.engine.state import EngineState
 
 Params = Mapping[str, str]
 Reply = dict[str, Any]

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from pipeline.client.config import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
-from pipeline.engine.app import EngineConfig, EngineState, create_app
+from pipeline.api.endpoints import ENGINE_DEMO_API_KEY, ENGINE_DEMO_SECRET_KEY
+from pipeline.engine.app import create_app
 from pipeline.engine.emulation import Emulation, EmulationConfig
+from pipeline.engine.state import EngineConfig, EngineState
 
 if TYPE_CHECKING:
     from pipeline.engine.faceset import FaceStore

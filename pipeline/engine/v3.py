@@ -34,9 +34,7 @@ Project decisions (the contract's, §2-§4, and the engine's own):
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,14 +47,14 @@ from pipeline.engine.persons import valid_id_card_number
 from pipeline.engine.qualities import FaceQualities
 from pipeline.engine.scoring import distance, same_image_distance, score_from_distance
 from pipeline.engine.store import FaceRow, face_token_of
+from pipeline.engine.tokens import FaceTokens, TokenFace
 
 if TYPE_CHECKING:
-    from pipeline.engine.app import EngineState
+    from pipeline.engine.state import EngineState
 
 Params = Mapping[str, Any]
 Result = dict[str, Any] | None
 
-TOKEN_TTL = 3600.0
 FACE_LIMIT = 20
 UNSUPPORTED_FIELDS = ("age", "expression", "face_shape", "gender", "glasses", "eye_status",
                       "emotion", "face_type", "mask", "spoofing", "landmark150", "liveness")
@@ -70,48 +68,6 @@ QUALITY_LEVELS = {"LOW": (0.8, 0.8, 20, 0), "NORMAL": (0.6, 0.6, 40, 0),
 OCCLUSION_CODES = (("left_eye", 223121), ("right_eye", 223122), ("left_cheek", 223123),
                    ("right_cheek", 223124), ("chin_contour", 223125), ("nose", 223126),
                    ("mouth", 223127))
-
-
-# -- face tokens -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TokenFace:
-    """A face the engine can use without its picture: what a face_token stands for."""
-
-    token: str
-    sha256: str
-    descriptor: np.ndarray
-    qualities: FaceQualities | None
-    location: dict[str, Any]
-
-
-class FaceTokens:
-    """Tokens issued by detect/search/match: kept ``ttl`` seconds of ``now()``, at most
-    ``capacity`` (the oldest go first). Not thread-safe: the engine's loop thread only."""
-
-    __slots__ = ("_now", "_ttl", "_capacity", "_items")
-
-    def __init__(self, now: Callable[[], float], ttl: float = TOKEN_TTL,
-                 capacity: int = 200_000) -> None:
-        self._now, self._ttl, self._capacity = now, ttl, capacity
-        self._items: OrderedDict[str, tuple[float, TokenFace]] = OrderedDict()
-
-    def put(self, face: TokenFace) -> None:
-        # A re-issued token lives 60 min from its latest issue (same picture, same token).
-        self._items.pop(face.token, None)
-        self._items[face.token] = (self._now() + self._ttl, face)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def get(self, token: str) -> TokenFace | None:
-        item = self._items.get(token)
-        if item is None:
-            return None
-        if item[0] <= self._now():
-            del self._items[token]
-            return None
-        return item[1]
 
 
 def _tokens(state: EngineState) -> FaceTokens:

@@ -21,10 +21,8 @@ not report is not judged: the gate never invents a value.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.api.errors import ConfigError
@@ -138,36 +136,27 @@ def valid_keys() -> list[str]:
     return [*_SCALAR_KEYS, "min_face_size", *occ]
 
 
-def load_thresholds(
-    path: Path | None = None, overrides: Mapping[str, str] | None = None,
-    base: Thresholds | None = None,
+def build_thresholds(
+    doc: Mapping[str, Any] | None = None, overrides: Mapping[str, str] | None = None,
+    base: Thresholds | None = None, source: str = "the thresholds",
 ) -> Thresholds:
-    """Defaults (or ``base``), then the TOML file at ``path``, then ``overrides``
-    (``"occlusion.mouth"``).
+    """Defaults (or ``base``), then ``doc`` (a parsed TOML document named ``source``),
+    then ``overrides`` (``--threshold`` texts, e.g. ``"occlusion.mouth": "0.6"``).
 
     Raises :class:`ConfigError` naming the bad key (and listing the valid ones) for an
-    unknown key, a value that is not a non-negative number, or an unreadable file.
+    unknown key or a value that is not a non-negative number. Reading the file is
+    :func:`pipeline.enroll.thresholds.load_thresholds`'s job: the gate does no I/O.
     """
     values: dict[str, Any] = {}
     occlusion = dict(DEFAULT_OCCLUSION)
     if base is not None:
         values = {k: v for k, v in base.to_dict().items() if k != "occlusion"}
         occlusion = dict(base.occlusion)
-    if path is not None:
-        _apply(_read_toml(Path(path)), values, occlusion, source=str(path))
+    if doc is not None:
+        _apply(doc, values, occlusion, source=source)
     for key, text in (overrides or {}).items():
         _apply_one(key.strip(), _parse_number(key, text), values, occlusion, "--threshold")
     return Thresholds(occlusion=FrozenMap(occlusion), **values)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read thresholds file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"thresholds file {path} is not valid TOML: {exc}") from None
 
 
 def _apply(doc: Mapping[str, Any], values: dict, occlusion: dict, source: str) -> None:
@@ -406,28 +395,38 @@ def failed_checks(reasons: Sequence[str], values: Mapping[str, Any], t: Threshol
     ``values``: an outcome's metric columns (``yaw``, ``blur``, ``face_width``,
     ``occlusion_mouth``...). Reasons without a measured value are left out.
     """
-    bounds = {"completeness": ("completeness", "≤", t.completeness_min, ".2f"),
-              "blur": ("blur", "≥", t.blur_max, ".2f"),
-              "illumination": ("illumination", "≤", t.illumination_min, ".0f")}
-    out = []
-    for reason in reasons:
-        if reason == "face_too_small" and values.get("face_width") is not None:
-            out.append(f"face {values['face_width']:.0f}x{values.get('face_height') or 0:.0f} "
-                       f"< {t.min_face_width}x{t.min_face_height} px")
-        elif reason in bounds and values.get(reason) is not None:
-            name, op, bound, fmt = bounds[reason]
-            out.append(f"{name} {values[reason]:{fmt}} {op} {bound:g}")
-        elif reason.startswith("pose_") and values.get(reason[5:]) is not None:
-            angle, bound = float(values[reason[5:]]), getattr(t, f"{reason[5:]}_max")
-            op, bound = ("≤", -bound) if angle < 0 else ("≥", bound)
-            out.append(f"{reason[5:]} {angle:.1f} {op} {bound:g}")
-        elif reason.startswith("occlusion_") and values.get(reason) is not None:
-            part = reason.removeprefix("occlusion_")
-            bound = t.occlusion.get(part)
-            if bound is not None:
-                out.append(f"{_PART_WORDS.get(part, part)} occlusion {values[reason]:.2f} "
-                           f"≥ {bound:g}")
-    return out
+    return [text for reason in reasons if (text := _check_text(reason, values, t))]
+
+
+#: Checks of one value against one bound: reason -> (operator that failed, the
+#: Thresholds field, format of the value).
+_BOUNDS = {"completeness": ("≤", "completeness_min", ".2f"), "blur": ("≥", "blur_max", ".2f"),
+           "illumination": ("≤", "illumination_min", ".0f")}
+
+
+def _check_text(reason: str, values: Mapping[str, Any], t: Thresholds) -> str | None:
+    if reason == "face_too_small":
+        width = values.get("face_width")
+        return None if width is None else (
+            f"face {width:.0f}x{values.get('face_height') or 0:.0f} "
+            f"< {t.min_face_width}x{t.min_face_height} px")
+    if reason.startswith("pose_"):
+        axis = reason.removeprefix("pose_")
+        angle, limit = values.get(axis), float(getattr(t, f"{axis}_max"))
+        if angle is None:
+            return None
+        op, shown = ("≤", -limit) if angle < 0 else ("≥", limit)
+        return f"{axis} {float(angle):.1f} {op} {shown:g}"
+    value = values.get(reason)
+    if reason.startswith("occlusion_"):
+        part = reason.removeprefix("occlusion_")
+        bound = t.occlusion.get(part)
+        return None if value is None or bound is None else (
+            f"{_PART_WORDS.get(part, part)} occlusion {value:.2f} ≥ {bound:g}")
+    if reason not in _BOUNDS or value is None:
+        return None
+    op, field_name, fmt = _BOUNDS[reason]
+    return f"{reason} {value:{fmt}} {op} {getattr(t, field_name):g}"
 
 
 #: Reason slug -> sentence at the default thresholds (the report's legend).

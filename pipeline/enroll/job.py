@@ -867,7 +867,7 @@ def disk_message(run_dir: Path, exc: OSError) -> str:
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
-    from pipeline.enroll.gate import load_thresholds  # noqa: PLC0415
+    from pipeline.enroll.thresholds import load_thresholds  # noqa: PLC0415
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     manifest = open_manifest(config.manifest, default_group=config.group,

@@ -47,9 +47,9 @@ from pipeline.enroll.gate import (
     QualityMetrics,
     Thresholds,
     judge_metrics,
-    load_thresholds,
     thresholds_from_dict,
 )
+from pipeline.enroll.thresholds import load_thresholds
 from pipeline.runs.outcomes import METRIC_FIELDS, OUTCOME_SCHEMA
 from pipeline.runs.rundir import RunDir, write_atomic, write_table_atomic
 

@@ -132,13 +132,13 @@ class GroupStats:
     last_recorded_at: str | None
 
 
-#: A path probe: (caller's key, group_id, uid, absolute image path).
-PathProbe = tuple[int, str, str, str]
+#: A path probe: (caller's key, group_id, uid, absolute image path, the file's size in
+#: bytes, its mtime in ns).
+PathProbe = tuple[int, str, str, str, int, int]
 #: A face found for a probe, as a plain tuple (a million of them are made per night):
-#: (probe key, group_id, image_sha256, image_path, image_size, image_mtime_ns,
-#:  face_count, detect_log_id, write_log_id). Log ids may come back as decimal text.
-PathMatch = tuple[int, str, str, str | None, int | None, int | None, int | None,
-                  int | str | None, int | str | None]
+#: (probe key, group_id, image_sha256, face_count, detect_log_id, write_log_id).
+#: Log ids may come back as decimal text.
+PathMatch = tuple[int, str, str, int | None, int | str | None, int | str | None]
 
 
 class Ledger(Protocol):
@@ -151,10 +151,8 @@ class Ledger(Protocol):
         ...
 
     def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[PathMatch]:
-        """The faces whose (group, uid, image_path) equal a probe's, with the probe's key.
-
-        The caller compares size and mtime with the file's stat before trusting one.
-        """
+        """The faces whose (group, uid, image_path, image_size, image_mtime_ns) equal a
+        probe's, with the probe's key: the file is unchanged since it was recorded."""
         ...
 
     def known_image(self, endpoint: str, group_id: str, uid: str, sha256: str

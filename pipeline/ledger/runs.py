@@ -28,7 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.base import ENROLL_ACTIONS, Entry, Ledger, PathMatch, endpoint_key
+from pipeline.ledger.base import (
+    ENROLL_ACTIONS,
+    Entry,
+    Ledger,
+    PathMatch,
+    PathProbe,
+    endpoint_key,
+)
 from pipeline.runs.outcomes import OUTCOME_SCHEMA
 from pipeline.runs.rundir import RunDir, utc_now
 
@@ -178,8 +185,8 @@ def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
     that repeat an earlier row, and rows with an action enroll does not send,
     are never "known": they get their usual outcome.
     """
-    # The ledger lookup of the next chunk runs in a worker thread while this one's files
-    # are stat'ed: SQLite and stat() both release the GIL, so the two overlap.
+    # The stat() calls and the ledger lookup of the next chunk run in a worker thread
+    # while this one's outcomes are made: both release the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="ledger-lookup") as pool:
         pending: Future[tuple[Any, ...]] | None = None
         for chunk in manifest.key_chunks():
@@ -193,7 +200,8 @@ def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
 
 def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
             skip: np.ndarray | None) -> tuple[Any, np.ndarray, list[int], list[PathMatch]]:
-    """The faces the ledger holds at the paths of ``chunk``'s candidate rows."""
+    """The faces the ledger holds at the paths, sizes and mtimes of ``chunk``'s candidate
+    rows (one stat per row; a file that cannot be stat'ed is no candidate)."""
     rows = chunk.rows
     keep = ~manifest.duplicate_mask(rows)
     if skip is not None:
@@ -203,15 +211,21 @@ def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
     at = pa.array(index)
     uids, groups, paths = (chunk.uid.take(at).to_pylist(), chunk.group_id.take(at).to_pylist(),
                            chunk.image_path.take(at).to_pylist())
-    probes: list[tuple[int, str, str, str]] = []
+    probes: list[PathProbe] = []
     need: list[int] = []
+    stat = os.stat
     for j, (uid, group, path) in enumerate(zip(uids, groups, paths, strict=True)):
+        try:
+            st = stat(path)
+        except OSError:
+            need.append(0)
+            continue
         if "," in group:
             parts = split_groups(group)
-            probes.extend((j, g, uid, path) for g in parts)
+            probes.extend((j, g, uid, path, st.st_size, st.st_mtime_ns) for g in parts)
             need.append(len(parts))
         else:
-            probes.append((j, group, uid, path))
+            probes.append((j, group, uid, path, st.st_size, st.st_mtime_ns))
             need.append(1 if group else 0)
     found = ledger.known_paths(endpoint, probes) if probes else []
     return chunk, index, need, found
@@ -219,36 +233,27 @@ def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
 
 def _confirm(chunk: Any, index: np.ndarray, need: list[int], found: Sequence[PathMatch]
              ) -> KnownRows:
-    """Keep the rows whose file still has the recorded size and mtime, in every group.
-    A match's key is a position in ``index`` (positions in ``chunk``)."""
-    stats: dict[int, tuple[int, int]] = {}
-    matched: dict[int, tuple[set[str], PathMatch]] = {}
+    """Keep the rows found in every group of the row (a match's key is a position in
+    ``index``, itself positions in ``chunk``)."""
+    first: dict[int, PathMatch] = {}
+    groups: dict[int, set[str]] = {}
     for match in found:
-        j, group, _sha, path, size, mtime = match[:6]
-        st = stats.get(j)
-        if st is None:
-            try:
-                s = os.stat(path or "")
-                st = (s.st_size, s.st_mtime_ns)
-            except OSError:
-                st = (-1, -1)
-            stats[j] = st
-        if (size, mtime) != st:
-            continue
-        seen = matched.get(j)
-        if seen is None:
-            matched[j] = ({group}, match)
-        else:
-            seen[0].add(group)
-    keep = sorted(j for j, (groups, _) in matched.items() if len(groups) == need[j] > 0)
-    first = [matched[j][1] for j in keep]
+        j = match[0]
+        if j not in first:
+            first[j] = match
+            if need[j] > 1:
+                groups[j] = {match[1]}
+        elif need[j] > 1:
+            groups[j].add(match[1])
+    keep = sorted(j for j in first if need[j] == 1 or len(groups.get(j, ())) == need[j])
+    chosen = [first[j] for j in keep]
     at = pa.array(index[keep] if keep else np.empty(0, np.int64), pa.int64())
     pos = at.to_numpy()
     return KnownRows(
         chunk.rows[pos], chunk.lines[pos], chunk.uid.take(at), chunk.group_id.take(at),
-        chunk.image.take(at), pa.array([m[2] for m in first], pa.string()),
-        pa.array([m[6] for m in first], pa.int32()), _uint64([m[7] for m in first]),
-        _uint64([m[8] for m in first]))
+        chunk.image.take(at), pa.array([m[2] for m in chosen], pa.string()),
+        pa.array([m[3] for m in chosen], pa.int32()), _uint64([m[4] for m in chosen]),
+        _uint64([m[5] for m in chosen]))
 
 
 def _uint64(values: list[Any]) -> pa.Array:

@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS faces (
     run_id TEXT NOT NULL, "row" INTEGER NOT NULL, action TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
     PRIMARY KEY (endpoint, group_id, uid, image_sha256)
-);
+) WITHOUT ROWID;
 """
 
 _FACE_COLUMNS = ("endpoint", "group_id", "uid", "image_sha256", "image_path", "image_size",
@@ -198,21 +198,23 @@ class SqliteLedger:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe "
-                             "(k INTEGER, group_id TEXT, uid TEXT, image_path TEXT)")
-                conn.execute("DELETE FROM probe")
-                conn.executemany("INSERT INTO probe VALUES (?,?,?,?)", probes)
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe2 (k INTEGER, "
+                             "group_id TEXT, uid TEXT, image_path TEXT, size INTEGER, "
+                             "mtime INTEGER)")
+                conn.execute("DELETE FROM probe2")
+                conn.executemany("INSERT INTO probe2 VALUES (?,?,?,?,?,?)", probes)
                 # CROSS JOIN fixes the loop order (SQLite's rule): for each probe, seek the
                 # faces by the primary key's (endpoint, group_id, uid) prefix. Left to the
                 # planner, a fresh temp table without statistics made it scan every face
                 # of the endpoint once per probe.
                 rows = conn.execute(
-                    "SELECT p.k, f.group_id, f.image_sha256, f.image_path, f.image_size, "
-                    "f.image_mtime_ns, f.face_count, f.detect_log_id, f.write_log_id "
-                    "FROM probe p CROSS JOIN faces f "
+                    "SELECT p.k, f.group_id, f.image_sha256, f.face_count, f.detect_log_id, "
+                    "f.write_log_id "
+                    "FROM probe2 p CROSS JOIN faces f "
                     "WHERE f.endpoint=? AND f.group_id=p.group_id AND f.uid=p.uid "
-                    "AND f.image_path=p.image_path", (endpoint,)).fetchall()
-                conn.execute("DELETE FROM probe")
+                    "AND f.image_path=p.image_path AND f.image_size=p.size "
+                    "AND f.image_mtime_ns=p.mtime", (endpoint,)).fetchall()
+                conn.execute("DELETE FROM probe2")
             finally:
                 conn.execute("COMMIT")
         return rows

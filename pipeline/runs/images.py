@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.api import validate_v3
-from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
+from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE, b64_size
 
 #: Decoded pixels above which an image is refused as a decompression bomb (50 MP:
 #: well over any camera photo a face service needs, and ~150 MB as RGB). Checked
@@ -370,4 +370,4 @@ def _shrink(
 
 
 def _b64_len(data: bytes) -> int:
-    return 4 * math.ceil(len(data) / 3)
+    return b64_size(len(data))

@@ -180,8 +180,3 @@ def make_outcome(**values: Any) -> Outcome:
     if unknown:
         raise TypeError(f"unknown Outcome fields: {sorted(unknown)}")
     return Outcome(**{**_EMPTY, **values})
-
-
-def is_success(status: str) -> bool:
-    """True for the statuses that leave the face in the library."""
-    return status in SUCCESS_STATUSES

@@ -27,8 +27,9 @@ from aiohttp import web
 from support.engine_http import Api, b64
 from support.reliability import FACEFLOW, LISTENING, ROOT, face_crop
 
-from pipeline.engine.app import EngineConfig, EngineState, create_app, is_loopback
+from pipeline.engine.app import create_app, is_loopback
 from pipeline.engine.interfaces import INTERFACES
+from pipeline.engine.state import EngineConfig, EngineState
 
 pytestmark = [pytest.mark.dlib]
 
