@@ -128,21 +128,22 @@ class PgLedger:
         if not probes:
             return []
         with self._tx() as conn:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_probe "
-                         "(k bigint, group_id text, uid text, image_path text) "
-                         "ON COMMIT DELETE ROWS")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_probe (k bigint, "
+                         "group_id text, uid text, image_path text, size bigint, "
+                         "mtime bigint) ON COMMIT DELETE ROWS")
             with conn.cursor() as cur, cur.copy(
-                    "COPY ledger_probe (k, group_id, uid, image_path) FROM STDIN") as copy:
+                    "COPY ledger_probe (k, group_id, uid, image_path, size, mtime) "
+                    "FROM STDIN") as copy:
                 for probe in probes:
                     copy.write_row(probe)
             rows = conn.execute(
-                "SELECT p.k, f.group_id, f.image_sha256, f.image_path, f.image_size, "
-                "f.image_mtime_ns, f.face_count, f.detect_log_id, f.write_log_id "
-                "FROM ledger_probe p JOIN ledger_faces f ON f.endpoint=%s "
-                "AND f.group_id=p.group_id AND f.uid=p.uid AND f.image_path=p.image_path",
+                "SELECT p.k, f.group_id, f.image_sha256, f.face_count, f.detect_log_id, "
+                "f.write_log_id FROM ledger_probe p JOIN ledger_faces f ON f.endpoint=%s "
+                "AND f.group_id=p.group_id AND f.uid=p.uid AND f.image_path=p.image_path "
+                "AND f.image_size=p.size AND f.image_mtime_ns=p.mtime",
                 (endpoint,)).fetchall()
-        return [(int(k), g, sha, path, size, mtime, count, _log_id(d), _log_id(w))
-                for k, g, sha, path, size, mtime, count, d, w in rows]
+        return [(int(k), g, sha, count, _log_id(d), _log_id(w))
+                for k, g, sha, count, d, w in rows]
 
     def known_image(self, endpoint: str, group_id: str, uid: str, sha256: str
                     ) -> KnownFace | None:
