@@ -69,6 +69,7 @@ from pipeline.frame import (
     open_held,
 )
 from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
+from pipeline.postgres import redact
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -204,7 +205,10 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
-            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            # A postgresql:// ledger is written without its password (libpq can take it
+            # from PGPASSWORD or ~/.pgpass instead, which keeps a rerun working).
+            "ledger": redact(self.ledger) if self.ledger else None,
+            "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
             "api": self.api, "server_quality": self.server_quality,
