@@ -134,6 +134,12 @@ Examples:
                                                       exists=True))
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Audit the photos of a manifest (CSV, JSONL, Parquet).")
+@click.option("--encoding", default=None,
+              help="Text encoding of the --manifest, e.g. gb18030 or gbk (Excel on a Chinese "
+                   "system), utf-16 [default: utf-8].")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="CSV separator of the --manifest, e.g. ';' or tab [default ',', or ';'/tab "
+                   "when the header is separated by it].")
 @click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
               help="Audit the faces the ledger holds in the --group(s) on this service "
                    "[env FACEFLOW_LEDGER].")
@@ -181,7 +187,8 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
-               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
+               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api"),
+               "encoding": kwargs.pop("encoding"), "delimiter": kwargs.pop("delimiter")}
     observer = LineObserver()
     with config_errors():
         config = _config(sources, manifest, groups, run_dir, settings, options)

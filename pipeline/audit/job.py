@@ -320,18 +320,20 @@ def open_audit(config: AuditConfig) -> tuple[RunDir, RunInfo, list[AuditImage], 
     (groups, threshold, top_k, before_enroll, confirm_photos) must be the same.
     """
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+    # A new audit reads its inputs (manifest, runs) before anything is created.
+    plan = None if rundir.exists() else build_plan(config)
     # one session at a time (released by run_audit, or by the process's end)
-    return open_held(rundir, lambda held: _open_held(config, held))
+    return open_held(rundir, lambda held: _open_held(config, held, plan))
 
 
-def _open_held(config: AuditConfig, rundir: RunDir
+def _open_held(config: AuditConfig, rundir: RunDir, plan: list[AuditImage] | None
                ) -> tuple[RunDir, RunInfo, list[AuditImage], bool]:
     if rundir.exists():
         info = rundir.read_info()
         _check_same_audit(rundir, info, config)
         info = next_session(rundir, info, settings=config.settings.public())
         return rundir, info, read_plan(rundir), True
-    plan = build_plan(config)
+    plan = build_plan(config) if plan is None else plan
     fingerprint = write_plan(rundir, plan)
     source = config.manifest or (config.run_dirs[0] if config.run_dirs else rundir.path)
     ref = ManifestRef(str(Path(source).resolve()), fingerprint, len(plan))
@@ -365,7 +367,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     info = RunDir(run_dir).read_info()
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
-    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api")
+    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api",
+                                          "encoding", "delimiter")
              if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
