@@ -785,7 +785,7 @@ def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
 
 
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
-    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+    from pipeline.runs.timeline import CallTimeline  # noqa: PLC0415
 
     config = run.config
     session: _Session | None = None
