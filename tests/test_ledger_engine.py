@@ -7,6 +7,7 @@ public-domain samples written into tmp_path (the ledger keys rows by path and st
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -283,6 +284,7 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
     before = _calls(server)
     result, df = _reconcile(server, ledger, tmp_path / "rec1")
     assert result.exit_code == 1, result.output  # differences found
+    assert json.loads((tmp_path / "rec1" / "run.json").read_text())["exit_code"] == 1
     assert _delta(_calls(server), before) == {"group_getusers": 1, "user_get": 2}
     found = {r.uid: (r.kind, list(r.service_groups), r.action) for r in df.itertuples()}
     assert found == {"rc_bob": ("missing_in_service", [], "reported"),

@@ -5,6 +5,8 @@
     FaceflowError
      ├── ConfigError                  bad options, thresholds or manifest: stop before any call
      │    └── ManifestError           ... with the manifest line that is wrong
+     ├── ImageProblem                 a photo that cannot be sent (a reason slug of
+     │                                pipeline.runs.reasons): an outcome row, not a stop
      └── ApiError                     anything the face service (or the way to it) answered
           ├── RetryableError          worth sending again after a back-off
           │    ├── QpsLimitError      4, 18: rate limits; the limiter slows down
@@ -72,6 +74,17 @@ class ManifestError(ConfigError):
         self.message = message
         where = f"{path}, line {line}" if line is not None else path
         super().__init__(f"{where}: {message}")
+
+
+class ImageProblem(FaceflowError):
+    """One problem with an image file: ``reason`` (a slug of the reasons catalogue,
+    :mod:`pipeline.runs.reasons`) and ``message`` (one sentence: what is wrong and what to
+    do). The row it belongs to gets an outcome; the run goes on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class ApiError(FaceflowError):

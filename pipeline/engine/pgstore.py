@@ -43,7 +43,10 @@ from pipeline.engine.store import Change, FaceRow, Membership, Person, face_toke
 from pipeline.postgres import PostgresUnavailable, connect
 
 #: Groups with at least this many faces get their own HNSW index (smaller: exact search).
-LARGE_GROUP = 20_000
+#: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
+#: 8 ms at 5,000 and 16-24 ms at 10,000 on 2 busy cores, as much as an HNSW search at
+#: 100,000 (ef_search 400): from about 10,000 faces an index pays.
+LARGE_GROUP = 10_000
 #: hnsw.ef_search for large groups (a query needing more candidates raises it), and the
 #: HNSW build parameters. Measured by benchmarks/scale_engine.py at 100k faces shaped like
 #: real dlib descriptors (300 identify probes): with pgvector's default build

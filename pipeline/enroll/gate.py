@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline.api.errors import ConfigError
 from pipeline.api.records import OCCLUSION_PARTS, Face
+from pipeline.runs.reasons import QUALITY_REASONS
 
 #: Seed-spelled threshold keys (§4) -> the response field names.
 OCCLUSION_ALIASES = {"left_check": "left_cheek", "right_check": "right_cheek",
@@ -250,7 +251,7 @@ class QualityMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class QualityVerdict:
     """``passed`` is True iff ``reasons`` is empty; reasons follow :data:`REASON_ORDER`."""
 
     passed: bool
@@ -264,7 +265,7 @@ class FaceChoice:
 
     status: str  # "ok" | "no_face" | "multiple_faces" | "rejected_quality"
     face: Face | None
-    verdict: Verdict | None
+    verdict: QualityVerdict | None
     reasons: tuple[str, ...]
 
 
@@ -283,13 +284,13 @@ def metrics_of(face: Face) -> QualityMetrics:
     )
 
 
-def judge_face(face: Face, thresholds: Thresholds) -> Verdict:
+def judge_face(face: Face, thresholds: Thresholds) -> QualityVerdict:
     """Apply every check to one face; see the module docstring for the rules."""
     return judge_metrics(metrics_of(face), thresholds, has_qualities=face.qualities is not None)
 
 
 def judge_metrics(m: QualityMetrics, thresholds: Thresholds, *, has_qualities: bool
-                  ) -> Verdict:
+                  ) -> QualityVerdict:
     """:func:`judge_face` on the flat numbers (what outcomes store): offline re-gating
     judges the same way. ``has_qualities`` False fails with ``no_qualities``."""
     t = thresholds
@@ -309,7 +310,7 @@ def judge_metrics(m: QualityMetrics, thresholds: Thresholds, *, has_qualities: b
         value = getattr(m, f"occlusion_{part}")
         failed[f"occlusion_{part}"] = bound is not None and _not_below(value, bound)
     reasons = tuple(r for r in REASON_ORDER if failed.get(r))
-    return Verdict(passed=not reasons, reasons=reasons, metrics=m)
+    return QualityVerdict(passed=not reasons, reasons=reasons, metrics=m)
 
 
 def choose_face(
@@ -361,26 +362,19 @@ _PART_WORDS = {"left_eye": "left eye", "right_eye": "right eye", "nose": "nose",
 
 
 def reason_texts(t: Thresholds) -> dict[str, str]:
-    """Reason slug -> one sentence, with the bounds of ``t`` written in."""
-    texts = {
-        "no_face": "no face was found in the image",
-        "multiple_faces": "the image shows several faces; send one face per image "
-                          "(or allow the largest face)",
-        "face_too_small": f"the face is smaller than {t.min_face_width}x{t.min_face_height} px",
-        "no_qualities": "the face service returned no quality data for the face",
-        "completeness": f"the face runs past the image edge "
-                        f"(completeness <= {t.completeness_min:g})",
-        "blur": f"the face is blurred (blur >= {t.blur_max:g})",
-        "illumination": f"the face is too dark (illumination <= {t.illumination_min:g})",
-        "pose_yaw": f"the head is turned sideways (|yaw| >= {t.yaw_max:g} degrees)",
-        "pose_pitch": f"the head is tilted up or down (|pitch| >= {t.pitch_max:g} degrees)",
-        "pose_roll": f"the head is tilted sideways (|roll| >= {t.roll_max:g} degrees)",
+    """Reason slug -> the catalogue's sentence with the bound of ``t`` written after it."""
+    bounds = {
+        "face_too_small": f"{t.min_face_width}x{t.min_face_height} px",
+        "completeness": f"completeness <= {t.completeness_min:g}",
+        "blur": f"blur >= {t.blur_max:g}",
+        "illumination": f"illumination <= {t.illumination_min:g}",
+        "pose_yaw": f"|yaw| >= {t.yaw_max:g} degrees",
+        "pose_pitch": f"|pitch| >= {t.pitch_max:g} degrees",
+        "pose_roll": f"|roll| >= {t.roll_max:g} degrees",
+        **{f"occlusion_{part}": f"occlusion >= {bound:g}" for part, bound in t.occlusion.items()},
     }
-    for part, words in _PART_WORDS.items():
-        bound = t.occlusion.get(part)
-        limit = f" (occlusion >= {bound:g})" if bound is not None else ""
-        texts[f"occlusion_{part}"] = f"the {words} is covered{limit}"
-    return texts
+    return {slug: f"{text} ({bounds[slug]})" if slug in bounds else text
+            for slug, text in QUALITY_REASONS.items()}
 
 
 #: The outcome columns :func:`failed_checks` reads.

@@ -78,6 +78,7 @@ from pipeline.runs.outcomes import (
     Outcome,
     make_outcome,
 )
+from pipeline.runs.reasons import Status, reason_text
 from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
@@ -294,7 +295,7 @@ class EnrollObserver:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class RowDecision:
     """What one stage decided for a row: a terminal status with reasons, or go on."""
 
     status: str
@@ -303,7 +304,7 @@ class Verdict:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | None:
+def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> RowDecision | None:
     """The checks that need no call: None when the row may go on, else ``invalid_input``.
 
     ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
@@ -311,7 +312,7 @@ def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | 
     from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
-        return Verdict("invalid_input", ("duplicate_row",),
+        return RowDecision(Status.INVALID_INPUT, ("duplicate_row",),
                        message=f"same uid and image as row {duplicate_of}; kept the first")
     problems = [
         None if row.image.strip() else "image_missing",
@@ -330,8 +331,8 @@ def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | 
            "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
            "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
            "group_id_multiple": "v3 writes to one group per row; split the row per group"}
-    texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
-    return Verdict("invalid_input", reasons, message="; ".join(texts))
+    texts = [own.get(r) or reason_text(r) for r in reasons]
+    return RowDecision(Status.INVALID_INPUT, reasons, message="; ".join(texts))
 
 
 def _v3_row_problems(row: Any) -> list[str | None]:
@@ -346,37 +347,37 @@ def _v3_row_problems(row: Any) -> list[str | None]:
     ]
 
 
-def classify_error(exc: ApiError) -> Verdict:
+def classify_error(exc: ApiError) -> RowDecision:
     """The outcome of a row whose call failed (quota and auth errors never get here)."""
     if isinstance(exc, ImageExistsError):
-        return Verdict("already_enrolled")
+        return RowDecision(Status.ALREADY_ENROLLED)
     if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
-        return Verdict("failed", ("face_limit",))
+        return RowDecision(Status.FAILED, ("face_limit",))
     if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
-        return Verdict("rejected_quality", ("server_quality",))
+        return RowDecision(Status.REJECTED_QUALITY, ("server_quality",))
     if isinstance(exc, FaceNotFoundError):
-        return Verdict("no_face", ("no_face",))
+        return RowDecision(Status.NO_FACE, ("no_face",))
     if isinstance(exc, UserNotFoundError):
-        return Verdict("failed", ("user_not_found",))
+        return RowDecision(Status.FAILED, ("user_not_found",))
     if isinstance(exc, RetryableError):
-        return Verdict("failed", ("retries_exhausted",), retryable=True)
+        return RowDecision(Status.FAILED, ("retries_exhausted",), retryable=True)
     if isinstance(exc, InvalidInputError):
-        return Verdict("invalid_input", ("refused_by_service",))
+        return RowDecision(Status.INVALID_INPUT, ("refused_by_service",))
     if isinstance(exc, StateError):
-        return Verdict("failed", ("library_state",))
-    return Verdict("failed", ("api_error",))
+        return RowDecision(Status.FAILED, ("library_state",))
+    return RowDecision(Status.FAILED, ("api_error",))
 
 
-def decide_face(choice: Any) -> Verdict | None:
+def decide_face(choice: Any) -> RowDecision | None:
     """None when the quality gate chose a face to register, else the row's verdict."""
     if choice.status == "ok":
         return None
     reasons = tuple(choice.reasons) or (choice.status,)
-    return Verdict(choice.status, reasons)
+    return RowDecision(choice.status, reasons)
 
 
-def success_status(action: str) -> str:
-    return "enrolled" if action == "add" else "updated"
+def success_status(action: str) -> Status:
+    return Status.ENROLLED if action == "add" else Status.UPDATED
 
 
 # -- one row ------------------------------------------------------------------------
@@ -390,7 +391,7 @@ class _RowState:
     attempts: int = 0
     stat: Any = None  # the image file's FileStat when a ledger is used
 
-    def finish(self, verdict: Verdict) -> Outcome:
+    def finish(self, verdict: RowDecision) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
                  "retryable": verdict.retryable}
         if verdict.message is not None:
@@ -453,7 +454,7 @@ class _RowRunner:
         if early is not None:
             return state.finish(early)
         image = await self._load(row, state)
-        if isinstance(image, Verdict):
+        if isinstance(image, RowDecision):
             return state.finish(image)
         known = await self._known(row, image, state)
         if known is not None:
@@ -480,11 +481,11 @@ class _RowRunner:
         try:
             image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
-            return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
+            return RowDecision(Status.INVALID_INPUT, (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
 
-    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+    async def _known(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
         """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
         of the row (a file touched or moved since: read once, then remembered)."""
         if self.ledger is None or row.action not in MODES:
@@ -501,7 +502,7 @@ class _RowRunner:
         first = faces[0]
         state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
                             face_count=first.face_count)
-        return Verdict("skipped_known")
+        return RowDecision(Status.SKIPPED_KNOWN)
 
     async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
         """Record a success in the ledger. A ledger error is logged, never fatal: the
@@ -516,7 +517,7 @@ class _RowRunner:
             _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
                          type(exc).__name__, exc)
 
-    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
         """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
         from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
 
@@ -536,22 +537,22 @@ class _RowRunner:
             return None
         state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
                             duplicate_score=found.score)
-        return Verdict("duplicate_suspect", found.reasons, message=found.message)
+        return RowDecision(Status.DUPLICATE_SUSPECT, found.reasons, message=found.message)
 
-    async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
+    async def _detect(self, image: Any, state: _RowState) -> RowDecision | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
             self.client.detect(image.data, max_face_num=self.config.max_face_num,
                                face_fields=("qualities",)), state, "detect_log_id")
-        if isinstance(result, Verdict):
+        if isinstance(result, RowDecision):
             return result
         choice = choose_face(result.faces, self.thresholds,
                              largest_face=self.config.largest_face)
         state.fields.update(_metric_fields(choice, len(result.faces)))
         return decide_face(choice)
 
-    async def _write(self, row: Any, image: Any, state: _RowState) -> Verdict:
+    async def _write(self, row: Any, image: Any, state: _RowState) -> RowDecision:
         # user_info is optional in the manifest but required (non-empty) by user add and
         # update, so an empty one is sent as the uid (documented in the README).
         args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
@@ -562,13 +563,13 @@ class _RowRunner:
         else:
             call = self.client.update_user(*args, action_type="replace")
         result = await self._call(call, state, "write_log_id")
-        if isinstance(result, Verdict):
+        if isinstance(result, RowDecision):
             return result
-        return Verdict(success_status(row.action))
+        return RowDecision(success_status(row.action))
 
     async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
         """Await one API call of a row: the result, with its attempts and ``log_id`` added
-        to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
+        to the row; or the row's RowDecision for an API error. Quota and auth stop the run."""
         try:
             result = await call
         except STOPPING_ERRORS as exc:
@@ -615,7 +616,7 @@ class _Session:
             _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
             outcome = make_outcome(
                 run_id=self.rows.run_id, row=row.row, line=row.line, uid=row.uid,
-                group_id=row.group_id, image=row.image, status="failed",
+                group_id=row.group_id, image=row.image, status=Status.FAILED,
                 reasons=("internal_error",), retryable=True,
                 error_msg=f"{type(exc).__name__}: {exc}"[:500],
                 started_at=utc_now(), finished_at=utc_now())
@@ -1034,7 +1035,7 @@ def _non_success(rundir: RunDir, *, retryable_only: bool = False) -> dict[int, t
     for rec in table.to_pylist():
         if rec["status"] in SUCCESS_STATUSES:
             continue
-        if retryable_only and not (rec["status"] == "failed" and rec["retryable"]):
+        if retryable_only and not (rec["status"] == Status.FAILED and rec["retryable"]):
             continue
         out[rec["row"]] = (rec["status"], ";".join(rec["reasons"] or ()))
     return out

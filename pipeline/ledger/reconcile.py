@@ -232,6 +232,16 @@ class ReconcileResult:
     def differences(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def stop_reason(self) -> str | None:
+        """The stop reason's value (run.json's ``stop_reason``), None when it finished."""
+        return None if self.stopped is None else str(self.stopped.reason)
+
+    @property
+    def failed(self) -> int:
+        """For the exit-code table: the differences found (1 when any)."""
+        return self.differences
+
 
 class ReconcileObserver:
     """Progress of a reconcile; the default does nothing."""
