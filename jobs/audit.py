@@ -178,8 +178,9 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
     threshold is confirmed with match; each photo of a uid is matched against the
     uid's first photo. Calls grow as n*k, never n^2. Writes findings.parquet,
     clusters.parquet and report.html to the audit's run directory. Exit 0 audit
-    completed (findings or not), 1 some probes failed, 2 bad configuration,
-    3 quota, 4 credentials refused, 130 interrupted.
+    completed (findings or not), 1 some probes failed, 2 bad configuration or
+    credentials refused before any call, 3 quota, 4 credentials refused mid-run,
+    6 run directory not writable (disk full), 130 interrupted.
     """
     settings = settings_from(kwargs)
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),

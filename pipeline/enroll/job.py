@@ -65,6 +65,7 @@ from pipeline.frame import (
     StopRun,
     as_stop,
     default_client_factory,
+    disk_message,
     next_session,
     open_held,
 )
@@ -857,13 +858,6 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
         counts=counts, session_counts=dict(session_counts), total_rows=total_rows,
         already_done=already, remaining=int((~store.done).sum()), resumed=run.resumed,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
-
-
-def disk_message(run_dir: Path, exc: OSError) -> str:
-    """One line: which file could not be written, and why (``No space left on device``)."""
-    where = getattr(exc, "filename", None) or run_dir
-    return (f"cannot write {where}: {exc.strerror or exc}; the outcomes written so far are "
-            "kept (rows in flight are left for resume)")
 
 
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:

@@ -9,11 +9,12 @@ refused) or when it is told to (Ctrl-C, SIGTERM). The library returns the reason
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 from pipeline.api.errors import AuthError, FaceflowError, QuotaError
 from pipeline.client.budget import BudgetUnavailable
 
-__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "stop_for"]
+__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "disk_message", "stop_for"]
 
 
 class StopReason(StrEnum):
@@ -63,3 +64,11 @@ def as_stop(exc: BaseException) -> StopRun:
     if stop is None:
         raise TypeError(f"{type(exc).__name__} does not stop a run") from exc
     return stop
+
+
+def disk_message(run_dir: Path, exc: OSError) -> str:
+    """The message of a :attr:`StopReason.DISK` stop: which file could not be written and
+    why (``No space left on device``), in one line."""
+    where = getattr(exc, "filename", None) or run_dir
+    return (f"cannot write {where}: {exc.strerror or exc}; what was written so far is kept "
+            "(work in flight is left for resume)")
