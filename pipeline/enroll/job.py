@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -89,7 +89,29 @@ from pipeline.runs.rundir import (
     utc_now,
 )
 
+if TYPE_CHECKING:
+    from pipeline.api.errors import ImageProblem
+    from pipeline.client.budget import PgBudget
+    from pipeline.enroll.gate import FaceChoice, Thresholds
+    from pipeline.ledger.base import Ledger
+    from pipeline.ledger.runs import FileStat
+    from pipeline.runs.images import LoadedImage
+    from pipeline.runs.manifest import Manifest, ManifestRow
+
 _log = logging.getLogger(__name__)
+
+
+class CallResult(Protocol):
+    """What every call's record carries (pipeline.api.records)."""
+
+    @property
+    def attempts(self) -> int: ...
+
+    @property
+    def log_id(self) -> int | None: ...
+
+
+R = TypeVar("R", bound=CallResult)
 
 MODES = ("add", "update", "upsert")
 #: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
@@ -304,7 +326,7 @@ class RowDecision:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> RowDecision | None:
+def check_row(row: ManifestRow, duplicate_of: int | None, api: str = "v2") -> RowDecision | None:
     """The checks that need no call: None when the row may go on, else ``invalid_input``.
 
     ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
@@ -335,7 +357,7 @@ def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> RowDecisio
     return RowDecision(Status.INVALID_INPUT, reasons, message="; ".join(texts))
 
 
-def _v3_row_problems(row: Any) -> list[str | None]:
+def _v3_row_problems(row: ManifestRow) -> list[str | None]:
     from pipeline.api import validate_v3  # noqa: PLC0415
 
     groups = row.group_id.split(",")
@@ -368,7 +390,7 @@ def classify_error(exc: ApiError) -> RowDecision:
     return RowDecision(Status.FAILED, ("api_error",))
 
 
-def decide_face(choice: Any) -> RowDecision | None:
+def decide_face(choice: FaceChoice) -> RowDecision | None:
     """None when the quality gate chose a face to register, else the row's verdict."""
     if choice.status == "ok":
         return None
@@ -389,7 +411,7 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
-    stat: Any = None  # the image file's FileStat when a ledger is used
+    stat: FileStat | None = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: RowDecision) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
@@ -410,7 +432,7 @@ class _RowState:
 _METRIC_COLUMNS = frozenset(METRIC_FIELDS)
 
 
-def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
+def _metric_fields(choice: FaceChoice, face_count: int) -> dict[str, Any]:
     out: dict[str, Any] = {"face_count": face_count}
     verdict = getattr(choice, "verdict", None)
     metrics = getattr(verdict, "metrics", None)
@@ -425,7 +447,7 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
     return out
 
 
-def _windows_hint(row: Any, problem: Any) -> str:
+def _windows_hint(row: ManifestRow, problem: ImageProblem) -> str:
     """The image problem's message, plus a hint for an absolute Windows path."""
     from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
 
@@ -439,13 +461,13 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
-                 ledger: Any = None) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Thresholds,
+                 ledger: Ledger | None = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
         self.ledger = ledger
         self.endpoint = _endpoint_key(config)
 
-    async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
+    async def run(self, row: ManifestRow, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
@@ -468,10 +490,10 @@ class _RowRunner:
         await self._record(row, outcome, state)
         return outcome
 
-    async def _load(self, row: Any, state: _RowState) -> Any:
+    async def _load(self, row: ManifestRow, state: _RowState) -> LoadedImage | RowDecision:
         from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
-        def stat_then_load() -> Any:
+        def stat_then_load() -> LoadedImage:
             # The stat is taken before the read: if the file changes while it is read,
             # its mtime is newer than the one a ledger records, so it is read again.
             state.stat = stat_file(row.image_path) if self.ledger is not None else None
@@ -485,15 +507,17 @@ class _RowRunner:
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
 
-    async def _known(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
+    async def _known(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                     ) -> RowDecision | None:
         """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
         of the row (a file touched or moved since: read once, then remembered)."""
         if self.ledger is None or row.action not in MODES:
             return None
         groups = split_groups(row.group_id)
-        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+        found = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
                                          image.sha256) for g in groups]
-        if not groups or any(f is None for f in faces):
+        faces = [f for f in found if f is not None]
+        if not groups or len(faces) < len(found):
             return None
         if state.stat is not None:
             for face in faces:
@@ -504,7 +528,7 @@ class _RowRunner:
                             face_count=first.face_count)
         return RowDecision(Status.SKIPPED_KNOWN)
 
-    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+    async def _record(self, row: ManifestRow, outcome: Outcome, state: _RowState) -> None:
         """Record a success in the ledger. A ledger error is logged, never fatal: the
         row is sent again next time and answered "image exist" (already_enrolled)."""
         if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
@@ -517,7 +541,8 @@ class _RowRunner:
             _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
                          type(exc).__name__, exc)
 
-    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
+    async def _duplicates(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                          ) -> RowDecision | None:
         """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
         from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
 
@@ -539,7 +564,7 @@ class _RowRunner:
                             duplicate_score=found.score)
         return RowDecision(Status.DUPLICATE_SUSPECT, found.reasons, message=found.message)
 
-    async def _detect(self, image: Any, state: _RowState) -> RowDecision | None:
+    async def _detect(self, image: LoadedImage, state: _RowState) -> RowDecision | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
@@ -552,7 +577,7 @@ class _RowRunner:
         state.fields.update(_metric_fields(choice, len(result.faces)))
         return decide_face(choice)
 
-    async def _write(self, row: Any, image: Any, state: _RowState) -> RowDecision:
+    async def _write(self, row: ManifestRow, image: LoadedImage, state: _RowState) -> RowDecision:
         # user_info is optional in the manifest but required (non-empty) by user add and
         # update, so an empty one is sent as the uid (documented in the README).
         args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
@@ -567,7 +592,8 @@ class _RowRunner:
             return result
         return RowDecision(success_status(row.action))
 
-    async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
+    async def _call(self, call: Awaitable[R], state: _RowState, log_field: str
+                    ) -> R | RowDecision:
         """Await one API call of a row: the result, with its attempts and ``log_id`` added
         to the row; or the row's RowDecision for an API error. Quota and auth stop the run."""
         try:
@@ -594,7 +620,7 @@ class _Session:
                                                       run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
-        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
+        self.runner: Runner[ManifestRow] = Runner(run.config.concurrency, run.stop, noun="rows",
                                           on_stop=self._stopping, tick=self._tick)
 
     def progress(self) -> Progress:
@@ -607,7 +633,7 @@ class _Session:
         rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
         return await self.runner.run(rows, self._one)
 
-    async def _one(self, row: Any) -> None:
+    async def _one(self, row: ManifestRow) -> None:
         try:
             outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
         except (StopRun, asyncio.CancelledError):
@@ -642,21 +668,21 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+    def __init__(self, manifest: Manifest, done: np.ndarray, halt: asyncio.Event,
                  end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
         self.end = len(done) if end is None else end  # a shard stops reading at its end
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[ManifestRow]:
         return self._rows()
 
-    async def _rows(self) -> AsyncIterator[Any]:
+    async def _rows(self) -> AsyncIterator[ManifestRow]:
         if self.done.all():
             return
         # argmin of a bool array is the first False: the first row left, found without
         # the index array of every row left (80 MB at 10M rows).
         first = int(np.argmin(self.done))
-        batches: Iterator[list[Any]] = self.manifest.batches(start_row=first)
+        batches: Iterator[list[ManifestRow]] = self.manifest.batches(start_row=first)
         while not self.halt.is_set():
             batch = await asyncio.to_thread(next, batches, None)
             if batch is None:
@@ -676,15 +702,15 @@ class _Run:
     """One session of an enroll run: what it reads, where it writes, whom it tells."""
 
     config: EnrollConfig
-    manifest: Any
-    thresholds: Any
+    manifest: Manifest
+    thresholds: Thresholds
     rundir: RunDir
     info: RunInfo
     resumed: bool
     client_factory: ClientFactory
     observer: EnrollObserver
     stop: asyncio.Event | None
-    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
+    ledger: Ledger | None = None  # the ledger of enrolled faces (--ledger), or None
 
 
 async def run_enroll(
@@ -714,7 +740,7 @@ async def run_enroll(
             ledger.close()
 
 
-def _open_ledger(config: EnrollConfig) -> Any:
+def _open_ledger(config: EnrollConfig) -> Ledger | None:
     if not config.ledger:
         return None
     from pipeline.ledger import open_ledger  # noqa: PLC0415
@@ -780,9 +806,14 @@ def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
     return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
-def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
+def enroll(
+    config: EnrollConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: EnrollObserver | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
     """Synchronous :func:`run_enroll` (runs its own event loop)."""
-    return asyncio.run(run_enroll(config, **kwargs))
+    return asyncio.run(run_enroll(config, client_factory, observer, stop))
 
 
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
@@ -816,7 +847,7 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     return stopped, session.counts
 
 
-def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+def _client_options(config: EnrollConfig, budget: PgBudget | None) -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
     factory exactly as before."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
@@ -876,7 +907,8 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     return manifest, thresholds
 
 
-def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunDir, RunInfo, bool]:
+def open_run(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds
+             ) -> tuple[RunDir, RunInfo, bool]:
     """The run directory for ``config``, held (:meth:`RunDir.hold`; the caller releases
     it): (dir, its run.json, True when resuming).
 
@@ -896,7 +928,7 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
                           f"{exc.strerror or exc}") from None
 
 
-def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
+def _open_held(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds, rundir: RunDir
                ) -> tuple[RunDir, RunInfo, bool]:
     ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
@@ -961,7 +993,7 @@ def option_differences(info: RunInfo, options: Mapping[str, Any],
     return out
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in value.items()) or "none"
@@ -972,10 +1004,11 @@ def _shown(value: Any) -> str:
 
 
 def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
-                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+                         given: Mapping[str, Any], *, resume: bool = False,
+                         change_options: bool = False) -> EnrollConfig:
     """The config that continues the enroll run in ``run_dir``: the options and quality
     limits saved in its ``run.json``, with the options in ``given`` (those the user gave
-    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    again) on top; ``resume`` and ``change_options`` as the CLI's flags. Differences between
     ``given`` and the run are refused when the run opens (see :func:`option_differences`).
     """
     info = RunDir(run_dir).read_info()
@@ -989,7 +1022,7 @@ def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
     values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
     return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
                         parent_run_id=info.parent_run_id, thresholds_values=values,
-                        **{**saved, **given}, **flags)
+                        resume=resume, change_options=change_options, **{**saved, **given})
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
@@ -1049,7 +1082,7 @@ def info_failures_for(rundir: RunDir) -> int | None:
         return None
 
 
-def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
+def write_failures(path: Path, manifest: Manifest, rundir: RunDir) -> int:
     """Write ``failures.csv`` (original columns + status + reason); return its row count.
 
     Image paths are made absolute so the file is a manifest that works from any folder;
@@ -1058,7 +1091,7 @@ def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
     return write_manifest_rows(path, manifest, _non_success(rundir))
 
 
-def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str, str]]) -> int:
+def write_manifest_rows(path: Path, manifest: Manifest, rows: Mapping[int, tuple[str, str]]) -> int:
     """Copy the manifest rows in ``rows`` (row -> (status, reason)) to a CSV manifest.
 
     Written to a temporary name, then renamed. A header-only file when ``rows`` is empty.
@@ -1082,7 +1115,7 @@ def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str,
     return written
 
 
-def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
+def _rows_of(manifest: Manifest, wanted: Mapping[int, object]) -> Iterator[ManifestRow]:
     if not wanted:
         return
     last = max(wanted)
