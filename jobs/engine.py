@@ -110,7 +110,7 @@ def migrate(store_url: str) -> None:
     try:
         before, after = run(store_url)
     except PostgresUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _Problem(str(exc)) from None
     state = "already current" if before == after else f"upgraded from version {before}"
     click.echo(f"engine schema at version {after} ({state}) on {redact(store_url)}")
 
