@@ -387,7 +387,7 @@ def parse_log_id(value: object) -> int | None:
 
 
 def make_error(
-    code: int | str | None, message: str, log_id: Any = None, attempts: int = 1,
+    code: int | str | None, message: str, log_id: object = None, attempts: int = 1,
     api: str = "v2",
 ) -> ApiError:
     """Build the error of the right class for ``code`` under protocol ``api``."""

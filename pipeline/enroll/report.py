@@ -173,7 +173,7 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(int(us) / 1e6, tz=UTC).isoformat(timespec="seconds")
 
 
-def _count(table: pa.Table, mask: Any) -> int:
+def _count(table: pa.Table, mask: pa.Array | pa.ChunkedArray) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
 
