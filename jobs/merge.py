@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from jobs.options import EXIT_CONFIG
+from jobs.exits import EXIT_CONFIG, exit_code
 from pipeline.api.errors import ConfigError
 
 
@@ -34,4 +34,4 @@ def merge(folder: Path) -> None:
         raise SystemExit(EXIT_CONFIG) from None
     for line in describe(result):
         click.echo(line)
-    raise SystemExit(0 if result.failures == 0 else 1)
+    raise SystemExit(exit_code(None, result.failures))
