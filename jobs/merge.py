@@ -8,6 +8,7 @@ import click
 
 from jobs.exits import EXIT_CONFIG, exit_code
 from pipeline.api.errors import ConfigError
+from pipeline.runs.rundir import RunDir
 
 
 @click.command(epilog="""\b
@@ -34,4 +35,6 @@ def merge(folder: Path) -> None:
         raise SystemExit(EXIT_CONFIG) from None
     for line in describe(result):
         click.echo(line)
-    raise SystemExit(exit_code(None, result.failures))
+    code = exit_code(None, result.failures)
+    RunDir(result.folder).update_info(exit_code=code)
+    raise SystemExit(code)
