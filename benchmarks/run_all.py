@@ -262,6 +262,11 @@ def _scale_engine(d: dict[str, Any]) -> list[Row]:
             (f"PostgreSQL at {n}: COPY load, HNSW build (m={pg['m']}, "
              f"ef_construction={pg['ef_construction']})",
              f"{pg['load_s']} s, {pg['build_s']} s", "", "")]
+    exact = d.get("postgres_exact_by_group_size")
+    if exact:
+        out.append(("PostgreSQL exact search (no index), p50 by group size",
+                    ", ".join(f"{int(n):,}: {r['p50_ms']} ms" for n, r in exact.items()),
+                    "", ""))
     return out
 
 

@@ -132,12 +132,15 @@ def rows_table(run_dir: Path) -> Table:
 @click.command(epilog="""\b
 Examples:
   faceflow demo
-  faceflow demo --dir /tmp/faceflow-demo --concurrency 2""")
+  faceflow demo --dir /tmp/faceflow-demo --concurrency 2
+  faceflow demo --api v3""")
 @click.option("--dir", "base", type=click.Path(path_type=Path, file_okay=False),
               default=Path("demo-runs"), show_default=True,
               help="Folder for the demo (engine data, images, manifest, run).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
-def demo(base: Path, concurrency: int) -> None:
+@click.option("--api", type=click.Choice(("v2", "v3")), default="v2", show_default=True,
+              help="The protocol the demo enrolls with (the engine serves both).")
+def demo(base: Path, concurrency: int, api: str) -> None:
     """Start the local engine, enroll the sample photos and degraded variants, show the result."""
     from pipeline.client.config import Secret, Settings  # noqa: PLC0415
     from pipeline.engine.server import EngineServer  # noqa: PLC0415
@@ -153,7 +156,7 @@ def demo(base: Path, concurrency: int) -> None:
                             secret_key=Secret(server.secret_key))
         console.print(f"Local engine on {server.url}", highlight=False)
         manifest = build_manifest(folder, _face_box(settings, SAMPLES / "obama_01.jpg"))
-        config = EnrollConfig(manifest=manifest, settings=settings, group="demo",
+        config = EnrollConfig(manifest=manifest, settings=settings, group="demo", api=api,
                               concurrency=concurrency, run_dir=folder / "run")
         result = execute(config, "faceflow demo  # (the demo starts over each time)",
                          console=console)

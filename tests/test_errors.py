@@ -19,7 +19,8 @@ from pipeline.api.errors import (
     UserNotFoundError,
     error_class,
     make_error,
-    raise_for_reply,
+    parse_log_id,
+    reply_error,
 )
 from pipeline.client.faceclient import V3_HINT, FaceClient
 from pipeline.client.retry import RetryPolicy
@@ -90,13 +91,20 @@ async def test_codes_sent_as_strings_are_read_as_numbers(
     ],
     ids=["zero", "zero-str", "absent", "already-add", "already-add-spaces", "unknown", "sdk108"],
 )
-def test_raise_for_reply(reply: dict, cls: type[ApiError] | None, code: object) -> None:
+def test_reply_error(reply: dict, cls: type[ApiError] | None, code: object) -> None:
+    error = reply_error(reply, attempts=3)
     if cls is None:
-        assert raise_for_reply(reply) is None
+        assert error is None
         return
-    with pytest.raises(ApiError) as info:
-        raise_for_reply(reply, attempts=3)
-    assert type(info.value) is cls and info.value.code == code and info.value.attempts == 3
+    assert type(error) is cls and error.code == code and error.attempts == 3
+
+
+@pytest.mark.parametrize(("value", "parsed"),
+                         [(7, 7), ("123", 123), (12.0, 12), (12.5, None), (True, None),
+                          ("x1", None), (None, None)],
+                         ids=["int", "digits", "whole-float", "fraction", "bool", "text", "none"])
+def test_parse_log_id(value: object, parsed: int | None) -> None:
+    assert parse_log_id(value) == parsed
 
 
 def test_make_error_log_id_and_unknown_code() -> None:

@@ -54,7 +54,8 @@ from pipeline.api.errors import (
     NoPermissionError,
     TransientError,
     UnreachableError,
-    make_error,
+    parse_log_id,
+    reply_code,
 )
 from pipeline.api.records import (
     Box,
@@ -357,7 +358,7 @@ class FaceClient:
             # Once per call and outside the retry budget (contract §1.3).
             call.refreshed = True
             self.stats.token_refreshes += 1
-            self.stats.errors[make_error(reply["error_code"], "").code or "client"] += 1
+            self.stats.errors[reply_code(reply) or "client"] += 1
             self._transport.invalidate(token)
             token, status, reply = await self._send(call)
         error = check_reply(reply, status, self._transport.scrub, self.protocol)
@@ -635,17 +636,11 @@ def _http_status(exc: ApiError) -> int | None:
 
 
 def _is_rate_limit(reply: Mapping[str, Any]) -> bool:
-    code = reply.get("error_code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    return code in (4, 18)
+    return reply_code(reply) in (4, 18)
 
 
 def _is_token_error(reply: Mapping[str, Any]) -> bool:
-    code = reply.get("error_code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    return code in TOKEN_CODES
+    return reply_code(reply) in TOKEN_CODES
 
 
 # -- argument checks (raise InvalidInputError before anything is sent) ------------------
@@ -763,16 +758,7 @@ def _person_options(fields: Fields, quality: bool, quality_conf: Mapping[str, An
 
 def log_id(reply: Mapping[str, Any]) -> int | None:
     """The reply's ``log_id`` as an int, or None when absent or not a whole number."""
-    lid = reply.get("log_id")
-    if isinstance(lid, bool):
-        return None
-    if isinstance(lid, int):
-        return lid
-    if isinstance(lid, float) and lid.is_integer():
-        return int(lid)
-    if isinstance(lid, str) and lid.isdigit():
-        return int(lid)
-    return None
+    return parse_log_id(reply.get("log_id"))
 
 
 def _num(value: Any) -> float:

@@ -59,7 +59,7 @@ import aiohttp
 import pybase64
 from yarl import URL
 
-from pipeline.api.errors import ApiError, AuthError, TransientError, make_error
+from pipeline.api.errors import ApiError, AuthError, TransientError, reply_error
 from pipeline.client.config import Settings
 
 log = logging.getLogger("faceflow.client")
@@ -290,9 +290,9 @@ class Transport:
             detail = self.scrub(str(reply.get("error_description", "")))
             raise AuthError(code, f"the token endpoint refused the credentials ({code}"
                                   f"{': ' + detail if detail else ''})", attempts=0)
-        if reply.get("error_code") not in (None, 0, "0"):
-            raise make_error(reply["error_code"], self.scrub(str(reply.get("error_msg", ""))),
-                             reply.get("log_id"), attempts=0)
+        error = reply_error(reply, attempts=0, scrub=self.scrub)
+        if error is not None:
+            raise error
         if status >= 500 or not reply.get("access_token"):
             raise TransientError(f"HTTP{status}", "token request: no access_token in the reply",
                                  attempts=0)
@@ -363,10 +363,9 @@ def check_reply(reply: dict[str, Any], status: int, scrub: Callable[[str], str],
     An ``error_code`` other than 0 is mapped through the error table (message
     scrubbed); an HTTP 5xx without one is transient.
     """
-    code = reply.get("error_code")
-    if code not in (None, 0, "0"):
-        return make_error(code, scrub(str(reply.get("error_msg", ""))), reply.get("log_id"),
-                          api=api)
+    error = reply_error(reply, api=api, scrub=scrub)
+    if error is not None:
+        return error
     if status >= 500:
         return TransientError(f"HTTP{status}", f"server error HTTP {status}", attempts=0)
     return None

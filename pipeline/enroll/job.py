@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -65,10 +65,12 @@ from pipeline.frame import (
     StopRun,
     as_stop,
     default_client_factory,
+    disk_message,
     next_session,
     open_held,
 )
 from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
+from pipeline.postgres import redact
 from pipeline.runs.outcomes import (
     METRIC_FIELDS,
     OUTCOME_SCHEMA,
@@ -76,6 +78,7 @@ from pipeline.runs.outcomes import (
     Outcome,
     make_outcome,
 )
+from pipeline.runs.reasons import Status, reason_text
 from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
@@ -86,7 +89,29 @@ from pipeline.runs.rundir import (
     utc_now,
 )
 
+if TYPE_CHECKING:
+    from pipeline.api.errors import ImageProblem
+    from pipeline.client.budget import PgBudget
+    from pipeline.enroll.gate import FaceChoice, Thresholds
+    from pipeline.ledger.base import Ledger
+    from pipeline.ledger.runs import FileStat
+    from pipeline.runs.images import LoadedImage
+    from pipeline.runs.manifest import Manifest, ManifestRow
+
 _log = logging.getLogger(__name__)
+
+
+class CallResult(Protocol):
+    """What every call's record carries (pipeline.api.records)."""
+
+    @property
+    def attempts(self) -> int: ...
+
+    @property
+    def log_id(self) -> int | None: ...
+
+
+R = TypeVar("R", bound=CallResult)
 
 MODES = ("add", "update", "upsert")
 #: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
@@ -210,7 +235,10 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
-            "ledger": self.ledger, "block_duplicates": self.block_duplicates,
+            # A postgresql:// ledger is written without its password (libpq can take it
+            # from PGPASSWORD or ~/.pgpass instead, which keeps a rerun working).
+            "ledger": redact(self.ledger) if self.ledger else None,
+            "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
             "api": self.api, "server_quality": self.server_quality,
@@ -296,7 +324,7 @@ class EnrollObserver:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class RowDecision:
     """What one stage decided for a row: a terminal status with reasons, or go on."""
 
     status: str
@@ -305,7 +333,7 @@ class Verdict:
     message: str | None = None
 
 
-def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | None:
+def check_row(row: ManifestRow, duplicate_of: int | None, api: str = "v2") -> RowDecision | None:
     """The checks that need no call: None when the row may go on, else ``invalid_input``.
 
     ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
@@ -313,7 +341,7 @@ def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | 
     from pipeline.api import validate  # noqa: PLC0415
 
     if duplicate_of is not None:
-        return Verdict("invalid_input", ("duplicate_row",),
+        return RowDecision(Status.INVALID_INPUT, ("duplicate_row",),
                        message=f"same uid and image as row {duplicate_of}; kept the first")
     problems = [
         None if row.image.strip() else "image_missing",
@@ -332,11 +360,11 @@ def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> Verdict | 
            "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
            "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
            "group_id_multiple": "v3 writes to one group per row; split the row per group"}
-    texts = [own.get(r) or validate.REASON_TEXT.get(r, r) for r in reasons]
-    return Verdict("invalid_input", reasons, message="; ".join(texts))
+    texts = [own.get(r) or reason_text(r) for r in reasons]
+    return RowDecision(Status.INVALID_INPUT, reasons, message="; ".join(texts))
 
 
-def _v3_row_problems(row: Any) -> list[str | None]:
+def _v3_row_problems(row: ManifestRow) -> list[str | None]:
     from pipeline.api import validate_v3  # noqa: PLC0415
 
     groups = row.group_id.split(",")
@@ -348,37 +376,37 @@ def _v3_row_problems(row: Any) -> list[str | None]:
     ]
 
 
-def classify_error(exc: ApiError) -> Verdict:
+def classify_error(exc: ApiError) -> RowDecision:
     """The outcome of a row whose call failed (quota and auth errors never get here)."""
     if isinstance(exc, ImageExistsError):
-        return Verdict("already_enrolled")
+        return RowDecision(Status.ALREADY_ENROLLED)
     if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
-        return Verdict("failed", ("face_limit",))
+        return RowDecision(Status.FAILED, ("face_limit",))
     if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
-        return Verdict("rejected_quality", ("server_quality",))
+        return RowDecision(Status.REJECTED_QUALITY, ("server_quality",))
     if isinstance(exc, FaceNotFoundError):
-        return Verdict("no_face", ("no_face",))
+        return RowDecision(Status.NO_FACE, ("no_face",))
     if isinstance(exc, UserNotFoundError):
-        return Verdict("failed", ("user_not_found",))
+        return RowDecision(Status.FAILED, ("user_not_found",))
     if isinstance(exc, RetryableError):
-        return Verdict("failed", ("retries_exhausted",), retryable=True)
+        return RowDecision(Status.FAILED, ("retries_exhausted",), retryable=True)
     if isinstance(exc, InvalidInputError):
-        return Verdict("invalid_input", ("refused_by_service",))
+        return RowDecision(Status.INVALID_INPUT, ("refused_by_service",))
     if isinstance(exc, StateError):
-        return Verdict("failed", ("library_state",))
-    return Verdict("failed", ("api_error",))
+        return RowDecision(Status.FAILED, ("library_state",))
+    return RowDecision(Status.FAILED, ("api_error",))
 
 
-def decide_face(choice: Any) -> Verdict | None:
+def decide_face(choice: FaceChoice) -> RowDecision | None:
     """None when the quality gate chose a face to register, else the row's verdict."""
     if choice.status == "ok":
         return None
     reasons = tuple(choice.reasons) or (choice.status,)
-    return Verdict(choice.status, reasons)
+    return RowDecision(choice.status, reasons)
 
 
-def success_status(action: str) -> str:
-    return "enrolled" if action == "add" else "updated"
+def success_status(action: str) -> Status:
+    return Status.ENROLLED if action == "add" else Status.UPDATED
 
 
 # -- one row ------------------------------------------------------------------------
@@ -390,9 +418,9 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
-    stat: Any = None  # the image file's FileStat when a ledger is used
+    stat: FileStat | None = None  # the image file's FileStat when a ledger is used
 
-    def finish(self, verdict: Verdict) -> Outcome:
+    def finish(self, verdict: RowDecision) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
                  "retryable": verdict.retryable}
         if verdict.message is not None:
@@ -413,7 +441,7 @@ class _RowState:
 _METRIC_COLUMNS = frozenset(METRIC_FIELDS)
 
 
-def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
+def _metric_fields(choice: FaceChoice, face_count: int) -> dict[str, Any]:
     out: dict[str, Any] = {"face_count": face_count}
     verdict = getattr(choice, "verdict", None)
     metrics = getattr(verdict, "metrics", None)
@@ -428,7 +456,7 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
     return out
 
 
-def _windows_hint(row: Any, problem: Any) -> str:
+def _windows_hint(row: ManifestRow, problem: ImageProblem) -> str:
     """The image problem's message, plus a hint for an absolute Windows path."""
     from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
 
@@ -442,13 +470,13 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
-                 ledger: Any = None) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Thresholds,
+                 ledger: Ledger | None = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
         self.ledger = ledger
         self.endpoint = _endpoint_key(config)
 
-    async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
+    async def run(self, row: ManifestRow, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
@@ -457,7 +485,7 @@ class _RowRunner:
         if early is not None:
             return state.finish(early)
         image = await self._load(row, state)
-        if isinstance(image, Verdict):
+        if isinstance(image, RowDecision):
             return state.finish(image)
         known = await self._known(row, image, state)
         if known is not None:
@@ -471,10 +499,10 @@ class _RowRunner:
         await self._record(row, outcome, state)
         return outcome
 
-    async def _load(self, row: Any, state: _RowState) -> Any:
+    async def _load(self, row: ManifestRow, state: _RowState) -> LoadedImage | RowDecision:
         from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
-        def stat_then_load() -> Any:
+        def stat_then_load() -> LoadedImage:
             # The stat is taken before the read: if the file changes while it is read,
             # its mtime is newer than the one a ledger records, so it is read again.
             state.stat = stat_file(row.image_path) if self.ledger is not None else None
@@ -484,19 +512,21 @@ class _RowRunner:
         try:
             image = await asyncio.to_thread(stat_then_load)
         except ImageProblem as exc:
-            return Verdict("invalid_input", (exc.reason,), message=_windows_hint(row, exc))
+            return RowDecision(Status.INVALID_INPUT, (exc.reason,), message=_windows_hint(row, exc))
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
 
-    async def _known(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+    async def _known(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                     ) -> RowDecision | None:
         """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
         of the row (a file touched or moved since: read once, then remembered)."""
         if self.ledger is None or row.action not in MODES:
             return None
         groups = split_groups(row.group_id)
-        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+        found = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
                                          image.sha256) for g in groups]
-        if not groups or any(f is None for f in faces):
+        faces = [f for f in found if f is not None]
+        if not groups or len(faces) < len(found):
             return None
         if state.stat is not None:
             for face in faces:
@@ -505,9 +535,9 @@ class _RowRunner:
         first = faces[0]
         state.fields.update(detect_log_id=first.detect_log_id, write_log_id=first.write_log_id,
                             face_count=first.face_count)
-        return Verdict("skipped_known")
+        return RowDecision(Status.SKIPPED_KNOWN)
 
-    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+    async def _record(self, row: ManifestRow, outcome: Outcome, state: _RowState) -> None:
         """Record a success in the ledger. A ledger error is logged, never fatal: the
         row is sent again next time and answered "image exist" (already_enrolled)."""
         if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
@@ -520,7 +550,8 @@ class _RowRunner:
             _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
                          type(exc).__name__, exc)
 
-    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> Verdict | None:
+    async def _duplicates(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                          ) -> RowDecision | None:
         """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
         from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
 
@@ -540,22 +571,22 @@ class _RowRunner:
             return None
         state.fields.update(duplicate_uid=found.uid, duplicate_group_id=found.group_id,
                             duplicate_score=found.score)
-        return Verdict("duplicate_suspect", found.reasons, message=found.message)
+        return RowDecision(Status.DUPLICATE_SUSPECT, found.reasons, message=found.message)
 
-    async def _detect(self, image: Any, state: _RowState) -> Verdict | None:
+    async def _detect(self, image: LoadedImage, state: _RowState) -> RowDecision | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
             self.client.detect(image.data, max_face_num=self.config.max_face_num,
                                face_fields=("qualities",)), state, "detect_log_id")
-        if isinstance(result, Verdict):
+        if isinstance(result, RowDecision):
             return result
         choice = choose_face(result.faces, self.thresholds,
                              largest_face=self.config.largest_face)
         state.fields.update(_metric_fields(choice, len(result.faces)))
         return decide_face(choice)
 
-    async def _write(self, row: Any, image: Any, state: _RowState) -> Verdict:
+    async def _write(self, row: ManifestRow, image: LoadedImage, state: _RowState) -> RowDecision:
         # user_info is optional in the manifest but required (non-empty) by user add and
         # update, so an empty one is sent as the uid (documented in the README).
         args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
@@ -566,13 +597,14 @@ class _RowRunner:
         else:
             call = self.client.update_user(*args, action_type="replace")
         result = await self._call(call, state, "write_log_id")
-        if isinstance(result, Verdict):
+        if isinstance(result, RowDecision):
             return result
-        return Verdict(success_status(row.action))
+        return RowDecision(success_status(row.action))
 
-    async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
+    async def _call(self, call: Awaitable[R], state: _RowState, log_field: str
+                    ) -> R | RowDecision:
         """Await one API call of a row: the result, with its attempts and ``log_id`` added
-        to the row; or the row's Verdict for an API error. Quota and auth stop the run."""
+        to the row; or the row's RowDecision for an API error. Quota and auth stop the run."""
         try:
             result = await call
         except STOPPING_ERRORS as exc:
@@ -597,9 +629,9 @@ class _Session:
                                                       run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
-        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
-                                          on_stop=self._stopping, tick=self._tick,
-                                          ready=self._ready)
+        self.runner: Runner[ManifestRow] = Runner(
+            run.config.concurrency, run.stop, noun="rows", on_stop=self._stopping,
+            tick=self._tick, ready=self._ready)
 
     def progress(self) -> Progress:
         total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
@@ -611,7 +643,7 @@ class _Session:
         rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
         return await self.runner.run(rows, self._one)
 
-    async def _one(self, row: Any) -> None:
+    async def _one(self, row: ManifestRow) -> None:
         try:
             outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
         except (StopRun, asyncio.CancelledError):
@@ -620,7 +652,7 @@ class _Session:
             _log.exception("row %d: unexpected error; recorded as failed/internal_error", row.row)
             outcome = make_outcome(
                 run_id=self.rows.run_id, row=row.row, line=row.line, uid=row.uid,
-                group_id=row.group_id, image=row.image, status="failed",
+                group_id=row.group_id, image=row.image, status=Status.FAILED,
                 reasons=("internal_error",), retryable=True,
                 error_msg=f"{type(exc).__name__}: {exc}"[:500],
                 started_at=utc_now(), finished_at=utc_now())
@@ -657,21 +689,21 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+    def __init__(self, manifest: Manifest, done: np.ndarray, halt: asyncio.Event,
                  end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
         self.end = len(done) if end is None else end  # a shard stops reading at its end
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[ManifestRow]:
         return self._rows()
 
-    async def _rows(self) -> AsyncIterator[Any]:
+    async def _rows(self) -> AsyncIterator[ManifestRow]:
         if self.done.all():
             return
         # argmin of a bool array is the first False: the first row left, found without
         # the index array of every row left (80 MB at 10M rows).
         first = int(np.argmin(self.done))
-        batches: Iterator[list[Any]] = self.manifest.batches(start_row=first)
+        batches: Iterator[list[ManifestRow]] = self.manifest.batches(start_row=first)
         while not self.halt.is_set():
             batch = await asyncio.to_thread(next, batches, None)
             if batch is None:
@@ -691,15 +723,15 @@ class _Run:
     """One session of an enroll run: what it reads, where it writes, whom it tells."""
 
     config: EnrollConfig
-    manifest: Any
-    thresholds: Any
+    manifest: Manifest
+    thresholds: Thresholds
     rundir: RunDir
     info: RunInfo
     resumed: bool
     client_factory: ClientFactory
     observer: EnrollObserver
     stop: asyncio.Event | None
-    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
+    ledger: Ledger | None = None  # the ledger of enrolled faces (--ledger), or None
 
 
 async def run_enroll(
@@ -729,7 +761,7 @@ async def run_enroll(
             ledger.close()
 
 
-def _open_ledger(config: EnrollConfig) -> Any:
+def _open_ledger(config: EnrollConfig) -> Ledger | None:
     if not config.ledger:
         return None
     from pipeline.ledger import open_ledger  # noqa: PLC0415
@@ -795,13 +827,18 @@ def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
     return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
-def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
+def enroll(
+    config: EnrollConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: EnrollObserver | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
     """Synchronous :func:`run_enroll` (runs its own event loop)."""
-    return asyncio.run(run_enroll(config, **kwargs))
+    return asyncio.run(run_enroll(config, client_factory, observer, stop))
 
 
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
-    from pipeline.timeline import CallTimeline  # noqa: PLC0415
+    from pipeline.runs.timeline import CallTimeline  # noqa: PLC0415
 
     config = run.config
     session: _Session | None = None
@@ -834,7 +871,7 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     return stopped, session.counts
 
 
-def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+def _client_options(config: EnrollConfig, budget: PgBudget | None) -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
     factory exactly as before."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
@@ -878,13 +915,6 @@ def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,
         elapsed_s=elapsed, failures_csv=failures, outcomes_dir=rundir.outcomes_dir)
 
 
-def disk_message(run_dir: Path, exc: OSError) -> str:
-    """One line: which file could not be written, and why (``No space left on device``)."""
-    where = getattr(exc, "filename", None) or run_dir
-    return (f"cannot write {where}: {exc.strerror or exc}; the outcomes written so far are "
-            "kept (rows in flight are left for resume)")
-
-
 def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     """The manifest and the quality thresholds; ConfigError (naming the line) when wrong."""
     from pipeline.enroll.thresholds import load_thresholds  # noqa: PLC0415
@@ -901,7 +931,8 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     return manifest, thresholds
 
 
-def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunDir, RunInfo, bool]:
+def open_run(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds
+             ) -> tuple[RunDir, RunInfo, bool]:
     """The run directory for ``config``, held (:meth:`RunDir.hold`; the caller releases
     it): (dir, its run.json, True when resuming).
 
@@ -921,7 +952,7 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
                           f"{exc.strerror or exc}") from None
 
 
-def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
+def _open_held(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds, rundir: RunDir
                ) -> tuple[RunDir, RunInfo, bool]:
     ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
@@ -986,7 +1017,7 @@ def option_differences(info: RunInfo, options: Mapping[str, Any],
     return out
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in value.items()) or "none"
@@ -997,10 +1028,11 @@ def _shown(value: Any) -> str:
 
 
 def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
-                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+                         given: Mapping[str, Any], *, resume: bool = False,
+                         change_options: bool = False) -> EnrollConfig:
     """The config that continues the enroll run in ``run_dir``: the options and quality
     limits saved in its ``run.json``, with the options in ``given`` (those the user gave
-    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    again) on top; ``resume`` and ``change_options`` as the CLI's flags. Differences between
     ``given`` and the run are refused when the run opens (see :func:`option_differences`).
     """
     info = RunDir(run_dir).read_info()
@@ -1014,7 +1046,7 @@ def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
     values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
     return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
                         parent_run_id=info.parent_run_id, thresholds_values=values,
-                        **{**saved, **given}, **flags)
+                        resume=resume, change_options=change_options, **{**saved, **given})
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
@@ -1060,7 +1092,7 @@ def _non_success(rundir: RunDir, *, retryable_only: bool = False) -> dict[int, t
     for rec in table.to_pylist():
         if rec["status"] in SUCCESS_STATUSES:
             continue
-        if retryable_only and not (rec["status"] == "failed" and rec["retryable"]):
+        if retryable_only and not (rec["status"] == Status.FAILED and rec["retryable"]):
             continue
         out[rec["row"]] = (rec["status"], ";".join(rec["reasons"] or ()))
     return out
@@ -1074,7 +1106,7 @@ def info_failures_for(rundir: RunDir) -> int | None:
         return None
 
 
-def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
+def write_failures(path: Path, manifest: Manifest, rundir: RunDir) -> int:
     """Write ``failures.csv`` (original columns + status + reason); return its row count.
 
     Image paths are made absolute so the file is a manifest that works from any folder;
@@ -1083,7 +1115,7 @@ def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
     return write_manifest_rows(path, manifest, _non_success(rundir))
 
 
-def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str, str]]) -> int:
+def write_manifest_rows(path: Path, manifest: Manifest, rows: Mapping[int, tuple[str, str]]) -> int:
     """Copy the manifest rows in ``rows`` (row -> (status, reason)) to a CSV manifest.
 
     Written to a temporary name, then renamed. A header-only file when ``rows`` is empty.
@@ -1107,7 +1139,7 @@ def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str,
     return written
 
 
-def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
+def _rows_of(manifest: Manifest, wanted: Mapping[int, object]) -> Iterator[ManifestRow]:
     if not wanted:
         return
     last = max(wanted)

@@ -10,6 +10,7 @@ the service at all) or when it is told to (Ctrl-C, SIGTERM). The library returns
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 from pipeline.api.errors import (
     AuthError,
@@ -20,7 +21,7 @@ from pipeline.api.errors import (
 )
 from pipeline.client.budget import BudgetUnavailable
 
-__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "stop_for"]
+__all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "disk_message", "stop_for"]
 
 
 class StopReason(StrEnum):
@@ -74,3 +75,11 @@ def as_stop(exc: BaseException) -> StopRun:
     if stop is None:
         raise TypeError(f"{type(exc).__name__} does not stop a run") from exc
     return stop
+
+
+def disk_message(run_dir: Path, exc: OSError) -> str:
+    """The message of a :attr:`StopReason.DISK` stop: which file could not be written and
+    why (``No space left on device``), in one line."""
+    where = getattr(exc, "filename", None) or run_dir
+    return (f"cannot write {where}: {exc.strerror or exc}; what was written so far is kept "
+            "(work in flight is left for resume)")

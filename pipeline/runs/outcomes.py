@@ -34,20 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
-#: Every status, successes first. The order is the order of report tables.
-STATUSES = (
-    "enrolled",  # user add succeeded
-    "updated",  # user update (or upsert) succeeded
-    "already_enrolled",  # the service already holds this image for the uid (216616)
-    "skipped_known",  # the ledger holds this (group, uid, image): not sent, attempts 0
-    "rejected_quality",  # the quality gate refused the face; reasons name the metrics
-    "no_face",  # detect found no face
-    "multiple_faces",  # several faces and no rule to pick one
-    "invalid_input",  # the row itself is wrong (image, uid, user_info, duplicate...)
-    "duplicate_suspect",  # --block-duplicates: another uid holds this face (duplicate_*)
-    "failed",  # the service refused or never answered; see error_code, retryable
-)
-SUCCESS_STATUSES = frozenset({"enrolled", "updated", "already_enrolled", "skipped_known"})
+from pipeline.runs.reasons import STATUSES, SUCCESS_STATUSES, Status  # noqa: F401 - re-exported
 
 #: The quality metric columns, in schema order (same names as QualityMetrics,
 #: with ``occlusion_`` in front of each face part).
@@ -189,8 +176,3 @@ def make_outcome(**values: Any) -> Outcome:
     if unknown:
         raise TypeError(f"unknown Outcome fields: {sorted(unknown)}")
     return Outcome(**{**_EMPTY, **values})
-
-
-def is_success(status: str) -> bool:
-    """True for the statuses that leave the face in the library."""
-    return status in SUCCESS_STATUSES
