@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.api import errors as E
 from pipeline.api import validate
-from pipeline.enroll.gate import Thresholds, reason_texts
 from pipeline.enroll.decide import check_row, classify_error
+from pipeline.enroll.gate import Thresholds, reason_texts
 from pipeline.runs import reasons
 from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
 from pipeline.runs.reasons import REASONS, STATUSES, SUCCESS_STATUSES, Status, reason_text
