@@ -36,14 +36,13 @@ from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
-    RunNotFinishedError,
     RunResult,
     RunStart,
-    plan_rerun,
     resume_enroll_config,
     run_enroll,
 )
 from pipeline.enroll.job import Progress as RunProgress
+from pipeline.enroll.rerun import RunNotFinishedError, plan_rerun
 from pipeline.frame import StopReason
 from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
 from pipeline.runs.rundir import RunDir, new_run_id
