@@ -59,9 +59,7 @@ def check_row(row: ManifestRow, duplicate_of: int | None, api: str = "v2") -> Ro
     if not reasons:
         return None
     own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "image_missing": "the image cell is empty; write the photo's path",
-           "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
-           "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
+           # the protocol's own sentence is about one call; a row says what to do
            "group_id_multiple": "v3 writes to one group per row; split the row per group"}
     texts = [own.get(r) or reason_text(r) for r in reasons]
     return RowDecision(Status.INVALID_INPUT, reasons, message="; ".join(texts))
