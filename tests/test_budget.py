@@ -163,3 +163,25 @@ async def test_enroll_stops_when_the_budget_goes_away_mid_run_and_resumes(
     assert resumed.stop_reason is None and resumed.remaining == 0
     assert sorted(c.form["uid"] for c in double.calls("add")) == sorted(
         f"u{i}" for i in range(12))
+
+
+async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(pg_url: str) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.acquired: list[str] = []
+            self.limited: list[str] = []
+
+        async def acquire(self, interface: str) -> None:
+            self.acquired.append(interface)
+
+        def on_limited(self, interface: str) -> None:
+            self.limited.append(interface)
+
+    own = Recorder()
+    async with PgBudget(pg_url, ACCOUNT, {"detect": 10}, fallback=own) as budget:
+        await budget.acquire("detect")
+        await budget.acquire("identify")
+        budget.on_limited("identify")
+    assert own.acquired == ["identify"] and own.limited == ["identify"]
+    with connect(pg_url) as conn:
+        assert conn.execute("SELECT interface FROM qps_budget").fetchall() == [("detect",)]
