@@ -42,7 +42,7 @@ def test_figures_and_verdicts_from_server_counts():
     ok = {str(s): 10 for s in range(100, 140)}
     stats = {"detect": {"ok": ok, "limited": {"100": 5}}, "add": {"ok": ok}}
     run = quota.measure_run(stats, 10.0)
-    assert run["q_share"] == 1.0 and run["calls"] == 805
+    assert run["q_share"] == run["q_share_after_10s"] == 1.0 and run["calls"] == 805
     assert run["rejected"] == round(5 / 805, 4) and run["rejected_after_10s"] == 0.0
     assert run["rows_per_s_first_quarter"] == run["rows_per_s_last_quarter"] == 10.0
     known = {**run, "name": "a", "kind": "known", "client": "faceflow", "rows_failed": 0,
