@@ -406,11 +406,9 @@ class FaceClient:
 
     def _report(self, interface: str, ticket: Any, limited: bool) -> None:
         """Tell the governor how the call of ``ticket`` was answered. A stand-in limiter
-        (the shared QPS budget) only hears of rate limits, without a ticket."""
-        if not isinstance(self.limiter, RateLimiter):
-            if limited:
-                self.limiter.on_limited(interface)
-        elif limited:
+        (the shared QPS budget, pipeline/client/budget.py) has the same two methods and
+        passes the ticket on to the process's governor for the interfaces it leaves to it."""
+        if limited:
             self.limiter.on_limited(interface, ticket)
         else:
             self.limiter.on_answered(interface, ticket)
