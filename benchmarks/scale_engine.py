@@ -45,6 +45,7 @@ from pipeline.engine.pgstore import (  # noqa: E402
     EF_SEARCH,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
+    LARGE_GROUP,
     PgIndex,
     PgStore,
     index_large_groups,
@@ -226,6 +227,31 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
             "exact_60_queries": exact, "hnsw": by_ef}
 
 
+def exact_by_size(gen: Generator, sizes: list[int], queries: int = 40) -> dict[str, Any]:
+    """PostgreSQL's exact search (no HNSW index) p50/p99 by group size: where an index
+    starts to pay (pipeline/engine/pgstore.py LARGE_GROUP)."""
+    out: dict[str, Any] = {}
+    with LocalCluster(settings={"shared_buffers": "256MB"}) as cluster:
+        migrate(cluster.url)
+        store = PgStore(cluster.url)
+        try:
+            index = PgIndex(store)
+            for n in sizes:
+                group = f"exact_{n}"
+                store.seed_faces(group, [(f"u{i}", "", v) for i, v in enumerate(gen.people(n))])
+                probes = [(f"u{i}", gen.second_photo(v)) for i, v in
+                          enumerate(gen.people(queries))]
+                times = []
+                for _, vec in probes:
+                    start = time.perf_counter()
+                    index.search(vec, [group], 1, per_user=PER_USER)
+                    times.append(time.perf_counter() - start)
+                out[str(n)] = _ms(times)
+        finally:
+            store.close()
+    return out
+
+
 def choose_ef(by_ef: dict[str, dict[str, Any]], probes: int) -> int | None:
     """The smallest ef_search that found exact search's top face for every probe but at
     most 0.1 % of them (the bound is 99.5 %; a few hundred probes cannot tell 99.5 from
@@ -245,6 +271,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400, 800])
+    parser.add_argument("--exact-sizes", type=int, nargs="*", default=[2000, 5000, 10000, 20000])
     parser.add_argument("--m", type=int, default=HNSW_M)
     parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
     args = parser.parse_args()
@@ -254,7 +281,7 @@ def main() -> None:
         "real_photos": len(real), "real_identities": len({i for i, _ in real}),
         "same_person_median_d": round(gen.same_median, 3),
         "different_person_median_d": round(gen.diff_median, 3),
-        "engine_ef_search": EF_SEARCH, "sizes": {}}
+        "engine_ef_search": EF_SEARCH, "engine_large_group": LARGE_GROUP, "sizes": {}}
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)
         emb, tops = embedded(faces, probes)
@@ -263,6 +290,11 @@ def main() -> None:
         report["sizes"][str(size)] = {"faces": len(faces), "probes": len(probes),
                                       "embedded": emb, "postgresql": pg}
         print_size(size, report["sizes"][str(size)])
+    if args.exact_sizes:
+        report["postgres_exact_by_group_size"] = exact_by_size(gen, args.exact_sizes)
+        print("\npostgres exact search (no index) by group size: " + ", ".join(
+            f"{int(n):,}: p50 {r['p50_ms']} ms" for n, r in
+            report["postgres_exact_by_group_size"].items()))
     write_result("scale_engine", report)
     print(f"\nreal descriptors: {report['real_photos']} photos of "
           f"{report['real_identities']} people; median distance same person "

@@ -134,6 +134,12 @@ Examples:
                                                       exists=True))
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Audit the photos of a manifest (CSV, JSONL, Parquet).")
+@click.option("--encoding", default=None,
+              help="Text encoding of the --manifest, e.g. gb18030 or gbk (Excel on a Chinese "
+                   "system), utf-16 [default: utf-8].")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="CSV separator of the --manifest, e.g. ';' or tab [default ',', or ';'/tab "
+                   "when the header is separated by it].")
 @click.option("--ledger", envvar="FACEFLOW_LEDGER", default=None, metavar="PATH",
               help="Audit the faces the ledger holds in the --group(s) on this service "
                    "[env FACEFLOW_LEDGER].")
@@ -172,8 +178,9 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
     threshold is confirmed with match; each photo of a uid is matched against the
     uid's first photo. Calls grow as n*k, never n^2. Writes findings.parquet,
     clusters.parquet and report.html to the audit's run directory. Exit 0 audit
-    completed (findings or not), 1 some probes failed, 2 bad configuration,
-    3 quota, 4 credentials refused, 130 interrupted.
+    completed (findings or not), 1 some probes failed, 2 bad configuration or
+    credentials refused before any call, 3 quota, 4 credentials refused mid-run,
+    6 run directory not writable (disk full), 130 interrupted.
     """
     settings = settings_from(kwargs)
     options = {"threshold": kwargs.pop("threshold"), "top_k": kwargs.pop("top_k"),
@@ -181,7 +188,8 @@ def audit(sources: tuple[Path, ...], manifest: Path | None, groups: tuple[str, .
                "concurrency": kwargs.pop("concurrency"),
                "before_enroll": kwargs.pop("before_enroll"),
                "scratch_settle_s": kwargs.pop("scratch_settle_s"), "report": kwargs.pop("report"),
-               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api")}
+               "ledger": kwargs.pop("ledger"), "api": kwargs.pop("api"),
+               "encoding": kwargs.pop("encoding"), "delimiter": kwargs.pop("delimiter")}
     observer = LineObserver()
     with config_errors():
         config = _config(sources, manifest, groups, run_dir, settings, options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 
 from jobs.enroll import ConfigProblem, _settings, parse_qps
-from jobs.exits import exit_code as exit_code_for
+from jobs.exits import exit_with
 from jobs.ledger import ledger_option
 from jobs.options import api_option, connection_options, run_stoppable
 from pipeline.api.errors import ConfigError
@@ -20,16 +19,9 @@ from pipeline.frame import Stopped
 from pipeline.ledger.reconcile import (
     ReconcileConfig,
     ReconcileObserver,
-    ReconcileResult,
     run_reconcile,
 )
 from pipeline.runs.rundir import new_run_id
-
-
-def exit_code(result: ReconcileResult) -> int:
-    """0 in sync, 1 differences found, 3 quota or budget, 4 credentials, 130 interrupted
-    (the table in jobs/exits.py)."""
-    return exit_code_for(result.stopped.reason if result.stopped else None, result.differences)
 
 
 class _Echo(ReconcileObserver):
@@ -111,4 +103,4 @@ def reconcile(group: str, ledger: str, run_dir: Path | None, page_size: int, con
         click.echo(f"Stopped ({result.stopped.reason}); resume: faceflow reconcile --group "
                    f"{group} --ledger {shlex.quote(ledger)} --run-dir "
                    f"{shlex.quote(str(result.run_dir))}", err=True)
-    sys.exit(exit_code(result))
+    exit_with(result)  # 0 in sync, 1 differences found; records run.json's exit_code

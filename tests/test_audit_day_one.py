@@ -133,3 +133,26 @@ def test_one_finding_is_singular(double: FaceDouble, tmp_path: Path) -> None:
     assert "<b>1</b>finding</div>" in page and "<b>1</b>cluster</div>" in page
     report = CliRunner().invoke(main, ["report", str(tmp_path / "a")])
     assert ": 1 finding" in report.stdout and "1 findings" not in report.stdout
+
+
+def test_audit_reads_a_gbk_manifest_with_encoding(double: FaceDouble, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    manifest = _before_enroll_manifest(double, tmp_path)
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes(manifest.read_text().replace("Bob,", "鲍勃,").replace("Bob\n", "鲍勃\n")
+                    .replace(",", ";").encode("gbk"))
+    env = {"FACEFLOW_ENDPOINT": double.url, "FACEFLOW_API_KEY": "ak-audit-1",
+           "FACEFLOW_SECRET_KEY": "sk-audit-2"}
+    args = ["audit", "--manifest", str(gbk), "--group", GROUP, "--before-enroll",
+            "--settle-seconds", "0", "--run-dir", str(tmp_path / "pre")]
+    refused = CliRunner().invoke(main, args, env=env)
+    assert refused.exit_code == 2 and "--encoding gb18030" in refused.output
+    assert not (tmp_path / "pre").exists()
+    done = CliRunner().invoke(main, [*args, "--encoding", "gbk"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "2 findings (1 unconfirmed)" in done.stdout
+    page = (tmp_path / "pre" / "report.html").read_text(encoding="utf-8")
+    assert "鲍勃" in page or "Bobby" in page

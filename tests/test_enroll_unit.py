@@ -9,7 +9,7 @@ from pipeline.api.errors import ConfigError
 from pipeline.enroll.gate import FaceChoice
 from pipeline.enroll.job import (
     EnrollConfig,
-    Verdict,
+    RowDecision,
     classify_error,
     decide_face,
     success_status,
@@ -19,30 +19,30 @@ from pipeline.enroll.job import (
 @pytest.mark.parametrize(
     ("code", "message", "expected"),
     [
-        (216616, "image exist", Verdict("already_enrolled")),
-        (216402, "face not found", Verdict("no_face", ("no_face",))),
-        (216612, "user not exist", Verdict("failed", ("user_not_found",))),
-        (216611, "user not exist", Verdict("failed", ("user_not_found",))),
-        (216500, "unknown error", Verdict("failed", ("retries_exhausted",), retryable=True)),
+        (216616, "image exist", RowDecision("already_enrolled")),
+        (216402, "face not found", RowDecision("no_face", ("no_face",))),
+        (216612, "user not exist", RowDecision("failed", ("user_not_found",))),
+        (216611, "user not exist", RowDecision("failed", ("user_not_found",))),
+        (216500, "unknown error", RowDecision("failed", ("retries_exhausted",), retryable=True)),
         (18, "Open api qps request limit reached",
-         Verdict("failed", ("retries_exhausted",), retryable=True)),
-        ("SDK108", "timeout", Verdict("failed", ("retries_exhausted",), retryable=True)),
-        (216201, "image format error", Verdict("invalid_input", ("refused_by_service",))),
-        (216618, "no user in group", Verdict("failed", ("library_state",))),
-        (999999, "something new", Verdict("failed", ("api_error",))),
+         RowDecision("failed", ("retries_exhausted",), retryable=True)),
+        ("SDK108", "timeout", RowDecision("failed", ("retries_exhausted",), retryable=True)),
+        (216201, "image format error", RowDecision("invalid_input", ("refused_by_service",))),
+        (216618, "no user in group", RowDecision("failed", ("library_state",))),
+        (999999, "something new", RowDecision("failed", ("api_error",))),
     ],
-    ids=lambda v: str(v) if not isinstance(v, Verdict) else v.status,
+    ids=lambda v: str(v) if not isinstance(v, RowDecision) else v.status,
 )
-def test_classify_error(code: int | str, message: str, expected: Verdict) -> None:
+def test_classify_error(code: int | str, message: str, expected: RowDecision) -> None:
     assert classify_error(E.make_error(code, message, 7)) == expected
 
 
 def test_decide_face() -> None:
     assert decide_face(FaceChoice("ok", None, None, ())) is None
     assert decide_face(FaceChoice("multiple_faces", None, None, ("multiple_faces",))) == \
-        Verdict("multiple_faces", ("multiple_faces",))
+        RowDecision("multiple_faces", ("multiple_faces",))
     rejected = FaceChoice("rejected_quality", None, None, ("blur", "pose_yaw"))
-    assert decide_face(rejected) == Verdict("rejected_quality", ("blur", "pose_yaw"))
+    assert decide_face(rejected) == RowDecision("rejected_quality", ("blur", "pose_yaw"))
 
 
 def test_success_status_by_action() -> None:

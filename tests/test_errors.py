@@ -14,13 +14,13 @@ from pipeline.api.errors import (
     TOKEN_CODES,
     AlreadyInGroupError,
     ApiError,
-    QpsLimitError,
     RetryableError,
     TransientError,
     UserNotFoundError,
     error_class,
     make_error,
-    raise_for_reply,
+    parse_log_id,
+    reply_error,
 )
 from pipeline.client.faceclient import V3_HINT, FaceClient
 from pipeline.client.retry import RetryPolicy
@@ -43,7 +43,7 @@ ATTEMPTS = 2
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[ProtocolDouble, FaceClient]]:
     async with ProtocolDouble() as double:
-        policy = RetryPolicy(max_attempts=ATTEMPTS, sleep=no_sleep)
+        policy = RetryPolicy(max_attempts=ATTEMPTS, limit_attempts=ATTEMPTS, sleep=no_sleep)
         async with FaceClient(double.settings(), qps=10, retry=policy) as client:
             yield double, client
 
@@ -66,7 +66,6 @@ async def test_each_code_raises_its_class(served: tuple[ProtocolDouble, FaceClie
     assert err.attempts == (ATTEMPTS if resent else 1)
     assert len(double.requests) == err.attempts
     assert client.stats.errors[code] == err.attempts
-    assert (client.limiter.backoffs().get("detect", 0) > 0) == issubclass(cls, QpsLimitError)
     assert str(err) == f"[{code}] {message}, log_id {err.log_id}"
 
 
@@ -92,13 +91,20 @@ async def test_codes_sent_as_strings_are_read_as_numbers(
     ],
     ids=["zero", "zero-str", "absent", "already-add", "already-add-spaces", "unknown", "sdk108"],
 )
-def test_raise_for_reply(reply: dict, cls: type[ApiError] | None, code: object) -> None:
+def test_reply_error(reply: dict, cls: type[ApiError] | None, code: object) -> None:
+    error = reply_error(reply, attempts=3)
     if cls is None:
-        assert raise_for_reply(reply) is None
+        assert error is None
         return
-    with pytest.raises(ApiError) as info:
-        raise_for_reply(reply, attempts=3)
-    assert type(info.value) is cls and info.value.code == code and info.value.attempts == 3
+    assert type(error) is cls and error.code == code and error.attempts == 3
+
+
+@pytest.mark.parametrize(("value", "parsed"),
+                         [(7, 7), ("123", 123), (12.0, 12), (12.5, None), (True, None),
+                          ("x1", None), (None, None)],
+                         ids=["int", "digits", "whole-float", "fraction", "bool", "text", "none"])
+def test_parse_log_id(value: object, parsed: int | None) -> None:
+    assert parse_log_id(value) == parsed
 
 
 def test_make_error_log_id_and_unknown_code() -> None:

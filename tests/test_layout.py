@@ -67,14 +67,20 @@ def _violations(source: str, forbidden: tuple[str, ...]) -> list[str]:
         ("pipeline.api", ("pipeline.client", "pipeline.engine", "pipeline.runs",
                           "pipeline.enroll", "pipeline.audit", "pipeline.frame",
                           "pipeline.ledger")),  # the contract depends on nothing else
-        ("pipeline.enroll.gate", (*IO_MODULES, "pipeline.runs", "pipeline.client",
-                                  "pipeline.engine")),  # the gate does no I/O
+        ("pipeline.enroll.gate", (*IO_MODULES, "pipeline.runs.images", "pipeline.runs.manifest",
+                                  "pipeline.runs.outcomes", "pipeline.runs.rundir",
+                                  "pipeline.client", "pipeline.engine")),  # the gate: no I/O
         ("pipeline.frame", ("pipeline.enroll", "pipeline.audit", "pipeline.ledger")),
-        ("pipeline.runs", ("pipeline.enroll", "pipeline.audit", "pipeline.client",
-                           "pipeline.engine")),
+        ("pipeline.runs", ("pipeline.enroll", "pipeline.audit", "pipeline.ledger",
+                           "pipeline.frame", "pipeline.client", "pipeline.engine")),
+        ("pipeline.enroll", ("pipeline.engine", "pipeline.audit")),  # jobs beside each other
+        ("pipeline.audit", ("pipeline.engine",)),
+        ("pipeline.ledger", ("pipeline.engine", "pipeline.audit")),
+        ("pipeline.frame", ("pipeline.engine",)),
     ],
     ids=["library-not-cli", "client-not-engine", "engine-not-client", "api-alone",
-         "gate-no-io", "frame-below-jobs", "runs-below-jobs"],
+         "gate-no-io", "frame-below-jobs", "runs-below-jobs", "enroll", "audit", "ledger",
+         "frame-not-engine"],
 )
 def test_forbidden_imports(source: str, forbidden: tuple[str, ...]) -> None:
     assert _violations(source, forbidden) == []

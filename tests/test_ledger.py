@@ -95,8 +95,9 @@ def test_not_a_ledger_and_unknown_backends_are_config_errors(tmp_path: Path) -> 
         conn.execute("CREATE TABLE t (x)")
     with pytest.raises(ConfigError, match="not a faceflow ledger"):
         open_ledger(str(other))
-    with pytest.raises(ConfigError, match="no PostgreSQL backend yet"):
-        open_ledger("postgresql://db/faceflow")
+    with pytest.raises(ConfigError, match="cannot reach") as caught:  # tests/test_ledger_pg.py
+        open_ledger("postgresql://app:pw@/faceflow?host=/nonexistent-dir")
+    assert "pw" not in str(caught.value)
     assert open_ledger(f"sqlite://{tmp_path / 'u.sqlite'}").location == str(tmp_path / "u.sqlite")
 
 
@@ -259,3 +260,19 @@ def test_ledger_import_refuses_other_jobs_before_writing(tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["ledger", "import", str(rd.path), "--ledger",
                                        str(tmp_path / "l.sqlite")])
     assert result.exit_code == 2 and "not an enroll run" in result.output
+
+
+@pytest.mark.parametrize("ledger", ["postgresql://db/faceflow", "junk.sqlite"],
+                         ids=["no-postgres-yet", "not-a-ledger"])
+def test_enroll_with_a_bad_ledger_stops_before_anything(tmp_path: Path, ledger: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    _files(tmp_path / "img", 1)
+    manifest = _manifest(tmp_path / "m.csv", [("u0", "img/p0.jpg", "g")])
+    result = CliRunner().invoke(main, ["enroll", str(manifest), "--run-dir", "run", "--ledger",
+                                       ledger], env={"FACEFLOW_ENDPOINT": "http://127.0.0.1:9",
+                                                     "FACEFLOW_API_KEY": "k",
+                                                     "FACEFLOW_SECRET_KEY": "s"})
+    assert result.exit_code == 2 and "--ledger" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ public-domain samples written into tmp_path (the ledger keys rows by path and st
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -283,6 +284,7 @@ def test_reconcile_finds_deleted_and_foreign_users_and_the_repair_restores(
     before = _calls(server)
     result, df = _reconcile(server, ledger, tmp_path / "rec1")
     assert result.exit_code == 1, result.output  # differences found
+    assert json.loads((tmp_path / "rec1" / "run.json").read_text())["exit_code"] == 1
     assert _delta(_calls(server), before) == {"group_getusers": 1, "user_get": 2}
     found = {r.uid: (r.kind, list(r.service_groups), r.action) for r in df.itertuples()}
     assert found == {"rc_bob": ("missing_in_service", [], "reported"),
@@ -452,3 +454,20 @@ async def test_reconcile_interrupted_mid_listing_resumes_after_the_saved_pages(
     assert second.stopped is None and second.counts["unknown_to_ledger"] == 4
     # only the pages not saved yet are read again (4 users, 1 a page: 5 pages in all)
     assert _delta(_calls(server), before)["group_getusers"] == 5 - saved
+
+
+def test_update_mode_replaces_the_uids_faces_in_the_ledger(server: Any, samples_dir: Path,
+                                                           tmp_path: Path) -> None:
+    _photos(tmp_path / "img", samples_dir)
+    ledger = tmp_path / "ledger.sqlite"
+    first = _manifest(tmp_path / "a.csv", [("up_alice", "img/obama_01.jpg")])
+    assert _enroll(server, first, tmp_path / "run1", "--group", "upd",
+                   ledger=ledger)[0].exit_code == 0
+    second = _manifest(tmp_path / "b.csv", [("up_alice", "img/obama_small.jpg")])
+    result, df = _enroll(server, second, tmp_path / "run2", "--group", "upd", "--mode",
+                         "update", ledger=ledger)
+    assert result.exit_code == 0 and df.status.tolist() == ["updated"], result.output
+    with open_ledger(str(ledger)) as book:
+        held = [f.image_path for f in book.faces(endpoint_key(server.url), "upd", "up_alice")]
+    assert held == [str(tmp_path / "img" / "obama_small.jpg")]
+    assert len(server.store.faces_of("upd", "up_alice")) == 1

@@ -109,3 +109,24 @@ async def test_a_full_disk_stops_at_the_first_error_and_the_command_finishes_lat
     done = duckdb.sql(f"select row, count(*) n from '{run}/outcomes/*.parquet' group by row")
     counts = dict(done.fetchall())
     assert sorted(counts) == list(range(rows)) and set(counts.values()) == {1}
+
+
+def test_an_audit_on_a_full_disk_stops_with_exit_6_and_resumes(tmp_path: Path,
+                                                               small_disk: Path) -> None:
+    from support.audit_double import FaceDouble, descriptors, enroll_run, png
+
+    people = descriptors(400, 2)
+    rows = [(f"p{i:03d}", png(i, 0), people[i], i) for i in range(400)]
+    env = {"FACEFLOW_API_KEY": "a", "FACEFLOW_SECRET_KEY": "b"}
+    with FaceDouble(buckets=True) as face_double:
+        env["FACEFLOW_ENDPOINT"] = face_double.url
+        run, _ = enroll_run(tmp_path, "staff", rows, face_double, write_files=True)
+        args = ["audit", str(run), "--group", "staff", "--run-dir", str(small_disk / "a")]
+        out = CliRunner().invoke(main, args, env=env)
+        assert out.exit_code == 6, out.output[-2000:]
+        assert "Stopping (disk): cannot write" in out.output
+        assert "No space left on device" in out.output and "Traceback" not in out.output
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+        again = CliRunner().invoke(main, ["audit", "--run-dir", str(small_disk / "a")], env=env)
+    assert again.exit_code == 0, again.output[-2000:]
+    assert "400/400 probes checked" in again.stdout

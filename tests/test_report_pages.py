@@ -17,7 +17,7 @@ from support.doubles import API_KEY, FACE, SECRET_KEY, ProtocolDouble, double, e
 
 from pipeline.enroll.job import EnrollConfig, run_enroll
 from pipeline.enroll.report import render_html
-from pipeline.timeline import TIMELINE_FILE, read_timeline
+from pipeline.runs.timeline import TIMELINE_FILE, read_timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 

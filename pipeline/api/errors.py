@@ -4,13 +4,18 @@
 
     FaceflowError
      ├── ConfigError                  bad options, thresholds or manifest: stop before any call
-     │    └── ManifestError           ... with the manifest line that is wrong
+     │    ├── ManifestError           ... with the manifest line that is wrong
+     │    └── UnreachableError        the endpoint does not answer as the service at all
+     ├── ImageProblem                 a photo that cannot be sent (a reason slug of
+     │                                pipeline.runs.reasons): an outcome row, not a stop
      └── ApiError                     anything the face service (or the way to it) answered
           ├── RetryableError          worth sending again after a back-off
           │    ├── QpsLimitError      4, 18: rate limits; the limiter slows down
           │    └── TransientError     216300, 216400, 216401, 216500, 216613, 216615, 216617,
           │                           SDK108 (timeouts), HTTP 5xx, dropped connections
           ├── QuotaError              17, 19: stop the caller until the quota resets
+          ├── ServiceUnavailableError the service stopped answering for longer than the
+          │                           client waits for it (an outage): stop, resume later
           ├── AuthError               13, 14, 15, 110, 111, 216015, 216110, bad credentials
           │    └── NoPermissionError  6: the app lacks permission for this API (a v3-only
           │                           app calling a v2 path gets 6: try --api v3)
@@ -47,6 +52,7 @@ access tokens: only the service's ``error_msg`` and our own words go in them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -71,6 +77,30 @@ class ManifestError(ConfigError):
         self.message = message
         where = f"{path}, line {line}" if line is not None else path
         super().__init__(f"{where}: {message}")
+
+
+class UnreachableError(ConfigError):
+    """The endpoint cannot be reached, or what answers there is not the face service.
+
+    ``endpoint`` is the URL tried and ``cause`` a few words (``connection refused``,
+    ``name not resolved``, ``TLS handshake failed``, ``HTTP 404, not JSON``...).
+    """
+
+    def __init__(self, endpoint: str, cause: str, hint: str = "") -> None:
+        self.endpoint, self.cause = endpoint, cause
+        super().__init__(f"cannot reach the face service at {endpoint}: {cause}"
+                         + (f" ({hint})" if hint else ""))
+
+
+class ImageProblem(FaceflowError):
+    """One problem with an image file: ``reason`` (a slug of the reasons catalogue,
+    :mod:`pipeline.runs.reasons`) and ``message`` (one sentence: what is wrong and what to
+    do). The row it belongs to gets an outcome; the run goes on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class ApiError(FaceflowError):
@@ -109,6 +139,10 @@ class TransientError(RetryableError):
 
 class QuotaError(ApiError):
     """The daily (17) or total (19) quota is spent: stop until it resets."""
+
+
+class ServiceUnavailableError(ApiError):
+    """The service answered nothing for longer than the client waits (an outage)."""
 
 
 class AuthError(ApiError):
@@ -315,7 +349,7 @@ def error_class(code: int | str | None, message: str = "", api: str = "v2") -> t
     v2: unknown codes are plain :class:`ApiError`. v3: unknown 222900-222999 are
     transient, any other unknown code is input (v3 contract §6).
     """
-    norm = _normalise_code(code)
+    norm = normalise_code(code)
     if api == "v3":
         return _v3_class(norm, message)
     if norm == 216100 and message.strip() == ALREADY_ADD_MSG:
@@ -343,29 +377,48 @@ def error_message(code: int | str) -> str:
     return V3_ERROR_TABLE[code][1]
 
 
-def raise_for_reply(reply: dict[str, Any], attempts: int = 1, api: str = "v2") -> None:
-    """Raise the mapped error when a reply carries an ``error_code`` other than 0."""
-    code = reply.get("error_code")
-    if code in (None, 0, "0"):
-        return
-    raise make_error(code, str(reply.get("error_msg", "")), reply.get("log_id"), attempts,
-                     api=api)
+def reply_code(reply: Mapping[str, Any]) -> int | str | None:
+    """A reply's ``error_code``, normalised (``"18"`` -> 18); None for a success (absent or 0)."""
+    code = normalise_code(reply.get("error_code"))
+    return None if code in (None, 0) else code
+
+
+def reply_error(reply: Mapping[str, Any], attempts: int = 1, api: str = "v2",
+                scrub: Callable[[str], str] = str) -> ApiError | None:
+    """The error a reply stands for (its message passed through ``scrub``), or None."""
+    code = reply_code(reply)
+    if code is None:
+        return None
+    return make_error(code, scrub(str(reply.get("error_msg", ""))), reply.get("log_id"),
+                      attempts, api=api)
+
+
+def parse_log_id(value: object) -> int | None:
+    """A ``log_id`` as an int (int, whole float or digit string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
 
 
 def make_error(
-    code: int | str | None, message: str, log_id: Any = None, attempts: int = 1,
+    code: int | str | None, message: str, log_id: object = None, attempts: int = 1,
     api: str = "v2",
 ) -> ApiError:
     """Build the error of the right class for ``code`` under protocol ``api``."""
-    norm = _normalise_code(code)
-    cls = error_class(norm, message, api)
-    lid = int(log_id) if isinstance(log_id, (int, str)) and str(log_id).isdigit() else None
-    return cls(norm, message, lid, attempts)
+    norm = normalise_code(code)
+    return error_class(norm, message, api)(norm, message, parse_log_id(log_id), attempts)
 
 
-def _normalise_code(code: int | str | None) -> int | str | None:
+def normalise_code(code: object) -> int | str | None:
+    """An error code as the tables key it: ints stay, digit strings become ints."""
     # Server codes are integers; the SDK's own is the string "SDK108". Some
     # proxies send numbers as strings, so "18" is read as 18.
     if isinstance(code, str) and code.isdigit():
         return int(code)
-    return code
+    return code if isinstance(code, (int, str)) else None

@@ -56,6 +56,10 @@ class AuditConfig:
     #: The protocol, "v2" or "v3": on v3 identify is search and a confirm match compares
     #: two pictures per call (pipeline/client/v3jobs.py); photos fit v3's limits.
     api: str = "v2"
+    #: The text encoding and CSV separator of ``manifest`` (as enroll's --encoding and
+    #: --delimiter; None: ',' or ';'/tab when the header says so).
+    encoding: str = "utf-8"
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
         problems = _config_problems(self)
@@ -72,7 +76,19 @@ class AuditConfig:
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
                 "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger, "api": self.api}
+                "ledger": self.ledger, "api": self.api, "encoding": self.encoding,
+                "delimiter": self.delimiter}
+
+
+def _text_problems(encoding: str, delimiter: str | None) -> list[str]:
+    from pipeline.runs.manifest import check_delimiter, check_encoding  # noqa: PLC0415
+
+    try:
+        check_encoding(encoding)
+        check_delimiter(delimiter)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _config_problems(c: AuditConfig) -> list[str]:
@@ -90,6 +106,7 @@ def _config_problems(c: AuditConfig) -> list[str]:
         problems.append("--concurrency and confirm_photos must be at least 1")
     if c.before_enroll and c.manifest is None:
         problems.append("--before-enroll audits a manifest: give --manifest")
+    problems += _text_problems(c.encoding, c.delimiter)
     if c.api not in ("v2", "v3"):
         problems.append(f"--api {c.api!r}: use v2 or v3")
     if c.api == "v3" and len(c.groups) + c.before_enroll > 10:

@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline.api.errors import ConfigError
 from pipeline.audit.config import MAX_TOP_K, AuditConfig
 from pipeline.audit.findings import (
@@ -84,8 +86,10 @@ from pipeline.frame import (
     Runner,
     Stopped,
     StopReason,
+    StopRun,
     as_stop,
     default_client_factory,
+    disk_message,
     next_session,
     open_held,
 )
@@ -205,8 +209,12 @@ class _Session:
             stopped = await self._runner().run(
                 todo, lambda img: self._one(prober, store, img, already))
         finally:
-            store.close()
             self.calls.update(prober.calls)
+            try:
+                store.close()
+            except OSError as exc:  # the last part: its journal is recovered on resume
+                stopped = stopped or Stopped(StopReason.DISK, disk_message(run.rundir.path,
+                                                                           exc))
         if stopped is None and scratch is not None:
             stopped = await self.scratch.empty(client, scratch)
         return stopped
@@ -217,7 +225,10 @@ class _Session:
     async def _one(self, prober: Prober, store: RecordStore, img: AuditImage, already: int
                    ) -> None:
         record = await prober.probe(img)
-        store.append(record)
+        try:
+            store.append(record)
+        except OSError as exc:  # disk full: stop at the first error, keep what was written
+            raise StopRun(StopReason.DISK, disk_message(self.run.rundir.path, exc)) from exc
         self.done += 1
         self.failed += record.status == "failed"
         progress = AuditProgress(self.total, already, self.done,
@@ -283,6 +294,8 @@ async def _run_held(run: _Audit) -> AuditResult:
         except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
             stop = as_stop(exc)
             stopped = Stopped(stop.reason, stop.message)
+            if stop.reason == StopReason.AUTH:  # refused as the session opened: no call made
+                stopped = Stopped(StopReason.CREDENTIALS, f"{stop.message}; nothing was sent")
         if stopped is not None:
             observer.stopping(stopped.reason, stopped.message)
     observer.phase("report", "findings, clusters and report.html")
@@ -297,9 +310,15 @@ def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
     return options
 
 
-def audit(config: AuditConfig, **kwargs: Any) -> AuditResult:
+def audit(
+    config: AuditConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: AuditObserver | None = None,
+    stop: asyncio.Event | None = None,
+    loader: Loader = default_loader,
+) -> AuditResult:
     """Synchronous :func:`run_audit` (runs its own event loop)."""
-    return asyncio.run(run_audit(config, **kwargs))
+    return asyncio.run(run_audit(config, client_factory, observer, stop, loader))
 
 
 def _needs_probe(record: ProbeRecord | None) -> bool:
@@ -320,18 +339,24 @@ def open_audit(config: AuditConfig) -> tuple[RunDir, RunInfo, list[AuditImage], 
     (groups, threshold, top_k, before_enroll, confirm_photos) must be the same.
     """
     rundir = RunDir(config.run_dir or config.runs_root / new_run_id())
+    # A new audit reads its inputs (manifest, runs) before anything is created.
+    plan = None if rundir.exists() else build_plan(config)
     # one session at a time (released by run_audit, or by the process's end)
-    return open_held(rundir, lambda held: _open_held(config, held))
+    try:
+        return open_held(rundir, lambda held: _open_held(config, held, plan))
+    except OSError as exc:  # plan.parquet or run.json cannot be written: nothing was sent
+        raise ConfigError(f"{rundir.path}: cannot write the run directory: "
+                          f"{exc.strerror or exc}") from None
 
 
-def _open_held(config: AuditConfig, rundir: RunDir
+def _open_held(config: AuditConfig, rundir: RunDir, plan: list[AuditImage] | None
                ) -> tuple[RunDir, RunInfo, list[AuditImage], bool]:
     if rundir.exists():
         info = rundir.read_info()
         _check_same_audit(rundir, info, config)
         info = next_session(rundir, info, settings=config.settings.public())
         return rundir, info, read_plan(rundir), True
-    plan = build_plan(config)
+    plan = build_plan(config) if plan is None else plan
     fingerprint = write_plan(rundir, plan)
     source = config.manifest or (config.run_dirs[0] if config.run_dirs else rundir.path)
     ref = ManifestRef(str(Path(source).resolve()), fingerprint, len(plan))
@@ -365,7 +390,8 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     info = RunDir(run_dir).read_info()
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
-    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api")
+    saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api",
+                                          "encoding", "delimiter")
              if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())
@@ -381,7 +407,39 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
 
 def finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped | None
                  ) -> AuditResult:
-    """Derive and write findings, clusters and the report; update run.json."""
+    """Derive and write findings, clusters and the report; update run.json. When the run
+    directory cannot be written (disk full), the audit stops (:attr:`StopReason.DISK`)
+    with what its probe records say; resuming writes the outputs."""
+    try:
+        return _finish_audit(run, already, session, stopped)
+    except OSError as exc:
+        if stopped is None or stopped.reason != StopReason.DISK:
+            stopped = Stopped(StopReason.DISK, disk_message(run.rundir.path, exc))
+            run.observer.stopping(stopped.reason, stopped.message)
+        return _unwritten(run, already, session, stopped)
+
+
+def _unwritten(run: _Audit, already: int, session: _Session, stopped: Stopped) -> AuditResult:
+    """The result of a session whose outputs could not be written: probes counted from
+    the parts and the journal, read only."""
+    rundir = run.rundir
+    records = latest_probes(pa.concat_tables([rundir.read_records(PROBE_SCHEMA),
+                                              rundir.journal_records(PROBE_SCHEMA)]))
+    statuses = Counter(r.status for r in records.values())
+    probes = sum(p.probe for p in run.plan)
+    return AuditResult(
+        run_id=run.info.run_id, run_dir=rundir.path, stop_reason=stopped.reason,
+        stop_message=stopped.message, probes=probes, checked=statuses["checked"],
+        failed=statuses["failed"], pending=probes - len(records), already_done=already,
+        resumed=run.resumed, counts={}, clusters=0, calls=dict(session.calls),
+        elapsed_s=time.monotonic() - session.started, findings_path=rundir.path / FINDINGS_FILE,
+        clusters_path=rundir.path / CLUSTERS_FILE, report_path=None,
+        scratch_left=session.scratch.left if scratch_pending(rundir) else None,
+        scratch_failed=session.scratch.failed)
+
+
+def _finish_audit(run: _Audit, already: int, session: _Session, stopped: Stopped | None
+                  ) -> AuditResult:
     config, rundir, plan, info = run.config, run.rundir, run.plan, run.info
     reason = stopped.reason if stopped else None
     records = _latest(rundir)

@@ -107,7 +107,8 @@ def plan_from_ledger(location: str, endpoint: str, groups: Iterable[str], start:
 
 
 def plan_from_manifest(
-    path: Path, default_group: str | None, start: int = 0, *, probe: bool = True
+    path: Path, default_group: str | None, start: int = 0, *, probe: bool = True,
+    encoding: str = "utf-8", delimiter: str | None = None,
 ) -> list[AuditImage]:
     """The add/update/upsert rows of a manifest, hashed now (sha256 of the file bytes).
 
@@ -116,7 +117,8 @@ def plan_from_manifest(
     """
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
-    manifest = open_manifest(path, default_group=default_group)
+    manifest = open_manifest(path, default_group=default_group, encoding=encoding,
+                             delimiter=delimiter)
     out: list[AuditImage] = []
     seen: set[tuple[str, str]] = set()
     for batch in manifest.batches():
@@ -157,7 +159,8 @@ def build_plan(config: AuditConfig) -> list[AuditImage]:
         plan += plan_from_ledger(config.ledger, config.settings.endpoint, config.groups,
                                  start=len(plan), known=plan)
     if config.manifest is not None:
-        plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan))
+        plan += plan_from_manifest(config.manifest, config.groups[0], start=len(plan),
+                                   encoding=config.encoding, delimiter=config.delimiter)
     if config.before_enroll:
         plan = [replace(p, probe=p.source == str(config.manifest)) for p in plan]
     if not any(p.probe for p in plan):

@@ -16,6 +16,8 @@ from pipeline.api.errors import (
     ApiError,
     EmptyGroupError,
 )
+from pipeline.api.records import MatchResult
+from pipeline.api.validate import b64_size
 from pipeline.audit.config import AuditConfig
 from pipeline.audit.findings import (
     AuditImage,
@@ -216,7 +218,7 @@ class Prober:
         best = _best_pair(result.pairs)
         state.ref = (ref_row, best[1] if best else 0.0, result.log_id)
 
-    async def _match(self, images: list[bytes], state: _ProbeState) -> Any:
+    async def _match(self, images: list[bytes], state: _ProbeState) -> MatchResult:
         state.calls += 1
         self.calls["match"] += 1
         result = await self.client.match(images)
@@ -241,4 +243,4 @@ def _best_pair(pairs: Iterable[Any]) -> tuple[int, float] | None:
 
 
 def _b64_len(data: bytes) -> int:
-    return 4 * ((len(data) + 2) // 3)
+    return b64_size(len(data))

@@ -39,7 +39,7 @@ FAULT_KINDS = ("http500", "drop", "slow")
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Admission:
     """What to do with a call: ``kind`` is "ok", "error", "http500", "drop" or "slow"."""
 
     kind: str = "ok"
@@ -47,7 +47,7 @@ class Verdict:
     delay: float = 0.0
 
 
-ADMIT = Verdict()
+ADMIT = Admission()
 
 
 @dataclass(slots=True)
@@ -102,13 +102,13 @@ class Emulation:
             self._days.clear()
         return new
 
-    def admit(self, interface: str) -> Verdict:
+    def admit(self, interface: str) -> Admission:
         """Decide the fate of one call to ``interface`` (see the module docstring)."""
         limit = self._qps_limit(interface)
         if limit is not None and not self._take_window(interface, limit):
-            return Verdict("error", 18)
+            return Admission("error", 18)
         if self.config.daily_quota is not None and not self._take_day(interface):
-            return Verdict("error", 17)
+            return Admission("error", 17)
         return self._draw_fault()
 
     def _qps_limit(self, interface: str) -> int | None:
@@ -139,17 +139,17 @@ class Emulation:
         self._days[interface] = (day, count + 1)
         return True
 
-    def _draw_fault(self) -> Verdict:
+    def _draw_fault(self) -> Admission:
         if not self.config.faults:
             return ADMIT
         draw = self._rng.random()
         for kind, rate in self.config.faults.items():
             if draw < rate:
                 if kind == "slow":
-                    return Verdict("slow", delay=float(self.config.delay))
+                    return Admission("slow", delay=float(self.config.delay))
                 if kind in FAULT_KINDS:
-                    return Verdict(kind)
-                return Verdict("error", int(kind))
+                    return Admission(kind)
+                return Admission("error", int(kind))
             draw -= rate
         return ADMIT
 

@@ -30,7 +30,7 @@ MAX_SIDE = 4096
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF"})
 
 
-class ImageProblem(Exception):
+class ImageRefused(Exception):
     """An image the engine refuses, with the API error code to answer."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -43,18 +43,18 @@ def decode_base64(text: str) -> bytes:
     """Strict standard base64 (whitespace tolerated) -> bytes; 216200 when empty or bad."""
     compact = "".join(text.split())
     if not compact:
-        raise ImageProblem(216200, "empty image")
+        raise ImageRefused(216200, "empty image")
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageProblem(216200, "empty image: the image is not valid base64") from None
+        raise ImageRefused(216200, "empty image: the image is not valid base64") from None
     if not data:
-        raise ImageProblem(216200, "empty image")
+        raise ImageRefused(216200, "empty image")
     return data
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """File bytes -> (height, width, 3) uint8 RGB array, upright; raises :class:`ImageProblem`."""
+    """File bytes -> (height, width, 3) uint8 RGB array, upright; raises :class:`ImageRefused`."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = _open(data)
@@ -63,9 +63,9 @@ def decode_image(data: bytes) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
         except Image.DecompressionBombWarning:
-            raise ImageProblem(216202, "image size error: too many pixels") from None
+            raise ImageRefused(216202, "image size error: too many pixels") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageProblem(216201, f"image format error: cannot decode ({exc})") from None
+            raise ImageRefused(216201, f"image format error: cannot decode ({exc})") from None
     return np.ascontiguousarray(_to_rgb(img))
 
 
@@ -73,17 +73,17 @@ def _open(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageProblem(216202, "image size error: too many pixels") from None
+        raise ImageRefused(216202, "image size error: too many pixels") from None
     except (OSError, SyntaxError, ValueError):
-        raise ImageProblem(216201, "image format error: not a jpg, png or bmp image") from None
+        raise ImageRefused(216201, "image format error: not a jpg, png or bmp image") from None
     if img.format not in ACCEPTED_FORMATS:
-        raise ImageProblem(216201, f"image format error: {img.format} is not jpg, png or bmp")
+        raise ImageRefused(216201, f"image format error: {img.format} is not jpg, png or bmp")
     return img
 
 
 def _check_size(size: tuple[int, int]) -> None:
     if min(size) < MIN_SIDE or max(size) > MAX_SIDE:
-        raise ImageProblem(
+        raise ImageRefused(
             216202,
             f"image size error: {size[0]}x{size[1]} px; sides must be "
             f"{MIN_SIDE}-{MAX_SIDE} px",

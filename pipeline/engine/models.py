@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.engine.images import ImageProblem, decode_image
+from pipeline.engine.images import ImageRefused, decode_image
 from pipeline.engine.pose import estimate_pose
 from pipeline.engine.qualities import FaceQualities, measure_qualities
 
@@ -231,7 +231,7 @@ def analyse(data: bytes, options: AnalyseOptions) -> ImageAnalysis | ImageReject
     assert _MODELS is not None
     try:
         rgb = decode_image(data)
-    except ImageProblem as problem:
+    except ImageRefused as problem:
         return ImageRejected(problem.code, problem.message)
     return analyse_array(_MODELS, rgb, options, hashlib.sha256(data).hexdigest())
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 
 from pipeline.api.errors import error_message
-from pipeline.engine.images import ImageProblem, decode_base64
+from pipeline.engine.images import ImageRefused, decode_base64
 
 MIB = 2**20
 STANDARD_IMAGE_LIMIT = 4 * MIB  # base64 text, contract §5 ("M" = 2^20 bytes)
@@ -92,7 +92,7 @@ def image_bytes(text: str, limit: int) -> bytes:
         raise Failure(216202, f"the base64 image is over {limit // MIB}M")
     try:
         return decode_base64(text)
-    except ImageProblem as problem:
+    except ImageRefused as problem:
         raise Failure(problem.code) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.engine.images import ImageProblem, decode_base64
+from pipeline.engine.images import ImageRefused, decode_base64
 from pipeline.engine.params import Failure
 
 MIB = 2**20
@@ -135,7 +135,7 @@ def image_bytes(value: str) -> bytes:
         raise Failure(222013, "the base64 image is over 2M")
     try:
         data = decode_base64(value)
-    except ImageProblem:
+    except ImageRefused:
         raise Failure(222203, "the image is not valid base64") from None
     width, height = _size(data)
     if max(width, height) > MAX_LONG_SIDE or min(width, height) > MAX_SHORT_SIDE:

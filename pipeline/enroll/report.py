@@ -173,7 +173,7 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(int(us) / 1e6, tz=UTC).isoformat(timespec="seconds")
 
 
-def _count(table: pa.Table, mask: Any) -> int:
+def _count(table: pa.Table, mask: pa.Array | pa.ChunkedArray) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
 
@@ -245,7 +245,7 @@ def render_html(run_dir: Path | str, summary: Summary | None = None) -> str:
     """The enrollment report page of ``run_dir`` as one self-contained HTML string."""
     from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415
 
-    from pipeline.timeline import read_timeline, timeline_svg  # noqa: PLC0415
+    from pipeline.runs.timeline import read_timeline, timeline_svg  # noqa: PLC0415
 
     rundir = RunDir(run_dir)
     summary = summary or summarize(rundir.path)

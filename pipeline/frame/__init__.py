@@ -14,9 +14,17 @@ The library returns a stop reason; ``jobs/`` alone maps it to an exit code.
 from pipeline.frame.faceapi import ClientFactory, FaceApi, Qps, default_client_factory
 from pipeline.frame.run import next_session, open_held
 from pipeline.frame.runner import Runner, Stopped
-from pipeline.frame.stop import STOPPING_ERRORS, StopReason, StopRun, as_stop, stop_for
+from pipeline.frame.stop import (
+    STOPPING_ERRORS,
+    StopReason,
+    StopRun,
+    as_stop,
+    disk_message,
+    stop_for,
+)
 
 __all__ = [
     "STOPPING_ERRORS", "ClientFactory", "FaceApi", "Qps", "Runner", "StopReason", "StopRun",
-    "Stopped", "as_stop", "default_client_factory", "next_session", "open_held", "stop_for",
+    "Stopped", "as_stop", "default_client_factory", "disk_message", "next_session", "open_held",
+    "stop_for",
 ]

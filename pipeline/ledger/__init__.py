@@ -12,7 +12,7 @@ second backend (PostgreSQL for the scale-out issue) needs only its few methods;
 
     path/to/ledger.sqlite        -> SqliteLedger (the embedded default)
     sqlite:///abs/path.sqlite    -> SqliteLedger
-    postgresql://...             -> not built yet: ConfigError naming the option
+    postgresql://...             -> PgLedger (shared by hosts; pipeline/ledger/pg.py)
 
 Modules:
 
@@ -20,6 +20,7 @@ Modules:
   :class:`GroupStats`), the :class:`Ledger` protocol, :func:`endpoint_key`;
 - :mod:`pipeline.ledger.sqlite`: the SQLite backend (WAL; survives kill -9; two
   processes may write at once);
+- :mod:`pipeline.ledger.pg`: the PostgreSQL backend (shards and hosts share it);
 - :mod:`pipeline.ledger.runs`: outcomes -> entries (recording a run, ``ledger
   import``) and the bulk "what is already known" decision for a manifest.
 """
@@ -56,9 +57,9 @@ def open_ledger(location: str) -> Ledger:
         raise ConfigError("--ledger: give a file path (e.g. ledger.sqlite)")
     scheme, sep, rest = text.partition("://")
     if sep and scheme.lower() in ("postgresql", "postgres"):
-        raise ConfigError(
-            f"--ledger {scheme}://...: no PostgreSQL backend yet; use a SQLite file path "
-            "(the Ledger protocol in pipeline/ledger/base.py is what one must implement)")
+        from pipeline.ledger.pg import PgLedger  # noqa: PLC0415
+
+        return PgLedger(text)
     if sep and scheme.lower() != "sqlite":
         raise ConfigError(f"--ledger {text!r}: unknown scheme {scheme!r}; give a file path")
     from pipeline.ledger.sqlite import SqliteLedger  # noqa: PLC0415

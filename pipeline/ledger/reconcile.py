@@ -63,6 +63,7 @@ from pipeline.frame import (
     open_held,
 )
 from pipeline.ledger import Entry, KnownFace, endpoint_key, open_ledger
+from pipeline.postgres import redact
 from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
@@ -204,7 +205,8 @@ class ReconcileConfig:
 
     def options(self) -> dict[str, Any]:
         qps = dict(self.qps) if isinstance(self.qps, Mapping) else self.qps
-        return {"group": self.group, "ledger": self.ledger, "page_size": self.page_size,
+        return {"group": self.group, "ledger": redact(self.ledger) if self.ledger else None,
+                "page_size": self.page_size,
                 "concurrency": self.concurrency, "qps": qps, "check_faces": self.check_faces,
                 "score": self.score, "delete_unknown": self.delete_unknown, "api": self.api}
 
@@ -229,6 +231,16 @@ class ReconcileResult:
     @property
     def differences(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The stop reason's value (run.json's ``stop_reason``), None when it finished."""
+        return None if self.stopped is None else str(self.stopped.reason)
+
+    @property
+    def failed(self) -> int:
+        """For the exit-code table: the differences found (1 when any)."""
+        return self.differences
 
 
 class ReconcileObserver:
@@ -512,7 +524,8 @@ def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
     stop_reason = None if stopped is None else str(stopped.reason)
     ledger_uids = len({f.uid for f in faces})
     summary = {"run_id": info.run_id, "group": config.group,
-               "service": endpoint_key(config.settings.endpoint), "ledger": config.ledger,
+               "service": endpoint_key(config.settings.endpoint),
+               "ledger": redact(config.ledger) if config.ledger else None,
                "service_users": len(service), "ledger_uids": ledger_uids,
                "counts": counts, "actions": actions, "repair_rows": repair,
                "stop_reason": stop_reason, "finished_at": utc_now().isoformat()}

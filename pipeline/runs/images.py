@@ -46,31 +46,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.api import validate_v3
-from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE
+from pipeline.api.errors import ImageProblem
+from pipeline.api.validate import IMAGE_B64_MAX, MAX_SIDE, MIN_SIDE, b64_size
+from pipeline.runs.reasons import IMAGE_REASONS, PIXEL_LIMIT
 
-#: Decoded pixels above which an image is refused as a decompression bomb (50 MP:
-#: well over any camera photo a face service needs, and ~150 MB as RGB). Checked
-#: from the header, before decoding; Pillow's own (larger) limit stays in force too.
-PIXEL_LIMIT = 50_000_000
 #: Default largest file read (bytes); bigger files are refused from ``stat`` alone.
 MAX_FILE_BYTES = 10 * 2**20
 EXIF_ORIENTATION = 0x0112
 
-REASON_TEXT: dict[str, str] = {
-    "file_missing": "the image file does not exist",
-    "not_a_file": "the image path is a directory or another non-regular file",
-    "file_unreadable": "the image file cannot be read (permission denied)",
-    "symlink_loop": "the image path is a symbolic link that loops",
-    "outside_manifest_dir": "the image path resolves outside the manifest's folder",
-    "file_empty": "the image file is empty (0 bytes)",
-    "file_too_large": "the image file is larger than the size limit",
-    "image_format": "the file is not a JPEG, PNG or BMP image",
-    "image_corrupt": "the image is truncated or cannot be decoded",
-    "decompression_bomb": f"the image declares more than {PIXEL_LIMIT // 10**6} MP",
-    "image_too_small": "the image's shortest side is under 15 px",
-    "image_too_big": "the image's longest side is over 4096 px",
-    "image_too_large": "the image is over 4 MiB once base64-encoded",
-}
+#: Reason slug -> sentence for every image problem (the catalogue's).
+REASON_TEXT = IMAGE_REASONS
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"),
@@ -85,16 +70,6 @@ _PLAIN_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
 # Pillow's own decode failures: it raises any of these for damaged data.
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                   struct.error, IndexError, TypeError)
-
-
-class ImageProblem(Exception):
-    """One problem with an image file: ``reason`` (a slug of :data:`REASON_TEXT`) and
-    ``message`` (one sentence: what is wrong and what to do)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,4 +345,4 @@ def _shrink(
 
 
 def _b64_len(data: bytes) -> int:
-    return 4 * math.ceil(len(data) / 3)
+    return b64_size(len(data))
