@@ -76,6 +76,8 @@ async def test_demo_manifest_same_statuses_as_v2(engine, demo_manifest, tmp_path
     assert api.stats.calls["add"] == v3.counts["enrolled"]
     info = json.loads((tmp_path / "v3" / "run.json").read_text())
     assert info["options"]["api"] == "v3"
+    shown = CliRunner().invoke(main, ["report", str(tmp_path / "v3"), "--json"])
+    assert json.loads(shown.output)["api"] == "v3", shown.output
     # resume keeps the protocol: a switch is refused before any call
     with pytest.raises(ConfigError, match="--api v3"):
         await _enroll(engine, demo_manifest, tmp_path / "v3", "demo_v3", "v2")
