@@ -163,3 +163,34 @@ async def test_enroll_stops_when_the_budget_goes_away_mid_run_and_resumes(
     assert resumed.stop_reason is None and resumed.remaining == 0
     assert sorted(c.form["uid"] for c in double.calls("add")) == sorted(
         f"u{i}" for i in range(12))
+
+
+async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(pg_url: str) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.acquired: list[str] = []
+            self.limited: list[str] = []
+
+            self.answered: list[str] = []
+
+        async def acquire(self, interface: str) -> str:
+            self.acquired.append(interface)
+            return f"ticket-{len(self.acquired)}"
+
+        def on_limited(self, interface: str, ticket: str | None = None) -> None:
+            self.limited.append(f"{interface}:{ticket}")
+
+        def on_answered(self, interface: str, ticket: str) -> None:
+            self.answered.append(f"{interface}:{ticket}")
+
+    own = Recorder()
+    async with PgBudget(pg_url, ACCOUNT, {"detect": 10}, fallback=own) as budget:
+        assert await budget.acquire("detect") is None
+        ticket = await budget.acquire("identify")
+        budget.on_limited("identify", ticket)
+        budget.on_answered("identify", await budget.acquire("identify"))
+        budget.on_answered("detect", None)
+    assert own.acquired == ["identify", "identify"]
+    assert own.limited == ["identify:ticket-1"] and own.answered == ["identify:ticket-2"]
+    with connect(pg_url) as conn:
+        assert conn.execute("SELECT interface FROM qps_budget").fetchall() == [("detect",)]

@@ -4,7 +4,8 @@
 
     FaceflowError
      ├── ConfigError                  bad options, thresholds or manifest: stop before any call
-     │    └── ManifestError           ... with the manifest line that is wrong
+     │    ├── ManifestError           ... with the manifest line that is wrong
+     │    └── UnreachableError        the endpoint does not answer as the service at all
      ├── ImageProblem                 a photo that cannot be sent (a reason slug of
      │                                pipeline.runs.reasons): an outcome row, not a stop
      └── ApiError                     anything the face service (or the way to it) answered
@@ -13,6 +14,8 @@
           │    └── TransientError     216300, 216400, 216401, 216500, 216613, 216615, 216617,
           │                           SDK108 (timeouts), HTTP 5xx, dropped connections
           ├── QuotaError              17, 19: stop the caller until the quota resets
+          ├── ServiceUnavailableError the service stopped answering for longer than the
+          │                           client waits for it (an outage): stop, resume later
           ├── AuthError               13, 14, 15, 110, 111, 216015, 216110, bad credentials
           │    └── NoPermissionError  6: the app lacks permission for this API (a v3-only
           │                           app calling a v2 path gets 6: try --api v3)
@@ -76,6 +79,19 @@ class ManifestError(ConfigError):
         super().__init__(f"{where}: {message}")
 
 
+class UnreachableError(ConfigError):
+    """The endpoint cannot be reached, or what answers there is not the face service.
+
+    ``endpoint`` is the URL tried and ``cause`` a few words (``connection refused``,
+    ``name not resolved``, ``TLS handshake failed``, ``HTTP 404, not JSON``...).
+    """
+
+    def __init__(self, endpoint: str, cause: str, hint: str = "") -> None:
+        self.endpoint, self.cause = endpoint, cause
+        super().__init__(f"cannot reach the face service at {endpoint}: {cause}"
+                         + (f" ({hint})" if hint else ""))
+
+
 class ImageProblem(FaceflowError):
     """One problem with an image file: ``reason`` (a slug of the reasons catalogue,
     :mod:`pipeline.runs.reasons`) and ``message`` (one sentence: what is wrong and what to
@@ -123,6 +139,10 @@ class TransientError(RetryableError):
 
 class QuotaError(ApiError):
     """The daily (17) or total (19) quota is spent: stop until it resets."""
+
+
+class ServiceUnavailableError(ApiError):
+    """The service answered nothing for longer than the client waits (an outage)."""
 
 
 class AuthError(ApiError):

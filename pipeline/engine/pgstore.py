@@ -16,9 +16,10 @@ distance (``<->``, the same d as the embedded index). A group with at least
 :data:`LARGE_GROUP` faces gets its own HNSW index, a *partial* index ``WHERE group_id =
 '<group>'``: its graph holds that group's faces only, so a search is not a filtered walk
 of one global graph (a global index filtered to a group of ten missed most results).
-Partial indexes are the partition-per-group the issue asks for without moving rows:
-they are built ``CONCURRENTLY`` beside live writes. Smaller groups are searched exactly
-(btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
+Partial indexes do what one partition per group would, without moving rows: they are
+built ``CONCURRENTLY`` beside live writes, by the serving replicas
+(:func:`index_large_groups`, one at a time under an advisory lock). Smaller groups are
+searched exactly (btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
 (chosen by ``benchmarks/scale_engine.py``, see the README), raised to the number of
 faces a query needs. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
@@ -539,11 +540,9 @@ class PgIndex:
     already up to date when a write commits (on every replica).
     """
 
-    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH,
-                 large_group: int = LARGE_GROUP) -> None:
+    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH) -> None:
         self.store = store
         self.ef_search = ef_search
-        self.large_group = large_group
 
     def load(self, faces: object) -> None:
         return None

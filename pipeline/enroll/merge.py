@@ -155,7 +155,7 @@ def _hold_check(shard: Shard) -> None:
 
 
 def _write_parent(folder: Path, shards: list[Shard]) -> MergeResult:
-    from pipeline.enroll.job import write_failures  # noqa: PLC0415
+    from pipeline.enroll.failures import write_failures  # noqa: PLC0415
     from pipeline.enroll.report import render_html  # noqa: PLC0415
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
