@@ -215,6 +215,13 @@ async def test_every_interface_against_the_engine(engine, samples_dir: Path):
             await client.get_group_users(g2)
         with pytest.raises(E.InvalidInputError):
             await client.person_idmatch("11010519491231002X", "nobody")
+        from pipeline.engine.store import Person  # noqa: PLC0415
+
+        number = "11010519491231002X"
+        held = engine.call_in_loop(lambda: engine.state.face_tokens.get(token))
+        engine.store.put_person(Person(number, "client test", held.descriptor, held.sha256))
+        assert (await client.person_verify(obama2, number, "client test")).score >= 80
+        assert (await client.person_idmatch(number, "client test")).log_id is not None
         with pytest.raises(E.InvalidInputError) as unsupported:
             await client.faceverify([obama])
         assert unsupported.value.code == 3

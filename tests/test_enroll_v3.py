@@ -152,3 +152,21 @@ def test_cli_api_flag_env_and_bad_combinations(engine, demo_manifest, tmp_path):
     bad = CliRunner().invoke(main, ["enroll", str(manifest), "--group", "g", "--api", "v2",
                                     "--server-quality", "HIGH"], env=env)
     assert bad.exit_code == 2 and "--server-quality" in bad.output
+
+
+async def test_update_and_upsert_map_to_user_update(engine, samples_dir, tmp_path):
+    obama, obama2 = samples_dir / "obama_01.jpg", samples_dir / "obama_02.jpg"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uid,image\nnew_uid,{obama}\n")
+    _, capture = await _enroll(engine, manifest, tmp_path / "update", "upd_v3", "v3",
+                               mode="update")
+    assert _rows(tmp_path / "update")[0] == ("failed", ("user_not_found",))  # UPDATE: 223103
+    await _enroll(engine, manifest, tmp_path / "upsert", "upd_v3", "v3", mode="upsert")
+    assert _rows(tmp_path / "upsert")[0] == ("updated", ())  # REPLACE registers it
+    again = tmp_path / "again.csv"
+    again.write_text(f"uid,image\nnew_uid,{obama2}\n")
+    await _enroll(engine, again, tmp_path / "update2", "upd_v3", "v3", mode="update",
+                  threshold_overrides={"yaw": "45"})
+    assert _rows(tmp_path / "update2")[0] == ("updated", ())
+    faces = engine.store.faces_of("upd_v3", "new_uid")
+    assert len(faces) == 1  # user/update replaced the face
