@@ -76,6 +76,8 @@ async def test_demo_manifest_same_statuses_as_v2(engine, demo_manifest, tmp_path
     assert api.stats.calls["add"] == v3.counts["enrolled"]
     info = json.loads((tmp_path / "v3" / "run.json").read_text())
     assert info["options"]["api"] == "v3"
+    shown = CliRunner().invoke(main, ["report", str(tmp_path / "v3"), "--json"])
+    assert json.loads(shown.output)["api"] == "v3", shown.output
     # resume keeps the protocol: a switch is refused before any call
     with pytest.raises(ConfigError, match="--api v3"):
         await _enroll(engine, demo_manifest, tmp_path / "v3", "demo_v3", "v2")
@@ -106,7 +108,8 @@ async def test_expired_token_falls_back_to_base64(engine, samples_dir):
     # a picture registered nowhere: a registered picture's token never expires
     mirrored = Image.open(samples_dir / "obama_01.jpg").convert("RGB").transpose(
         Image.Transpose.FLIP_LEFT_RIGHT)
-    image = v.to_bytes(mirrored)
+    mirrored.putpixel((0, 0), tuple(np.random.default_rng().integers(0, 255, 3).tolist()))
+    image = v.to_bytes(mirrored)  # bytes of its own: a registered picture's token lasts
     async with V3JobApi(_settings(engine)) as api:
         found = await api.detect(image, face_fields=("qualities",))
         assert found.faces[0].qualities is not None

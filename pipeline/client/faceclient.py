@@ -86,7 +86,7 @@ log = logging.getLogger("faceflow.client")
 
 #: Added to error 6 on a v2 path: a v3-only application gets 6 there (v3 contract §1.2).
 V3_HINT = (" (the application seems to hold v3 permission only: try --api v3 or "
-           "FACEFLOW_API=v3)")
+           "FACEFLOW_API=v3, in a new run: a run keeps its protocol)")
 
 _V2 = "/rest/2.0/face/v2"
 #: canonical interface name -> HTTP path (contract §1.2).
