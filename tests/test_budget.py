@@ -194,3 +194,13 @@ async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(pg_url: st
     assert own.limited == ["identify:ticket-1"] and own.answered == ["identify:ticket-2"]
     with connect(pg_url) as conn:
         assert conn.execute("SELECT interface FROM qps_budget").fetchall() == [("detect",)]
+
+
+async def test_processes_starting_together_all_open_the_budget(pg_url: str) -> None:
+    budgets = [PgBudget(pg_url, ACCOUNT, 10) for _ in range(6)]
+    try:
+        await asyncio.gather(*(b.open() for b in budgets))  # the table is created once
+        waits = await asyncio.gather(*(b.reserve("detect") for b in budgets))
+        assert len(waits) == 6 and min(waits) == 0.0
+    finally:
+        await asyncio.gather(*(b.close() for b in budgets))

@@ -70,6 +70,9 @@ class BudgetTuning:
     timeout: float = 5.0
 
 
+#: Advisory lock key of the table's creation.
+_SCHEMA_LOCK = 0x66616365_04
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS qps_budget (
     account text NOT NULL, interface text NOT NULL,
@@ -149,7 +152,11 @@ class PgBudget:
         try:
             self._conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self.tuning.timeout)))
-            await self._conn.execute(SCHEMA)
+            # Processes starting together would race CREATE TABLE IF NOT EXISTS (one of
+            # them fails on PostgreSQL's catalog): the first creates, the others wait.
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await self._conn.execute(SCHEMA)
         except (psycopg.Error, OSError) as exc:
             raise BudgetUnavailable(_unreachable(self.url, exc)) from None
         return self
