@@ -5,7 +5,7 @@ and tokens) runs in a separate *process*, so its CPU is not counted. The client
 process then makes N detect calls with C in flight and measures its own CPU time
 (``time.process_time``) per call: argument checks (magic bytes, Pillow header
 read), base64 and form encoding, token cache, rate limiter (a limit high enough
-never to wait, so the bucket bookkeeping runs), tenacity retry bookkeeping,
+never to wait, so the pacing bookkeeping runs), retry bookkeeping,
 aiohttp request/response, JSON decoding and record building. Images are read
 before the clock starts.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from jobs.exits import ConfigProblem
 from pipeline.client.config import ENGINE_DEFAULT_PORT
 
 
@@ -75,13 +76,7 @@ def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: 
                               store_url=store_url, model=model)
         run(config, host, port)
     except (ValueError, PostgresUnavailable, ListenError, ModelUnavailable) as exc:
-        raise _Problem(str(exc)) from None
-
-
-class _Problem(click.ClickException):
-    """A bad option, input file or port: one line on stderr, exit 2 like every other command."""
-
-    exit_code = 2
+        raise ConfigProblem(str(exc)) from None
 
 
 def _check_store_url(url: str | None) -> None:
@@ -110,7 +105,7 @@ def migrate(store_url: str) -> None:
     try:
         before, after = run(store_url)
     except PostgresUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigProblem(str(exc)) from None
     state = "already current" if before == after else f"upgraded from version {before}"
     click.echo(f"engine schema at version {after} ({state}) on {redact(store_url)}")
 
@@ -152,11 +147,11 @@ def import_persons(csv_path: Path, data_dir: Path, store_url: str | None) -> Non
     try:
         store = _open_store(store_url, data_dir)
     except PostgresUnavailable as exc:
-        raise _Problem(str(exc)) from None
+        raise ConfigProblem(str(exc)) from None
     try:
         report = run(csv_path, store)
     except ValueError as exc:
-        raise _Problem(str(exc)) from None
+        raise ConfigProblem(str(exc)) from None
     finally:
         store.close()
     for line, reason in report.refused:

@@ -36,14 +36,14 @@ from pipeline.enroll.job import (
     MODES,
     EnrollConfig,
     EnrollObserver,
-    RunNotFinishedError,
     RunResult,
     RunStart,
-    plan_rerun,
     resume_enroll_config,
     run_enroll,
 )
 from pipeline.enroll.job import Progress as RunProgress
+from pipeline.enroll.rerun import RunNotFinishedError, plan_rerun
+from pipeline.frame import StopReason
 from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
 from pipeline.runs.rundir import RunDir, new_run_id
 
@@ -180,6 +180,8 @@ class ConsoleObserver(EnrollObserver):
                                soft_wrap=True)
 
     def stopping(self, reason: str, message: str) -> None:
+        if reason == StopReason.UNREACHABLE:
+            return  # said once, as the error line, when the run ends
         # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
         self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
                            "rows start.", soft_wrap=True)
@@ -231,6 +233,9 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
         "credentials": "The service refused the credentials before any call (nothing was "
                        "sent). Fix --api-key/--secret-key (or FACEFLOW_API_KEY/"
                        "FACEFLOW_SECRET_KEY), then run",
+        "outage": "The service answered nothing for longer than --outage-after plus "
+                  "--outage-wait. Outcomes so far are saved, no row was failed for it; when "
+                  "the service is back, resume",
         "disk": "The run directory could not be written (see above). Outcomes written so "
                 "far are kept; free space (or fix the disk), then resume",
     }.get(result.stop_reason or "interrupted", "Stopped. Outcomes so far are saved; resume")
@@ -250,6 +255,10 @@ def execute(config: EnrollConfig, resume_hint: str, console: Console | None = No
                 lambda stop: run_enroll(config, observer=observer, stop=stop)))
     finally:
         observer.close()
+    if result.stop_reason == StopReason.UNREACHABLE:  # nothing was sent: one line says why
+        console.print(f"Error: {result.stop_message}", highlight=False, soft_wrap=True,
+                      markup=False)
+        return result
     print_summary(console, result, resume_hint)
     return result
 
@@ -301,6 +310,15 @@ def _run_options(func: Any) -> Any:
                      help="Write a Parquet part every N outcomes [default 1000]."),
         click.option("--flush-seconds", type=click.FloatRange(min=0.1), default=None,
                      help="... or every S seconds [default 10]."),
+        click.option("--outage-after", type=click.FloatRange(min=0, min_open=True),
+                     default=None, metavar="SECONDS",
+                     help="When the service answers nothing for this long (connections "
+                          "failing, 5xx), pause new rows and probe it [default 60]."),
+        click.option("--outage-wait", type=click.FloatRange(min=0), default=None,
+                     metavar="SECONDS",
+                     help="Keep probing this long after pausing; the run resumes by itself "
+                          "if the service comes back, else stops (exit 5) to be resumed "
+                          "[default 300]."),
         api_option,
         click.option("--server-quality", type=click.Choice(("LOW", "NORMAL", "HIGH")),
                      default=None,
@@ -328,6 +346,8 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "duplicate_score": kwargs.pop("duplicate_score"),
         "api": kwargs.pop("api"),
         "server_quality": kwargs.pop("server_quality"),
+        "outage_after": kwargs.pop("outage_after"),
+        "outage_wait": kwargs.pop("outage_wait"),
     }
     pairs = kwargs.pop("threshold_pairs")
     if pairs:
@@ -377,8 +397,11 @@ def enroll(manifest: Path, group: str | None, mode: str | None, run_dir: Path | 
     add/update. Outcomes go to RUN_DIR/outcomes/*.parquet, the rows that did not
     succeed to RUN_DIR/failures.csv. Exit 0 all enrolled, 1 some rows failed,
     2 bad configuration or credentials refused before any call (nothing sent), 3 quota
-    (or the shared --qps-budget unreachable), 4 credentials refused mid-run, 6 run
-    directory not writable mid-run (disk full), 130 interrupted.
+    (or the shared --qps-budget unreachable), 4 credentials refused mid-run, 5 the
+    service answered nothing for longer than --outage-after + --outage-wait (resume when
+    it is back), 6 run directory not writable mid-run (disk full), 130 interrupted. An
+    endpoint that is not the service (nothing listening, no DNS, TLS to a plain port,
+    a wrong path) is exit 2 within seconds, with one line naming it and the cause.
 
     Resuming (the same --run-dir again) reuses the run's options from run.json;
     options given again that differ are refused unless --change-options.

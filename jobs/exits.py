@@ -23,6 +23,7 @@ EXIT_FAILED_ROWS = 1  # the run finished, some rows failed (see failures.csv)
 EXIT_CONFIG = 2  # bad options, manifest, run directory or credentials: nothing was sent
 EXIT_QUOTA = 3  # stopped by the daily/total quota (17/19) or the shared budget: resume later
 EXIT_AUTH = 4  # the service refused the credentials mid-run
+EXIT_UNAVAILABLE = 5  # the service was gone longer than --outage-wait: resume when it is back
 EXIT_DISK = 6  # the run directory could not be written mid-run (disk full): resume later
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: outcomes flushed, resume to finish
 
@@ -34,6 +35,8 @@ STOP_EXITS: dict[StopReason, int] = {
     StopReason.INTERRUPTED: EXIT_INTERRUPTED,
     StopReason.CREDENTIALS: EXIT_CONFIG,  # refused before any call: nothing was sent
     StopReason.DISK: EXIT_DISK,
+    StopReason.OUTAGE: EXIT_UNAVAILABLE,
+    StopReason.UNREACHABLE: EXIT_CONFIG,  # the endpoint is not the service: nothing was sent
 }
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from jobs.options import EXIT_CONFIG
+from jobs.exits import EXIT_CONFIG, exit_code
 from pipeline.api.errors import ConfigError
+from pipeline.runs.rundir import RunDir
 
 
 @click.command(epilog="""\b
@@ -34,4 +35,6 @@ def merge(folder: Path) -> None:
         raise SystemExit(EXIT_CONFIG) from None
     for line in describe(result):
         click.echo(line)
-    raise SystemExit(0 if result.failures == 0 else 1)
+    code = exit_code(None, result.failures)
+    RunDir(result.folder).update_info(exit_code=code)
+    raise SystemExit(code)

@@ -38,7 +38,8 @@ def connection_options(func: F) -> F:
         click.option("--connect-timeout", type=float, default=None, metavar="SECONDS",
                      help="Connect timeout in seconds [default 10]."),
         click.option("--read-timeout", type=float, default=None, metavar="SECONDS",
-                     help="Socket read timeout in seconds [default 60]."),
+                     help="Read timeout in seconds [default: follow the service: 4x its "
+                          "recent p99 latency, within 2-60 s]."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -41,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "RunResult": "pipeline.enroll.job",
     "enroll": "pipeline.enroll.job",
     "run_enroll": "pipeline.enroll.job",
-    "plan_rerun": "pipeline.enroll.job",
+    "plan_rerun": "pipeline.enroll.rerun",
     "summarize": "pipeline.enroll.report",
     # audit
     "AuditConfig": "pipeline.audit.config",
@@ -75,15 +75,9 @@ if TYPE_CHECKING:
     from pipeline.audit.outputs import read_findings
     from pipeline.client.config import Secret, Settings
     from pipeline.client.faceclient import FaceClient
-    from pipeline.enroll.job import (
-        EnrollConfig,
-        EnrollObserver,
-        RunResult,
-        enroll,
-        plan_rerun,
-        run_enroll,
-    )
+    from pipeline.enroll.job import EnrollConfig, EnrollObserver, RunResult, enroll, run_enroll
     from pipeline.enroll.report import summarize
+    from pipeline.enroll.rerun import plan_rerun
     from pipeline.frame.faceapi import FaceApi
     from pipeline.frame.stop import StopReason
     from pipeline.runs.manifest import open_manifest

@@ -190,6 +190,11 @@ class LocalCluster:
             raise PostgresUnavailable(f"no PostgreSQL server binaries; {INSTALL_HINT}")
         self.folder.mkdir(parents=True, exist_ok=True)
         self._as = _cluster_user()
+        if not self._tmp and not self._usable(self.folder):
+            # A folder the cluster user cannot enter (a parent is private: pytest's and
+            # mktemp's folders are 0700), or one too deep for a socket path: the cluster
+            # lives in a temporary folder instead, removed by stop().
+            self.folder, self._tmp = Path(tempfile.mkdtemp(prefix="ffpg-")), True
         if self._as.uid is not None:
             os.chown(self.folder, self._as.uid, self._as.gid or 0)
             self.folder.chmod(0o755)
@@ -211,6 +216,15 @@ class LocalCluster:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
         self.url = base.format(self.database)
         return self
+
+    def _usable(self, folder: Path) -> bool:
+        if len(str(folder)) > 80:  # the socket path (+ "/.s.PGSQL.5432") must fit 107 bytes
+            return False
+        if self._as.uid is None:
+            return True
+        probe = subprocess.run(["test", "-x", str(folder.parent)], capture_output=True,
+                               check=False, **self._as.kwargs())
+        return probe.returncode == 0
 
     def _reachable_binaries(self, bin_dir: Path) -> Path:
         """``bin_dir``, or a copy in the folder when the cluster user cannot reach it.

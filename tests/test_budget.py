@@ -142,3 +142,65 @@ async def test_audit_stops_resumably_when_the_budget_is_unreachable(
     result = await run_audit(config)
     assert result.stop_reason == "budget" and exit_code_of(result) == 3
     assert double.requests == []
+
+
+async def test_enroll_stops_when_the_budget_goes_away_mid_run_and_resumes(
+    double: ProtocolDouble, pg_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    config = EnrollConfig(manifest=_manifest(tmp_path, 12), settings=double.settings(),
+                          group="g", qps=4, qps_budget=pg_url, run_dir=tmp_path / "run",
+                          concurrency=2)
+    task = asyncio.create_task(run_enroll(config))
+    while len(double.calls("detect")) < 2 and not task.done():
+        await asyncio.sleep(0.02)
+    with connect(pg_url) as admin:  # the budget's database drops its connection
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE query ILIKE '%%qps_budget%%' AND pid <> pg_backend_pid()")
+    stopped = await task
+    assert stopped.stop_reason == "budget" and exit_code_of(stopped) == 3
+    assert 0 < stopped.remaining < 12
+    resumed = await run_enroll(config)  # the database is reachable again: the rest goes
+    assert resumed.stop_reason is None and resumed.remaining == 0
+    assert sorted(c.form["uid"] for c in double.calls("add")) == sorted(
+        f"u{i}" for i in range(12))
+
+
+async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(pg_url: str) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.acquired: list[str] = []
+            self.limited: list[str] = []
+
+            self.answered: list[str] = []
+
+        async def acquire(self, interface: str) -> str:
+            self.acquired.append(interface)
+            return f"ticket-{len(self.acquired)}"
+
+        def on_limited(self, interface: str, ticket: str | None = None) -> None:
+            self.limited.append(f"{interface}:{ticket}")
+
+        def on_answered(self, interface: str, ticket: str) -> None:
+            self.answered.append(f"{interface}:{ticket}")
+
+    own = Recorder()
+    async with PgBudget(pg_url, ACCOUNT, {"detect": 10}, fallback=own) as budget:
+        assert await budget.acquire("detect") is None
+        ticket = await budget.acquire("identify")
+        budget.on_limited("identify", ticket)
+        budget.on_answered("identify", await budget.acquire("identify"))
+        budget.on_answered("detect", None)
+    assert own.acquired == ["identify", "identify"]
+    assert own.limited == ["identify:ticket-1"] and own.answered == ["identify:ticket-2"]
+    with connect(pg_url) as conn:
+        assert conn.execute("SELECT interface FROM qps_budget").fetchall() == [("detect",)]
+
+
+async def test_processes_starting_together_all_open_the_budget(pg_url: str) -> None:
+    budgets = [PgBudget(pg_url, ACCOUNT, 10) for _ in range(6)]
+    try:
+        await asyncio.gather(*(b.open() for b in budgets))  # the table is created once
+        waits = await asyncio.gather(*(b.reserve("detect") for b in budgets))
+        assert len(waits) == 6 and min(waits) == 0.0
+    finally:
+        await asyncio.gather(*(b.close() for b in budgets))

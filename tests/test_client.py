@@ -36,6 +36,7 @@ from pipeline.api.errors import (
     InvalidInputError,
     QuotaError,
     TransientError,
+    UnreachableError,
 )
 from pipeline.api.records import (
     DetectResult,
@@ -389,15 +390,16 @@ async def test_read_timeout_is_sdk108(double: ProtocolDouble) -> None:  # noqa: 
     assert info.value.code == "SDK108" and info.value.attempts == 1
 
 
-async def test_connection_refused_is_transient() -> None:
+async def test_connection_refused_when_opening_is_one_unreachable_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again on exit: nothing listens there
     settings = ProtocolDouble().settings(endpoint=f"http://127.0.0.1:{port}")
-    with pytest.raises(TransientError) as info:
+    with pytest.raises(UnreachableError) as info:
         async with FaceClient(settings, retry=FAST):
             pass
-    assert info.value.code == "SDK108"
+    assert info.value.cause.startswith("connection refused")
+    assert str(info.value).startswith(f"cannot reach the face service at http://127.0.0.1:{port}")
 
 
 async def test_quota_is_not_retried(double: ProtocolDouble, client: FaceClient  # noqa: F811
@@ -418,15 +420,28 @@ async def test_already_add(double: ProtocolDouble, client: FaceClient) -> None: 
     assert not isinstance(other.value, AlreadyInGroupError)
 
 
-async def test_rate_limit_error_slows_the_limiter(double: ProtocolDouble) -> None:  # noqa: F811
+async def test_a_lone_rate_limit_error_is_retried_not_taken_for_a_quota(
+        double: ProtocolDouble) -> None:  # noqa: F811
     async with FaceClient(double.settings(), qps=50, retry=FAST) as client:
         double.script("detect", error(18))
         result = await client.detect(IMG)
         assert result.attempts == 2
-        assert client.limiter.backoffs() == {"detect": 1}
-        rate = client.limiter.rate("detect")
-        assert rate is not None and rate < 50 * 0.98
-        assert client.limiter.rate("add") == pytest.approx(50 * 0.98)  # other lanes untouched
+        # one 18 with nothing else sent in its second shows no quota: the pace holds
+        assert client.limiter.backoffs() == {} and client.limiter.found("detect") is None
+        assert client.limiter.rate("detect") == pytest.approx(50 * 0.98)
+
+
+async def test_the_limiter_finds_a_quota_lower_than_its_limit(
+        double: ProtocolDouble) -> None:  # noqa: F811
+    # Wall-clock but not timed: 160 calls with --qps 120 against a server allowing 40/s.
+    import asyncio
+
+    double.qps_limit["detect"] = 40
+    async with FaceClient(double.settings(), qps=120, retry=FAST) as client:
+        await asyncio.gather(*(client.detect(IMG) for _ in range(160)))
+        found = client.limiter.found("detect")
+    assert found is not None and 36 <= found <= 44
+    assert client.stats.calls["detect"] == 160 + client.stats.errors[18]
 
 
 async def test_limiter_holds_the_server_quota(double: ProtocolDouble) -> None:  # noqa: F811
@@ -557,7 +572,7 @@ async def test_session_settings(double: ProtocolDouble) -> None:  # noqa: F811
         assert session.connector._ssl is True  # aiohttp's "verify certificates"
         stats = client.stats.as_dict()
     assert stats == {"calls": {}, "errors": {}, "retries": 0, "token_fetches": 1,
-                     "token_refreshes": 0}
+                     "token_refreshes": 0, "outage_waits": 0}
 
 
 

@@ -35,7 +35,7 @@ def test_settings_repr_and_public_hide_credentials() -> None:
     for text in (repr(settings), str(settings), str(settings.public())):
         assert KEY not in text and SECRET not in text
     assert settings.public() == {"endpoint": BAIDU_ENDPOINT, "app_id": "123",
-                                 "connect_timeout": 10.0, "read_timeout": 60.0}
+                                 "connect_timeout": 10.0, "read_timeout": None}
 
 
 def test_from_env_reads_variables_and_overrides_win() -> None:

@@ -330,3 +330,53 @@ def test_a_dropped_connection_fails_one_call_then_reconnects(pg_url: str) -> Non
         assert store.token_expiry("tok") == 5.0
     finally:
         store.close()
+
+
+def test_cli_migrate_and_serve_refusals(pg_url: str) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    runner = CliRunner()
+    unmigrated = runner.invoke(main, ["engine", "serve", "--store", pg_url, "--port", "0"])
+    assert unmigrated.exit_code == 2 and "faceflow engine migrate" in unmigrated.output
+    first = runner.invoke(main, ["engine", "migrate", "--store", pg_url])
+    assert first.exit_code == 0 and "upgraded from version 0" in first.output
+    again = runner.invoke(main, ["engine", "migrate"], env={"FACEFLOW_ENGINE_STORE": pg_url})
+    assert again.exit_code == 0 and "already current" in again.output
+    bad = runner.invoke(main, ["engine", "serve", "--store", "mysql://db/x"])
+    assert bad.exit_code == 2 and "postgresql://" in bad.output
+    down = runner.invoke(main, ["engine", "migrate", "--store",
+                                "postgresql://app:pw@/x?host=/nonexistent-dir"])
+    assert down.exit_code == 2 and "cannot reach" in down.output and "pw@" not in down.output
+
+
+def test_replicas_writing_one_user_in_two_groups_in_opposite_orders_do_not_deadlock(
+    pg_url: str,
+) -> None:
+    import threading
+
+    migrate(pg_url)
+    vec = unit(np.random.default_rng(12), 1)[0]
+    stores = [PgStore(pg_url), PgStore(pg_url)]
+    errors: list[BaseException] = []
+
+    def write(store: PgStore, groups: list[str]) -> None:
+        try:
+            for _ in range(40):
+                store.add_face(groups, "same", "", "s", vec, replace=True)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(stores[0], ["a", "b"])),
+               threading.Thread(target=write, args=(stores[1], ["b", "a"]))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert stores[0].counts()["faces"] == 2 and stores[0].integrity_check() == "ok"
+    finally:
+        for store in stores:
+            store.close()

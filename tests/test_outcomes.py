@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.runs import outcomes
-from pipeline.runs.outcomes import OUTCOME_SCHEMA, Outcome, make_outcome
+from pipeline.runs.outcomes import ATTEMPT_CAUSES, OUTCOME_SCHEMA, Outcome, make_outcome
 
 T0 = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
 
@@ -22,6 +22,7 @@ _COMPATIBLE = {
     "bool": {pa.bool_()},
     "datetime": {pa.timestamp("us", tz="UTC")},
     "tuple[str, ...]": {pa.list_(pa.string())},
+    "dict[str, int]": {ATTEMPT_CAUSES},  # failed sends by cause: a struct of int32
 }
 
 

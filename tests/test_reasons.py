@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.api import errors as E
 from pipeline.api import validate
+from pipeline.enroll.decide import check_row, classify_error
 from pipeline.enroll.gate import Thresholds, reason_texts
-from pipeline.enroll.job import classify_error
 from pipeline.runs import reasons
 from pipeline.runs.outcomes import OUTCOME_SCHEMA, make_outcome
 from pipeline.runs.reasons import REASONS, STATUSES, SUCCESS_STATUSES, Status, reason_text
@@ -50,6 +50,16 @@ def test_quality_image_and_protocol_slugs_are_in_the_catalogue() -> None:
 def test_the_gate_writes_the_bound_in_force_after_the_catalogue_sentence() -> None:
     text = reason_texts(Thresholds(blur_max=0.5))["blur"]
     assert text.startswith(REASONS["blur"]) and "0.5" in text
+
+
+def test_every_slug_a_row_check_gives_is_in_the_catalogue() -> None:
+    from pipeline.runs.manifest import ManifestRow
+
+    row = ManifestRow(row=0, line=2, image="", image_path="", uid="u" * 60, group_id="g",
+                      user_info="", action="add", columns={})
+    decision = check_row(row, None, api="v3")
+    assert decision is not None and decision.status == Status.INVALID_INPUT
+    assert decision.reasons and all(slug in REASONS for slug in decision.reasons)
 
 
 def test_reason_text_falls_back_to_the_slug() -> None:

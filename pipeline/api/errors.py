@@ -4,7 +4,8 @@
 
     FaceflowError
      ├── ConfigError                  bad options, thresholds or manifest: stop before any call
-     │    └── ManifestError           ... with the manifest line that is wrong
+     │    ├── ManifestError           ... with the manifest line that is wrong
+     │    └── UnreachableError        the endpoint does not answer as the service at all
      ├── ImageProblem                 a photo that cannot be sent (a reason slug of
      │                                pipeline.runs.reasons): an outcome row, not a stop
      └── ApiError                     anything the face service (or the way to it) answered
@@ -13,6 +14,8 @@
           │    └── TransientError     216300, 216400, 216401, 216500, 216613, 216615, 216617,
           │                           SDK108 (timeouts), HTTP 5xx, dropped connections
           ├── QuotaError              17, 19: stop the caller until the quota resets
+          ├── ServiceUnavailableError the service stopped answering for longer than the
+          │                           client waits for it (an outage): stop, resume later
           ├── AuthError               13, 14, 15, 110, 111, 216015, 216110, bad credentials
           │    └── NoPermissionError  6: the app lacks permission for this API (a v3-only
           │                           app calling a v2 path gets 6: try --api v3)
@@ -76,6 +79,19 @@ class ManifestError(ConfigError):
         super().__init__(f"{where}: {message}")
 
 
+class UnreachableError(ConfigError):
+    """The endpoint cannot be reached, or what answers there is not the face service.
+
+    ``endpoint`` is the URL tried and ``cause`` a few words (``connection refused``,
+    ``name not resolved``, ``TLS handshake failed``, ``HTTP 404, not JSON``...).
+    """
+
+    def __init__(self, endpoint: str, cause: str, hint: str = "") -> None:
+        self.endpoint, self.cause = endpoint, cause
+        super().__init__(f"cannot reach the face service at {endpoint}: {cause}"
+                         + (f" ({hint})" if hint else ""))
+
+
 class ImageProblem(FaceflowError):
     """One problem with an image file: ``reason`` (a slug of the reasons catalogue,
     :mod:`pipeline.runs.reasons`) and ``message`` (one sentence: what is wrong and what to
@@ -123,6 +139,10 @@ class TransientError(RetryableError):
 
 class QuotaError(ApiError):
     """The daily (17) or total (19) quota is spent: stop until it resets."""
+
+
+class ServiceUnavailableError(ApiError):
+    """The service answered nothing for longer than the client waits (an outage)."""
 
 
 class AuthError(ApiError):
@@ -313,6 +333,11 @@ V3_ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
     222361: (TransientError, "system busy"),
     **{code: (TransientError, "system busy") for code in range(222901, 222917)},
     "SDK108": (TransientError, "connection or read data timeout"),
+    # the Java SDK's local checks (SDKDOC); never sent by the Python SDK or by faceflow
+    "SDK100": (InvalidInputError, "image size error"),
+    "SDK101": (InvalidInputError, "image length error"),
+    "SDK102": (InvalidInputError, "read image file error"),
+    "SDK109": (InvalidInputError, "unsupported image format"),
 }
 #: Gateway codes: under v3 their replies carry only error_code and error_msg.
 GATEWAY_CODES = frozenset(GATEWAY_TABLE)
@@ -387,7 +412,7 @@ def parse_log_id(value: object) -> int | None:
 
 
 def make_error(
-    code: int | str | None, message: str, log_id: Any = None, attempts: int = 1,
+    code: int | str | None, message: str, log_id: object = None, attempts: int = 1,
     api: str = "v2",
 ) -> ApiError:
     """Build the error of the right class for ``code`` under protocol ``api``."""

@@ -310,9 +310,15 @@ def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
     return options
 
 
-def audit(config: AuditConfig, **kwargs: Any) -> AuditResult:
+def audit(
+    config: AuditConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: AuditObserver | None = None,
+    stop: asyncio.Event | None = None,
+    loader: Loader = default_loader,
+) -> AuditResult:
     """Synchronous :func:`run_audit` (runs its own event loop)."""
-    return asyncio.run(run_audit(config, **kwargs))
+    return asyncio.run(run_audit(config, client_factory, observer, stop, loader))
 
 
 def _needs_probe(record: ProbeRecord | None) -> bool:

@@ -16,6 +16,7 @@ from pipeline.api.errors import (
     ApiError,
     EmptyGroupError,
 )
+from pipeline.api.records import MatchResult
 from pipeline.api.validate import b64_size
 from pipeline.audit.config import AuditConfig
 from pipeline.audit.findings import (
@@ -217,7 +218,7 @@ class Prober:
         best = _best_pair(result.pairs)
         state.ref = (ref_row, best[1] if best else 0.0, result.log_id)
 
-    async def _match(self, images: list[bytes], state: _ProbeState) -> Any:
+    async def _match(self, images: list[bytes], state: _ProbeState) -> MatchResult:
         state.calls += 1
         self.calls["match"] += 1
         result = await self.client.match(images)

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from pipeline.api.errors import (
     ApiError,
@@ -99,6 +99,13 @@ def scratch_pending(rundir: RunDir) -> bool:
     return path.exists() and not json.loads(path.read_text(encoding="utf-8")).get("deleted")
 
 
+@runtime_checkable
+class _DeletesGroups(Protocol):
+    """A v3 client: groups outlive their users there, so the empty group is deleted."""
+
+    async def delete_group(self, group_id: str) -> object: ...
+
+
 class ScratchGroup:
     """The scratch group of one session of a before-enroll audit: filled before the
     probes, emptied after them. ``load(photo)`` gives a photo's bytes, ``runner()`` a
@@ -154,7 +161,7 @@ class ScratchGroup:
         except ApiError:
             self.failed += 1  # its probe still runs; others cannot find it
 
-    async def _delete_group(self, client: Any, group: str) -> Stopped | None:
+    async def _delete_group(self, client: _DeletesGroups, group: str) -> Stopped | None:
         try:
             await client.delete_group(group)
         except GroupNotFoundError:
@@ -171,7 +178,7 @@ class ScratchGroup:
         self.phase("scratch_delete", f"{len(scratch.uids)} scratch users")
         stopped = await self.runner().run(scratch.uids.values(),
                                           lambda u: self._delete(client, scratch, u))
-        if stopped is None and hasattr(client, "delete_group"):
+        if stopped is None and isinstance(client, _DeletesGroups):
             # v3 groups outlive their users: the empty scratch group is deleted too.
             stopped = await self._delete_group(client, scratch.group)
         if stopped is None:

@@ -28,6 +28,9 @@ Never unlimited
     :class:`BudgetUnavailable`; jobs stop with a resumable reason rather than send
     without the budget.
 
+Interfaces ``--qps`` gives no ceiling for (``--qps detect=10,add=5`` says nothing of
+identify) are paced by the process's own governor (``fallback``), as without a budget.
+
 The account key is a hash of the endpoint and API key: neither appears in the table.
 The interface is the governor's interface: ``await budget.acquire(interface)`` before
 each call, ``budget.on_limited(interface)`` after a 4/18, as :class:`RateLimiter`.
@@ -66,6 +69,9 @@ class BudgetTuning:
     min_rate: float = 0.1
     timeout: float = 5.0
 
+
+#: Advisory lock key of the table's creation.
+_SCHEMA_LOCK = 0x66616365_04
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS qps_budget (
@@ -118,7 +124,7 @@ class PgBudget:
     """
 
     def __init__(self, url: str, account: str, qps: float | Mapping[str, float] | None,
-                 tuning: BudgetTuning | None = None) -> None:
+                 tuning: BudgetTuning | None = None, fallback: Any = None) -> None:
         if not is_postgres_url(url):
             raise ConfigError(f"--qps-budget: use a postgresql:// URL, not {redact(url)}")
         self.url, self.account = url, account
@@ -127,6 +133,9 @@ class PgBudget:
             raise ConfigError("--qps-budget needs --qps: the account's quota, shared by "
                               "every process (e.g. --qps 10 or --qps detect=10,add=10)")
         self.tuning = tuning or BudgetTuning()
+        #: The process's own limiter for interfaces the budget has no ceiling for
+        #: (``--qps detect=10,add=5`` leaves identify to it): they are never unpaced.
+        self.fallback = fallback
         self.rates: dict[str, float] = {}
         self.waited = 0.0
         self._conn: Any = None
@@ -143,7 +152,11 @@ class PgBudget:
         try:
             self._conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self.tuning.timeout)))
-            await self._conn.execute(SCHEMA)
+            # Processes starting together would race CREATE TABLE IF NOT EXISTS (one of
+            # them fails on PostgreSQL's catalog): the first creates, the others wait.
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await self._conn.execute(SCHEMA)
         except (psycopg.Error, OSError) as exc:
             raise BudgetUnavailable(_unreachable(self.url, exc)) from None
         return self
@@ -171,12 +184,20 @@ class PgBudget:
                 "gain": t.gain * ceiling, "hold": t.hold, "beta": t.beta,
                 "cooldown": t.cooldown, "min_rate": t.min_rate}
 
-    async def acquire(self, interface: str) -> None:
-        """Reserve the account's next slot for ``interface`` and wait for it."""
+    async def acquire(self, interface: str) -> Any:
+        """Reserve the account's next slot for ``interface`` and wait for it.
+
+        Returns the fallback governor's ticket for an interface it paces, else None
+        (the governor's interface: pass it back to :meth:`on_limited` /
+        :meth:`on_answered`).
+        """
+        if self.fallback is not None and self._args(interface) is None:
+            return await self.fallback.acquire(interface)
         wait = await self.reserve(interface)
         if wait > 0:
             self.waited += wait
             await asyncio.sleep(wait)
+        return None
 
     async def reserve(self, interface: str) -> float:
         """Reserve the next slot; the seconds until it comes (0: now). No sleeping."""
@@ -187,14 +208,21 @@ class PgBudget:
         self.rates[args["interface"]] = float(row[1])
         return max(0.0, float(row[0]))
 
-    def on_limited(self, interface: str) -> None:
+    def on_limited(self, interface: str, ticket: Any = None) -> None:
         """A 4/18 for ``interface``: cut the shared rate (in the background)."""
         args = self._args(interface)
         if args is None:
+            if self.fallback is not None:
+                self.fallback.on_limited(interface, ticket)
             return
         task = asyncio.get_running_loop().create_task(self._cut(args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def on_answered(self, interface: str, ticket: Any = None) -> None:
+        """Any other answer: the fallback governor hears of its own calls' answers."""
+        if self.fallback is not None and ticket is not None and self._args(interface) is None:
+            self.fallback.on_answered(interface, ticket)
 
     async def _cut(self, args: dict[str, Any]) -> None:
         try:
@@ -239,7 +267,10 @@ async def open_budget(url: str | None, settings: Any,
     if url is None:
         yield None
         return
-    budget = PgBudget(url, account_key(settings.endpoint, settings.api_key.reveal()), qps)
+    from pipeline.client.ratelimit import RateLimiter  # noqa: PLC0415
+
+    budget = PgBudget(url, account_key(settings.endpoint, settings.api_key.reveal()), qps,
+                      fallback=RateLimiter(None))
     await budget.open()
     try:
         yield budget

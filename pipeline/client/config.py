@@ -58,6 +58,9 @@ class Settings:
     """Where the face service is and how to talk to it.
 
     Timeouts are seconds (the SDK's setters take milliseconds; its defaults are 60 s).
+    ``read_timeout`` None (the default) lets the client follow the latency the service
+    shows (a multiple of the recent p99, within a floor and a ceiling; see
+    :mod:`pipeline.client.transport`); a number fixes it.
     ``api_key`` and ``secret_key`` may be given as plain strings: they are wrapped
     in :class:`Secret` on construction.
     """
@@ -67,7 +70,7 @@ class Settings:
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     app_id: str = ""
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float | None = None
 
     def __post_init__(self) -> None:
         # Plain strings are accepted and wrapped, so a secret is never kept unmasked.
@@ -85,7 +88,7 @@ class Settings:
                 "no credentials: pass --api-key and --secret-key "
                 "or set FACEFLOW_API_KEY and FACEFLOW_SECRET_KEY"
             )
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+        if self.connect_timeout <= 0 or (self.read_timeout is not None and self.read_timeout <= 0):
             raise ConfigError("timeouts must be positive numbers of seconds")
 
     @classmethod

@@ -16,16 +16,21 @@ What happens to a call, in order:
    :class:`~pipeline.api.errors.InvalidInputError` (``code=None``, ``attempts=0``) whose
    message names the argument and the rule; nothing is sent.
 2. **encode** once: form fields, images as standard base64 (match: joined by ``,``).
-3. **send** under the retry policy (:mod:`pipeline.client.retry`): each send first waits for
-   the interface's rate limiter (:mod:`pipeline.client.ratelimit`); 4/18 also slow the
-   limiter down. A 110/111 reply refreshes the token and resends once per call,
-   outside the retry budget; a second one raises AuthError.
+3. **send** under the retry policy (:mod:`pipeline.client.retry`, budgets by cause):
+   each send first waits for the interface's governor (:mod:`pipeline.client.ratelimit`),
+   which hears of every reply (4/18 or not) to find the quota. Faults while the service
+   answers nobody wait for it (:mod:`pipeline.client.health`) instead of spending the
+   budget. A 110/111 reply refreshes the token and resends once per call, outside the
+   retry budget; a second one raises AuthError.
 4. **parse** the reply into the record (tolerant: float landmarks, the
    ``expression_probablity`` spelling, unknown fields kept in ``Face.extra``).
 
 Errors are the classes of :mod:`pipeline.api.errors`; each carries ``code``, ``message``,
-``log_id`` and ``attempts``. Authentication is token mode only (see
-:mod:`pipeline.client.transport`; no ``bce-auth-v1`` signing). Logs go to
+``log_id`` and ``attempts`` (an :class:`~pipeline.client.retry.Attempts`: sends in all,
+and the failed ones by cause). An endpoint that cannot be reached when the client opens
+(refused, no DNS, TLS to a plain port, a path that answers 404 or HTML) raises
+:class:`~pipeline.api.errors.UnreachableError` within seconds. Authentication is token
+mode only (see :mod:`pipeline.client.transport`; no ``bce-auth-v1`` signing). Logs go to
 ``logging.getLogger("faceflow.client")`` and name the path, never the URL.
 A client is opened once: after ``close`` it cannot be reopened (as httpx).
 """
@@ -41,15 +46,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from tenacity import RetryCallState
-
 from pipeline.api import validate as v
 from pipeline.api.errors import (
     TOKEN_CODES,
     ApiError,
     InvalidInputError,
     NoPermissionError,
-    QpsLimitError,
+    TransientError,
+    UnreachableError,
     parse_log_id,
     reply_code,
 )
@@ -73,15 +77,16 @@ from pipeline.api.records import (
     WriteResult,
 )
 from pipeline.client.config import Settings
+from pipeline.client.health import Health
 from pipeline.client.ratelimit import Aimd, RateLimiter
-from pipeline.client.retry import RetryPolicy
+from pipeline.client.retry import CAUSES, FAULT, OUTAGE, RATE_LIMIT, Attempts, RetryPolicy
 from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
 
 log = logging.getLogger("faceflow.client")
 
 #: Added to error 6 on a v2 path: a v3-only application gets 6 there (v3 contract §1.2).
 V3_HINT = (" (the application seems to hold v3 permission only: try --api v3 or "
-           "FACEFLOW_API=v3)")
+           "FACEFLOW_API=v3, in a new run: a run keeps its protocol)")
 
 _V2 = "/rest/2.0/face/v2"
 #: canonical interface name -> HTTP path (contract §1.2).
@@ -116,7 +121,8 @@ class ClientStats:
     ``calls``: requests sent per canonical interface (retries and resends included).
     ``errors``: failed sends per error code (retried ones included).
     ``retries``: sleeps before a retry. ``token_fetches``: token requests sent.
-    ``token_refreshes``: resends after a 110/111.
+    ``token_refreshes``: resends after a 110/111. ``outage_waits``: failed sends that
+    waited for the service instead of spending their budget.
     """
 
     calls: Counter[str] = field(default_factory=Counter)
@@ -124,12 +130,13 @@ class ClientStats:
     retries: int = 0
     token_fetches: int = 0
     token_refreshes: int = 0
+    outage_waits: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (error codes as strings)."""
         return {"calls": dict(self.calls), "errors": {str(k): n for k, n in self.errors.items()},
                 "retries": self.retries, "token_fetches": self.token_fetches,
-                "token_refreshes": self.token_refreshes}
+                "token_refreshes": self.token_refreshes, "outage_waits": self.outage_waits}
 
 
 #: Call kinds of :class:`CallRecord`: accepted, rejected by a rate limit (4, 18), timed
@@ -172,11 +179,12 @@ def _call_record(call: _Call, started: float, status: int | None, code: Any,
 class _Call:
     """The state of one client call across its sends."""
 
-    __slots__ = ("interface", "path", "body", "sent", "refreshed")
+    __slots__ = ("interface", "path", "body", "sent", "refreshed", "causes")
 
     def __init__(self, interface: str, body: bytes, path: str | None = None) -> None:
         self.interface, self.body = interface, body
         self.path = PATHS[interface] if path is None else path
+        self.causes = dict.fromkeys(CAUSES, 0)
         self.sent = 0
         self.refreshed = False
 
@@ -215,8 +223,11 @@ class FaceClient:
     None = unlimited until the service says 18). ``retry``: the policy (default
     :class:`RetryPolicy()`). ``connection_limit``: open connections at most.
     ``limiter``: share one :class:`RateLimiter` between clients of a process
-    (overrides ``qps``/``aimd``). ``clock``: monotonic seconds for the token cache.
-    Entering fetches the first token, so bad credentials fail at once (AuthError).
+    (overrides ``qps``/``aimd``). ``health``: the outage state (default
+    :class:`~pipeline.client.health.Health()`: pause after 60 s of silence, give up
+    300 s later). ``clock``: monotonic seconds for the token cache.
+    Entering fetches the first token, so bad credentials fail at once (AuthError) and
+    an endpoint that is not the service fails within seconds (UnreachableError).
     """
 
     def __init__(
@@ -228,6 +239,7 @@ class FaceClient:
         connection_limit: int = 32,
         limiter: RateLimiter | None = None,
         aimd: Aimd | None = None,
+        health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_call: Callable[[CallRecord], None] | None = None,
         protocol: str = "v2",
@@ -241,6 +253,7 @@ class FaceClient:
         self.on_call = on_call
         self.limiter = limiter or RateLimiter(qps, aimd=aimd)
         self.retry = retry or RetryPolicy()
+        self.health = health or Health()
         self._transport = Transport(settings, connection_limit=connection_limit, clock=clock,
                                     on_token_fetch=self._count_token_fetch, protocol=protocol)
         self._state = _UNOPENED
@@ -270,7 +283,7 @@ class FaceClient:
         self._state = _OPEN
         await self._transport.open()
         try:
-            await self.retry.run(self._token, lambda state: self._before_sleep(state, "token"))
+            await self._first_token()
         except BaseException:
             await self.aclose()
             raise
@@ -287,24 +300,50 @@ class FaceClient:
 
     # -- the call machinery -----------------------------------------------------------
 
+    async def _first_token(self) -> None:
+        """The first token, or UnreachableError within seconds when the endpoint is not
+        the service (nothing listens, no DNS, TLS to a plain port, a path that answers
+        404 or HTML). Bad credentials still raise AuthError."""
+        endpoint = self.settings.endpoint
+        for tries in range(1, OPEN_TRIES + 1):
+            try:
+                await self._token()
+                self.health.answered()
+                return
+            except TransientError as exc:
+                log.info("token request to %s failed (try %d of %d)", endpoint, tries,
+                         OPEN_TRIES, exc_info=exc)  # -v shows where
+                status = _http_status(exc)
+                if status is not None and status < 500:
+                    raise UnreachableError(
+                        endpoint, f"the token request was answered HTTP {status} "
+                        f"({exc.message.removeprefix('token request: ')})",
+                        "is --endpoint the service's base URL?") from None
+                if tries == OPEN_TRIES:
+                    cause = getattr(exc, "cause", None) or exc.message
+                    raise UnreachableError(endpoint, cause, _UNREACHABLE_HINT) from None
+                self._on_retry(exc, 0.5 * tries, "token")
+                await self.retry.sleep(0.5 * tries)
+
     async def _request(self, interface: str, fields: Fields) -> tuple[dict[str, Any], int]:
-        """Send one call under the retry policy; (reply, sends made)."""
+        """Send one call under the retry policy; (reply, sends made as Attempts)."""
         return await self._request_body(interface, encode_form(fields))
 
     async def _request_body(self, interface: str, body: bytes, path: str | None = None
                             ) -> tuple[dict[str, Any], int]:
         """Send an encoded ``body`` to ``path`` (default: the interface's v2 path) under
-        the limiter, token and retry policy; (reply, sends made)."""
+        the governor, token and retry policy; (reply, sends made as Attempts)."""
         if self._state != _OPEN:
             raise RuntimeError(f"the FaceClient is {self._state}; use 'async with FaceClient()'")
         call = _Call(interface, body, path)
         try:
-            reply = await self.retry.run(lambda: self._attempt(call),
-                                         lambda state: self._before_sleep(state, interface))
+            reply = await self.retry.run(
+                lambda: self._attempt(call), health=self.health, counts=call.causes,
+                on_retry=lambda exc, pause, _: self._on_retry(exc, pause, interface))
         except ApiError as exc:
-            exc.attempts = call.sent
+            exc.attempts = _attempts(call)
             raise
-        return reply, call.sent
+        return reply, _attempts(call)
 
     async def _token(self) -> str:
         try:
@@ -331,12 +370,13 @@ class FaceClient:
         return reply
 
     async def _send(self, call: _Call) -> tuple[str, int, dict[str, Any]]:
-        """Wait for the limiter, then take the token, then POST: (token, status, reply).
+        """Wait for the governor, then take the token, then POST: (token, status, reply).
 
         The token is taken after the wait: a call may queue longer than a short-lived
         token lives, and an expired one would cost a refresh, then a second 111 (AuthError).
+        The governor and the outage state hear of the reply (a fault reports nothing).
         """
-        await self.limiter.acquire(call.interface)
+        ticket = await self.limiter.acquire(call.interface)
         token = await self._token()
         call.sent += 1
         self.stats.calls[call.interface] += 1
@@ -348,6 +388,9 @@ class FaceClient:
             self._count_error(call, exc)
             self._record(_call_record(call, started, None, exc.code, exc.log_id))
             raise
+        if status < 500:
+            self.health.answered()
+            self._report(call.interface, ticket, _is_rate_limit(reply))
         self._record(_call_record(call, started, status, reply.get("error_code"),
                                   log_id(reply)))
         return token, status, reply
@@ -361,18 +404,23 @@ class FaceClient:
         if self.on_call is not None:
             self.on_call(record)
 
+    def _report(self, interface: str, ticket: Any, limited: bool) -> None:
+        """Tell the governor how the call of ``ticket`` was answered. A stand-in limiter
+        (the shared QPS budget, pipeline/client/budget.py) has the same two methods and
+        passes the ticket on to the process's governor for the interfaces it leaves to it."""
+        if limited:
+            self.limiter.on_limited(interface, ticket)
+        else:
+            self.limiter.on_answered(interface, ticket)
+
     def _count_error(self, call: _Call, error: ApiError) -> None:
         error.attempts = call.sent
         self.stats.errors[error.code if error.code is not None else "client"] += 1
-        if isinstance(error, QpsLimitError):
-            self.limiter.on_limited(call.interface)
 
-    def _before_sleep(self, state: RetryCallState, interface: str) -> None:
+    def _on_retry(self, exc: ApiError, pause: float, interface: str) -> None:
         self.stats.retries += 1
-        exc = state.outcome.exception() if state.outcome else None
         # str(ApiError) is "[code] message, log_id N": our words and the scrubbed error_msg
-        log.info("%s: retry %d after %s; sleeping %.2f s", interface, state.attempt_number,
-                 exc, state.upcoming_sleep)
+        log.info("%s: retry after %s; sleeping %.2f s", interface, exc, pause)
 
     # -- detection ------------------------------------------------------------------
 
@@ -566,6 +614,27 @@ class FaceClient:
             except ValueError:
                 pass
         return PersonVerifyResult(_num(reply.get("result")), log_id(reply), attempts, ext)
+
+
+OPEN_TRIES = 3
+_UNREACHABLE_HINT = "check --endpoint, and that the service or engine is running"
+
+
+def _attempts(call: _Call) -> Attempts:
+    c = call.causes
+    return Attempts(call.sent, c[RATE_LIMIT], c[FAULT], c[OUTAGE])
+
+
+def _http_status(exc: ApiError) -> int | None:
+    """The HTTP status of a reply that was not the service's JSON (code "HTTPnnn")."""
+    code = exc.code
+    if isinstance(code, str) and code.startswith("HTTP") and code[4:].isdigit():
+        return int(code[4:])
+    return None
+
+
+def _is_rate_limit(reply: Mapping[str, Any]) -> bool:
+    return reply_code(reply) in (4, 18)
 
 
 def _is_token_error(reply: Mapping[str, Any]) -> bool:

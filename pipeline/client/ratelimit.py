@@ -1,4 +1,4 @@
-"""Per-interface QPS limits shared by every task of a process, with AIMD back-off.
+"""The governor: per-interface pacing that finds and holds the service's QPS quota.
 
 Interface names
     The canonical names are the short ones of :data:`INTERFACES` (``detect``,
@@ -6,63 +6,64 @@ Interface names
     :class:`~pipeline.client.faceclient.ClientStats` and in logs. The client's method names
     (``add_user``, ``get_group_list``...) and the HTTP names (``multi-identify``)
     are accepted as aliases; :func:`canonical_interface` maps them. Baidu counts
-    its QPS quota per interface, so each interface has its own bucket: a limit
+    its QPS quota per interface, so each interface has its own lane: a limit
     given as one number applies to *each* interface separately.
 
-Why the bucket is shaped the way it is
-    :class:`aiolimiter.AsyncLimiter` is a leaky bucket: up to ``max_rate`` calls
-    go at once, then calls drain at ``max_rate / time_period`` per second. Over any
-    interval of T seconds it admits at most ``capacity + rate * T`` calls. Baidu
-    (and our engine) count calls per 1-second window, so with the naive
-    ``AsyncLimiter(Q, 1)`` an idle client may send 2*Q calls within one second and
-    see error 18. We therefore run the bucket at ``rate = (1 - HEADROOM) * Q`` with
-    ``capacity = HEADROOM * Q``: any 1-second window then holds at most
-    ``HEADROOM*Q + (1-HEADROOM)*Q = Q`` calls. Below Q = 100 the capacity is
-    ``1 + HEADROOM*Q/2`` instead (a bucket must hold one call, and a little more so
-    late wake-ups are not lost); the integer count ``floor(capacity + 0.98*Q)`` is
-    still <= Q. The 2 % headroom also absorbs network jitter that squeezes calls
-    together on the way to the server.
+How a server may count its quota, and why the governor paces
+    A quota of Q calls/s may be a token bucket (bursts up to Q, then Q/s), fixed
+    calendar-second windows (up to Q in each [k, k+1): 2Q may pass in the second
+    that straddles a boundary) or a sliding 1-s window (never more than Q in any
+    second). The client is never told which. Sending at a steady pace below Q with
+    no bursts satisfies all three, so each lane sends one call every
+    ``1 / (quota * (1 - headroom))`` seconds, and also keeps a log of its own sends:
+    never more than ``M = floor(quota)`` in any ``M / quota * (1 + cap_margin)``
+    seconds. The pace is a schedule of slots, not a sleep per call: a loop that wakes
+    late (a busy machine) sends the missed slot at once (catch-up, at most
+    ``max_debt`` seconds of it), and the send log, which counts real send times,
+    stops catch-up from ever putting more than M calls into one second. The rate
+    held therefore does not depend on the event loop's timing precision.
 
-Adapting to the real quota (AIMD)
-    A configured limit is a *ceiling*. When the service answers 4 or 18
-    (:meth:`RateLimiter.on_limited`), the interface's rate drops (multiplicative
-    decrease) to the quota the service showed: the calls/s it accepted over the last
-    :attr:`Aimd.window` seconds (sent minus rejected), less the headroom, but never
-    by more than :attr:`Aimd.max_drop` in one step; with nothing measured yet it is
-    multiplied by :attr:`Aimd.decrease` (0.7). Rejections within
-    :attr:`Aimd.cooldown` of a decrease are ignored: those calls left at the old
-    rate. After :attr:`Aimd.probe` quiet seconds the rate probes upward (additive
-    increase, 1 % of the found quota, doubling while no rejection comes) back toward
-    the ceiling; a probe that draws a rejection is undone and the next one waits
-    twice as long. An unlimited interface (``None``) has no bucket until a rejection
-    comes once its rate can be measured (a quarter window of traffic), so a run
-    converges on the account's quota without being told it.
+Finding the quota (no ``--qps``, or one set too high)
+    A rejection (4 or 18) of a call sent at ``t`` by any of the three shapes means
+    that about Q calls were admitted in the second before it. The lane counts
+    ``A``: its own calls sent in ``(t - 1, t]`` that were not rejected. Counting by
+    send time, not reply time, keeps ``A`` right when the service answers rejections
+    at once and accepted calls only after their work. The quota found is the second
+    smallest ``A`` of the last five rejections (a count may hold calls still in flight,
+    or miss one that jitter moved across the second). A lane with no ceiling starts
+    at 8 calls/s and doubles each second until a quota shows. Quiet for
+    ``probe_wait`` seconds, the lane probes upward (1 % of the found quota, doubling
+    while no rejection comes, at most 25 %, never above the configured ceiling); a
+    probe that draws a rejection goes back to the level the probes started from, and
+    the next one waits twice as long (up to ``probe_wait_max``). Rejections of calls
+    sent before the last cut are not counted against the new pace.
 
-Rejections that are not a quota
-    A real quota accepts about Q calls/s however fast we send, so a cut raises the
-    share of calls accepted. Random rejections (an error storm, cluster-wide 4s) take
-    the same share at any rate. When a whole window sent after a cut shows fewer calls
-    sent but no better share accepted, the cut is undone and rejections are left to
-    the retries for ``Aimd.probe_wait_max`` seconds: without this, a storm of 30 %
-    random 18s drove the rate down to ``min_rate`` (tests/reliability/test_storm.py).
+Random rejections are not a quota
+    A quota accepts about Q calls/s however fast the lane sends; random rejections
+    (an error storm, cluster-wide 4s) take the same share at any pace. So a cut of
+    more than a call or so per second is a test: for a while the lane sends below
+    the quota the rejections suggest (``test_pace`` of it, and of the calls accepted
+    lately). If clearly fewer calls are then rejected, it was a quota. If about as
+    many are, the rejections are random: the cut is undone, and while the share
+    rejected stays near the random one (``noise_hold``, renewed while it lasts) only
+    a clearly higher share counts as a quota (found from counts corrected for the
+    random share). Random ones are left to the retries: the rate is not driven down
+    by them (tests/test_ratelimit.py, storm cases).
 
-    Measured on a simulated server enforcing Q per sliding 1-s window (virtual
-    clock, 60 workers, 30 s): limit = Q gives 0.98 Q with no rejection; limit = 3Q
-    gives 0.95-0.99 Q after a few seconds (tests/test_ratelimit.py checks both).
-
-Time is the event loop's clock (``loop.time()``), as in aiolimiter, so a test can
-drive everything with a loop whose clock it controls.
+Time is the event loop's clock (``loop.time()``), so tests drive everything with a
+loop whose clock they control (tests/support/doubles.py ``run_virtual``).
 """
+
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from aiolimiter import AsyncLimiter
 
 from pipeline.api.errors import ConfigError
 
@@ -91,12 +92,6 @@ ALIASES: dict[str, str] = {
     "face_getlist": "face_list",
     "person_idmatch": "idmatch",
 }
-
-#: Share of the configured rate kept free (see the module docstring).
-HEADROOM = 0.02
-#: Seconds of calls the bucket may hold; HEADROOM / (1 - HEADROOM) makes
-#: capacity + rate * 1 s equal to the configured Q.
-BURST_SECONDS = HEADROOM / (1 - HEADROOM)
 
 
 def canonical_interface(name: str) -> str:
@@ -131,275 +126,453 @@ def _positive(what: str, value: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Aimd:
-    """How an interface's rate reacts to rejections (4, 18). Times in seconds.
+class Tuning:
+    """How a lane paces and adapts. Times in seconds, rates in calls/s.
 
-    ``window``: seconds over which the accepted rate is measured (default 2).
-    ``max_drop``: the most one decrease may cut, as a factor (0.5 = at most halve).
-    ``decrease``: factor used when nothing has been measured yet (default 0.7).
-    ``cooldown``: rejections this soon after a decrease are ignored (default 1 s,
-    one server window: those calls left at the old rate).
-    ``probe``: seconds without a rejection before each probe above the found quota;
-    doubled after each probe that is rejected, up to ``probe_wait_max`` (default 30).
-    ``probe_step``: the first probe's increase (default 1 %); each further probe
-    without a rejection doubles it, up to ``probe_max`` (default 25 %).
-    ``min_rate``: calls/s the rate never goes below (default 0.1).
+    ``headroom``: the pace is ``quota * (1 - headroom)`` (default 2 %).
+    ``cap_margin``: the send log allows M calls per ``M / quota * (1 + cap_margin)`` s.
+    ``max_debt``: seconds of missed slots a late loop may catch up at once (0.1).
+    ``probe_wait`` / ``probe_wait_max``: quiet seconds before a probe upward; doubled
+    after each probe that drew a rejection (2, up to 16).
+    ``probe_step`` / ``probe_max``: the first probe's increase and the largest one
+    (1 %, 25 %; each quiet probe doubles the step).
+    ``evidence_window``: seconds of replies a rejection is compared with (3).
+    ``test_seconds``: a cut of more than 10 % is judged this long after it (2.5): if
+    the share rejected did not fall by half, the rejections are random and the cut is
+    undone; then for ``noise_hold`` seconds (20) only a share above the random one plus
+    ``noise_margin`` (0.2) counts as a quota.
+    ``min_rate``: the pace never goes below this (0.1).
+    ``start_rate`` / ``slow_start`` / ``slow_start_max``: a lane with no limit configured
+    starts at 8 calls/s and doubles every second until a quota shows (unpaced from 4096).
     """
 
-    window: float = 2.0
-    max_drop: float = 0.5
-    decrease: float = 0.7
-    cooldown: float = 1.0
-    probe: float = 2.0
+    headroom: float = 0.02
+    cap_margin: float = 0.015
+    max_debt: float = 0.1
+    probe_wait: float = 2.0
+    probe_wait_max: float = 16.0
     probe_step: float = 0.01
     probe_max: float = 0.25
-    probe_wait_max: float = 30.0
+    evidence_window: float = 3.0
+    test_seconds: float = 2.5
+    noise_hold: float = 20.0
+    noise_margin: float = 0.2
+    test_replies: int = 30
+    test_pace: float = 0.85
+    history: float = 12.0
     min_rate: float = 0.1
+    start_rate: float = 8.0
+    slow_start: float = 1.0
+    slow_start_max: float = 4096.0
 
 
-def _capacity(rate: float) -> float:
-    """Bucket size for ``rate`` calls/s: HEADROOM * Q calls, and above 1 for small Q.
-
-    A bucket of exactly 1 loses the time by which each wake-up is late (the level
-    cannot drain below 0), which costs a few % at 20 calls/s. Half the headroom on
-    top of 1 absorbs that and still keeps floor(capacity + rate * 1 s) <= Q.
-    """
-    burst = rate * BURST_SECONDS
-    return max(burst, 1.0 + burst / 2)
+#: The former name of :class:`Tuning` (the limiter used to be AIMD).
+Aimd = Tuning
+#: Share of the quota kept free by default (see :class:`Tuning`).
+HEADROOM = Tuning().headroom
 
 
-class _Bucket(AsyncLimiter):
-    """An :class:`AsyncLimiter` whose rate can change while tasks wait on it."""
+class Ticket:
+    """One send through a lane: when it left, and whether the service rejected it."""
 
-    __slots__ = ()
+    __slots__ = ("sent", "rejected")
 
-    def __init__(self, rate: float) -> None:
-        capacity = _capacity(rate)
-        super().__init__(capacity, capacity / rate)
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.rejected = False
 
-    def set_rate(self, rate: float) -> None:
-        """Change the drain rate (calls/s) and capacity; waiters are re-timed."""
-        # Drain what the old rate owed up to now before switching; aiolimiter keeps
-        # the rate in a private field computed once in __init__, hence the writes.
-        self._leak()
-        self.max_rate = _capacity(rate)
-        self.time_period = self.max_rate / rate
-        self._rate_per_sec = rate
-        self._wake_next()
+
+class _Times:
+    """Non-decreasing times in a list with a moving start (cheap append, trim, bisect)."""
+
+    __slots__ = ("items", "start")
+
+    def __init__(self) -> None:
+        self.items: list[float] = []
+        self.start = 0
+
+    def add(self, t: float) -> None:
+        if self.items and t < self.items[-1]:  # a rejection reported out of send order
+            bisect.insort(self.items, t, lo=self.start)
+        else:
+            self.items.append(t)
+
+    def count(self, lo: float, hi: float) -> int:
+        """Times in ``(lo, hi]``."""
+        return (bisect.bisect_right(self.items, hi, lo=self.start)
+                - bisect.bisect_right(self.items, lo, lo=self.start))
+
+    def oldest_after(self, lo: float) -> float | None:
+        i = bisect.bisect_right(self.items, lo, lo=self.start)
+        return self.items[i] if i < len(self.items) else None
+
+    def trim(self, before: float) -> None:
+        self.start = bisect.bisect_left(self.items, before, lo=self.start)
+        if self.start > 512 and self.start * 2 > len(self.items):
+            del self.items[:self.start]
+            self.start = 0
 
 
 class _Lane:
-    """One interface: its bucket (None while unlimited) and the adaptive state.
+    """One interface: its pace, send log and what the service has shown of its quota.
 
-    ``found`` is the quota the service showed (calls/s it accepted while rejecting
-    others), None until the first rejection. The rate runs at
-    ``min(ceiling, found) * (1 - HEADROOM)`` and probes upward while all is quiet.
+    ``ceiling``: the configured limit (None: unlimited). ``found``: the quota the
+    service showed (an upper bound, see the module docstring), None until then.
+    ``rate``: the pace, ``min(ceiling, found) * (1 - headroom)``; None while unlimited.
     """
 
     __slots__ = (
-        "aimd", "ceiling", "rate", "bucket", "found", "backoffs", "_step", "_last_probe", "_good",
-        "_probe_wait",
-        "_last_decrease", "_win_start", "_sent", "_rejected", "_prev_accepted", "_prev_sent",
-        "_prev_start", "_cut", "_noise_until",
+        "t", "ceiling", "found", "rate", "backoffs", "_lock", "_next", "_sends", "_rejects",
+        "_accepted", "_rejected", "_last_evidence", "_last_probe", "_probe_wait", "_step",
+        "_test", "_noise", "_noise_until", "_history", "_quiet", "_changed", "_born",
+        "_anchor",
     )
 
-    def __init__(self, qps: float | None, aimd: Aimd, now: float) -> None:
-        self.aimd = aimd
+    def __init__(self, qps: float | None, tuning: Tuning, now: float) -> None:
+        self.t = tuning
         self.ceiling = qps
-        self.rate = None if qps is None else qps * (1 - HEADROOM)
-        self.bucket = None if self.rate is None else _Bucket(self.rate)
         self.found: float | None = None
+        self.rate = None if qps is None else max(tuning.min_rate, qps * (1 - tuning.headroom))
         self.backoffs = 0
-        self._step = aimd.probe_step
-        self._good: float | None = None  # the found quota before the latest probe
-        self._probe_wait = aimd.probe
-        self._last_probe, self._last_decrease = now, -math.inf
-        self._win_start, self._sent, self._rejected = now, 0, 0
-        self._prev_accepted: float | None = None
-        self._prev_sent: float | None = None
-        self._prev_start = -math.inf
-        #: (time, calls/s sent, share accepted, rate) of the first cut not yet judged.
-        self._cut: tuple[float, float, float, float | None] | None = None
-        self._noise_until = -math.inf
+        self._lock = asyncio.Lock()
+        self._next = now  # the next free slot of the pace
+        self._sends, self._rejects = _Times(), _Times()
+        self._accepted: deque[tuple[float, int]] = deque()  # (reply time, A) of accepted calls
+        #: (reply time, A if the rejection was quota evidence else None) of rejections
+        self._rejected: deque[tuple[float, int | None]] = deque()
+        #: a large cut under test: (time, found and rate before it, share rejected and
+        #: replies before it, calls/s accepted before it)
+        self._test: tuple[float, float | None, float | None, float, int, float] | None = None
+        self._noise, self._noise_until = 0.0, -math.inf
+        #: (reply time, rate limited?) of the replies of the last ``history`` seconds
+        self._history: deque[tuple[float, bool]] = deque()
+        #: the found quota the current run of probes started from (it drew no rejection)
+        self._quiet: float | None = None
+        self._changed = -math.inf  # when the pace last went down
+        self._born = now
+        #: the quota last confirmed (the ceiling, or a test's verdict): small untested
+        #: steps may not take the lane further than 10 % below it
+        self._anchor = qps
+        self._last_evidence = self._last_probe = now
+        self._probe_wait = tuning.probe_wait
+        self._step = tuning.probe_step
 
-    async def acquire(self, now: float) -> None:
-        if now - self._win_start >= self.aimd.window:
-            self._roll(now)
-        if self.bucket is not None:
-            if self.found is not None and now - self._last_probe >= self._probe_wait:
-                self._probe(now)
-            await self.bucket.acquire()
-        self._sent += 1
+    # -- sending ------------------------------------------------------------------------
 
-    def _probe(self, now: float) -> None:
-        """Quiet for a while: raise the found quota by the probe step, then double it."""
-        assert self.found is not None and self.rate is not None
-        self._last_probe = now
-        if now - self._last_decrease < self._probe_wait:
-            return
-        if self.ceiling is not None and self.found >= self.ceiling:
-            return  # back at the configured limit: nothing left to find
-        self._good = self.found
-        self.found *= 1 + self._step
-        self._step = min(self.aimd.probe_max, self._step * 2)
-        self._set(self._target(), now)
+    def quota(self) -> float | None:
+        """The quota the lane holds to: ceiling and found, whichever is lower."""
+        if self.found is None:
+            return self.ceiling
+        return self.found if self.ceiling is None else min(self.ceiling, self.found)
 
-    def _target(self) -> float:
-        assert self.found is not None
-        quota = self.found if self.ceiling is None else min(self.ceiling, self.found)
-        return max(self.aimd.min_rate, quota * (1 - HEADROOM))
+    async def acquire(self, loop: asyncio.AbstractEventLoop) -> Ticket:
+        async with self._lock:  # one waiter at a time: slots go out in arrival order
+            while True:
+                now = loop.time()
+                self._maybe_probe(now)
+                wait = self._wait(now)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            return self._send(now)
 
-    def on_limited(self, now: float) -> None:
-        if now - self._win_start >= self.aimd.window:
-            self._roll(now)
-        self._rejected += 1
-        if now - self._last_decrease < self.aimd.cooldown or now < self._noise_until:
-            return
-        before = self._window(now)
-        new = self._noise_check(now)
-        if new is None:
-            rate = self.rate
-            new = self._decreased(now)
-            if new is not None and before is not None and self._cut is None:
-                self._cut = (now, *before, rate)
-        if new is None:
-            return
-        self.backoffs += 1
-        self._last_decrease = self._last_probe = now
-        self._step = self.aimd.probe_step
-        self._set(new, now)
+    def _pace(self, now: float) -> float | None:
+        """Calls/s to send at now; None: unpaced. A lane with no limit known starts
+        slowly and doubles its pace every ``slow_start`` seconds until the service
+        shows a quota (or the pace passes ``slow_start_max``: then it is unpaced)."""
+        if self.rate is not None:
+            return self.rate
+        pace = self.t.start_rate * 2 ** ((now - self._born) / self.t.slow_start)
+        return pace if pace < self.t.slow_start_max else None
 
-    def _noise_check(self, now: float) -> float | None:
-        """The rate to return to when the last cut proved the rejections are not a limit.
+    def _wait(self, now: float) -> float:
+        """Seconds until the next call may leave (<= 0: now)."""
+        if self._pace(now) is None:
+            return 0.0
+        wait = max(self._next, now - self.t.max_debt) - now
+        quota = self.quota()
+        if quota is None:
+            return wait
+        most = max(1, math.floor(quota))
+        span = most / quota * (1 + self.t.cap_margin)
+        if self._sends.count(now - span, now) >= most:
+            # the oldest send of the span must leave it before another may go
+            oldest = self._nth_recent(now - span, most)
+            wait = max(wait, oldest + span - now)
+        return wait
 
-        Under a real quota the service accepts about Q calls/s however fast we send, so
-        a cut raises the share it accepts. Random rejections (a storm, cluster-wide 4s)
-        take the same share at any rate: if the cut lowered what we sent but not the
-        share rejected, it bought nothing. Then undo it and let the retries absorb the
-        rejections for ``probe_wait_max`` seconds before judging again. The judgement
-        waits for a whole window sent after the cut (a mixed one proves nothing).
+    def _nth_recent(self, lo: float, most: int) -> float:
+        items, start = self._sends.items, self._sends.start
+        i = bisect.bisect_right(items, lo, lo=start)
+        return items[len(items) - most] if len(items) - most >= i else items[i]
+
+    def _send(self, now: float) -> Ticket:
+        pace = self._pace(now)
+        if pace is not None:
+            self._next = max(self._next, now - self.t.max_debt) + 1.0 / pace
+        self._sends.add(now)
+        keep = now - self.t.evidence_window - 2.0
+        self._sends.trim(keep)
+        self._rejects.trim(keep)
+        return Ticket(now)
+
+    # -- replies ------------------------------------------------------------------------
+
+    def behind(self, ticket: Ticket) -> int:
+        """A: calls sent in the second up to ``ticket`` (itself included), not rejected."""
+        lo = ticket.sent - 1.0
+        return self._sends.count(lo, ticket.sent) - self._rejects.count(lo, ticket.sent)
+
+    def on_limited(self, ticket: Ticket, now: float) -> None:
+        if not ticket.rejected:
+            ticket.rejected = True
+            self._rejects.add(ticket.sent)
+        # A: calls of its second admitted before it (it counts itself as sent, not admitted)
+        shown = self.behind(ticket)
+        self._history.append((now, True))
+        self._forget(now)
+        evidence = self._is_evidence(shown)
+        self._rejected.append((now, shown if evidence else None))
+        if self._test is not None or ticket.sent < self._changed:
+            return  # a cut is under test (its result decides), or it left at the old pace
+        if evidence and not self._noise_hides(now):
+            self._learn(now)
+
+    def on_answered(self, ticket: Ticket, now: float) -> None:
+        self._accepted.append((now, self.behind(ticket)))
+        self._history.append((now, False))
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        old = now - self.t.evidence_window
+        while self._accepted and self._accepted[0][0] < old:
+            self._accepted.popleft()
+        while self._rejected and self._rejected[0][0] < old:
+            self._rejected.popleft()
+        while self._history and self._history[0][0] < now - self.t.history:
+            self._history.popleft()
+        if self._test is not None and now >= self._test[0] + self.t.test_seconds:
+            self._judge_test(now)
+
+    def _share(self, since: float, until: float = math.inf, least: int = 0
+               ) -> tuple[float, int]:
+        """(share rejected, replies) of the replies in ``(since, until]``; reaching further
+        back than ``since`` (within the history) until there are ``least`` replies."""
+        rej = n = 0
+        for t, limited in reversed(self._history):
+            if t > until:
+                continue
+            if t <= since and n >= least:
+                break
+            n += 1
+            rej += limited
+        return (rej / n if n else 0.0), n
+
+    def _is_evidence(self, shown: int) -> bool:
+        """Did this rejection have as many calls admitted before it as accepted calls had?
+
+        Under a quota it did (it came because the second was full); a random rejection
+        falls on a second as busy as any. One call of tolerance: a token bucket refills
+        continuously, so its rejections and acceptances mix at the same count.
         """
-        if self._cut is None or self._prev_start < self._cut[0] or not self._prev_sent:
-            return None
-        (_, sent0, share0, rate0), self._cut = self._cut, None
-        assert self._prev_accepted is not None
-        sent1, share1 = self._prev_sent, self._prev_accepted / self._prev_sent
-        rejected0, rejected1 = 1 - share0, 1 - share1
-        # Noise: we sent less, the share accepted did not rise, and a real share (>= 10 %)
-        # was and still is rejected. A probe overshoot rejects ~1 %: that is a quota.
-        if not (sent1 < sent0 * 0.95 and share1 <= share0 * 1.1 + 0.02
-                and rejected0 >= 0.1 and rejected1 >= 0.5 * rejected0):
-            return None
-        self._noise_until = now + self.aimd.probe_wait_max
-        restored = rate0 if rate0 is not None else sent0
-        self.found = restored / (1 - HEADROOM)
-        log.debug("rejections at the same share after a cut: not a rate limit; rate back")
-        return restored
+        if shown < 1:
+            return False  # nothing admitted in its second: no quota said no
+        if len(self._accepted) < 5 or len(self._history) < self.t.test_replies * 2 // 3:
+            return False  # too little seen to tell
+        counts = sorted(a for _, a in self._accepted)
+        return shown >= counts[len(counts) // 4] - 1
 
-    def _window(self, now: float) -> tuple[float, float] | None:
-        """(calls/s sent, share accepted) over the last full window, or this one if long enough."""
-        if self._prev_sent is not None and self._prev_accepted is not None:
-            sent = self._prev_sent
-            return (sent, self._prev_accepted / sent) if sent > 0 else None
-        elapsed = now - self._win_start
-        if elapsed < self.aimd.window / 4 or self._sent == 0:
-            return None
-        return self._sent / elapsed, max(0, self._sent - self._rejected) / self._sent
+    def _noise_hides(self, now: float) -> bool:
+        """While random rejections are known to run at share ``noise``, only more counts."""
+        if self._noise_until == -math.inf:
+            return False
+        share, replies = self._share(now - self.t.evidence_window)
+        spread = 2.5 * math.sqrt(self._noise * (1 - self._noise) / max(1, replies))
+        hidden = share <= self._noise + max(self.t.noise_margin, spread)
+        if now >= self._noise_until:
+            if not hidden:
+                self._noise, self._noise_until = 0.0, -math.inf
+                return False
+            self._noise_until = now + self.t.noise_hold  # still the same random share
+        if share < self._noise:  # the storm calms down (it rises only by a new test)
+            self._noise = 0.95 * self._noise + 0.05 * share
+        return hidden
 
-    def _decreased(self, now: float) -> float | None:
-        a = self.aimd
-        if self._good is not None and now - self._last_probe < a.probe:
-            # The last probe overshot: go back to the level that was quiet before it,
-            # and probe less often (each rejected probe costs a call).
-            self.found, self._good = self._good, None
-            self._probe_wait = min(a.probe_wait_max, self._probe_wait * 2)
-            assert self.rate is not None
-            return max(self.rate * a.max_drop, self._target())
-        self._good, self._probe_wait = None, a.probe
-        accepted = self._accepted(now)
-        if accepted is None:
-            if self.rate is None:
-                return None  # unlimited and nothing measured yet: wait for the next one
-            # too early to measure: a blind multiplicative step
-            self.found = max(a.min_rate, self.rate * a.decrease) / (1 - HEADROOM)
-            return self._target()
-        self.found = max(a.min_rate, accepted)
-        if self.rate is None:
-            return self._target()
-        return max(self.rate * a.max_drop, min(self.rate * (1 - HEADROOM), self._target()))
+    def _learn(self, now: float) -> None:
+        """Quota rejections: hold to the median count they showed (at most that)."""
+        # The second fewest of the last five: a count may include calls still in flight
+        # (too many) or miss one that jitter moved across the second (one too few).
+        shown = sorted(v for _, v in list(self._rejected)[-5:] if v is not None)
+        least = shown[1] if len(shown) > 1 else shown[0]
+        # Random rejections of admitted calls are missing from the counts: add them back.
+        quota = float(max(1, round(least / (1 - min(0.5, self._noise)))))
+        current = self.quota()
+        if self._quiet is not None and self.found is not None and self._quiet < self.found:
+            # A probe overshot: the level the probes started from was quiet, so go back
+            # there (the counts of one rejection may be a call short); probe less often.
+            quota = max(quota, self._quiet)
+            self._probe_wait = min(self.t.probe_wait_max, self._probe_wait * 2)
+        elif current is not None and quota >= current - min(1.5, 0.15 * current):
+            # About the quota held to: jitter squeezed a call into one second, or the
+            # count of this rejection is a call short. Step down a little.
+            quota = max(min(quota, 0.98 * current), 0.96 * current)
+        self._quiet = None
+        self._last_evidence = now
+        self._step = self.t.probe_step
+        if self.found is not None and quota >= self.found:
+            return
+        before = (self.found, self.rate)
+        self.found = quota
+        self._set_rate()
+        self._changed = now
+        # later evidence is judged on calls sent at the new pace only
+        self._rejected = deque((t, None) for t, _ in self._rejected)
+        if before[1] is None or (self.rate is not None and self.rate < before[1]):
+            self.backoffs += 1
+        small = (current is not None and current - quota <= min(1.5, 0.15 * current)
+                 and (self._anchor is None or quota >= 0.9 * self._anchor))
+        if self.rate is not None and not small \
+                and (before[1] is None or self.rate < 0.97 * before[1]):
+            # A large cut is a test: sent a little below the quota it suggests, a quota
+            # leaves (nearly) nothing to reject; random rejections go on at their share.
+            share, replies = self._share(now - self.t.evidence_window, least=self.t.test_replies)
+            # The counts may include calls still unanswered or a token bucket's burst: test
+            # below the calls accepted per second lately too, whichever is fewer.
+            lately = max(1.0, sum(1 for t, _ in self._accepted if t > now - 2.0) / 2.0)
+            self._test = (now, before[0], before[1], share, replies, lately)
+            self.rate = max(self.t.min_rate, self.t.test_pace * min(self.rate, lately))
+        log.debug("quota shown: %.0f calls/s; pace %s -> %.3f", quota,
+                  "unlimited" if before[1] is None else f"{before[1]:.3f}", self.rate or 0.0)
 
-    def _accepted(self, now: float) -> float | None:
-        """Calls/s the service accepted in the last full window (or this one, if long enough)."""
-        if self._prev_accepted is not None:
-            return self._prev_accepted
-        elapsed = now - self._win_start
-        if elapsed < self.aimd.window / 4 or self._sent == 0:
-            return None
-        return max(0.0, self._sent - self._rejected) / elapsed
-
-    def _roll(self, now: float) -> None:
-        elapsed = now - self._win_start
-        self._prev_accepted = max(0.0, self._sent - self._rejected) / elapsed
-        self._prev_sent = self._sent / elapsed
-        self._prev_start = self._win_start
-        self._win_start, self._sent, self._rejected = now, 0, 0
-
-    def _set(self, rate: float, now: float) -> None:
-        old, self.rate = self.rate, rate
-        if self.bucket is None:
-            self.bucket = _Bucket(rate)
+    def _judge_test(self, now: float) -> None:
+        """A large cut was made: if the share rejected did not fall, it was not a quota."""
+        assert self._test is not None
+        start, found, rate, share0, replies0, _ = self._test
+        share1, replies1 = self._share(start + 0.5)
+        quiet = replies1 >= self.t.test_replies // 3 and share1 == 0.0
+        if replies1 < self.t.test_replies and now < start + 4 * self.t.test_seconds and not quiet:
+            return  # too few replies yet to judge
+        self._test = None
+        # evidence seen at the test's pace says nothing of the pace that follows
+        self._rejected = deque((t, None) for t, _ in self._rejected)
+        self._changed = now
+        pooled = (share0 * replies0 + share1 * replies1) / max(1, replies0 + replies1)
+        spread = math.sqrt(pooled * (1 - pooled) * (1 / max(1, replies0) + 1 / replies1))
+        # Below a quota (nearly) nothing is rejected; random rejections go on at their
+        # share (a cut never makes a quota reject more: if more are, they are random too).
+        fewer = share1 <= 0.05 or (replies0 >= self.t.test_replies * 2 // 3
+                                   and share0 - share1 >= 2 * spread and share1 <= 0.6 * share0)
+        random = not fewer and share1 >= 0.1
+        if random:
+            # not clearly fewer rejected below the quota it suggested: random, not a quota
+            self.found, self.rate = found, rate
+            if self._anchor is not None and (found is None or found < self._anchor):
+                self.found = self._anchor  # small steps before the test were random too
+                self._set_rate()
+            self._anchor = self.quota()
+            # The lower share: if more were rejected after the cut than before, the
+            # random share is no more than before (a burst may have ended meanwhile).
+            self._hold(pooled if share1 <= share0 else share0, now)
+            log.debug("rejections at %.0f %% whatever the rate: random, not a quota", share1 * 100)
+            return
+        # Fewer rejected: a quota. What is still rejected below it is the random share.
+        self._anchor = self.quota()
+        if share1 < 0.05:
+            self._noise, self._noise_until = 0.0, -math.inf
         else:
-            self.bucket.set_rate(rate)
-        log.debug("rate %s -> %.3f calls/s", "unlimited" if old is None else f"{old:.3f}", rate)
+            self._hold(share1, now)
+        self._set_rate()
+
+    def _hold(self, share: float, now: float) -> None:
+        self._noise, self._noise_until = share, now + self.t.noise_hold
+
+    def _maybe_probe(self, now: float) -> None:
+        """Quiet for a while: raise the found quota a little (never above the ceiling)."""
+        if self.found is None or (self.ceiling is not None and self.found >= self.ceiling):
+            return
+        if self._test is not None:
+            return
+        noisy = self._noise + 0.05 if self._noise_until != -math.inf else 0.0
+        if self._share(now - self._probe_wait)[0] > noisy + 0.05:
+            return  # not quiet: more rejected than the random share
+        if now - max(self._last_evidence, self._last_probe) < self._probe_wait:
+            return
+        self._last_probe = now
+        if self._quiet is None:
+            self._quiet = self.found
+        self.found *= 1 + self._step
+        self._step = min(self.t.probe_max, self._step * 2)
+        self._set_rate()
+
+    def _set_rate(self) -> None:
+        quota = self.quota()
+        assert quota is not None
+        self.rate = max(self.t.min_rate, quota * (1 - self.t.headroom))
 
 
 class RateLimiter:
-    """Per-interface QPS limits for one process (share one instance between tasks).
+    """Per-interface governors for one process (share one instance between tasks).
 
-    ``qps``: None (no limit until the service rejects a call), one number of
-    calls/s for *each* interface, or a mapping ``{interface: calls/s}`` (others
-    unlimited). Names may be canonical or aliases. Raises ConfigError for an
-    unknown name or a non-positive rate. Use it from one event loop.
+    ``qps``: None (no limit until the service shows one), one number of calls/s
+    for *each* interface, or a mapping ``{interface: calls/s}`` (others unlimited).
+    A configured limit is a ceiling: the quota the service shows may be lower.
+    Names may be canonical or aliases. Raises ConfigError for an unknown name or a
+    non-positive rate. Use it from one event loop.
+
+    Each send: ``ticket = await acquire(name)``, then for its reply either
+    :meth:`on_limited` (4, 18) or :meth:`on_answered` (anything else the service
+    answered). Calls that got no answer (timeouts, dropped connections) report nothing.
     """
 
-    __slots__ = ("_limits", "_lanes", "aimd")
+    __slots__ = ("_limits", "_lanes", "tuning")
 
-    def __init__(self, qps: float | Mapping[str, float] | None = None, *, aimd: Aimd | None = None):
+    def __init__(self, qps: float | Mapping[str, float] | None = None, *,
+                 aimd: Tuning | None = None, tuning: Tuning | None = None):
         self._limits = normalise_qps(qps)
         self._lanes: dict[str, _Lane] = {}
-        self.aimd = aimd or Aimd()
+        self.tuning = tuning or aimd or Tuning()
 
     def _lane(self, interface: str, now: float) -> _Lane:
         lane = self._lanes.get(interface)
         if lane is None:
             canon = canonical_interface(interface)
-            lane = self._lanes.get(canon) or _Lane(self._limits[canon], self.aimd, now)
+            lane = self._lanes.get(canon) or _Lane(self._limits[canon], self.tuning, now)
             self._lanes[interface] = self._lanes[canon] = lane
         return lane
 
-    async def acquire(self, interface: str) -> None:
-        """Wait until one more call to ``interface`` may be sent."""
-        now = asyncio.get_running_loop().time()
-        await self._lane(interface, now).acquire(now)
+    async def acquire(self, interface: str) -> Ticket:
+        """Wait until one more call to ``interface`` may be sent; its ticket."""
+        loop = asyncio.get_running_loop()
+        return await self._lane(interface, loop.time()).acquire(loop)
 
-    def on_limited(self, interface: str) -> None:
-        """The service answered 4 or 18 for ``interface``: slow that interface down."""
+    def on_limited(self, interface: str, ticket: Ticket | None = None) -> None:
+        """The service answered 4 or 18 to the call of ``ticket`` (None: one sent now)."""
         now = asyncio.get_running_loop().time()
-        self._lane(interface, now).on_limited(now)
+        self._lane(interface, now).on_limited(ticket or Ticket(now), now)
+
+    def on_answered(self, interface: str, ticket: Ticket) -> None:
+        """The service answered the call of ``ticket`` with anything but a rate limit."""
+        now = asyncio.get_running_loop().time()
+        self._lane(interface, now).on_answered(ticket, now)
 
     def rate(self, interface: str) -> float | None:
-        """The current rate in calls/s for ``interface`` (None = unlimited)."""
+        """The current pace in calls/s for ``interface`` (None = unlimited)."""
         lane = self._lanes.get(canonical_interface(interface))
         if lane is None:
             limit = self._limits[canonical_interface(interface)]
-            return None if limit is None else limit * (1 - HEADROOM)
+            return None if limit is None else limit * (1 - self.tuning.headroom)
         return lane.rate
+
+    def found(self, interface: str) -> float | None:
+        """The quota the service has shown for ``interface`` (calls/s), None if none yet."""
+        lane = self._lanes.get(canonical_interface(interface))
+        return None if lane is None else lane.found
 
     def ceiling(self, interface: str) -> float | None:
         """The configured limit (calls/s) for ``interface``, None when unlimited."""
         return self._limits[canonical_interface(interface)]
 
     def backoffs(self) -> dict[str, int]:
-        """Decreases made so far, per canonical interface that had any."""
+        """Decreases of the pace made so far, per canonical interface that had any."""
         return {n: lane.backoffs for n, lane in self._lanes.items()
                 if n in INTERFACES and lane.backoffs}

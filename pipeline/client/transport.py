@@ -16,6 +16,14 @@ Token cache
     the service called invalid (110/111) so the next caller fetches a new one, once for
     all of them.
 
+Timeouts
+    The connect timeout is fixed (``Settings.connect_timeout``). The read timeout, unless
+    ``Settings.read_timeout`` fixes it, follows the latency the service shows:
+    :data:`TIMEOUT_MULTIPLE` times the p99 of the last :data:`LATENCY_WINDOW` answered
+    requests, within :data:`TIMEOUT_FLOOR` and :data:`TIMEOUT_CEILING` seconds
+    (:data:`TIMEOUT_START` until 20 have been answered). A call that hangs then frees its
+    slot after seconds, not after the SDK's 60 s, and costs its row one attempt.
+
 Wire format (contract §1.4)
     ``POST endpoint + path ? access_token=..&aipSdk=python&aipVersion=2_2_2`` with an
     ``application/x-www-form-urlencoded`` body. The reply is decoded as JSON whatever
@@ -38,7 +46,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +75,62 @@ JSON_TYPE = {"Content-Type": "application/json"}
 TIMEOUT_CODE = "SDK108"
 TIMEOUT_MSG = "connection or read data timeout"
 NEEDED_SCOPE = "brain_all_scope"
+#: The adaptive read timeout (seconds): a multiple of the recent p99, floor, ceiling.
+TIMEOUT_MULTIPLE, TIMEOUT_FLOOR, TIMEOUT_CEILING, TIMEOUT_START = 4.0, 2.0, 60.0, 10.0
+LATENCY_WINDOW = 200
+
+
+class ReadTimeout:
+    """The read timeout for the next request: fixed, or following observed latency."""
+
+    __slots__ = ("fixed", "_latencies", "_cached", "_dirty")
+
+    def __init__(self, fixed: float | None) -> None:
+        self.fixed = fixed
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._cached, self._dirty = TIMEOUT_START, 0
+
+    def observe(self, seconds: float) -> None:
+        """A request was answered after ``seconds``."""
+        self._latencies.append(seconds)
+        self._dirty += 1
+
+    def seconds(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        if len(self._latencies) >= 20 and self._dirty:
+            if self._dirty >= 10 or len(self._latencies) < LATENCY_WINDOW:
+                ordered = sorted(self._latencies)
+                p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+                self._cached = min(TIMEOUT_CEILING, max(TIMEOUT_FLOOR, TIMEOUT_MULTIPLE * p99))
+                self._dirty = 0
+        return self._cached
+
+
+def describe_failure(exc: BaseException, read_timeout: float | None = None) -> str:
+    """A few words naming why a request got no answer (never the URL or its query)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError, ssl.SSLError)):
+        return "TLS handshake failed (does it speak plain http://?)"
+    if isinstance(exc, (aiohttp.ClientConnectorDNSError, UnicodeError)):
+        return "host name not resolved"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(os_error, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+        if isinstance(os_error, ssl.SSLError):
+            return "TLS handshake failed (does it speak plain http://?)"
+        return f"cannot connect ({type(os_error).__name__})"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "no connection within the connect timeout"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {read_timeout:.1f} s" if read_timeout else "timed out"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    return f"connection failed ({type(exc).__name__})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +178,20 @@ def encode_form(fields: list[tuple[str, str | bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def network_error(exc: BaseException, what: str) -> TransientError:
-    """A TransientError("SDK108") for a timeout or a broken connection, without the URL."""
-    if isinstance(exc, TimeoutError):
-        return TransientError(TIMEOUT_CODE, f"{what}: {TIMEOUT_MSG}", attempts=0)
-    # type(exc).__name__ only: str(exc) of aiohttp errors may carry the URL and query.
-    return TransientError(TIMEOUT_CODE, f"{what}: connection failed ({type(exc).__name__})",
-                          attempts=0)
+def network_error(exc: BaseException, what: str, read_timeout: float | None = None
+                  ) -> TransientError:
+    """A TransientError("SDK108") for a timeout or a broken connection, without the URL.
+
+    Its ``cause`` attribute names what went wrong in a few words (:func:`describe_failure`).
+    """
+    cause = describe_failure(exc, read_timeout)
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+        error = TransientError(TIMEOUT_CODE, f"{what}: {TIMEOUT_MSG} ({cause})", attempts=0)
+    else:
+        # our words only: str(exc) of aiohttp errors may carry the URL and query.
+        error = TransientError(TIMEOUT_CODE, f"{what}: connection failed: {cause}", attempts=0)
+    error.cause = cause  # type: ignore[attr-defined]
+    return error
 
 
 class Transport:
@@ -144,12 +218,13 @@ class Transport:
         self._token: Token | None = None
         self._inflight: asyncio.Future[Token] | None = None
         self._urls: dict[str, URL] = {}  # path -> URL with the current token's query
+        self.read_timeout = ReadTimeout(settings.read_timeout)
 
     async def open(self) -> None:
         """Create the session (inside the running loop). TLS certificates are verified."""
         s = self._settings
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout,
-                                        sock_read=s.read_timeout)
+                                        sock_read=s.read_timeout or TIMEOUT_CEILING)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._limit), timeout=timeout,
             raise_for_status=False, auto_decompress=True,
@@ -262,13 +337,19 @@ class Transport:
         """Send one request; (status, JSON value or None when the body is not JSON)."""
         if self._session is None:
             raise RuntimeError("the client is not open")
+        read = self.read_timeout.seconds()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._settings.connect_timeout,
+                                        sock_read=read)
+        started = time.monotonic()
         try:
-            async with self._session.request(method, url, **kwargs) as resp:
+            async with self._session.request(method, url, timeout=timeout, **kwargs) as resp:
                 body = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, UnicodeError) as exc:
+            # UnicodeError: a host name no resolver could look up (idna refuses it)
             log.debug("%s %s failed: %s", method, what, type(exc).__name__)
-            raise network_error(exc, what) from None
+            raise network_error(exc, what, read) from None
+        self.read_timeout.observe(time.monotonic() - started)
         try:
             return status, json.loads(body)
         except ValueError:

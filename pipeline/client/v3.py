@@ -100,6 +100,7 @@ class FaceClientV3:
         self.stats = self._core.stats
         self.limiter = self._core.limiter
         self.retry = self._core.retry
+        self.health = self._core.health  # the outage state (pause, probe, give up)
 
     @property
     def on_call(self) -> Any:

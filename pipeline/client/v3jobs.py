@@ -92,6 +92,7 @@ class V3JobApi:
                  **options: Any) -> None:
         self.client = FaceClientV3(settings, **options)
         self.settings, self.stats, self.limiter = settings, self.client.stats, self.client.limiter
+        self.health = self.client.health
         self.server_quality = server_quality
         self.token_writes = self.base64_writes = self.token_fallbacks = 0
         self._tokens = _Tokens()

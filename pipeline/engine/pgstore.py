@@ -16,9 +16,10 @@ distance (``<->``, the same d as the embedded index). A group with at least
 :data:`LARGE_GROUP` faces gets its own HNSW index, a *partial* index ``WHERE group_id =
 '<group>'``: its graph holds that group's faces only, so a search is not a filtered walk
 of one global graph (a global index filtered to a group of ten missed most results).
-Partial indexes are the partition-per-group the issue asks for without moving rows:
-they are built ``CONCURRENTLY`` beside live writes. Smaller groups are searched exactly
-(btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
+Partial indexes do what one partition per group would, without moving rows: they are
+built ``CONCURRENTLY`` beside live writes, by the serving replicas
+(:func:`index_large_groups`, one at a time under an advisory lock). Smaller groups are
+searched exactly (btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
 (chosen by ``benchmarks/scale_engine.py``, see the README), raised to the number of
 faces a query needs. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
@@ -353,6 +354,7 @@ class PgStore:
         added: list[FaceRow] = []
         removed: list[int] = []
         with self._tx() as db:
+            _lock_groups(db, groups)
             for group in groups:
                 if replace:
                     removed += _delete_faces(db, group, uid)
@@ -365,6 +367,7 @@ class PgStore:
         removed: list[int] = []
         with self._tx() as db:
             groups = [group_id] if group_id else [m.group_id for m in self.memberships(uid)]
+            _lock_groups(db, groups)
             for group in groups:
                 removed += _delete_faces(db, group, uid)
                 db.execute("DELETE FROM engine_memberships WHERE group_id=%s AND uid=%s",
@@ -378,6 +381,7 @@ class PgStore:
             source = self.membership(src_group, uid)
             assert source is not None
             faces = self.faces_of(src_group, uid)
+            _lock_groups(db, targets)
             for group in targets:
                 _upsert_membership(db, group, uid, source.user_info)
                 added += [_insert_face(db, group, uid, f.sha256, f.descriptor) for f in faces]
@@ -536,11 +540,9 @@ class PgIndex:
     already up to date when a write commits (on every replica).
     """
 
-    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH,
-                 large_group: int = LARGE_GROUP) -> None:
+    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH) -> None:
         self.store = store
         self.ef_search = ef_search
-        self.large_group = large_group
 
     def load(self, faces: object) -> None:
         return None
@@ -610,7 +612,24 @@ def _count(db: Any, group: str, delta: int) -> None:
                (group, delta, delta))
 
 
+def _lock_groups(db: Any, groups: Sequence[str]) -> None:
+    """Lock the groups' counter rows in one order (creating missing ones) before a write
+    touches several groups: two replicas writing [a, b] and [b, a] then queue instead of
+    deadlocking (PostgreSQL would abort one, an internal error for its client)."""
+    names = sorted(set(groups))
+    if len(names) < 2:
+        return
+    for name in names:
+        db.execute("INSERT INTO engine_groups (group_id) VALUES (%s) "
+                   "ON CONFLICT (group_id) DO NOTHING", (name,))
+    db.execute("SELECT 1 FROM engine_groups WHERE group_id = ANY(%s) "
+               "ORDER BY group_id FOR UPDATE", (names,))
+
+
 def _upsert_membership(db: Any, group: str, uid: str, info: str) -> None:
+    # Every group with a membership has its row (v2's group list reads engine_groups).
+    db.execute("INSERT INTO engine_groups (group_id) VALUES (%s) "
+               "ON CONFLICT (group_id) DO NOTHING", (group,))
     db.execute("INSERT INTO engine_memberships (group_id, uid, user_info) VALUES (%s, %s, %s) "
                "ON CONFLICT (group_id, uid) DO UPDATE SET user_info=excluded.user_info",
                (group, uid, info))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.api.errors import EmptyGroupError
 
@@ -28,6 +28,11 @@ from pipeline.api.errors import EmptyGroupError
 CONFIRM_PHOTOS = 2
 #: identify's user_top_num: the row's own uid may take one of the places.
 TOP_USERS = 5
+
+if TYPE_CHECKING:
+    from pipeline.frame.faceapi import FaceApi
+    from pipeline.ledger.base import Ledger
+    from pipeline.runs.manifest import ManifestRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +53,8 @@ class DuplicateCheck:
     message: str | None = None
 
 
-async def find_duplicate(client: Any, row: Any, data: bytes, *, bound: float,
-                         ledger: Any = None, endpoint: str = "") -> DuplicateCheck:
+async def find_duplicate(client: FaceApi, row: ManifestRow, data: bytes, *, bound: float,
+                         ledger: Ledger | None = None, endpoint: str = "") -> DuplicateCheck:
     """Identify ``data`` in ``row.group_id`` and confirm the best other uid (module doc)."""
     try:
         found = await client.identify(row.group_id, data, user_top_num=TOP_USERS)
@@ -79,7 +84,8 @@ async def find_duplicate(client: Any, row: Any, data: bytes, *, bound: float,
         f"{bound:g} (identify {best.best:.1f})")
 
 
-async def _known_photos(ledger: Any, endpoint: str, group: str, uid: str) -> list[bytes]:
+async def _known_photos(ledger: Ledger | None, endpoint: str, group: str, uid: str
+                       ) -> list[bytes]:
     """Up to CONFIRM_PHOTOS readable photos the ledger recorded for ``uid`` in ``group``
     (the bytes enroll sent: :func:`pipeline.images.load_image`)."""
     if ledger is None:

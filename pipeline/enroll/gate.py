@@ -169,7 +169,7 @@ def _apply(doc: Mapping[str, Any], values: dict, occlusion: dict, source: str) -
             _apply_one(key, value, values, occlusion, source)
 
 
-def _apply_one(key: str, value: Any, values: dict, occlusion: dict, source: str) -> None:
+def _apply_one(key: str, value: object, values: dict, occlusion: dict, source: str) -> None:
     if key == "min_face_size":
         values["min_face_width"], values["min_face_height"] = _face_size(value, source)
         return
@@ -187,16 +187,16 @@ def _apply_one(key: str, value: Any, values: dict, occlusion: dict, source: str)
     )
 
 
-def _number(key: str, value: Any, source: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
+def _number(key: str, value: object, source: str) -> float:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0):
         raise ConfigError(
             f"threshold {key!r} in {source} must be a non-negative number, got {value!r}"
         )
     return float(value)
 
 
-def _face_size(value: Any, source: str) -> tuple[int, int]:
+def _face_size(value: object, source: str) -> tuple[int, int]:
     """``100`` (square) or ``[w, h]``; from the command line also ``"120x100"``/``"120,100"``."""
     if isinstance(value, str):
         try:
@@ -213,7 +213,7 @@ def _face_size(value: Any, source: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _parse_number(key: str, text: Any) -> Any:
+def _parse_number(key: str, text: object) -> object:
     if not isinstance(text, str) or key.strip() == "min_face_size":
         return text
     try:
@@ -347,9 +347,11 @@ def _abs(value: float | None) -> float | None:
     return None if value is None else abs(value)
 
 
-def _opt(value: Any) -> float | None:
+def _opt(value: object) -> float | None:
+    if value is None:
+        return None
     try:
-        return None if value is None else float(value)
+        return float(value)  # type: ignore[arg-type]  # whatever the service sent
     except (TypeError, ValueError):
         return math.nan  # present but not a number: judged as failing
 

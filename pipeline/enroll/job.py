@@ -22,21 +22,23 @@ row that met the error gets no outcome, so resume picks it up. An interrupt
 (the ``stop`` event) cancels rows in flight instead; they too are left for resume.
 
 The runner is async: rows stream from ``Manifest.batches`` (never the whole
-manifest in memory) and at most ``concurrency`` rows are in flight. Progress
-goes to an :class:`EnrollObserver`; this module never prints.
+manifest in memory) and at most ``concurrency`` rows are in flight, on the job
+frame's :class:`~pipeline.frame.Runner`. Progress goes to an :class:`EnrollObserver`;
+this module never prints. The pure decisions are in :mod:`pipeline.enroll.decide`,
+``failures.csv`` in :mod:`pipeline.enroll.failures`, reruns in
+:mod:`pipeline.enroll.rerun`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,17 +46,18 @@ import pyarrow as pa
 from pipeline.api.errors import (
     ApiError,
     ConfigError,
-    FaceLimitError,
-    FaceNotFoundError,
-    ImageExistsError,
-    InvalidInputError,
-    RejectedError,
-    RetryableError,
-    StateError,
-    UserNotFoundError,
 )
 from pipeline.client.budget import open_budget
 from pipeline.client.config import Settings
+from pipeline.enroll.decide import (
+    MODES,
+    RowDecision,
+    check_row,
+    classify_error,
+    decide_face,
+    success_status,
+)
+from pipeline.enroll.failures import FAILURES_CSV, info_failures_for, write_failures
 from pipeline.frame import (
     STOPPING_ERRORS,
     ClientFactory,
@@ -78,7 +81,7 @@ from pipeline.runs.outcomes import (
     Outcome,
     make_outcome,
 )
-from pipeline.runs.reasons import Status, reason_text
+from pipeline.runs.reasons import Status
 from pipeline.runs.rundir import (
     RUN_ID_RE,
     ManifestRef,
@@ -89,15 +92,35 @@ from pipeline.runs.rundir import (
     utc_now,
 )
 
+if TYPE_CHECKING:
+    from pipeline.api.errors import ImageProblem
+    from pipeline.client.budget import PgBudget
+    from pipeline.enroll.gate import FaceChoice, Thresholds
+    from pipeline.ledger.base import Ledger
+    from pipeline.ledger.runs import FileStat
+    from pipeline.runs.images import LoadedImage
+    from pipeline.runs.manifest import Manifest, ManifestRow
+
 _log = logging.getLogger(__name__)
 
-MODES = ("add", "update", "upsert")
+
+class CallResult(Protocol):
+    """What every call's record carries (pipeline.api.records)."""
+
+    @property
+    def attempts(self) -> int: ...
+
+    @property
+    def log_id(self) -> int | None: ...
+
+
+R = TypeVar("R", bound=CallResult)
+
 #: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
 APIS = ("v2", "v3")
 SERVER_QUALITY_LEVELS = ("LOW", "NORMAL", "HIGH")
 #: Faces asked of detect: enough to report how many there are, few enough to stay cheap.
 MAX_FACE_NUM = 10
-FAILURES_CSV = "failures.csv"
 
 
 
@@ -158,6 +181,11 @@ class EnrollConfig:
     #: ``(k, n)``: this run enrolls shard k (0-based) of n, a contiguous range of rows
     #: (:func:`shard_rows`); recorded in run.json, a resume must give the same split.
     shard: tuple[int, int] | None = None
+    #: Seconds without any answer from the service (calls failing for connection
+    #: reasons or 5xx) before new rows pause, and how long to keep probing after that
+    #: before the run stops with reason "outage" (resume it later).
+    outage_after: float = 60.0
+    outage_wait: float = 300.0
 
     def __post_init__(self) -> None:
         from pipeline.client.ratelimit import normalise_qps  # noqa: PLC0415
@@ -181,6 +209,8 @@ class EnrollConfig:
                 self.api != "v3" or self.server_quality not in SERVER_QUALITY_LEVELS):
             raise ConfigError(f"--server-quality {self.server_quality!r}: use LOW, NORMAL or "
                               "HIGH, with --api v3 (v2 has no quality_control)")
+        if self.outage_after <= 0 or self.outage_wait < 0:
+            raise ConfigError("--outage-after must be > 0 and --outage-wait >= 0 seconds")
         if self.flush_rows < 1 or self.flush_seconds <= 0:
             raise ConfigError("flush_rows must be >= 1 and flush_seconds > 0")
         if not 0 < self.duplicate_score <= 100:
@@ -291,95 +321,6 @@ class EnrollObserver:
         """The ledger held ``rows`` rows (path, size and mtime unchanged): ``skipped_known``."""
 
 
-# -- pure deciding parts -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RowDecision:
-    """What one stage decided for a row: a terminal status with reasons, or go on."""
-
-    status: str
-    reasons: tuple[str, ...] = ()
-    retryable: bool = False
-    message: str | None = None
-
-
-def check_row(row: Any, duplicate_of: int | None, api: str = "v2") -> RowDecision | None:
-    """The checks that need no call: None when the row may go on, else ``invalid_input``.
-
-    ``api="v3"`` adds v3's rules: uid and group_id at most 48 bytes, one group per row.
-    """
-    from pipeline.api import validate  # noqa: PLC0415
-
-    if duplicate_of is not None:
-        return RowDecision(Status.INVALID_INPUT, ("duplicate_row",),
-                       message=f"same uid and image as row {duplicate_of}; kept the first")
-    problems = [
-        None if row.image.strip() else "image_missing",
-        validate.check_uid(row.uid),
-        validate.check_user_info(row.user_info),
-        validate.check_group_ids(row.group_id),
-        None if row.action in MODES else "bad_action",
-    ]
-    if api == "v3":
-        problems += _v3_row_problems(row)
-    reasons = tuple(dict.fromkeys(p for p in problems if p))
-    if not reasons:
-        return None
-    own = {"bad_action": f"action {row.action!r} is not one of {', '.join(MODES)}",
-           "image_missing": "the image cell is empty; write the photo's path",
-           "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
-           "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
-           "group_id_multiple": "v3 writes to one group per row; split the row per group"}
-    texts = [own.get(r) or reason_text(r) for r in reasons]
-    return RowDecision(Status.INVALID_INPUT, reasons, message="; ".join(texts))
-
-
-def _v3_row_problems(row: Any) -> list[str | None]:
-    from pipeline.api import validate_v3  # noqa: PLC0415
-
-    groups = row.group_id.split(",")
-    return [
-        "group_id_multiple" if len(groups) > 1 else None,
-        "uid_too_long_v3" if validate_v3.check_id(row.uid) == "id_too_long" else None,
-        "group_id_too_long_v3" if any(validate_v3.check_id(g) == "id_too_long"
-                                      for g in groups) else None,
-    ]
-
-
-def classify_error(exc: ApiError) -> RowDecision:
-    """The outcome of a row whose call failed (quota and auth errors never get here)."""
-    if isinstance(exc, ImageExistsError):
-        return RowDecision(Status.ALREADY_ENROLLED)
-    if isinstance(exc, FaceLimitError):  # v3: 20 faces per user and group
-        return RowDecision(Status.FAILED, ("face_limit",))
-    if isinstance(exc, RejectedError):  # v3 --server-quality refused the face
-        return RowDecision(Status.REJECTED_QUALITY, ("server_quality",))
-    if isinstance(exc, FaceNotFoundError):
-        return RowDecision(Status.NO_FACE, ("no_face",))
-    if isinstance(exc, UserNotFoundError):
-        return RowDecision(Status.FAILED, ("user_not_found",))
-    if isinstance(exc, RetryableError):
-        return RowDecision(Status.FAILED, ("retries_exhausted",), retryable=True)
-    if isinstance(exc, InvalidInputError):
-        return RowDecision(Status.INVALID_INPUT, ("refused_by_service",))
-    if isinstance(exc, StateError):
-        return RowDecision(Status.FAILED, ("library_state",))
-    return RowDecision(Status.FAILED, ("api_error",))
-
-
-def decide_face(choice: Any) -> RowDecision | None:
-    """None when the quality gate chose a face to register, else the row's verdict."""
-    if choice.status == "ok":
-        return None
-    reasons = tuple(choice.reasons) or (choice.status,)
-    return RowDecision(choice.status, reasons)
-
-
-def success_status(action: str) -> Status:
-    return Status.ENROLLED if action == "add" else Status.UPDATED
-
-
 # -- one row ------------------------------------------------------------------------
 
 
@@ -389,14 +330,16 @@ class _RowState:
 
     fields: dict[str, Any]
     attempts: int = 0
-    stat: Any = None  # the image file's FileStat when a ledger is used
+    stat: FileStat | None = None  # the image file's FileStat when a ledger is used
 
     def finish(self, verdict: RowDecision) -> Outcome:
         extra = {"status": verdict.status, "reasons": verdict.reasons,
                  "retryable": verdict.retryable}
         if verdict.message is not None:
             extra["error_msg"] = verdict.message
-        return make_outcome(**self.fields, **extra, attempts=self.attempts,
+        by_cause = getattr(self.attempts, "by_cause", None)  # the client's Attempts
+        return make_outcome(**self.fields, **extra, attempts=int(self.attempts),
+                            attempts_by_cause=by_cause() if by_cause else None,
                             finished_at=utc_now())
 
     def note_error(self, exc: ApiError, log_field: str) -> None:
@@ -410,7 +353,7 @@ class _RowState:
 _METRIC_COLUMNS = frozenset(METRIC_FIELDS)
 
 
-def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
+def _metric_fields(choice: FaceChoice, face_count: int) -> dict[str, Any]:
     out: dict[str, Any] = {"face_count": face_count}
     verdict = getattr(choice, "verdict", None)
     metrics = getattr(verdict, "metrics", None)
@@ -425,7 +368,7 @@ def _metric_fields(choice: Any, face_count: int) -> dict[str, Any]:
     return out
 
 
-def _windows_hint(row: Any, problem: Any) -> str:
+def _windows_hint(row: ManifestRow, problem: ImageProblem) -> str:
     """The image problem's message, plus a hint for an absolute Windows path."""
     from pipeline.runs.manifest import windows_drive_path  # noqa: PLC0415
 
@@ -439,13 +382,13 @@ def _windows_hint(row: Any, problem: Any) -> str:
 class _RowRunner:
     """Runs the stages of one row against a client (shared by every row of a session)."""
 
-    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Any,
-                 ledger: Any = None) -> None:
+    def __init__(self, config: EnrollConfig, run_id: str, client: FaceApi, thresholds: Thresholds,
+                 ledger: Ledger | None = None) -> None:
         self.config, self.run_id, self.client, self.thresholds = config, run_id, client, thresholds
         self.ledger = ledger
         self.endpoint = _endpoint_key(config)
 
-    async def run(self, row: Any, duplicate_of: int | None) -> Outcome:
+    async def run(self, row: ManifestRow, duplicate_of: int | None) -> Outcome:
         """The terminal outcome of ``row``; raises :class:`StopRun` for quota/auth."""
         state = _RowState({"run_id": self.run_id, "row": row.row, "line": row.line,
                            "uid": row.uid, "group_id": row.group_id, "image": row.image,
@@ -468,10 +411,10 @@ class _RowRunner:
         await self._record(row, outcome, state)
         return outcome
 
-    async def _load(self, row: Any, state: _RowState) -> Any:
+    async def _load(self, row: ManifestRow, state: _RowState) -> LoadedImage | RowDecision:
         from pipeline.runs.images import ImageProblem, limits_for, load_image  # noqa: PLC0415
 
-        def stat_then_load() -> Any:
+        def stat_then_load() -> LoadedImage:
             # The stat is taken before the read: if the file changes while it is read,
             # its mtime is newer than the one a ledger records, so it is read again.
             state.stat = stat_file(row.image_path) if self.ledger is not None else None
@@ -485,15 +428,17 @@ class _RowRunner:
         state.fields.update(image_sha256=image.sha256, transformed=tuple(image.transformed))
         return image
 
-    async def _known(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
+    async def _known(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                     ) -> RowDecision | None:
         """``skipped_known`` when the ledger holds this (group, uid, sha256) in every group
         of the row (a file touched or moved since: read once, then remembered)."""
         if self.ledger is None or row.action not in MODES:
             return None
         groups = split_groups(row.group_id)
-        faces = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
+        found = [await asyncio.to_thread(self.ledger.known_image, self.endpoint, g, row.uid,
                                          image.sha256) for g in groups]
-        if not groups or any(f is None for f in faces):
+        faces = [f for f in found if f is not None]
+        if not groups or len(faces) < len(found):
             return None
         if state.stat is not None:
             for face in faces:
@@ -504,7 +449,7 @@ class _RowRunner:
                             face_count=first.face_count)
         return RowDecision(Status.SKIPPED_KNOWN)
 
-    async def _record(self, row: Any, outcome: Outcome, state: _RowState) -> None:
+    async def _record(self, row: ManifestRow, outcome: Outcome, state: _RowState) -> None:
         """Record a success in the ledger. A ledger error is logged, never fatal: the
         row is sent again next time and answered "image exist" (already_enrolled)."""
         if self.ledger is None or not outcome.succeeded or outcome.status == "skipped_known":
@@ -517,7 +462,8 @@ class _RowRunner:
             _log.warning("row %d: not recorded in the ledger (%s: %s)", row.row,
                          type(exc).__name__, exc)
 
-    async def _duplicates(self, row: Any, image: Any, state: _RowState) -> RowDecision | None:
+    async def _duplicates(self, row: ManifestRow, image: LoadedImage, state: _RowState
+                          ) -> RowDecision | None:
         """--block-duplicates: ``duplicate_suspect`` when another uid holds this face."""
         from pipeline.enroll.duplicates import find_duplicate  # noqa: PLC0415
 
@@ -539,7 +485,7 @@ class _RowRunner:
                             duplicate_score=found.score)
         return RowDecision(Status.DUPLICATE_SUSPECT, found.reasons, message=found.message)
 
-    async def _detect(self, image: Any, state: _RowState) -> RowDecision | None:
+    async def _detect(self, image: LoadedImage, state: _RowState) -> RowDecision | None:
         from pipeline.enroll.gate import choose_face  # noqa: PLC0415
 
         result = await self._call(
@@ -552,7 +498,7 @@ class _RowRunner:
         state.fields.update(_metric_fields(choice, len(result.faces)))
         return decide_face(choice)
 
-    async def _write(self, row: Any, image: Any, state: _RowState) -> RowDecision:
+    async def _write(self, row: ManifestRow, image: LoadedImage, state: _RowState) -> RowDecision:
         # user_info is optional in the manifest but required (non-empty) by user add and
         # update, so an empty one is sent as the uid (documented in the README).
         args = (row.uid, row.user_info or row.uid, row.group_id, image.data)
@@ -567,7 +513,8 @@ class _RowRunner:
             return result
         return RowDecision(success_status(row.action))
 
-    async def _call(self, call: Awaitable[Any], state: _RowState, log_field: str) -> Any:
+    async def _call(self, call: Awaitable[R], state: _RowState, log_field: str
+                    ) -> R | RowDecision:
         """Await one API call of a row: the result, with its attempts and ``log_id`` added
         to the row; or the row's RowDecision for an API error. Quota and auth stop the run."""
         try:
@@ -594,8 +541,9 @@ class _Session:
                                                       run.config.shard)].sum())
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
-        self.runner: Runner[Any] = Runner(run.config.concurrency, run.stop, noun="rows",
-                                          on_stop=self._stopping, tick=self._tick)
+        self.runner: Runner[ManifestRow] = Runner(
+            run.config.concurrency, run.stop, noun="rows", on_stop=self._stopping,
+            tick=self._tick, ready=self._ready)
 
     def progress(self) -> Progress:
         total = len(shard_rows(self.run.manifest.num_rows, self.run.config.shard))
@@ -607,7 +555,7 @@ class _Session:
         rows = _AsyncRows(self.run.manifest, self.store.done, self.runner.halted, end)
         return await self.runner.run(rows, self._one)
 
-    async def _one(self, row: Any) -> None:
+    async def _one(self, row: ManifestRow) -> None:
         try:
             outcome = await self.rows.run(row, self.run.manifest.row_is_duplicate_of(row.row))
         except (StopRun, asyncio.CancelledError):
@@ -628,6 +576,17 @@ class _Session:
         self.counts[outcome.status] += 1
         self.run.observer.row_done(outcome, self.progress())
 
+    async def _ready(self) -> None:
+        """While the service answers nobody, no new row starts (see Health.wait_ready);
+        once it has been gone longer than --outage-wait, the run stops (outage)."""
+        health = getattr(self.rows.client, "health", None)
+        if health is None:
+            return
+        try:
+            await health.wait_ready()
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
+
     def _stopping(self, stopped: Stopped) -> None:
         self.run.observer.stopping(stopped.reason, stopped.message)
 
@@ -642,21 +601,21 @@ class _Session:
 class _AsyncRows:
     """The manifest rows not done yet, read batch by batch in a worker thread."""
 
-    def __init__(self, manifest: Any, done: np.ndarray, halt: asyncio.Event,
+    def __init__(self, manifest: Manifest, done: np.ndarray, halt: asyncio.Event,
                  end: int | None = None) -> None:
         self.manifest, self.done, self.halt = manifest, done, halt
         self.end = len(done) if end is None else end  # a shard stops reading at its end
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[ManifestRow]:
         return self._rows()
 
-    async def _rows(self) -> AsyncIterator[Any]:
+    async def _rows(self) -> AsyncIterator[ManifestRow]:
         if self.done.all():
             return
         # argmin of a bool array is the first False: the first row left, found without
         # the index array of every row left (80 MB at 10M rows).
         first = int(np.argmin(self.done))
-        batches: Iterator[list[Any]] = self.manifest.batches(start_row=first)
+        batches: Iterator[list[ManifestRow]] = self.manifest.batches(start_row=first)
         while not self.halt.is_set():
             batch = await asyncio.to_thread(next, batches, None)
             if batch is None:
@@ -676,15 +635,15 @@ class _Run:
     """One session of an enroll run: what it reads, where it writes, whom it tells."""
 
     config: EnrollConfig
-    manifest: Any
-    thresholds: Any
+    manifest: Manifest
+    thresholds: Thresholds
     rundir: RunDir
     info: RunInfo
     resumed: bool
     client_factory: ClientFactory
     observer: EnrollObserver
     stop: asyncio.Event | None
-    ledger: Any = None  # the ledger of enrolled faces (--ledger), or None
+    ledger: Ledger | None = None  # the ledger of enrolled faces (--ledger), or None
 
 
 async def run_enroll(
@@ -714,7 +673,7 @@ async def run_enroll(
             ledger.close()
 
 
-def _open_ledger(config: EnrollConfig) -> Any:
+def _open_ledger(config: EnrollConfig) -> Ledger | None:
     if not config.ledger:
         return None
     from pipeline.ledger import open_ledger  # noqa: PLC0415
@@ -780,9 +739,14 @@ def shard_rows(num_rows: int, shard: tuple[int, int] | None) -> range:
     return range(k * num_rows // n, (k + 1) * num_rows // n)
 
 
-def enroll(config: EnrollConfig, **kwargs: Any) -> RunResult:
+def enroll(
+    config: EnrollConfig,
+    client_factory: ClientFactory = default_client_factory,
+    observer: EnrollObserver | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
     """Synchronous :func:`run_enroll` (runs its own event loop)."""
-    return asyncio.run(run_enroll(config, **kwargs))
+    return asyncio.run(run_enroll(config, client_factory, observer, stop))
 
 
 async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, Counter[str]]:
@@ -797,6 +761,9 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
                                    **_client_options(config, budget)) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
+            if hasattr(client, "health"):  # the outage pause: --outage-after/--outage-wait
+                client.health.configure(outage_after=config.outage_after,
+                                        outage_wait=config.outage_wait)
             rows = _RowRunner(config, run.info.run_id, client, run.thresholds, run.ledger)
             session = _Session(run, store, rows)
             stopped = await session.go()
@@ -816,7 +783,7 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     return stopped, session.counts
 
 
-def _client_options(config: EnrollConfig, budget: Any) -> dict[str, Any]:
+def _client_options(config: EnrollConfig, budget: PgBudget | None) -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
     factory exactly as before."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
@@ -876,7 +843,8 @@ def open_inputs(config: EnrollConfig) -> tuple[Any, Any]:
     return manifest, thresholds
 
 
-def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunDir, RunInfo, bool]:
+def open_run(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds
+             ) -> tuple[RunDir, RunInfo, bool]:
     """The run directory for ``config``, held (:meth:`RunDir.hold`; the caller releases
     it): (dir, its run.json, True when resuming).
 
@@ -896,7 +864,7 @@ def open_run(config: EnrollConfig, manifest: Any, thresholds: Any) -> tuple[RunD
                           f"{exc.strerror or exc}") from None
 
 
-def _open_held(config: EnrollConfig, manifest: Any, thresholds: Any, rundir: RunDir
+def _open_held(config: EnrollConfig, manifest: Manifest, thresholds: Thresholds, rundir: RunDir
                ) -> tuple[RunDir, RunInfo, bool]:
     ref = ManifestRef(str(Path(manifest.path).resolve()), manifest.fingerprint, manifest.num_rows)
     limits = thresholds.to_dict() if hasattr(thresholds, "to_dict") else None
@@ -961,7 +929,7 @@ def option_differences(info: RunInfo, options: Mapping[str, Any],
     return out
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in value.items()) or "none"
@@ -972,10 +940,11 @@ def _shown(value: Any) -> str:
 
 
 def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
-                         given: Mapping[str, Any], **flags: Any) -> EnrollConfig:
+                         given: Mapping[str, Any], *, resume: bool = False,
+                         change_options: bool = False) -> EnrollConfig:
     """The config that continues the enroll run in ``run_dir``: the options and quality
     limits saved in its ``run.json``, with the options in ``given`` (those the user gave
-    again) on top. ``flags``: ``resume``, ``change_options``. Differences between
+    again) on top; ``resume`` and ``change_options`` as the CLI's flags. Differences between
     ``given`` and the run are refused when the run opens (see :func:`option_differences`).
     """
     info = RunDir(run_dir).read_info()
@@ -989,7 +958,7 @@ def resume_enroll_config(run_dir: Path, manifest: Path, settings: Settings,
     values = None if any(k in given for k in _THRESHOLD_OPTIONS) else info.thresholds
     return EnrollConfig(manifest=manifest, settings=settings, run_dir=Path(run_dir),
                         parent_run_id=info.parent_run_id, thresholds_values=values,
-                        **{**saved, **given}, **flags)
+                        resume=resume, change_options=change_options, **{**saved, **given})
 
 
 def _check_same_run(rundir: RunDir, info: RunInfo, ref: ManifestRef) -> None:
@@ -1025,141 +994,7 @@ def _check_same_shard(rundir: RunDir, info: RunInfo, shard: str | None) -> None:
             "--run-dir for another split.")
 
 
-# -- failures.csv and rerun ----------------------------------------------------------------
-
-
-def _non_success(rundir: RunDir, *, retryable_only: bool = False) -> dict[int, tuple[str, str]]:
-    """row -> (status, reasons joined by ';') for the rows that did not succeed."""
-    table = rundir.read_records(OUTCOME_SCHEMA, ["row", "status", "reasons", "retryable"])
-    out: dict[int, tuple[str, str]] = {}
-    for rec in table.to_pylist():
-        if rec["status"] in SUCCESS_STATUSES:
-            continue
-        if retryable_only and not (rec["status"] == Status.FAILED and rec["retryable"]):
-            continue
-        out[rec["row"]] = (rec["status"], ";".join(rec["reasons"] or ()))
-    return out
-
-
-def info_failures_for(rundir: RunDir) -> int | None:
-    """How many outcomes the run's ``failures.csv`` was written from (run.json), or None."""
-    try:
-        return rundir.read_info().failures_for
-    except ConfigError:
-        return None
-
-
-def write_failures(path: Path, manifest: Any, rundir: RunDir) -> int:
-    """Write ``failures.csv`` (original columns + status + reason); return its row count.
-
-    Image paths are made absolute so the file is a manifest that works from any folder;
-    an empty image cell stays empty.
-    """
-    return write_manifest_rows(path, manifest, _non_success(rundir))
-
-
-def write_manifest_rows(path: Path, manifest: Any, rows: Mapping[int, tuple[str, str]]) -> int:
-    """Copy the manifest rows in ``rows`` (row -> (status, reason)) to a CSV manifest.
-
-    Written to a temporary name, then renamed. A header-only file when ``rows`` is empty.
-    """
-    columns = list(manifest.columns) + [c for c in ("status", "reason")
-                                        if c not in manifest.columns]
-    image_column = manifest.image_column
-    tmp = path.with_name(path.name + ".tmp")
-    written = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in _rows_of(manifest, rows):
-            status, reason = rows[row.row]
-            cells = dict(row.columns)
-            if row.image:  # absolute and normalised (row.image_path); empty stays empty
-                cells[image_column] = str(row.image_path)
-            writer.writerow({**cells, "status": status, "reason": reason})
-            written += 1
-    tmp.replace(path)
-    return written
-
-
-def _rows_of(manifest: Any, wanted: Mapping[int, Any]) -> Iterator[Any]:
-    if not wanted:
-        return
-    last = max(wanted)
-    for batch in manifest.batches(start_row=min(wanted)):
-        for row in batch:
-            if row.row in wanted:
-                yield row
-        if batch and batch[-1].row >= last:
-            return
-
-
-RERUN_MANIFEST = "rerun-manifest.csv"
-
-
-class RunNotFinishedError(ConfigError):
-    """A rerun of a run that has rows without an outcome: resume that run first."""
-
-    def __init__(self, run_dir: Path, manifest: str, rows: int, total: int, state: str) -> None:
-        self.run_dir, self.manifest, self.rows, self.total, self.state = (
-            run_dir, manifest, rows, total, state)
-        super().__init__(f"{run_dir} is {state}: {rows} of {total} rows have an outcome. "
-                         "Resume it first (its failures are known only when every row has "
-                         "one), then rerun")
-
-
-def _check_finished(old: RunDir, info: RunInfo) -> None:
-    from pipeline.enroll.report import run_state  # noqa: PLC0415
-
-    rows = old.read_records(OUTCOME_SCHEMA, ["row"]).num_rows
-    rows += old.journal_records(OUTCOME_SCHEMA).num_rows
-    state = run_state(old, info, rows)
-    if state != "finished":
-        raise RunNotFinishedError(old.path, info.manifest.path, rows, info.manifest.num_rows,
-                                  state)
-
-
-def plan_rerun(
-    old_run_dir: Path,
-    settings: Settings,
-    *,
-    include_all: bool = False,
-    run_dir: Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> EnrollConfig | None:
-    """The config of a rerun of ``old_run_dir``'s failed rows, or None when none qualify.
-
-    By default only rows that failed with a retryable error; ``include_all``
-    takes every row that did not succeed. The rows are copied (absolute image
-    paths) to ``<new run dir>/rerun-manifest.csv``; the new run links to the old
-    one through ``parent_run_id`` and uses its options unless ``overrides`` says
-    otherwise. The new run dir defaults to a new run id next to the old run.
-    """
-    from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
-
-    old = RunDir(old_run_dir)
-    info = old.read_info()
-    options = {**_config_options(info.options), **(overrides or {})}
-    target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
-    manifest_path = target / RERUN_MANIFEST
-    if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun
-        _check_finished(old, info)
-        rows = _non_success(old, retryable_only=not include_all)
-        if not rows:
-            return None
-        source = open_manifest(info.manifest.path, default_group=options.get("group"),
-                               default_action=options.get("mode", "add"),
-                               encoding=options.get("encoding") or "utf-8",
-                               delimiter=options.get("delimiter"))
-        if source.fingerprint != info.manifest.fingerprint:
-            raise ConfigError(f"{info.manifest.path} changed since run {info.run_id}; "
-                              f"rerun from {old.path / FAILURES_CSV} with enroll instead")
-        target.mkdir(parents=True, exist_ok=True)
-        write_manifest_rows(manifest_path, source, rows)
-    # The rerun manifest is written as UTF-8 with commas, whatever the original was.
-    options.update(encoding="utf-8", delimiter=",")
-    return EnrollConfig(manifest=manifest_path, settings=settings, run_dir=target,
-                        parent_run_id=info.run_id, **options)
+# -- run.json options ------------------------------------------------------------------
 
 
 def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:

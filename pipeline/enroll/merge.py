@@ -155,7 +155,7 @@ def _hold_check(shard: Shard) -> None:
 
 
 def _write_parent(folder: Path, shards: list[Shard]) -> MergeResult:
-    from pipeline.enroll.job import write_failures  # noqa: PLC0415
+    from pipeline.enroll.failures import write_failures  # noqa: PLC0415
     from pipeline.enroll.report import render_html  # noqa: PLC0415
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
@@ -172,8 +172,8 @@ def _write_parent(folder: Path, shards: list[Shard]) -> MergeResult:
                    manifest=first.manifest, settings=first.settings, options=options,
                    thresholds=first.thresholds)
     outcomes = sum(counts.values())
+    # exit_code is the command's to record (jobs/exits.py), like every run's.
     info = replace(info, finished_at=utc_now().isoformat(), counts=counts,
-                   exit_code=0 if outcomes == counts_success(counts) else 1,
                    failures_for=outcomes)
     parent.write_info(info)
     manifest = open_manifest(first.manifest.path, default_group=first.options.get("group"),
@@ -188,11 +188,6 @@ def _write_parent(folder: Path, shards: list[Shard]) -> MergeResult:
     report.write_text(render_html(folder), encoding="utf-8")
     return MergeResult(info.run_id, folder, len(shards), outcomes, counts, failures, report)
 
-
-def counts_success(counts: dict[str, int]) -> int:
-    from pipeline.runs.outcomes import SUCCESS_STATUSES  # noqa: PLC0415
-
-    return sum(n for status, n in counts.items() if status in SUCCESS_STATUSES)
 
 
 def _link_parts(parent: RunDir, shards: list[Shard]) -> None:

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -75,6 +75,10 @@ REGATE_SCHEMA = pa.schema(
     ],
     metadata={"faceflow.record": "pipeline.enroll.regate.RegateRow"},
 )
+
+if TYPE_CHECKING:
+    from pipeline.runs.manifest import Manifest, ManifestRow
+    from pipeline.runs.rundir import RunInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +217,7 @@ def _summary(result: RegateResult) -> dict[str, Any]:
             "changes": dict(result.changes), "manifest_rows": result.manifest_rows}
 
 
-def _source_manifest(info: Any) -> Any:
+def _source_manifest(info: RunInfo) -> Manifest:
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
     options = info.options or {}
@@ -229,7 +233,7 @@ def _source_manifest(info: Any) -> Any:
     return manifest
 
 
-def write_manifest(path: Path, manifest: Any, rows: set[int]) -> int:
+def write_manifest(path: Path, manifest: Manifest, rows: set[int]) -> int:
     """The manifest rows in ``rows`` as a CSV manifest: the original columns with the
     image made absolute, plus ``group_id`` (the row's, defaults applied) when the
     original had none. Header only when ``rows`` is empty. Returns the rows written."""
@@ -250,7 +254,7 @@ def write_manifest(path: Path, manifest: Any, rows: set[int]) -> int:
     return written
 
 
-def _absolute(row: Any, group_col: str | None) -> dict[str, str]:
+def _absolute(row: ManifestRow, group_col: str | None) -> dict[str, str]:
     cells = dict(row.columns)
     image_col = next((k for k in cells if k.strip().lower() == "image"), "image")
     cells[image_col] = str(row.image_path)  # absolute; the path a ledger recorded

@@ -44,14 +44,18 @@ class Runner(Generic[T]):
 
     ``on_stop(stopped)`` is called once, when the run starts stopping. ``noun`` names
     the items in the interrupt message ("rows in flight are left for resume").
+    ``ready()``, when given, is awaited before each new item starts: the outage pause
+    (:meth:`pipeline.client.health.Health.wait_ready` returns once the service answers
+    again); a :class:`StopRun` it raises stops the run like one from ``work``.
     """
 
     def __init__(self, concurrency: int, stop: asyncio.Event | None = None, *,
                  on_stop: Callable[[Stopped], None] | None = None, noun: str = "items",
-                 tick: Callable[[], None] | None = None, tick_seconds: float = 1.0) -> None:
+                 tick: Callable[[], None] | None = None, tick_seconds: float = 1.0,
+                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.concurrency, self.stop, self.noun = concurrency, stop, noun
+        self.concurrency, self.stop, self.noun, self.ready = concurrency, stop, noun, ready
         self._on_stop, self._tick, self._tick_seconds = on_stop, tick, tick_seconds
         self.halted = asyncio.Event()  # set once the run stops taking new items
         self.stopped: Stopped | None = None
@@ -100,6 +104,11 @@ class Runner(Generic[T]):
         slots = asyncio.Semaphore(self.concurrency)
         async for item in _aiter(items):
             await slots.acquire()
+            if self.ready is not None and not self.halted.is_set():
+                try:
+                    await self.ready()
+                except StopRun as stop:
+                    self.halt(stop.reason, stop.message)
             if self.halted.is_set():
                 slots.release()
                 break

@@ -2,7 +2,8 @@
 
 A job never ends on one row's failure: that becomes an outcome row. It stops early
 only when no further call can succeed (the quota is spent, the credentials are
-refused) or when it is told to (Ctrl-C, SIGTERM). The library returns the reason;
+refused, the service is gone for longer than the job waits for it, the endpoint is not
+the service at all) or when it is told to (Ctrl-C, SIGTERM). The library returns the reason;
 ``jobs/`` alone turns it into an exit code (``jobs/exits.py``).
 """
 
@@ -11,7 +12,13 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pipeline.api.errors import AuthError, FaceflowError, QuotaError
+from pipeline.api.errors import (
+    AuthError,
+    FaceflowError,
+    QuotaError,
+    ServiceUnavailableError,
+    UnreachableError,
+)
 from pipeline.client.budget import BudgetUnavailable
 
 __all__ = ["STOPPING_ERRORS", "StopReason", "StopRun", "as_stop", "disk_message", "stop_for"]
@@ -24,6 +31,8 @@ class StopReason(StrEnum):
     AUTH = "auth"  # the service refused the credentials, even after a token refresh
     INTERRUPTED = "interrupted"  # the caller's stop event (Ctrl-C, SIGTERM)
     BUDGET = "budget"  # the shared QPS budget (--qps-budget) cannot be reached; resume later
+    OUTAGE = "outage"  # the service answered nothing for longer than --outage-wait; resume
+    UNREACHABLE = "unreachable"  # at the start, the endpoint is not the service: fix it
     CREDENTIALS = "credentials"  # refused when the session opened, before any API call
     DISK = "disk"  # the run directory cannot be written (disk full, I/O error); resume later
 
@@ -45,6 +54,8 @@ _STOPPING: tuple[tuple[type[FaceflowError], StopReason], ...] = (
     (QuotaError, StopReason.QUOTA),
     (AuthError, StopReason.AUTH),
     (BudgetUnavailable, StopReason.BUDGET),
+    (ServiceUnavailableError, StopReason.OUTAGE),
+    (UnreachableError, StopReason.UNREACHABLE),
 )
 #: The classes of :data:`_STOPPING`, for ``except STOPPING_ERRORS``.
 STOPPING_ERRORS: tuple[type[FaceflowError], ...] = tuple(cls for cls, _ in _STOPPING)

@@ -49,11 +49,11 @@ import re
 import stat
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -153,10 +153,21 @@ class _Chunk:
         return len(self.rows)
 
 
+class _Reader(Protocol):
+    """One file format's reader (_CsvReader, _ParquetReader, _JsonlReader)."""
+
+    columns: list[str]
+
+    def chunks(self, only: Sequence[str] | None, start_row: int,
+               wanted: np.ndarray | None = None) -> Iterator[_Chunk]: ...
+
+    def finish(self, scan: _Scan) -> None: ...
+
+
 class Manifest:
     """An opened, validated manifest. Re-reads the file on each :meth:`batches` call."""
 
-    def __init__(self, path: Path, fmt: str, reader: Any, fingerprint: str, num_rows: int,
+    def __init__(self, path: Path, fmt: str, reader: _Reader, fingerprint: str, num_rows: int,
                  names: dict[str, str], defaults: tuple[str, str]) -> None:
         self.path = path
         self.format = fmt
@@ -579,7 +590,7 @@ def _line_ends(text: str) -> int:
     return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
-def _row_line_ends(columns: Any, n: int) -> np.ndarray:
+def _row_line_ends(columns: Iterable[pa.Array], n: int) -> np.ndarray:
     """Line ends inside each row's cells (quoted newlines), as an int64 array."""
     total = np.zeros(n, np.int64)
     for col in columns:
@@ -745,7 +756,7 @@ def _as_text(arr: pa.Array) -> pa.Array:
     return pc.fill_null(arr, "")
 
 
-def _json_text(value: Any) -> str:
+def _json_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -812,7 +823,7 @@ class _JsonlReader:
         self.columns = list(self._seen)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     if type(value) is str:  # the common case first
         return value
     return "" if value is None else _json_text(value)
@@ -989,7 +1000,7 @@ class _RowHashes:
 
 
 def _confirm_duplicates(
-    reader: Any, keys: _KeyBuilder, rows: np.ndarray, h1: np.ndarray, only: list[str]
+    reader: _Reader, keys: _KeyBuilder, rows: np.ndarray, h1: np.ndarray, only: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-read only the rows whose 32-bit hash is shared, and group them by (that hash,
     a 64-bit BLAKE2b hash of the key): exact for any practical purpose.

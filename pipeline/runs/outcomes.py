@@ -11,7 +11,11 @@ Units: quality metrics as the service reports them (blur and occlusion 0-1,
 illumination 0-255, angles in degrees, completeness 0/1), the face box in
 pixels of the image as sent, timestamps in UTC with microsecond precision.
 ``attempts`` counts every HTTP request sent for the row (detect and write,
-retries and token refreshes included).
+retries and token refreshes included); ``attempts_by_cause`` counts the failed ones by
+cause: ``rate_limit`` (answered 4/18: waited its turn), ``fault`` (timeouts, dropped
+connections, 5xx, transient codes: these spend the row's retry budget) and ``outage``
+(faults while the service answered nobody: waited for it, budget untouched). None for
+a row that sent nothing, or whose client does not count causes.
 
 ``duplicate_*`` describe what ``--block-duplicates`` found for a
 ``duplicate_suspect`` row: the other uid and its group, the similarity (0-100,
@@ -53,6 +57,9 @@ METRIC_FIELDS = (
 BOX_FIELDS = ("face_left", "face_top", "face_width", "face_height")
 
 _TS = pa.timestamp("us", tz="UTC")
+#: Failed sends of a row by cause (see the module docstring).
+ATTEMPT_CAUSES = pa.struct([pa.field("rate_limit", pa.int32()), pa.field("fault", pa.int32()),
+                            pa.field("outage", pa.int32())])
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -75,6 +82,7 @@ OUTCOME_SCHEMA = pa.schema(
         pa.field("detect_log_id", pa.uint64()),
         pa.field("write_log_id", pa.uint64()),
         pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("attempts_by_cause", ATTEMPT_CAUSES),
         pa.field("duplicate_uid", pa.string()),
         pa.field("duplicate_group_id", pa.string()),
         pa.field("duplicate_score", pa.float64()),
@@ -132,6 +140,7 @@ class Outcome:
     detect_log_id: int | None
     write_log_id: int | None
     attempts: int
+    attempts_by_cause: dict[str, int] | None
     duplicate_uid: str | None
     duplicate_group_id: str | None
     duplicate_score: float | None

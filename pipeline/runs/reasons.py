@@ -87,7 +87,9 @@ QUALITY_REASONS: dict[str, str] = {
 ROW_REASONS: dict[str, str] = {
     "duplicate_row": "the same uid and image appear on an earlier row; the first is kept",
     "bad_action": "the action is not one of add, update or upsert",
-    "image_missing": "the row has no image",
+    "image_missing": "the image cell is empty; write the photo's path",
+    "uid_too_long_v3": "uid is longer than 48 bytes, v3's limit",
+    "group_id_too_long_v3": "group_id is longer than 48 bytes, v3's limit",
     "user_not_found": "the uid is not in the group (update of an unknown uid)",
     "retries_exhausted": "the service kept failing (timeouts, server errors, rate limits) "
                          "until the retries ran out; rerun later",

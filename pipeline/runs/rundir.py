@@ -345,7 +345,7 @@ class RecordStore:
             self._mark(np.fromiter(unique.keys(), dtype=np.int64))
             self.recovered += len(unique)
 
-    def _is_done(self, key: Any) -> bool:
+    def _is_done(self, key: object) -> bool:
         return isinstance(key, int) and 0 <= key < len(self.done) and bool(self.done[key])
 
     def _mark(self, keys: np.ndarray) -> None:
@@ -354,7 +354,7 @@ class RecordStore:
 
     # -- appending --------------------------------------------------------------
 
-    def append(self, record: Any) -> None:
+    def append(self, record: object) -> None:
         """Journal one terminal record (a dataclass with the schema's fields), then buffer it.
 
         When this returns, the record is in the OS (and on disk with ``durable``).
@@ -444,7 +444,7 @@ class RecordStore:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _to_row(self, record: Any) -> dict[str, Any]:
+    def _to_row(self, record: object) -> dict[str, Any]:
         row = {name: getattr(record, name) for name in self.schema.names}
         for name in self._ts_cols:
             if isinstance(row[name], datetime):

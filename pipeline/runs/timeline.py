@@ -22,7 +22,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,17 @@ TIMELINE_SCHEMA = pa.schema([
     *(pa.field(kind, pa.int32(), nullable=False) for kind in KINDS),
 ])
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+class CallRecordLike(Protocol):
+    """What the timeline reads of a client's CallRecord (runs/ does not import client/)."""
+
+    at: float
+    interface: str
+    kind: str
+
 
 class CallTimeline:
     """Per-second call counts of one session; :meth:`record` is the client's hook."""
@@ -46,7 +57,7 @@ class CallTimeline:
     def __init__(self) -> None:
         self._counts: defaultdict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
 
-    def record(self, call: Any) -> None:
+    def record(self, call: CallRecordLike) -> None:
         """Count one request (a CallRecord: ``at``, ``interface``, ``kind``)."""
         kind = KINDS.index(call.kind) if call.kind in KINDS else 3
         self._counts[(int(call.at), call.interface)][kind] += 1
@@ -146,7 +157,7 @@ def timeline_svg(calls: pa.Table, finished_us: np.ndarray) -> str | None:
     return _svg(fig)
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Figure) -> str:
     import matplotlib  # noqa: PLC0415
 
     buf = io.StringIO()

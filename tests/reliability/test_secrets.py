@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.reliability import FACEFLOW, engine_env, free_port, outcomes_on_disk, write_manifest
 
-from pipeline.api.errors import ApiError
+from pipeline.api.errors import ApiError, UnreachableError
 from pipeline.client.config import Settings
 from pipeline.client.faceclient import FaceClient
 from pipeline.client.retry import RetryPolicy
@@ -170,12 +170,12 @@ def test_exception_text_holds_no_secret(server: Any, caplog: pytest.LogCaptureFi
         try:
             async with FaceClient(settings, retry=RetryPolicy(max_attempts=1)):
                 pass
-        except ApiError as exc:
+        except (ApiError, UnreachableError) as exc:
             errors.append(exc)
 
     for settings in (wrong, dead):
         asyncio.run(open_with(settings))
-    assert [type(e).__name__ for e in errors] == ["AuthError", "TransientError"]
+    assert [type(e).__name__ for e in errors] == ["AuthError", "UnreachableError"]
     texts = {f"{type(e).__name__}": f"{e!s} {e!r} {e.args} {e.__cause__!r} {e.__context__!r}"
              for e in errors}
     texts["settings"] = f"{wrong!r} {wrong!s} {wrong.public()}"

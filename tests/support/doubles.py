@@ -28,6 +28,15 @@ API
     ``token_fetches``            token requests answered so far
     ``revoke_tokens(code=110)``  every token issued so far is answered ``code`` (110/111)
     ``qps_limit[name] = q``      at most q accepted calls per sliding 1-s window, else 18
+    ``quota(name, q, shape)``    a quota of q calls/s counted as ``shape`` ("bucket",
+                                 "fixed" calendar seconds or "sliding", see
+                                 pipeline/engine/windows.py); over it: 18
+    ``storm(rates, seed)``       each admitted call draws a fault: rates per kind, e.g.
+                                 ``{"18": .2, "4": .05, "http500": .02, "hang": .05}``
+                                 ("hang": never answered; the client must time out)
+    ``go_down(mode)``            the service is gone: "refuse" (nothing listens on the
+                                 port), "drop" (connections closed unanswered) or "503";
+                                 ``come_back()`` ends it (same port)
     ``requests``                 every API request received, as :class:`Received`
     ``last_log_id``              the ``log_id`` of the latest API reply
     ``calls(name)``              the requests of one interface
@@ -52,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import selectors
 import time
 from collections import defaultdict, deque
@@ -66,6 +76,7 @@ from aiohttp import web
 from pipeline.api.errors import ERROR_TABLE
 from pipeline.client.config import Secret, Settings
 from pipeline.client.faceclient import PATHS
+from pipeline.engine.windows import QuotaWindow, SlidingWindow, make_window
 
 API_KEY = "double-api-key-3f9a"
 SECRET_KEY = "double-secret-key-7c21"
@@ -129,7 +140,7 @@ class _State:
     token_script: deque[Reply] = field(default_factory=deque)
     defaults: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, int | None] = field(default_factory=dict)  # token -> revoked with code
-    accepted: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    windows: dict[str, QuotaWindow] = field(default_factory=dict)
 
 
 class ProtocolDouble:
@@ -143,6 +154,11 @@ class ProtocolDouble:
         self.token_expires_in: int | None = 2592000
         self.token_scope = "public brain_all_scope vis-faceverify_faceverify"
         self.qps_limit: dict[str, float] = {}
+        self.down: str | None = None
+        self.storm_counts: dict[str, int] = defaultdict(int)
+        self._storm: tuple[dict[str, float], random.Random] | None = None
+        self._site: web.TCPSite | None = None
+        self._port = 0
         self._state = _State()
         self._log_ids = itertools.count(1_000_001)
         self._token_ids = itertools.count(1)
@@ -157,11 +173,27 @@ class ProtocolDouble:
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2,
                                      access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await self._site.start()
+        self._port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self._port}"
         return self
+
+    async def go_down(self, mode: str = "refuse") -> None:
+        """The service is gone until :meth:`come_back` (see the module docstring)."""
+        if mode not in ("refuse", "drop", "503"):
+            raise ValueError(f"unknown outage mode {mode!r}")
+        self.down = mode
+        if mode == "refuse" and self._site is not None:
+            await self._site.stop()  # the listening socket closes: connections are refused
+            self._site = None
+
+    async def come_back(self) -> None:
+        if self.down == "refuse":
+            assert self._runner is not None
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+            await self._site.start()
+        self.down = None
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -192,6 +224,14 @@ class ProtocolDouble:
     def default(self, name: str, reply: dict[str, Any] | Callable[[Received], dict]) -> None:
         self._state.defaults[_name(name)] = reply
 
+    def quota(self, name: str, q: float, shape: str = "sliding") -> None:
+        """Admit at most ``q`` calls/s to ``name``, counted as ``shape``; others get 18."""
+        self._state.windows[_name(name)] = make_window(shape, q)
+
+    def storm(self, rates: dict[str, float], seed: int = 1) -> None:
+        """Admitted calls draw a fault at these rates (codes, "http500", "hang")."""
+        self._storm = (dict(rates), random.Random(seed))
+
     def revoke_tokens(self, code: int = 110) -> None:
         for tok in self._state.tokens:
             self._state.tokens[tok] = code
@@ -202,7 +242,19 @@ class ProtocolDouble:
 
     # -- handlers ---------------------------------------------------------------------
 
+    async def _outage(self, request: web.Request) -> web.StreamResponse | None:
+        """While down: drop the connection or answer 503 (refuse needs no handler)."""
+        if self.down is None:
+            return None
+        if self.down == "503":
+            return web.Response(status=503, text="<html>Service Unavailable</html>",
+                                content_type="text/html")
+        return await self._answer(request, DROP, None)
+
     async def _token(self, request: web.Request) -> web.StreamResponse:
+        gone = await self._outage(request)
+        if gone is not None:
+            return gone
         self.token_fetches += 1
         if self._state.token_script:
             return await self._answer(request, self._state.token_script.popleft(), None)
@@ -220,6 +272,9 @@ class ProtocolDouble:
         return web.json_response(body)
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
+        gone = await self._outage(request)
+        if gone is not None:
+            return gone
         raw = await request.read()
         received = _received(request, raw)
         self.requests.append(received)
@@ -231,19 +286,29 @@ class ProtocolDouble:
             return await self._answer(request, self._state.scripts[key].popleft(), received)
         if self._over_limit(key, asyncio.get_running_loop().time()):
             return await self._answer(request, error(18), received)
-        return await self._answer(request, Reply(), received)
+        return await self._answer(request, self._storm_reply(), received)
 
     def _over_limit(self, key: str, now: float) -> bool:
-        limit = self.qps_limit.get(key)
-        if limit is None:
-            return False
-        window = self._state.accepted[key]
-        while window and window[0] <= now - 1.0:
-            window.popleft()
-        if len(window) >= limit:
-            return True
-        window.append(now)
-        return False
+        window = self._state.windows.get(key)
+        if window is None and key in self.qps_limit:
+            window = self._state.windows[key] = SlidingWindow(self.qps_limit[key])
+        return window is not None and not window.admit(now)
+
+    def _storm_reply(self) -> Reply:
+        if self._storm is None:
+            return Reply()
+        rates, rng = self._storm
+        draw = rng.random()
+        for kind, rate in rates.items():
+            if draw < rate:
+                self.storm_counts[kind] += 1
+                if kind == "hang":
+                    return delay(3600.0)  # never answered: the client times out
+                if kind == "http500":
+                    return http(500, "<html>Internal Server Error</html>")
+                return error(int(kind))
+            draw -= rate
+        return Reply()
 
     async def _answer(self, request: web.Request, reply: Reply,
                       received: Received | None) -> web.StreamResponse:
@@ -362,7 +427,7 @@ class _FastForwardSelector(selectors.DefaultSelector):  # type: ignore[misc,vali
         if timeout is None:  # no timer at all: only real I/O can wake the loop
             return events or super().select(None)
         # Each loop pass costs 1 us, as on a real machine; without it a timer due a few
-        # ulps from now (aiolimiter's float arithmetic) would spin the loop forever.
+        # ulps from now (the limiter's float arithmetic) would spin the loop forever.
         self.loop.now += 1e-6 if events else max(timeout, 1e-6)
         return events
 

@@ -1,0 +1,1 @@
+"""Run storage: manifests, images, the outcome record and schema, run directories."""
