@@ -265,3 +265,28 @@ def test_v3_search_is_paced_by_the_identify_limit():
     assert canonical_interface("multi-search") == "multi_identify"
     limiter = RateLimiter({"identify": 3, "face_delete": 1})
     assert limiter.ceiling("search") == 3 and limiter.ceiling("face_delete") == 1
+
+
+async def test_faceverify_and_multi_search_replies_parse():
+    live = {"thresholds": {"frr_1e-4": 0.05, "frr_1e-3": 0.3, "frr_1e-2": 0.9},
+            "face_liveness": 0.97,
+            "face_list": [{"face_token": "t" * 32, "liveness": {"livemapscore": 0.97}}]}
+    multi = {"face_num": 1, "face_list": [{
+        "face_token": "m" * 32, "location": {"left": 31.9, "top": 120.3, "width": 87,
+                                             "height": 85, "rotation": -5},
+        "user_list": [{"group_id": "g", "user_id": "u", "user_info": "i", "score": 69.8}]}]}
+    async with V3Double() as double:
+        double.script("faceverify", envelope(live))
+        double.script("multi_search", envelope(multi))
+        async with FaceClientV3(double.settings(), retry=FAST) as client:
+            verified = await client.faceverify([jpeg(), "a" * 32], face_field=["quality"])
+            found = await client.multi_search(jpeg(), "g", max_face_num=3)
+        body = double.calls("faceverify")[0].body
+        assert isinstance(body, list) and [i["image_type"] for i in body] == ["BASE64",
+                                                                              "FACE_TOKEN"]
+        assert body[0]["face_field"] == "quality"
+        assert verified.face_liveness == 0.97 and verified.thresholds["frr_1e-3"] == 0.3
+        assert verified.livemapscores == (("t" * 32, 0.97),)
+        face = found.faces[0]
+        assert face.location.left == 31.9 and face.users[0].score == 69.8
+        assert double.calls("multi_search")[0].body["max_face_num"] == 3
