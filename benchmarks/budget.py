@@ -1,8 +1,8 @@
 """One QPS budget per account: N enroll processes sharing one PostgreSQL budget vs alone.
 
-The no-work server of benchmarks/quota.py (the engine's own Emulation, Q calls per fixed
-1-s window on each of detect and add, error 18 beyond) runs in its own process. Against
-it, for N = 2 and 4:
+The no-work server of benchmarks/quota.py (Q calls per fixed 1-s window on each of detect
+and add, ``--shape`` for another, error 18 beyond) runs in its own process, a fresh one
+per run. Against it, for N = 2 and 4:
 
 1. N ``faceflow enroll`` processes with ``--qps Q --qps-budget postgresql://...``: one
    budget for the account, so together they should send Q;
@@ -22,11 +22,14 @@ The budget's PostgreSQL is a temporary local cluster (pipeline.postgres.LocalClu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +70,11 @@ def run_processes(url: str, manifests: list[Path], folder: Path, q: float,
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         if proc.returncode != 0:
-            raise RuntimeError(f"enroll exited {proc.returncode}: {err[-500:]}")
+            raise RuntimeError(f"enroll exited {proc.returncode}: {err[-2500:]}")
     return time.perf_counter() - start
 
 
-def measure(url: str, q: float, seconds: int, counts: list[int], budget_url: str
+def measure(q: float, shape: str, seconds: int, counts: list[int], budget_url: str
             ) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,13 +84,33 @@ def measure(url: str, q: float, seconds: int, counts: list[int], budget_url: str
             parts = split_manifest(manifest, n)
             for label, budget in ((f"{n} processes, one shared budget", budget_url),
                                   (f"{n} processes, separate limiters", None)):
-                _admin(url, f"/admin/reset?q={q}", "POST")
                 run_dir = folder / f"{n}-{'budget' if budget else 'separate'}"
-                wall = run_processes(url, parts, run_dir, q, budget)
-                stats = _admin(url, "/admin/stats")
+                with _server(q, shape) as url:
+                    wall = run_processes(url, parts, run_dir, q, budget)
+                    stats = _counts(_admin(url, "/admin/stats"))
                 runs[label] = {"processes": n, "shared_budget": budget is not None,
                                "wall_s": round(wall, 1), **utilisation(stats, q)}
     return runs
+
+
+@contextmanager
+def _server(q: float, shape: str) -> Iterator[str]:
+    """quota.py's counting server for one run: its URL."""
+    spec = json.dumps({"q": q, "shape": shape, "faults": {}})
+    server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "quota.py"),
+                               "--serve", spec], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        yield f"http://127.0.0.1:{server.stdout.readline().strip()}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _counts(stats: dict[str, Any]) -> dict[str, Any]:
+    """quota.py's {interface: {"ok"|"limited": {second: n}}} as utilisation() reads it."""
+    return {"ok": {name: kinds.get("ok", {}) for name, kinds in stats.items()},
+            "rejected": {name: kinds.get("limited", {}) for name, kinds in stats.items()}}
 
 
 def verdict(run: dict[str, Any]) -> str:
@@ -101,22 +124,16 @@ def main() -> None:
     parser.add_argument("--q", type=float, default=10.0, help="server quota per interface")
     parser.add_argument("--seconds", type=int, default=20, help="length of each run")
     parser.add_argument("--procs", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--shape", default="fixed", choices=("fixed", "sliding", "bucket"),
+                        help="how the server counts its quota")
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "quota.py"),
-                               "--serve", str(args.q)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
-        with LocalCluster() as cluster:
-            runs = measure(url, args.q, args.seconds, args.procs, cluster.url)
-    finally:
-        server.terminate()
-        server.wait(10)
-    report = {"q": args.q, "seconds": args.seconds, "runs": runs,
+    with LocalCluster() as cluster:
+        runs = measure(args.q, args.shape, args.seconds, args.procs, cluster.url)
+    report = {"q": args.q, "shape": args.shape, "seconds": args.seconds, "runs": runs,
               "verdicts": {k: verdict(r) for k, r in runs.items() if r["shared_budget"]},
               "goal": "shared budget: together >= 0.95 Q, <= 0.5 % rejected"}
     path = write_result("budget", report)
-    print(f"server quota Q = {args.q:g} calls/s per interface (fixed 1-s windows); "
+    print(f"server quota Q = {args.q:g} calls/s per interface ({args.shape} windows); "
           "utilisation = successful calls/s / Q, all processes together")
     print(f"{'run':38} {'wall s':>7} {'detect':>8} {'add':>8} {'18 share':>9} {'goal':>6}")
     for label, run in runs.items():

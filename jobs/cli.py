@@ -90,9 +90,10 @@ def configure_logging(verbose: int) -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    level = logging.WARNING - 10 * min(verbose, 2)
-    for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+    if verbose:  # without -v the loggers keep their level (WARNING, from the root)
+        level = logging.WARNING - 10 * min(verbose, 2)
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

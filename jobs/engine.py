@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from jobs.exits import ConfigProblem
+from jobs.exits import EXIT_FAILED_ROWS, ConfigProblem
 from pipeline.client.config import ENGINE_DEFAULT_PORT
 
 
@@ -158,7 +158,7 @@ def import_persons(csv_path: Path, data_dir: Path, store_url: str | None) -> Non
         click.echo(f"line {line}: refused: {reason}", err=True)
     click.echo(f"imported {report.imported} person(s), refused {len(report.refused)}")
     if report.refused:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED_ROWS)
 
 
 def _open_store(store_url: str | None, data_dir: Path) -> Any:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from jobs.exits import EXIT_CONFIG, exit_code
-from pipeline.api.errors import ConfigError
+from jobs.exits import config_errors, exit_code
 from pipeline.runs.rundir import RunDir
 
 
@@ -28,11 +27,8 @@ def merge(folder: Path) -> None:
     """
     from pipeline.enroll.merge import describe, merge_shards
 
-    try:
+    with config_errors():
         result = merge_shards(folder)
-    except ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(EXIT_CONFIG) from None
     for line in describe(result):
         click.echo(line)
     code = exit_code(None, result.failures)

@@ -65,3 +65,22 @@ def test_run_all_understands_every_committed_result():
     assert not [r for r in rows if "not understood" in r[1]]
     assert ("crashed", "exit 1", "", "**no figure**", "`x`") in rows
     assert len({r[4] for r in rows}) == len(results)
+
+
+def test_ledger_bench_decides_exactly_the_known_rows(tmp_path: Path) -> None:
+    from benchmarks import ledger as bench
+    from pipeline.ledger import open_ledger
+    from pipeline.ledger.runs import known_rows, skip_known
+    from pipeline.runs.manifest import open_manifest
+    from pipeline.runs.outcomes import OUTCOME_SCHEMA
+    from pipeline.runs.rundir import RunDir
+
+    manifest_path, ledger_path, _ = bench.build(tmp_path / "b", 2500, 2400)
+    manifest = open_manifest(manifest_path, default_group=bench.GROUP)
+    with open_ledger(str(ledger_path)) as book:
+        found = [k for batch in known_rows(manifest, book, bench.ENDPOINT) for k in batch.rows]
+        assert found == list(range(2400))  # the first 2400 rows are the known ones
+        store = RunDir(tmp_path / "run").open_store(OUTCOME_SCHEMA, manifest.num_rows)
+        assert skip_known(manifest, book, bench.ENDPOINT, store, "r") == 2400
+        store.close()
+    assert int(store.done.sum()) == 2400

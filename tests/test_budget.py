@@ -171,17 +171,36 @@ async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(pg_url: st
             self.acquired: list[str] = []
             self.limited: list[str] = []
 
-        async def acquire(self, interface: str) -> None:
-            self.acquired.append(interface)
+            self.answered: list[str] = []
 
-        def on_limited(self, interface: str) -> None:
-            self.limited.append(interface)
+        async def acquire(self, interface: str) -> str:
+            self.acquired.append(interface)
+            return f"ticket-{len(self.acquired)}"
+
+        def on_limited(self, interface: str, ticket: str | None = None) -> None:
+            self.limited.append(f"{interface}:{ticket}")
+
+        def on_answered(self, interface: str, ticket: str) -> None:
+            self.answered.append(f"{interface}:{ticket}")
 
     own = Recorder()
     async with PgBudget(pg_url, ACCOUNT, {"detect": 10}, fallback=own) as budget:
-        await budget.acquire("detect")
-        await budget.acquire("identify")
-        budget.on_limited("identify")
-    assert own.acquired == ["identify"] and own.limited == ["identify"]
+        assert await budget.acquire("detect") is None
+        ticket = await budget.acquire("identify")
+        budget.on_limited("identify", ticket)
+        budget.on_answered("identify", await budget.acquire("identify"))
+        budget.on_answered("detect", None)
+    assert own.acquired == ["identify", "identify"]
+    assert own.limited == ["identify:ticket-1"] and own.answered == ["identify:ticket-2"]
     with connect(pg_url) as conn:
         assert conn.execute("SELECT interface FROM qps_budget").fetchall() == [("detect",)]
+
+
+async def test_processes_starting_together_all_open_the_budget(pg_url: str) -> None:
+    budgets = [PgBudget(pg_url, ACCOUNT, 10) for _ in range(6)]
+    try:
+        await asyncio.gather(*(b.open() for b in budgets))  # the table is created once
+        waits = await asyncio.gather(*(b.reserve("detect") for b in budgets))
+        assert len(waits) == 6 and min(waits) == 0.0
+    finally:
+        await asyncio.gather(*(b.close() for b in budgets))

@@ -180,40 +180,48 @@ async def test_every_interface_against_the_engine(engine, samples_dir: Path):
     obama = (samples_dir / "obama_01.jpg").read_bytes()
     obama2 = (samples_dir / "obama_02.jpg").read_bytes()
     g, g2 = "c3_" + uuid.uuid4().hex[:8], "c3_" + uuid.uuid4().hex[:8]
+    who = "o_" + uuid.uuid4().hex[:8]  # unique: the session's engine holds other tests' users
     async with FaceClientV3(_settings(engine)) as client:
         found = await client.detect(obama, face_field=["quality", "landmark"])
         token = found.faces[0].face_token
         assert len(found.faces[0].landmark) == 4 and found.faces[0].qualities is not None
-        added = await client.add_user(token, g, "obama", user_info="Barack")
+        added = await client.add_user(token, g, who, user_info="Barack")
         assert added.face_token == token
         with pytest.raises(E.ImageExistsError):
             await client.add_user(obama, g, "other")
-        second = await client.add_user(obama2, g, "obama")
-        listed = await client.face_getlist("obama", g)
+        second = await client.add_user(obama2, g, who)
+        listed = await client.face_getlist(who, g)
         assert [f.face_token for f in listed.faces] == [token, second.face_token]
         hit = await client.search(obama2, g, max_user_num=5)
-        assert hit.users[0].user_id == "obama" and hit.users[0].score >= 80
+        assert hit.users[0].user_id == who and hit.users[0].score >= 80
         multi = await client.multi_search(obama, g)
-        assert multi.faces[0].users[0].user_id == "obama"
+        assert multi.faces[0].users[0].user_id == who
         assert (await client.match(obama, obama2)).score >= 80
-        assert (await client.get_user("obama")).records[0].user_info == "Barack"
-        assert (await client.get_group_users(g)).user_ids == ("obama",)
+        assert (await client.get_user(who)).records[0].user_info == "Barack"
+        assert (await client.get_group_users(g)).user_ids == (who,)
         await client.group_add(g2)
         with pytest.raises(E.GroupExistsError):
             await client.group_add(g2)
-        await client.user_copy("obama", g, g2)
+        await client.user_copy(who, g, g2)
         assert g2 in (await client.get_group_list(length=1000)).group_ids
-        await client.update_user(obama, g2, "obama")
-        assert len((await client.face_getlist("obama", g2)).faces) == 1
-        await client.face_delete("obama", g, second.face_token)
-        await client.delete_user(g, "obama")
+        await client.update_user(obama, g2, who)
+        assert len((await client.face_getlist(who, g2)).faces) == 1
+        await client.face_delete(who, g, second.face_token)
+        await client.delete_user(g, who)
         with pytest.raises(E.UserNotFoundError):
-            await client.get_user("obama", g)
+            await client.get_user(who, g)
         await client.group_delete(g2)
         with pytest.raises(E.GroupNotFoundError):
             await client.get_group_users(g2)
         with pytest.raises(E.InvalidInputError):
             await client.person_idmatch("11010519491231002X", "nobody")
+        from pipeline.engine.store import Person  # noqa: PLC0415
+
+        number = "11010519491231002X"
+        held = engine.call_in_loop(lambda: engine.state.face_tokens.get(token))
+        engine.store.put_person(Person(number, "client test", held.descriptor, held.sha256))
+        assert (await client.person_verify(obama2, number, "client test")).score >= 80
+        assert (await client.person_idmatch(number, "client test")).log_id is not None
         with pytest.raises(E.InvalidInputError) as unsupported:
             await client.faceverify([obama])
         assert unsupported.value.code == 3
@@ -257,3 +265,28 @@ def test_v3_search_is_paced_by_the_identify_limit():
     assert canonical_interface("multi-search") == "multi_identify"
     limiter = RateLimiter({"identify": 3, "face_delete": 1})
     assert limiter.ceiling("search") == 3 and limiter.ceiling("face_delete") == 1
+
+
+async def test_faceverify_and_multi_search_replies_parse():
+    live = {"thresholds": {"frr_1e-4": 0.05, "frr_1e-3": 0.3, "frr_1e-2": 0.9},
+            "face_liveness": 0.97,
+            "face_list": [{"face_token": "t" * 32, "liveness": {"livemapscore": 0.97}}]}
+    multi = {"face_num": 1, "face_list": [{
+        "face_token": "m" * 32, "location": {"left": 31.9, "top": 120.3, "width": 87,
+                                             "height": 85, "rotation": -5},
+        "user_list": [{"group_id": "g", "user_id": "u", "user_info": "i", "score": 69.8}]}]}
+    async with V3Double() as double:
+        double.script("faceverify", envelope(live))
+        double.script("multi_search", envelope(multi))
+        async with FaceClientV3(double.settings(), retry=FAST) as client:
+            verified = await client.faceverify([jpeg(), "a" * 32], face_field=["quality"])
+            found = await client.multi_search(jpeg(), "g", max_face_num=3)
+        body = double.calls("faceverify")[0].body
+        assert isinstance(body, list) and [i["image_type"] for i in body] == ["BASE64",
+                                                                              "FACE_TOKEN"]
+        assert body[0]["face_field"] == "quality"
+        assert verified.face_liveness == 0.97 and verified.thresholds["frr_1e-3"] == 0.3
+        assert verified.livemapscores == (("t" * 32, 0.97),)
+        face = found.faces[0]
+        assert face.location.left == 31.9 and face.users[0].score == 69.8
+        assert double.calls("multi_search")[0].body["max_face_num"] == 3

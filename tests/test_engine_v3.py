@@ -141,8 +141,10 @@ async def test_tokens_live_sixty_minutes(engine, obama):
     g = _group()
     # a picture registered nowhere else in the session (a registered one's token is
     # permanent: the same picture yields the same token)
-    obama = variants.to_bytes(Image.open(io.BytesIO(obama)).convert("RGB").transpose(
-        Image.Transpose.FLIP_LEFT_RIGHT), quality=90)
+    mirrored = Image.open(io.BytesIO(obama)).convert("RGB").transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.putpixel((0, 0), tuple(np.random.default_rng().integers(0, 255, 3).tolist()))
+    obama = variants.to_bytes(mirrored, quality=90)
     async with V3Api(engine) as api:
         token = (await api.call("detect", {"image": b64(obama), "image_type": "BASE64"})
                  )["result"]["face_list"][0]["face_token"]

@@ -79,6 +79,9 @@ def test_detect_shape_and_token(sdk, photos):
     assert again["face_token"] == face["face_token"]
     by_token = ok(sdk.detect(face["face_token"], "FACE_TOKEN"))
     assert by_token["face_list"][0]["face_token"] == face["face_token"]
+    cropped = ok(sdk.detect(photos["obama"], "BASE64", {"display_corp_image": 1}))
+    crop = base64.b64decode(cropped["face_list"][0]["corp_image_base64"])
+    assert crop.startswith(b"\xff\xd8") and 1000 < len(crop) < len(photos["obama"])
 
 
 def test_detect_refusals(sdk, photos):

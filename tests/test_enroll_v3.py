@@ -76,6 +76,8 @@ async def test_demo_manifest_same_statuses_as_v2(engine, demo_manifest, tmp_path
     assert api.stats.calls["add"] == v3.counts["enrolled"]
     info = json.loads((tmp_path / "v3" / "run.json").read_text())
     assert info["options"]["api"] == "v3"
+    shown = CliRunner().invoke(main, ["report", str(tmp_path / "v3"), "--json"])
+    assert json.loads(shown.output)["api"] == "v3", shown.output
     # resume keeps the protocol: a switch is refused before any call
     with pytest.raises(ConfigError, match="--api v3"):
         await _enroll(engine, demo_manifest, tmp_path / "v3", "demo_v3", "v2")
@@ -106,7 +108,8 @@ async def test_expired_token_falls_back_to_base64(engine, samples_dir):
     # a picture registered nowhere: a registered picture's token never expires
     mirrored = Image.open(samples_dir / "obama_01.jpg").convert("RGB").transpose(
         Image.Transpose.FLIP_LEFT_RIGHT)
-    image = v.to_bytes(mirrored)
+    mirrored.putpixel((0, 0), tuple(np.random.default_rng().integers(0, 255, 3).tolist()))
+    image = v.to_bytes(mirrored)  # bytes of its own: a registered picture's token lasts
     async with V3JobApi(_settings(engine)) as api:
         found = await api.detect(image, face_fields=("qualities",))
         assert found.faces[0].qualities is not None
@@ -149,3 +152,21 @@ def test_cli_api_flag_env_and_bad_combinations(engine, demo_manifest, tmp_path):
     bad = CliRunner().invoke(main, ["enroll", str(manifest), "--group", "g", "--api", "v2",
                                     "--server-quality", "HIGH"], env=env)
     assert bad.exit_code == 2 and "--server-quality" in bad.output
+
+
+async def test_update_and_upsert_map_to_user_update(engine, samples_dir, tmp_path):
+    obama, obama2 = samples_dir / "obama_01.jpg", samples_dir / "obama_02.jpg"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uid,image\nnew_uid,{obama}\n")
+    _, capture = await _enroll(engine, manifest, tmp_path / "update", "upd_v3", "v3",
+                               mode="update")
+    assert _rows(tmp_path / "update")[0] == ("failed", ("user_not_found",))  # UPDATE: 223103
+    await _enroll(engine, manifest, tmp_path / "upsert", "upd_v3", "v3", mode="upsert")
+    assert _rows(tmp_path / "upsert")[0] == ("updated", ())  # REPLACE registers it
+    again = tmp_path / "again.csv"
+    again.write_text(f"uid,image\nnew_uid,{obama2}\n")
+    await _enroll(engine, again, tmp_path / "update2", "upd_v3", "v3", mode="update",
+                  threshold_overrides={"yaw": "45"})
+    assert _rows(tmp_path / "update2")[0] == ("updated", ())
+    faces = engine.store.faces_of("upd_v3", "new_uid")
+    assert len(faces) == 1  # user/update replaced the face

@@ -117,3 +117,15 @@ def test_no_import_cycles_between_library_modules() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert cycles == []
+
+
+def test_every_library_folder_is_a_package_in_the_repository() -> None:
+    import subprocess
+
+    folders = {p.parent for p in LIBRARY.rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert missing == []  # a folder without it is a namespace package find_packages skips
+    # .gitignore must not hide a module (an ignored 'runs/' once did): git lists none.
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard",
+                              "pipeline"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert [line for line in ignored.split() if line.endswith(".py")] == []

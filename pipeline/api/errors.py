@@ -333,6 +333,11 @@ V3_ERROR_TABLE: dict[int | str, tuple[type[ApiError], str]] = {
     222361: (TransientError, "system busy"),
     **{code: (TransientError, "system busy") for code in range(222901, 222917)},
     "SDK108": (TransientError, "connection or read data timeout"),
+    # the Java SDK's local checks (SDKDOC); never sent by the Python SDK or by faceflow
+    "SDK100": (InvalidInputError, "image size error"),
+    "SDK101": (InvalidInputError, "image length error"),
+    "SDK102": (InvalidInputError, "read image file error"),
+    "SDK109": (InvalidInputError, "unsupported image format"),
 }
 #: Gateway codes: under v3 their replies carry only error_code and error_msg.
 GATEWAY_CODES = frozenset(GATEWAY_TABLE)

@@ -70,6 +70,9 @@ class BudgetTuning:
     timeout: float = 5.0
 
 
+#: Advisory lock key of the table's creation.
+_SCHEMA_LOCK = 0x66616365_04
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS qps_budget (
     account text NOT NULL, interface text NOT NULL,
@@ -149,7 +152,11 @@ class PgBudget:
         try:
             self._conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self.tuning.timeout)))
-            await self._conn.execute(SCHEMA)
+            # Processes starting together would race CREATE TABLE IF NOT EXISTS (one of
+            # them fails on PostgreSQL's catalog): the first creates, the others wait.
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await self._conn.execute(SCHEMA)
         except (psycopg.Error, OSError) as exc:
             raise BudgetUnavailable(_unreachable(self.url, exc)) from None
         return self
@@ -177,15 +184,20 @@ class PgBudget:
                 "gain": t.gain * ceiling, "hold": t.hold, "beta": t.beta,
                 "cooldown": t.cooldown, "min_rate": t.min_rate}
 
-    async def acquire(self, interface: str) -> None:
-        """Reserve the account's next slot for ``interface`` and wait for it."""
+    async def acquire(self, interface: str) -> Any:
+        """Reserve the account's next slot for ``interface`` and wait for it.
+
+        Returns the fallback governor's ticket for an interface it paces, else None
+        (the governor's interface: pass it back to :meth:`on_limited` /
+        :meth:`on_answered`).
+        """
         if self.fallback is not None and self._args(interface) is None:
-            await self.fallback.acquire(interface)
-            return
+            return await self.fallback.acquire(interface)
         wait = await self.reserve(interface)
         if wait > 0:
             self.waited += wait
             await asyncio.sleep(wait)
+        return None
 
     async def reserve(self, interface: str) -> float:
         """Reserve the next slot; the seconds until it comes (0: now). No sleeping."""
@@ -196,16 +208,21 @@ class PgBudget:
         self.rates[args["interface"]] = float(row[1])
         return max(0.0, float(row[0]))
 
-    def on_limited(self, interface: str) -> None:
+    def on_limited(self, interface: str, ticket: Any = None) -> None:
         """A 4/18 for ``interface``: cut the shared rate (in the background)."""
         args = self._args(interface)
         if args is None:
             if self.fallback is not None:
-                self.fallback.on_limited(interface)
+                self.fallback.on_limited(interface, ticket)
             return
         task = asyncio.get_running_loop().create_task(self._cut(args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def on_answered(self, interface: str, ticket: Any = None) -> None:
+        """Any other answer: the fallback governor hears of its own calls' answers."""
+        if self.fallback is not None and ticket is not None and self._args(interface) is None:
+            self.fallback.on_answered(interface, ticket)
 
     async def _cut(self, args: dict[str, Any]) -> None:
         try:

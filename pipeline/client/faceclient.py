@@ -86,7 +86,7 @@ log = logging.getLogger("faceflow.client")
 
 #: Added to error 6 on a v2 path: a v3-only application gets 6 there (v3 contract §1.2).
 V3_HINT = (" (the application seems to hold v3 permission only: try --api v3 or "
-           "FACEFLOW_API=v3)")
+           "FACEFLOW_API=v3, in a new run: a run keeps its protocol)")
 
 _V2 = "/rest/2.0/face/v2"
 #: canonical interface name -> HTTP path (contract §1.2).
@@ -406,11 +406,9 @@ class FaceClient:
 
     def _report(self, interface: str, ticket: Any, limited: bool) -> None:
         """Tell the governor how the call of ``ticket`` was answered. A stand-in limiter
-        (the shared QPS budget) only hears of rate limits, without a ticket."""
-        if not isinstance(self.limiter, RateLimiter):
-            if limited:
-                self.limiter.on_limited(interface)
-        elif limited:
+        (the shared QPS budget, pipeline/client/budget.py) has the same two methods and
+        passes the ticket on to the process's governor for the interfaces it leaves to it."""
+        if limited:
             self.limiter.on_limited(interface, ticket)
         else:
             self.limiter.on_answered(interface, ticket)

@@ -29,18 +29,25 @@ Project decisions (the contract's, §2-§4, and the engine's own):
   a face_token already in the group for any user (the same picture) answers 223105,
   and so does a re-encoded copy of one of the user's own faces (a descriptor within
   ``scoring.same_image_distance()``, as v2's 216616).
-* ``display_corp_image=1`` answers 222001 (not supported: no crop is produced).
+* ``display_corp_image=1`` adds ``corp_image_base64`` to each face: the face box cut
+  from the picture (EXIF orientation applied), as JPEG; ``max_face_num`` is then at
+  most 5 (GEN). For a FACE_TOKEN picture there are no pixels to cut: 222001.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from pipeline.engine import v3params as P
+from pipeline.engine.images import decode_image
 from pipeline.engine.models import AnalyseOptions, FaceAnalysis, ImageAnalysis
 from pipeline.engine.params import Failure
 from pipeline.engine.persons import valid_id_card_number
@@ -222,11 +229,14 @@ async def detect(state: EngineState, params: Params) -> Result:
     fields = _face_fields(params)
     max_faces = P.integer(params, "max_face_num", 1, 1, 20)
     sort_type = P.integer(params, "face_sort_type", 0, 0, 1)
-    if P.integer(params, "display_corp_image", 0, 0, 1):
-        raise Failure(222001, "display_corp_image=1 is not supported by the faceflow engine")
+    crop = P.integer(params, "display_corp_image", 0, 0, 1) == 1
+    if crop and max_faces > 5:
+        raise Failure(222016, "max_face_num is at most 5 with display_corp_image=1")
     P.one_of(params, "face_type", P.FACE_TYPES, "LIVE")
     _controls(params)  # liveness_control refused; quality_control is not a detect option
     image_type = P.one_of(params, "image_type", P.IMAGE_TYPES, "")
+    if crop and image_type == "FACE_TOKEN":
+        raise Failure(222001, "display_corp_image needs the picture (BASE64), not a face_token")
     if image_type != "BASE64":
         held = await _picture(state, params)
         return {"face_num": 1, "face_list": [_token_json(held[0], fields)]}
@@ -241,7 +251,26 @@ async def detect(state: EngineState, params: Params) -> Result:
         token_face = _token_face(face, image.sha256)
         tokens.put(token_face)
         result.append(_face_json(face, token_face.token, fields))
+    if crop:
+        crops = await asyncio.to_thread(_crops, data, [f.box for f in faces])
+        for item, text in zip(result, crops, strict=True):
+            item["corp_image_base64"] = text
     return {"face_num": len(result), "face_list": result}
+
+
+def _crops(data: bytes, boxes: list[tuple[float, float, float, float]]) -> list[str]:
+    """Each box cut from the (upright) picture, as base64 JPEG text."""
+    rgb = decode_image(data)
+    height, width = rgb.shape[:2]
+    out = []
+    for left, top, box_w, box_h in boxes:
+        x0, y0 = max(0, int(left)), max(0, int(top))
+        x1, y1 = min(width, int(left + box_w)), min(height, int(top + box_h))
+        buf = io.BytesIO()
+        Image.fromarray(rgb[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]).save(buf, "JPEG",
+                                                                         quality=90)
+        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
 
 
 def _face_json(face: FaceAnalysis, token: str, fields: list[str]) -> dict[str, Any]:

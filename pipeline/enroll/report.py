@@ -78,6 +78,8 @@ class Summary:
     stop_reason: str | None
     #: "finished", "in progress (pid N)", "stopped (reason)" or "not finished".
     state: str = "finished"
+    #: The face API protocol of the run ("v2" or "v3"; runs before v3 were v2).
+    api: str = "v2"
 
     @property
     def remaining(self) -> int:
@@ -137,7 +139,8 @@ def summarize_table(table: pa.Table, info: RunInfo) -> Summary:
         calls_per_s=float(attempts.sum()) / active if active > 0 else 0.0,
         first_started=_iso(started.min()) if len(started) else None,
         last_finished=_iso(finished.max()) if len(finished) else None,
-        exit_code=info.exit_code, stop_reason=info.stop_reason)
+        exit_code=info.exit_code, stop_reason=info.stop_reason,
+        api=str((info.options or {}).get("api") or "v2"))
 
 
 def latency_of(seconds: np.ndarray) -> Latency | None:
