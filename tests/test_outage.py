@@ -143,3 +143,23 @@ def test_an_endpoint_that_is_not_the_service_is_one_line_and_exit_2(
     assert cause in errors[0]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (info["exit_code"], info["stop_reason"]) == (2, "unreachable")
+
+
+async def test_the_runner_pauses_on_ready_and_stops_when_it_says_outage() -> None:
+    from pipeline.frame import Runner, StopReason, StopRun
+
+    ran: list[int] = []
+    calls = 0
+
+    async def ready() -> None:  # the service is gone for good after three items
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise StopRun(StopReason.OUTAGE, "the service has not answered for 360 s")
+
+    async def work(item: int) -> None:
+        ran.append(item)
+
+    stopped = await Runner(2, ready=ready).run(range(10), work)
+    assert stopped is not None and stopped.reason == StopReason.OUTAGE
+    assert ran == [0, 1, 2]  # items not started are left for resume

@@ -92,6 +92,7 @@ from pipeline.frame import (
     disk_message,
     next_session,
     open_held,
+    outage_pause,
 )
 from pipeline.runs.rundir import (
     ManifestRef,
@@ -206,7 +207,7 @@ class _Session:
                                       flush_seconds=run.config.flush_seconds)
         run.observer.phase("probes", f"{len(todo)} photos to probe")
         try:
-            stopped = await self._runner().run(
+            stopped = await self._runner(client).run(
                 todo, lambda img: self._one(prober, store, img, already))
         finally:
             self.calls.update(prober.calls)
@@ -219,8 +220,10 @@ class _Session:
             stopped = await self.scratch.empty(client, scratch)
         return stopped
 
-    def _runner(self) -> Runner[Any]:
-        return Runner(self.run.config.concurrency, self.run.stop, noun="probes")
+    def _runner(self, client: FaceApi | None = None) -> Runner[Any]:
+        """The probes' runner; with ``client``, new probes pause while the service is down."""
+        return Runner(self.run.config.concurrency, self.run.stop, noun="probes",
+                      ready=None if client is None else outage_pause(client))
 
     async def _one(self, prober: Prober, store: RecordStore, img: AuditImage, already: int
                    ) -> None:

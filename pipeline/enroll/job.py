@@ -71,6 +71,7 @@ from pipeline.frame import (
     disk_message,
     next_session,
     open_held,
+    outage_pause,
 )
 from pipeline.ledger.runs import entries_for, skip_known, split_groups, stat_file
 from pipeline.postgres import redact
@@ -579,13 +580,9 @@ class _Session:
     async def _ready(self) -> None:
         """While the service answers nobody, no new row starts (see Health.wait_ready);
         once it has been gone longer than --outage-wait, the run stops (outage)."""
-        health = getattr(self.rows.client, "health", None)
-        if health is None:
-            return
-        try:
-            await health.wait_ready()
-        except STOPPING_ERRORS as exc:
-            raise as_stop(exc) from exc
+        ready = outage_pause(self.rows.client)
+        if ready is not None:
+            await ready()
 
     def _stopping(self, stopped: Stopped) -> None:
         self.run.observer.stopping(stopped.reason, stopped.message)

@@ -13,7 +13,7 @@ The library returns a stop reason; ``jobs/`` alone maps it to an exit code.
 
 from pipeline.frame.faceapi import ClientFactory, FaceApi, Qps, default_client_factory
 from pipeline.frame.run import next_session, open_held
-from pipeline.frame.runner import Runner, Stopped
+from pipeline.frame.runner import Runner, Stopped, outage_pause
 from pipeline.frame.stop import (
     STOPPING_ERRORS,
     StopReason,
@@ -26,5 +26,5 @@ from pipeline.frame.stop import (
 __all__ = [
     "STOPPING_ERRORS", "ClientFactory", "FaceApi", "Qps", "Runner", "StopReason", "StopRun",
     "Stopped", "as_stop", "default_client_factory", "disk_message", "next_session", "open_held",
-    "stop_for",
+    "outage_pause", "stop_for",
 ]

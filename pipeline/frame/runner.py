@@ -23,9 +23,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pipeline.frame.stop import StopReason, StopRun
+from pipeline.frame.stop import STOPPING_ERRORS, StopReason, StopRun, as_stop
 
-__all__ = ["Runner", "Stopped"]
+__all__ = ["Runner", "Stopped", "outage_pause"]
 
 T = TypeVar("T")
 
@@ -147,6 +147,23 @@ class Runner(Generic[T]):
         while True:
             await asyncio.sleep(self._tick_seconds)
             self._tick()
+
+
+def outage_pause(client: object) -> Callable[[], Awaitable[None]] | None:
+    """The ``ready`` hook of a job on ``client``: while the service answers nobody no new
+    item starts; once it has been gone longer than the client waits, the run stops
+    (:attr:`StopReason.OUTAGE`). None for a client without an outage state."""
+    health = getattr(client, "health", None)
+    if health is None:
+        return None
+
+    async def ready() -> None:
+        try:
+            await health.wait_ready()
+        except STOPPING_ERRORS as exc:
+            raise as_stop(exc) from exc
+
+    return ready
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
