@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +57,6 @@ from pipeline.api.errors import (
     reply_code,
 )
 from pipeline.api.records import (
-    Box,
     Candidate,
     DetectResult,
     Face,
@@ -69,13 +67,17 @@ from pipeline.api.records import (
     MatchPair,
     MatchResult,
     PersonVerifyResult,
-    Point,
     Qualities,
     UserRecord,
     UserResult,
     VerifyResult,
     WriteResult,
 )
+from pipeline.api.replies import as_box as _box
+from pipeline.api.replies import as_dicts as _dicts
+from pipeline.api.replies import as_list as _list
+from pipeline.api.replies import as_num as _num
+from pipeline.api.replies import as_points as _points
 from pipeline.client.config import Settings
 from pipeline.client.health import Health
 from pipeline.client.ratelimit import Aimd, RateLimiter
@@ -757,32 +759,6 @@ def _person_options(fields: Fields, quality: bool, quality_conf: Mapping[str, An
 def log_id(reply: Mapping[str, Any]) -> int | None:
     """The reply's ``log_id`` as an int, or None when absent or not a whole number."""
     return parse_log_id(reply.get("log_id"))
-
-
-def _num(value: Any) -> float:
-    """A float; NaN for a missing or non-numeric value (NaN fails the quality gate)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in _list(value) if isinstance(item, dict)]
-
-
-def _box(raw: Any) -> Box:
-    raw = raw if isinstance(raw, dict) else {}
-    return Box(_num(raw.get("left")), _num(raw.get("top")), _num(raw.get("width")),
-               _num(raw.get("height")))
-
-
-def _points(raw: Any) -> tuple[Point, ...]:
-    return tuple(Point(_num(p.get("x")), _num(p.get("y"))) for p in _dicts(raw))
 
 
 def _qualities(raw: Any) -> Qualities | None:

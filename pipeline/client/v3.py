@@ -24,19 +24,16 @@ service's default never matters (contract §2.5).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from pipeline.api import validate_v3 as v
 from pipeline.api.errors import FaceNotFoundError, InvalidInputError
 from pipeline.api.records import (
-    Box,
     DetectResult,
     Face,
     GroupListResult,
     PersonVerifyResult,
-    Point,
     Qualities,
     UserRecord,
     UserResult,
@@ -54,6 +51,11 @@ from pipeline.api.records_v3 import (
     SearchResult,
     SearchUser,
 )
+from pipeline.api.replies import as_box as _box
+from pipeline.api.replies import as_dicts as _dicts
+from pipeline.api.replies import as_list as _list
+from pipeline.api.replies import as_num as _num
+from pipeline.api.replies import as_points as _points
 from pipeline.client.config import Settings
 from pipeline.client.faceclient import FaceClient, log_id
 from pipeline.client.transport import b64encode
@@ -431,27 +433,6 @@ def _result(reply: Mapping[str, Any]) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in _list(value) if isinstance(item, dict)]
-
-
-def _box(raw: Any) -> Box:
-    raw = raw if isinstance(raw, dict) else {}
-    return Box(_num(raw.get("left")), _num(raw.get("top")), _num(raw.get("width")),
-               _num(raw.get("height")))
-
-
 def _users(raw: Mapping[str, Any]) -> tuple[SearchUser, ...]:
     return tuple(SearchUser(str(u.get("group_id", "")), str(u.get("user_id", "")),
                             str(u.get("user_info", "")), _num(u.get("score")))
@@ -495,7 +476,4 @@ def parse_face(raw: Mapping[str, Any]) -> Face:
         face_token=str(raw.get("face_token", "")),
     )
 
-
-def _points(raw: Any) -> tuple[Point, ...]:
-    return tuple(Point(_num(p.get("x")), _num(p.get("y"))) for p in _dicts(raw))
 
