@@ -225,7 +225,7 @@ class _Lane:
         "t", "ceiling", "found", "rate", "backoffs", "_lock", "_next", "_sends", "_rejects",
         "_accepted", "_rejected", "_last_evidence", "_last_probe", "_probe_wait", "_step",
         "_test", "_noise", "_noise_until", "_history", "_quiet", "_changed", "_born",
-        "_anchor",
+        "_anchor", "_noise_cap",
     )
 
     def __init__(self, qps: float | None, tuning: Tuning, now: float) -> None:
@@ -243,7 +243,7 @@ class _Lane:
         #: a large cut under test: (time, found and rate before it, share rejected and
         #: replies before it, calls/s accepted before it)
         self._test: tuple[float, float | None, float | None, float, int, float] | None = None
-        self._noise, self._noise_until = 0.0, -math.inf
+        self._noise, self._noise_until, self._noise_cap = 0.0, -math.inf, 0.0
         #: (reply time, rate limited?) of the replies of the last ``history`` seconds
         self._history: deque[tuple[float, bool]] = deque()
         #: the found quota the current run of probes started from (it drew no rejection)
@@ -394,8 +394,8 @@ class _Lane:
                 self._noise, self._noise_until = 0.0, -math.inf
                 return False
             self._noise_until = now + self.t.noise_hold  # still the same random share
-        if share < self._noise:  # the storm calms down (it rises only by a new test)
-            self._noise = 0.95 * self._noise + 0.05 * share
+        # follow the storm as it calms down; it rises again only as far as a test measured
+        self._noise = min(self._noise_cap, 0.95 * self._noise + 0.05 * share)
         return hidden
 
     def _learn(self, now: float) -> None:
@@ -485,6 +485,7 @@ class _Lane:
 
     def _hold(self, share: float, now: float) -> None:
         self._noise, self._noise_until = share, now + self.t.noise_hold
+        self._noise_cap = share
 
     def _maybe_probe(self, now: float) -> None:
         """Quiet for a while: raise the found quota a little (never above the ceiling)."""
