@@ -42,7 +42,8 @@ async def _interrupted_run(double: ProtocolDouble, tmp_path: Path) -> tuple[Path
     task = asyncio.create_task(interrupt())
     result = await run_enroll(EnrollConfig(
         manifest=manifest, settings=double.settings(), group="g", mode="upsert", qps=3.0,
-        threshold_overrides={"yaw": "40"}, largest_face=True, concurrency=2, run_dir=run),
+        threshold_overrides={"yaw": "40"}, largest_face=True, concurrency=2, run_dir=run,
+        outage_after=45.0, outage_wait=90.0),
         stop=stop)
     await task
     assert result.stop_reason == "interrupted"
@@ -59,6 +60,7 @@ async def test_the_printed_resume_command_keeps_the_runs_settings(
     assert after["options"] == before["options"]
     assert after["options"]["qps"] == 3 and after["options"]["largest_face"] is True
     assert after["options"]["concurrency"] == 2 and after["options"]["mode"] == "upsert"
+    assert (after["options"]["outage_after"], after["options"]["outage_wait"]) == (45, 90)
     assert after["thresholds"] == before["thresholds"] and after["thresholds"]["yaw_max"] == 40
     assert after["sessions"] == 2 and after["option_changes"] == []
     # upsert (the run's mode) sends update with action_type=replace, never add

@@ -245,6 +245,7 @@ class EnrollConfig:
             "encoding": self.encoding, "delimiter": self.delimiter,
             "api": self.api, "server_quality": self.server_quality,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "outage_after": self.outage_after, "outage_wait": self.outage_wait,
         }
 
 
@@ -898,7 +899,8 @@ _FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", 
           "flush_seconds": "--flush-seconds", "images_root": "--images-root",
           "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
           "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
-          "shard": "--shard", "api": "--api", "server_quality": "--server-quality"}
+          "shard": "--shard", "api": "--api", "server_quality": "--server-quality",
+          "outage_after": "--outage-after", "outage_wait": "--outage-wait"}
 #: Judged through the resolved limits (``thresholds``), not as written.
 _THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
 

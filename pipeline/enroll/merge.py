@@ -30,7 +30,8 @@ from pipeline.runs.outcomes import OUTCOME_SCHEMA
 from pipeline.runs.rundir import RunDir, RunInfo, new_run_id, status_counts, utc_now
 
 #: Options that may differ between shards (pace and batching, not outcomes).
-FREE_OPTIONS = frozenset({"shard", "concurrency", "qps", "flush_rows", "flush_seconds"})
+FREE_OPTIONS = frozenset({"shard", "concurrency", "qps", "flush_rows", "flush_seconds",
+                          "outage_after", "outage_wait"})
 SHARDS_FILE = "shards.json"
 
 
