@@ -276,3 +276,25 @@ def test_enroll_with_a_bad_ledger_stops_before_anything(tmp_path: Path, ledger: 
                                                      "FACEFLOW_SECRET_KEY": "s"})
     assert result.exit_code == 2 and "--ledger" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def _open_new_ledger(path: str) -> str:
+    from pipeline.ledger.sqlite import SqliteLedger  # noqa: PLC0415
+
+    try:
+        SqliteLedger(path)
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_two_processes_creating_one_ledger_both_open_it(tmp_path: Path) -> None:
+    """The switch to WAL answers "database is locked" at once to the second of two
+    processes creating a ledger together (the busy handler does not wait for it): the
+    ledger tries again instead of calling the file "not a faceflow ledger"."""
+    import multiprocessing  # noqa: PLC0415
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for i in range(30):
+            path = str(tmp_path / f"l{i}.sqlite")
+            assert pool.map(_open_new_ledger, [path, path]) == ["ok", "ok"]

@@ -114,11 +114,15 @@ def test_torn_line_garbage_and_stale_files_are_ignored(tmp_path: Path) -> None:
     # A segment whose part already exists (crash between rename and unlink).
     (rd.journal_dir / "seg-00000.jsonl").write_text('{"row": 0}\n')
     (rd.outcomes_dir / "part-00009.parquet.tmp").write_bytes(b"half a file")
+    # The run's own atomic writes, killed between write and rename.
+    for name in ("timeline.parquet.tmp", "failures.csv.tmp"):
+        (tmp_path / name).write_bytes(b"half a file")
     del store
     again = rd.open_store(OUTCOME_SCHEMA, 4)
     assert again.done.tolist() == [True, True, True, False]
     assert rows_in_parts(rd) == [0, 1, 2]
     assert not list(rd.outcomes_dir.glob("*.tmp")) and not list(rd.journal_dir.iterdir())
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_read_journal_skips_a_torn_last_line(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -96,13 +97,27 @@ class SqliteLedger:
             raise ConfigError(f"--ledger {self.path}: cannot open ({exc})") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._check_or_create(conn)
+            self._set_up(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(f"--ledger {self.path}: not a faceflow ledger ({exc})") from None
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """WAL mode and the schema. Two processes opening a new ledger at once can get
+        "database is locked" at once from the switch to WAL, which SQLite's busy handler
+        does not wait for: try again for up to the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._check_or_create(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @staticmethod
     def _check_or_create(conn: sqlite3.Connection) -> None:

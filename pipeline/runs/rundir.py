@@ -322,8 +322,10 @@ class RecordStore:
         """Clean up after a crash; fill ``done``; return the next part number."""
         for d in (self.rundir.outcomes_dir, self.rundir.journal_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for tmp in self.rundir.outcomes_dir.glob("*.tmp"):
-            tmp.unlink()
+        # Half-written files of a killed session (parts, and the run's own atomic writes:
+        # run.json, failures.csv, timeline.parquet); the run dir is held, so none is live.
+        for tmp in [*self.rundir.outcomes_dir.glob("*.tmp"), *self.rundir.path.glob("*.tmp")]:
+            tmp.unlink(missing_ok=True)
         parts = dict(_numbered(self.rundir.outcomes_dir, _PART_RE))
         for part in parts.values():
             self._mark(pq.read_table(part, columns=[self.key]).column(0).to_numpy())
