@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, write_result  # noqa: E402
-from benchmarks.quota import _admin, make_manifest, utilisation  # noqa: E402
+from benchmarks.quota import admin, make_manifest, utilisation  # noqa: E402
 from pipeline.postgres import LocalCluster  # noqa: E402
 
 FACEFLOW = Path(sys.executable).parent / "faceflow"
@@ -87,7 +87,7 @@ def measure(q: float, shape: str, seconds: int, counts: list[int], budget_url: s
                 run_dir = folder / f"{n}-{'budget' if budget else 'separate'}"
                 with _server(q, shape) as url:
                     wall = run_processes(url, parts, run_dir, q, budget)
-                    stats = _counts(_admin(url, "/admin/stats"))
+                    stats = _counts(admin(url, "/admin/stats"))
                 runs[label] = {"processes": n, "shared_budget": budget is not None,
                                "wall_s": round(wall, 1), **utilisation(stats, q)}
     return runs

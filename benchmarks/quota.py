@@ -168,7 +168,8 @@ def serve(config: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
-def _admin(url: str, path: str, method: str = "GET") -> Any:
+def admin(url: str, path: str, method: str = "GET") -> Any:
+    """The JSON reply of a benchmark server's admin endpoint (v3.py and budget.py use it too)."""
     req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=10) as reply:
         return json.load(reply)
@@ -362,7 +363,7 @@ def one_run(spec: dict[str, Any]) -> dict[str, Any]:
                 outcome = run_faceflow(url, manifest, Path(tmp) / "run", spec["qps"], deadline)
             else:
                 outcome = run_naive(url, (Path(tmp) / "face.jpg").read_bytes(), rows, deadline)
-        stats = _admin(url, "/admin/stats")
+        stats = admin(url, "/admin/stats")
     finally:
         server.terminate()
         server.wait(10)

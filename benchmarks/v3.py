@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, write_result  # noqa: E402
-from benchmarks.quota import after, make_manifest, timeline, utilisation  # noqa: E402
+from benchmarks.quota import admin, after, make_manifest, timeline, utilisation  # noqa: E402
 
 V3_INTERFACES = {"/rest/2.0/face/v3/detect": "detect",
                  "/rest/2.0/face/v3/faceset/user/add": "add"}
@@ -103,8 +101,7 @@ def _bytes_run(url: str, settings: Any, manifest: Path, tmp: Path, name: str, ap
 
 
 def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/admin/stats", timeout=10) as reply:
-        return dict(json.load(reply))
+    return dict(admin(url, "/admin/stats"))
 
 
 def _delta(before: dict[str, int], after_: dict[str, int]) -> dict[str, int]:
@@ -170,11 +167,6 @@ def serve(q: float) -> None:
     asyncio.run(main())
 
 
-def _admin(url: str, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(url + path, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=10) as reply:
-        return json.load(reply)
-
 
 def measure_quota(q: float, seconds: int) -> dict[str, Any]:
     from pipeline.client.config import Settings
@@ -191,14 +183,14 @@ def measure_quota(q: float, seconds: int) -> dict[str, Any]:
             manifest = make_manifest(Path(tmp), rows)
             settings = Settings(endpoint=url, api_key="bench-ak", secret_key="bench-sk")
             for label, qps in (("v3, --qps Q", q), ("v3, --qps 3Q (unknown quota)", 3 * q)):
-                _admin(url, f"/admin/reset?q={q}", "POST")
+                admin(url, f"/admin/reset?q={q}", "POST")
                 config = EnrollConfig(manifest=manifest, settings=settings, group="bench",
                                       qps=qps, concurrency=16, api="v3", flush_seconds=5,
                                       run_dir=Path(tmp) / f"run{len(runs)}")
                 started = time.perf_counter()
                 result = asyncio.run(run_enroll(config))
                 assert result.remaining == 0, "the run did not finish"
-                stats = _admin(url, "/admin/stats")
+                stats = admin(url, "/admin/stats")
                 line = timeline(stats, q)
                 runs[label] = {"client_qps": qps, "rows": rows,
                                "wall_s": round(time.perf_counter() - started, 1),
