@@ -95,7 +95,7 @@ from pipeline.runs.rundir import (
 
 if TYPE_CHECKING:
     from pipeline.api.errors import ImageProblem
-    from pipeline.client.budget import PgBudget
+    from pipeline.client.budget import Budget
     from pipeline.enroll.gate import FaceChoice, Thresholds
     from pipeline.ledger.base import Ledger
     from pipeline.ledger.runs import FileStat
@@ -781,7 +781,7 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     return stopped, session.counts
 
 
-def _client_options(config: EnrollConfig, budget: PgBudget | None) -> dict[str, Any]:
+def _client_options(config: EnrollConfig, budget: Budget | None) -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
     factory exactly as before."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
