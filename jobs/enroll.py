@@ -32,16 +32,11 @@ from jobs.options import (
 )
 from pipeline.api.errors import ConfigError
 from pipeline.client.config import Settings
-from pipeline.enroll.job import (
-    MODES,
-    EnrollConfig,
-    EnrollObserver,
-    RunResult,
-    RunStart,
-    resume_enroll_config,
-    run_enroll,
-)
-from pipeline.enroll.job import Progress as RunProgress
+from pipeline.enroll.config import EnrollConfig, resume_enroll_config
+from pipeline.enroll.decide import MODES
+from pipeline.enroll.events import EnrollObserver, RunResult, RunStart
+from pipeline.enroll.events import Progress as RunProgress
+from pipeline.enroll.job import run_enroll
 from pipeline.enroll.rerun import RunNotFinishedError, plan_rerun
 from pipeline.frame import StopReason
 from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome

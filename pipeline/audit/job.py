@@ -77,7 +77,7 @@ from pipeline.audit.plan import build_plan, file_sha256, read_plan, write_plan
 from pipeline.audit.probe import Loader, PhotoCache, Prober, default_loader
 from pipeline.audit.report import write_audit_report
 from pipeline.audit.scratch import ScratchGroup, scratch_pending
-from pipeline.client.budget import PgBudget, open_budget
+from pipeline.client.budget import Budget, open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -305,7 +305,7 @@ async def _run_held(run: _Audit) -> AuditResult:
     return finish_audit(run, already, session, stopped)
 
 
-def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
+def _client_options(budget: Budget | None, api: str = "v2") -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
     if api != "v2":
