@@ -41,7 +41,7 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
     "scale_engine": (["benchmarks/scale_engine.py", "--sizes", "100000", "--ef", "200", "400"],
                      600),
     "scale_replicas": (["benchmarks/scale_replicas.py"], 300),
-    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 300),
+    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 420),
     "v3": (["benchmarks/v3.py", "--q", "10", "--seconds", "30"], 300),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares

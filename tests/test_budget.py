@@ -311,3 +311,24 @@ async def test_redis_reloads_its_scripts_after_a_flush(redis_url: str,  # noqa: 
         with redis.Redis.from_url(redis_server.url) as admin:
             admin.script_flush()  # a server restart or failover forgets loaded scripts
         assert await budget.reserve("detect") > 0  # re-sent with its text, same record
+
+
+def test_the_cli_names_a_wrong_url_and_stops_on_an_unreachable_redis(tmp_path: Path) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from jobs.cli import main  # noqa: PLC0415
+
+    manifest = _manifest(tmp_path, 2)
+    env = {"FACEFLOW_ENDPOINT": "http://127.0.0.1:1", "FACEFLOW_API_KEY": "ak-cli",
+           "FACEFLOW_SECRET_KEY": "sk-cli"}
+    args = ["enroll", str(manifest), "--group", "g", "--qps", "5"]
+    wrong = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "a"),
+                                      "--qps-budget", "mysql://app:s3cret@h/db"], env=env)
+    assert wrong.exit_code == 2, wrong.output  # before any call, naming the fix
+    assert "postgresql:// or redis://" in wrong.output and "s3cret" not in wrong.output
+    url = f"redis://:s3cret@127.0.0.1:{_closed_port()}/0"
+    stopped = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "b")],
+                                 env={**env, "FACEFLOW_QPS_BUDGET": url})
+    assert stopped.exit_code == 3, stopped.output  # resumable, nothing sent
+    assert "redis://:***@127.0.0.1" in stopped.output and "s3cret" not in stopped.output
+    assert "Traceback" not in stopped.output
