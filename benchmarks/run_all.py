@@ -45,7 +45,7 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
     "scale_replicas": (["benchmarks/scale_replicas.py"], 420),
     "scale_engine_large": (["benchmarks/scale_engine.py", "--sizes", "100000", "1000000",
                             "--ef", "200", "400", "800", "--exact-sizes"], 4 * 3600),
-    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 300),
+    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 420),
     "v3": (["benchmarks/v3.py", "--q", "10", "--seconds", "30"], 300),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares

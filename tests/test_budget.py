@@ -114,15 +114,15 @@ def _budget(store: Store, qps: object = 10, account: str = ACCOUNT, **kw: object
 async def test_two_processes_share_one_schedule(store: Store) -> None:
     async with _budget(store, 20) as one, _budget(store, 20) as two:
         first = await one.reserve("detect")
-        for _ in range(10):  # the next free slot is then ~0.5 s ahead: the 40 below all
+        for _ in range(30):  # the next free slot is then ~1.5 s ahead: the 40 below all
             await two.reserve("detect")  # come before it, however slowly they are sent
         start = store.tat()
         waits = await asyncio.gather(*[b.reserve("detect") for b in (one, two) * 20])
         pace = 20 * (1 - one.tuning.headroom)
         # The record moved exactly 40 intervals, and the last caller (of either process)
-        # waits ~2.5 s for its slot.
+        # waits ~3.5 s for its slot (nobody sleeps here: reserve only says how long).
         assert store.tat() - start == pytest.approx(40 / pace, rel=1e-6)
-        assert first == 0.0 and max(waits) > 49 / pace - 0.5
+        assert first == 0.0 and max(waits) > 69 / pace - 1.0
         assert len({round(w * pace) for w in waits}) >= 38  # distinct slots, not shared
         # Another interface has its own record and pace; an unpaced one waits for nothing.
         assert await one.reserve("add") == 0.0
@@ -311,3 +311,53 @@ async def test_redis_reloads_its_scripts_after_a_flush(redis_url: str,  # noqa: 
         with redis.Redis.from_url(redis_server.url) as admin:
             admin.script_flush()  # a server restart or failover forgets loaded scripts
         assert await budget.reserve("detect") > 0  # re-sent with its text, same record
+
+
+def test_the_cli_names_a_wrong_url_and_stops_on_an_unreachable_redis(tmp_path: Path) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from jobs.cli import main  # noqa: PLC0415
+
+    manifest = _manifest(tmp_path, 2)
+    env = {"FACEFLOW_ENDPOINT": "http://127.0.0.1:1", "FACEFLOW_API_KEY": "ak-cli",
+           "FACEFLOW_SECRET_KEY": "sk-cli"}
+    args = ["enroll", str(manifest), "--group", "g", "--qps", "5"]
+    wrong = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "a"),
+                                      "--qps-budget", "mysql://app:s3cret@h/db"], env=env)
+    assert wrong.exit_code == 2, wrong.output  # before any call, naming the fix
+    assert "postgresql:// or redis://" in wrong.output and "s3cret" not in wrong.output
+    url = f"redis://:s3cret@127.0.0.1:{_closed_port()}/0"
+    stopped = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "b")],
+                                 env={**env, "FACEFLOW_QPS_BUDGET": url})
+    assert stopped.exit_code == 3, stopped.output  # resumable, nothing sent
+    assert "redis://:***@127.0.0.1" in stopped.output and "s3cret" not in stopped.output
+    assert "Traceback" not in stopped.output
+
+
+async def test_redis_takes_one_round_trip_per_call(redis_url: str,  # noqa: F811
+                                                   redis_server: RedisFor) -> None:  # noqa: F811
+    import redis  # noqa: PLC0415
+
+    if redis_server.local is None:
+        pytest.skip("a site's server counts other clients' commands too")
+
+    def commands() -> dict[str, int]:
+        with redis.Redis.from_url(redis_server.url) as admin:
+            stats = admin.info("commandstats")
+        return {name: int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"}
+
+    async with make_budget(redis_url, ACCOUNT, 50) as budget:
+        await budget.reserve("detect")  # the connection is made and set up
+        before = commands()
+        for _ in range(20):
+            await budget.reserve("detect")
+        budget.on_limited("detect")
+        await budget.close()  # waits for the cut's report
+        after = commands()
+    grown = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert grown.pop("cmdstat_evalsha") == 21  # 20 reservations and one cut
+    # Besides: what the scripts ran on the server, and the second admin connection's
+    # handshake (hello, client setinfo); no EVAL, SCRIPT, PING or reads of our own.
+    inside = {"time", "hmget", "hset", "expire", "hincrby"}
+    assert set(grown) <= {f"cmdstat_{c}" for c in (*inside, "hello", "client")}
+    assert grown["cmdstat_time"] == 21 and grown["cmdstat_hincrby"] == 1

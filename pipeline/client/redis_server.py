@@ -119,7 +119,11 @@ class LocalRedis:
             self._folder = None
 
     def __enter__(self) -> LocalRedis:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
