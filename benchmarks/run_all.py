@@ -274,6 +274,9 @@ def _scale_engine(d: dict[str, Any]) -> list[Row]:
             (f"PostgreSQL at {n}: COPY load, HNSW build (m={pg['m']}, "
              f"ef_construction={pg['ef_construction']})",
              f"{pg['load_s']} s, {pg['build_s']} s{size_note}", "", "")]
+    if not out:
+        out.append((d.get("benchmark", "scale_engine"), "stopped before any size's first "
+                    "HNSW build", "", "**no figure**"))
     exact = d.get("postgres_exact_by_group_size")
     if exact:
         out.append(("PostgreSQL exact search (no index), p50 by group size",
