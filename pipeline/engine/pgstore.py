@@ -32,6 +32,7 @@ whose schema is older or newer than this code refuses to start and says what to 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ import numpy as np
 from pipeline.engine.index import Hit, rank_users
 from pipeline.engine.store import Change, FaceRow, Membership, Person, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
+
+log = logging.getLogger("faceflow.engine")
 
 #: Groups with at least this many faces get their own HNSW index (smaller: exact search).
 #: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
@@ -152,19 +155,20 @@ def index_name(group_id: str) -> str:
     return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
 
 
+#: Bytes of pgvector's in-memory HNSW graph per 128-d face at m=16: pgvector 0.8 said
+#: "hnsw graph no longer fits into maintenance_work_mem after 13669 tuples" at 16 MB
+#: (1,227 bytes each; 6,846 at 8 MB). The index on disk takes ~830 bytes per face.
+GRAPH_BYTES_PER_FACE = 1230
+
+
 def build_memory_mb(faces: int) -> int:
     """``maintenance_work_mem`` (MB) for building one group's HNSW graph in memory.
 
     pgvector builds fast only while the whole graph fits (else it goes on, much slower,
-    writing pages as it inserts). :data:`GRAPH_BYTES_PER_FACE` with m=16 is measured by
-    benchmarks/scale_engine.py; this asks for twice that, at least 1 GB.
+    writing pages as it inserts, and says so in a notice, logged here as a warning).
+    Twice :data:`GRAPH_BYTES_PER_FACE` per face, at least 1 GB: 2.3 GB for 1M faces.
     """
     return max(1024, -(-2 * GRAPH_BYTES_PER_FACE * faces // 2**20))
-
-
-#: Bytes of pgvector's in-memory HNSW graph per 128-d face at m=16 (what the build needs
-#: in maintenance_work_mem; the index on disk is about the same size).
-GRAPH_BYTES_PER_FACE = 1200
 
 
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
@@ -182,6 +186,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
     with connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
             return done
+        conn.add_notice_handler(_build_notice)
         try:
             rows = conn.execute(
                 "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
@@ -206,6 +211,13 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_INDEX_LOCK,))
     return done
+
+
+def _build_notice(notice: Any) -> None:
+    # "hnsw graph no longer fits into maintenance_work_mem": the build slows down a lot.
+    text = str(notice.message_primary)
+    log.log(logging.WARNING if "maintenance_work_mem" in text else logging.DEBUG,
+            "building an HNSW index: %s", text)
 
 
 # -- the store -----------------------------------------------------------------------------
