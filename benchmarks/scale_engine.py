@@ -243,6 +243,10 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                     "build_s": build, "index_mb": round(size / 2**20),
                     "build_memory_mb": build_memory_mb(n), "hnsw": by_ef,
                     "chosen_ef_search": choose_ef(by_ef, len(probes))}
+                if ef_construction == builds[0]:  # the headline figures: the first build's
+                    out.update(ef_construction=ef_construction, build_s=build, hnsw=by_ef,
+                               chosen_ef_search=out["builds"][str(ef_construction)][
+                                   "chosen_ef_search"])
                 _say(progress, f"{n:,}: ef_construction {ef_construction} built in {build} s "
                      f"({size / 2**20:.0f} MB); " + ", ".join(
                          f"ef {ef}: p50 {r['p50_ms']} ms, = exact {r['same_top_as_exact']:.2%}"
@@ -254,10 +258,6 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                     db.execute("UPDATE engine_groups SET hnsw_index = NULL")
         finally:
             store.close()
-    # The first build's figures are the headline ones (the engine's ef_construction first).
-    first = out["builds"][str(builds[0])]
-    out.update(ef_construction=builds[0], build_s=first["build_s"], hnsw=first["hnsw"],
-               chosen_ef_search=first["chosen_ef_search"])
     return out
 
 

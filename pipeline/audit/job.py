@@ -94,6 +94,7 @@ from pipeline.frame import (
     open_held,
     outage_pause,
 )
+from pipeline.postgres import without_password
 from pipeline.runs.rundir import (
     ManifestRef,
     RecordStore,
@@ -401,7 +402,7 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     if info.options.get("manifest"):
         saved["manifest"] = Path(info.options["manifest"])
     if info.options.get("ledger"):
-        saved["ledger"] = info.options["ledger"]
+        saved["ledger"] = without_password(info.options["ledger"])
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.api.errors import ConfigError
 from pipeline.client.config import Settings
 from pipeline.enroll.decide import MODES
-from pipeline.postgres import redact
+from pipeline.postgres import without_password
 from pipeline.runs.rundir import RunDir, RunInfo
 
 #: The face API protocols (``--api``): v2, or v3 (the current one; pipeline/client/v3.py).
@@ -135,9 +135,9 @@ class EnrollConfig:
             "threshold_overrides": dict(self.threshold_overrides),
             "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
             "images_root": str(self.images_root) if self.images_root else None,
-            # A postgresql:// ledger is written without its password (libpq can take it
-            # from PGPASSWORD or ~/.pgpass instead, which keeps a rerun working).
-            "ledger": redact(self.ledger) if self.ledger else None,
+            # A postgresql:// ledger is written without its password: a resume or rerun
+            # takes it from PGPASSWORD or ~/.pgpass (libpq), as the run did if it had none.
+            "ledger": without_password(self.ledger) if self.ledger else None,
             "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
@@ -168,6 +168,9 @@ def option_differences(info: RunInfo, options: Mapping[str, Any],
     for key, value in options.items():
         if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
             continue
+        if key == "ledger" and value and info.options[key] and without_password(
+                str(info.options[key])) == without_password(str(value)):
+            continue  # recorded with "***" for a password before
         out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
                    f"{_shown(value)} now")
     if info.thresholds is not None and limits is not None:
@@ -227,4 +230,6 @@ def config_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("thresholds_file", "images_root"):
         if out.get(key):
             out[key] = Path(out[key])
+    if out.get("ledger"):  # runs recorded its password as "***"; libpq would send that
+        out["ledger"] = without_password(str(out["ledger"]))
     return out
