@@ -354,6 +354,8 @@ async def test_redis_takes_one_round_trip_per_call(redis_url: str,  # noqa: F811
         budget.on_limited("detect")
         await budget.close()  # waits for the cut's report
         after = commands()
+        with redis.Redis.from_url(redis_server.url) as admin:  # unused keys go away
+            assert 3500 < admin.ttl(budget.key("detect")) <= 3600  # type: ignore[attr-defined]
     grown = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert grown.pop("cmdstat_evalsha") == 21  # 20 reservations and one cut
     # Besides: what the scripts ran on the server, and the second admin connection's
