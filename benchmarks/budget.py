@@ -1,4 +1,4 @@
-"""One QPS budget per account: N enroll processes sharing one PostgreSQL budget vs alone.
+"""One QPS budget per account: N enroll processes sharing one budget (PostgreSQL, Redis) vs alone.
 
 The no-work server of benchmarks/quota.py (Q calls per fixed 1-s window on each of detect
 and add, ``--shape`` for another, error 18 beyond) runs in its own process, a fresh one
@@ -6,7 +6,9 @@ per run. Against it, for N = 2 and 4:
 
 1. N ``faceflow enroll`` processes with ``--qps Q --qps-budget postgresql://...``: one
    budget for the account, so together they should send Q;
-2. the same N processes with ``--qps Q`` each and no budget (separate limiters, each
+2. the same with ``--qps-budget redis://...`` (skipped, with the reason printed, when no
+   redis-server can be found);
+3. the same N processes with ``--qps Q`` each and no budget (separate limiters, each
    believing it owns the account's Q): they offer N*Q and learn from the 18s.
 
 Each run enrolls Q * ``--seconds`` rows in total (split evenly between the processes);
@@ -15,8 +17,10 @@ utilisation is the server's successful calls/s over the run without its first an
 with the budget, together >= 0.95 Q and <= 0.5 % rejected.
 
     .venv/bin/python benchmarks/budget.py [--q 10] [--seconds 20] [--procs 2 4]
+        [--stores postgresql redis]
 
-The budget's PostgreSQL is a temporary local cluster (pipeline.postgres.LocalCluster).
+The budget's PostgreSQL is a temporary local cluster (pipeline.postgres.LocalCluster),
+its Redis a temporary local redis-server (pipeline.client.redis_server.LocalRedis).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, write_result  # noqa: E402
 from benchmarks.quota import admin, make_manifest, utilisation  # noqa: E402
+from pipeline.client.redis_server import LocalRedis, RedisUnavailable  # noqa: E402
 from pipeline.postgres import LocalCluster  # noqa: E402
 
 FACEFLOW = Path(sys.executable).parent / "faceflow"
@@ -74,22 +79,27 @@ def run_processes(url: str, manifests: list[Path], folder: Path, q: float,
     return time.perf_counter() - start
 
 
-def measure(q: float, shape: str, seconds: int, counts: list[int], budget_url: str
-            ) -> dict[str, Any]:
+def measure(q: float, shape: str, seconds: int, counts: list[int],
+            budget_urls: dict[str, str]) -> dict[str, Any]:
+    """``budget_urls``: store name (PostgreSQL, Redis) -> its URL; each gets a row per N."""
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         manifest = make_manifest(folder, int(q * seconds))
         for n in counts:
             parts = split_manifest(manifest, n)
-            for label, budget in ((f"{n} processes, one shared budget", budget_url),
-                                  (f"{n} processes, separate limiters", None)):
-                run_dir = folder / f"{n}-{'budget' if budget else 'separate'}"
+            plan: list[tuple[str, str | None, str | None]] = [
+                (f"{n} processes, one {store} budget", store, url)
+                for store, url in budget_urls.items()]
+            plan.append((f"{n} processes, separate limiters", None, None))
+            for label, store, budget in plan:
+                run_dir = folder / f"{n}-{store or 'separate'}"
                 with _server(q, shape) as url:
                     wall = run_processes(url, parts, run_dir, q, budget)
                     stats = _counts(admin(url, "/admin/stats"))
                 runs[label] = {"processes": n, "shared_budget": budget is not None,
-                               "wall_s": round(wall, 1), **utilisation(stats, q)}
+                               "store": store, "wall_s": round(wall, 1),
+                               **utilisation(stats, q)}
     return runs
 
 
@@ -126,11 +136,24 @@ def main() -> None:
     parser.add_argument("--procs", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--shape", default="fixed", choices=("fixed", "sliding", "bucket"),
                         help="how the server counts its quota")
+    parser.add_argument("--stores", nargs="+", default=["postgresql", "redis"],
+                        choices=("postgresql", "redis"), help="the budget stores to measure")
     args = parser.parse_args()
-    with LocalCluster() as cluster:
-        runs = measure(args.q, args.shape, args.seconds, args.procs, cluster.url)
+    skipped: dict[str, str] = {}
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
+        if "postgresql" in args.stores:
+            urls["PostgreSQL"] = stack.enter_context(LocalCluster()).url
+        if "redis" in args.stores:
+            try:
+                urls["Redis"] = stack.enter_context(LocalRedis()).url
+            except RedisUnavailable as exc:
+                skipped["Redis"] = str(exc)
+                print(f"Redis rows skipped: {exc}")
+        runs = measure(args.q, args.shape, args.seconds, args.procs, urls)
     report = {"q": args.q, "shape": args.shape, "seconds": args.seconds, "runs": runs,
               "verdicts": {k: verdict(r) for k, r in runs.items() if r["shared_budget"]},
+              "skipped": skipped,
               "goal": "shared budget: together >= 0.95 Q, <= 0.5 % rejected"}
     path = write_result("budget", report)
     print(f"server quota Q = {args.q:g} calls/s per interface ({args.shape} windows); "

@@ -8,9 +8,11 @@ README shows: measure, figure, goal, verdict, and the command that printed it). 
 missed goal is a figure, not a failure: the exit code is non-zero only when a script
 crashed, wrote no result or ran out of its budget.
 
-    .venv/bin/python benchmarks/run_all.py [--only NAME ...]
+    .venv/bin/python benchmarks/run_all.py [--only NAME ...] [--large]
 
 ``--only`` reruns some scripts; the others keep their figures from the last latest.json.
+``--large`` adds the scripts of :data:`LARGE` (too long for make bench: the engine's
+search at 1,000,000 faces, about 35 minutes on 2 cores); ``--only`` can name them too.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
     "ledger": (["benchmarks/ledger.py"], 420),
     "scale_engine": (["benchmarks/scale_engine.py", "--sizes", "100000", "--ef", "200", "400"],
                      600),
-    "scale_replicas": (["benchmarks/scale_replicas.py"], 300),
-    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 300),
+    "scale_replicas": (["benchmarks/scale_replicas.py"], 420),
+    "scale_engine_large": (["benchmarks/scale_engine.py", "--sizes", "100000", "1000000",
+                            "--ef", "200", "400", "800", "--exact-sizes"], 4 * 3600),
+    "budget": (["benchmarks/budget.py", "--q", "10", "--seconds", "20"], 420),
     "v3": (["benchmarks/v3.py", "--q", "10", "--seconds", "30"], 300),
 }
 #: One stage after the other; the scripts of a stage run side by side. Only quota shares
@@ -50,7 +54,10 @@ SCRIPTS: dict[str, tuple[list[str], int]] = {
 #: allowed. Everything else runs alone, so its CPU figures are undisturbed.
 STAGES: list[list[str]] = [["client_overhead"], ["engine"], ["calibration"], ["audit"],
                            ["scale", "quota"], ["resume_finished"], ["ledger"],
-                           ["scale_engine"], ["scale_replicas"], ["budget"], ["v3"]]
+                           ["scale_engine"], ["scale_replicas"], ["budget"], ["v3"],
+                           ["scale_engine_large"]]
+#: Run only with --large (or named by --only): over make bench's ~10 minutes a script.
+LARGE = {"scale_engine_large"}
 
 Row = tuple[str, str, str, str]  # measure, figure, goal, verdict
 
@@ -249,10 +256,14 @@ def _resume_finished(d: dict[str, Any]) -> list[Row]:
 def _scale_engine(d: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     for size, r in d["sizes"].items():
-        emb, pg = r["embedded"], r["postgresql"]
+        emb, pg = r["embedded"], r.get("postgresql") or {}
+        if "hnsw" not in pg:
+            continue  # a run stopped before its first build
         ef = str(d["engine_ef_search"])
         h = pg["hnsw"].get(ef) or next(iter(pg["hnsw"].values()))
         n = f"{int(size):,} faces (real + generated descriptors)"
+        built = pg.get("builds", {}).get(str(pg["ef_construction"]), {})
+        size_note = f", index {built['index_mb']} MB" if "index_mb" in built else ""
         out += [
             (f"identify search at {n}: embedded numpy vs PostgreSQL HNSW ef_search {ef}",
              f"p50/p99 {emb['p50_ms']}/{emb['p99_ms']} ms vs {h['p50_ms']}/{h['p99_ms']} ms; "
@@ -262,7 +273,10 @@ def _scale_engine(d: dict[str, Any]) -> list[Row]:
              _verdict(h["same_top_as_exact"] >= 0.995)),
             (f"PostgreSQL at {n}: COPY load, HNSW build (m={pg['m']}, "
              f"ef_construction={pg['ef_construction']})",
-             f"{pg['load_s']} s, {pg['build_s']} s", "", "")]
+             f"{pg['load_s']} s, {pg['build_s']} s{size_note}", "", "")]
+    if not out:
+        out.append((d.get("benchmark", "scale_engine"), "stopped before any size's first "
+                    "HNSW build", "", "**no figure**"))
     exact = d.get("postgres_exact_by_group_size")
     if exact:
         out.append(("PostgreSQL exact search (no index), p50 by group size",
@@ -273,9 +287,17 @@ def _scale_engine(d: dict[str, Any]) -> list[Row]:
 
 def _scale_replicas(d: dict[str, Any]) -> list[Row]:
     runs = d["runs"]
-    return [("faces/s enrolled (user/add over HTTP, 1 model process per engine): "
-             + ", ".join(runs), ", ".join(f"{r['faces_per_s']:.2f}" for r in runs.values()),
-             "", "")]
+    out: list[Row] = [("faces/s enrolled (user/add over HTTP, 1 model process per engine): "
+                       + ", ".join(runs), ", ".join(f"{r['faces_per_s']:.2f}"
+                                                    for r in runs.values()), "", "")]
+    loop = d.get("loop") or {}
+    for label, r in loop.items():
+        if isinstance(r, dict):
+            out.append((f"one replica, {loop['searchers']} slow searches at once, queries "
+                        f"{label}: searches/s; cheap call (user/get) p50/p99",
+                        f"{r['searches_per_s']}/s; {r['cheap_call']['p50_ms']}/"
+                        f"{r['cheap_call']['p99_ms']} ms", "", ""))
+    return out
 
 
 def _budget(d: dict[str, Any]) -> list[Row]:
@@ -334,6 +356,7 @@ def _v3(d: dict[str, Any]) -> list[Row]:
 ROWS = {"client_overhead": _client, "quota": _quota, "engine": _engine, "audit": _audit,
         "scale": _scale, "resume_finished": _resume_finished, "calibration": _calibration,
         "ledger": _ledger, "scale_engine": _scale_engine, "scale_replicas": _scale_replicas,
+        "scale_engine_large": _scale_engine,
         "budget": _budget, "v3": _v3}
 
 
@@ -370,8 +393,13 @@ def markdown(results: dict[str, Any], facts: dict[str, Any], wall: float, full: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
+    regular = [name for name in SCRIPTS if name not in LARGE]
+    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=regular)
+    parser.add_argument("--large", action="store_true",
+                        help="also run the long scripts: " + ", ".join(sorted(LARGE)))
     args = parser.parse_args()
+    if args.large:
+        args.only = list(dict.fromkeys([*args.only, *LARGE]))
     latest = RESULTS / "latest.json"
     kept = json.loads(latest.read_text())["results"] if latest.exists() else {}
     begin = time.perf_counter()
@@ -384,7 +412,7 @@ def main() -> int:
     results = {name: fresh.get(name) or kept[name] for name in SCRIPTS
                if name in fresh or name in kept}
     facts = machine()
-    full = set(args.only) == set(SCRIPTS)
+    full = set(args.only) >= set(regular)
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps({"machine": facts, "wall_s": round(wall, 1), "full_run": full,
                                   "results": results}, indent=2) + "\n")

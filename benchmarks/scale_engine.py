@@ -48,7 +48,9 @@ from pipeline.engine.pgstore import (  # noqa: E402
     LARGE_GROUP,
     PgIndex,
     PgStore,
+    build_memory_mb,
     index_large_groups,
+    index_name,
     migrate,
 )
 from pipeline.engine.store import Change, FaceRow  # noqa: E402
@@ -199,32 +201,68 @@ def embedded(faces: list[tuple[str, np.ndarray]], probes: list) -> tuple[dict, l
 
 
 def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
-             exact_tops: list[float], m: int, ef_construction: int) -> dict[str, Any]:
-    settings = {"shared_buffers": "512MB", "maintenance_work_mem": "1GB",
-                "max_parallel_maintenance_workers": "2"}
+             exact_tops: list[float], m: int, builds: list[int],
+             out: dict[str, Any] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Load the faces into a local PostgreSQL, then for each ef_construction in ``builds``
+    build the group's HNSW index, measure it at every ef_search, drop it. Figures go into
+    ``out`` as they come (``progress`` is called after each build)."""
+    n = len(faces)
+    # Room for the table and the index in shared buffers; the build's memory is the
+    # engine's own choice (index_large_groups: build_memory_mb).
+    settings = {"shared_buffers": f"{max(512, n * 3 // 1000)}MB",
+                "max_parallel_maintenance_workers": "2", "max_wal_size": "8GB"}
+    out = {} if out is None else out
+    out.update(m=m, builds={})
     with LocalCluster(settings=settings) as cluster:
         migrate(cluster.url)
         store = PgStore(cluster.url)
         try:
             start = time.perf_counter()
-            for i in range(0, len(faces), 20_000):
+            for i in range(0, n, 20_000):
                 store.seed_faces(GROUP, [(u, "", v) for u, v in faces[i:i + 20_000]])
-            load = time.perf_counter() - start
+            out["load_s"] = round(time.perf_counter() - start, 1)
+            out["table_mb"] = round(store._query(
+                "SELECT pg_total_relation_size('engine_faces')")[0][0] / 2**20)
             exact, _ = run_searches(PgIndex(store), probes[: min(len(probes), 60)])
-            start = time.perf_counter()
-            index_large_groups(cluster.url, min_faces=1, m=m, ef_construction=ef_construction)
-            build = time.perf_counter() - start
-            by_ef = {}
-            for ef in efs:
-                result, tops = run_searches(PgIndex(store, ef_search=ef), probes)
-                # Found the exact search's nearest face (ties: another at the same distance).
-                agree = sum(a <= b + 1e-5 for a, b in zip(tops, exact_tops, strict=True))
-                by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
+            out["exact_60_queries"] = exact
+            _say(progress, f"{n:,}: loaded in {out['load_s']} s; exact p50 {exact['p50_ms']} ms")
+            for ef_construction in builds:
+                start = time.perf_counter()
+                index_large_groups(cluster.url, min_faces=1, m=m,
+                                   ef_construction=ef_construction)
+                build = round(time.perf_counter() - start, 1)
+                size = store._query("SELECT pg_relation_size(%s::regclass)",
+                                    (index_name(GROUP),))[0][0]
+                by_ef = {}
+                for ef in efs:
+                    result, tops = run_searches(PgIndex(store, ef_search=ef), probes)
+                    # Found the exact search's nearest face (ties: another at the same d).
+                    agree = sum(a <= b + 1e-5 for a, b in zip(tops, exact_tops, strict=True))
+                    by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
+                out["builds"][str(ef_construction)] = {
+                    "build_s": build, "index_mb": round(size / 2**20),
+                    "build_memory_mb": build_memory_mb(n), "hnsw": by_ef,
+                    "chosen_ef_search": choose_ef(by_ef, len(probes))}
+                if ef_construction == builds[0]:  # the headline figures: the first build's
+                    out.update(ef_construction=ef_construction, build_s=build, hnsw=by_ef,
+                               chosen_ef_search=out["builds"][str(ef_construction)][
+                                   "chosen_ef_search"])
+                _say(progress, f"{n:,}: ef_construction {ef_construction} built in {build} s "
+                     f"({size / 2**20:.0f} MB); " + ", ".join(
+                         f"ef {ef}: p50 {r['p50_ms']} ms, = exact {r['same_top_as_exact']:.2%}"
+                         for ef, r in by_ef.items()))
+                if progress is not None:
+                    progress(None)
+                with store._tx() as db:  # the next build starts from no index
+                    db.execute(f'DROP INDEX "{index_name(GROUP)}"')
+                    db.execute("UPDATE engine_groups SET hnsw_index = NULL")
         finally:
             store.close()
-    return {"load_s": round(load, 1), "build_s": round(build, 1), "m": m,
-            "ef_construction": ef_construction,
-            "exact_60_queries": exact, "hnsw": by_ef}
+    return out
+
+
+def _say(_: Any, text: str) -> None:
+    print(text, flush=True)
 
 
 def exact_by_size(gen: Generator, sizes: list[int], queries: int = 40) -> dict[str, Any]:
@@ -266,6 +304,12 @@ def choose_ef(by_ef: dict[str, dict[str, Any]], probes: int) -> int | None:
     return min(good) if good else None
 
 
+def result_name(sizes: list[int]) -> str:
+    """``scale_engine`` (make bench: 100k) or ``scale_engine_large`` (past 100k, run with
+    ``benchmarks/run_all.py --large``), so neither run overwrites the other's figures."""
+    return "scale_engine" if max(sizes) <= 100_000 else "scale_engine_large"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
@@ -273,7 +317,9 @@ def main() -> None:
     parser.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400, 800])
     parser.add_argument("--exact-sizes", type=int, nargs="*", default=[2000, 5000, 10000, 20000])
     parser.add_argument("--m", type=int, default=HNSW_M)
-    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
+    parser.add_argument("--ef-construction", type=int, nargs="+",
+                        default=[HNSW_EF_CONSTRUCTION],
+                        help="one HNSW build per value (the first is the headline figure)")
     args = parser.parse_args()
     real = real_descriptors()
     gen = Generator(real)
@@ -282,23 +328,38 @@ def main() -> None:
         "same_person_median_d": round(gen.same_median, 3),
         "different_person_median_d": round(gen.diff_median, 3),
         "engine_ef_search": EF_SEARCH, "engine_large_group": LARGE_GROUP, "sizes": {}}
+    name = result_name(args.sizes)
+    started = time.perf_counter()
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)
         emb, tops = embedded(faces, probes)
-        pg = postgres(faces, probes, args.ef, tops, args.m, args.ef_construction)
-        pg["chosen_ef_search"] = choose_ef(pg["hnsw"], len(probes))
-        report["sizes"][str(size)] = {"faces": len(faces), "probes": len(probes),
-                                      "embedded": emb, "postgresql": pg}
-        print_size(size, report["sizes"][str(size)])
+        print(f"{size:,}: embedded p50 {emb['p50_ms']} ms, rank-1 {emb['rank1']:.2%}",
+              flush=True)
+        entry: dict[str, Any] = {"faces": len(faces), "probes": len(probes), "embedded": emb}
+        report["sizes"][str(size)] = entry
+
+        def partial(_: object, entry: dict[str, Any] = entry) -> None:
+            # Written after every build: a long run stopped midway keeps what it measured.
+            entry["partial"] = True
+            write_result(name, {**report, "wall_s": round(time.perf_counter() - started)})
+
+        entry["postgresql"] = {}
+        postgres(faces, probes, args.ef, tops, args.m, args.ef_construction,
+                 entry["postgresql"], partial)
+        entry.pop("partial", None)
+        print_size(size, entry)
+        del faces
     if args.exact_sizes:
         report["postgres_exact_by_group_size"] = exact_by_size(gen, args.exact_sizes)
         print("\npostgres exact search (no index) by group size: " + ", ".join(
             f"{int(n):,}: p50 {r['p50_ms']} ms" for n, r in
             report["postgres_exact_by_group_size"].items()))
-    write_result("scale_engine", report)
+    report["wall_s"] = round(time.perf_counter() - started)
+    write_result(name, report)
     print(f"\nreal descriptors: {report['real_photos']} photos of "
           f"{report['real_identities']} people; median distance same person "
-          f"{report['same_person_median_d']}, different {report['different_person_median_d']}")
+          f"{report['same_person_median_d']}, different {report['different_person_median_d']}"
+          f"; {report['wall_s']} s in all; wrote benchmarks/results/{name}.json")
 
 
 def print_size(size: int, r: dict[str, Any]) -> None:
@@ -313,9 +374,16 @@ def print_size(size: int, r: dict[str, Any]) -> None:
     for ef, h in pg["hnsw"].items():
         print(f"  {'postgres hnsw ef=' + ef:<28}{h['p50_ms']:>9}{h['p99_ms']:>9}"
               f"{h['rank1']:>9.2%}{h['same_top_as_exact']:>9.2%}")
-    print(f"  postgres load {pg['load_s']} s, HNSW build {pg['build_s']} s "
-          f"(m={pg['m']}, ef_construction={pg['ef_construction']}); "
-          f"chosen ef_search: {pg['chosen_ef_search']}")
+    for efc, b in pg["builds"].items():
+        if efc != str(pg["ef_construction"]):
+            for ef, h in b["hnsw"].items():
+                print(f"  {'  ef_construction ' + efc + ', ef=' + ef:<28}{h['p50_ms']:>9}"
+                      f"{h['p99_ms']:>9}{h['rank1']:>9.2%}{h['same_top_as_exact']:>9.2%}")
+    print(f"  postgres load {pg['load_s']} s, table {pg['table_mb']} MB")
+    for efc, b in pg["builds"].items():
+        print(f"  HNSW build m={pg['m']}, ef_construction={efc}: {b['build_s']} s, index "
+              f"{b['index_mb']} MB (maintenance_work_mem {b['build_memory_mb']} MB); "
+              f"chosen ef_search: {b['chosen_ef_search']}")
 
 
 if __name__ == "__main__":

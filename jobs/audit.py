@@ -153,11 +153,11 @@ Examples:
               help="The audit's directory [default runs/<run_id>]; an audit there resumes.")
 @click.option("--qps", default=None, metavar="N | NAME=N,...",
               help="Calls per second: one number, or per interface, e.g. identify=5,match=5.")
-@click.option("--qps-budget", default=None, metavar="postgresql://...",
+@click.option("--qps-budget", default=None, metavar="postgresql://... | redis://...",
               envvar="FACEFLOW_QPS_BUDGET",
-              help="Share one QPS budget with every process using this API key: --qps is "
-                   "then the account's total; unreachable stops the audit (exit 3) to resume "
-                   "[env FACEFLOW_QPS_BUDGET].")
+              help="Share one QPS budget (PostgreSQL or Redis) with every process using this "
+                   "API key: --qps is then the account's total; unreachable stops the audit "
+                   "(exit 3) to resume [env FACEFLOW_QPS_BUDGET].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Probes in flight at once [default 4].")
 @click.option("--before-enroll", is_flag=True, default=None,

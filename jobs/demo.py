@@ -144,7 +144,7 @@ def demo(base: Path, concurrency: int, api: str) -> None:
     """Start the local engine, enroll the sample photos and degraded variants, show the result."""
     from pipeline.client.config import Secret, Settings  # noqa: PLC0415
     from pipeline.engine.server import EngineServer  # noqa: PLC0415
-    from pipeline.enroll.job import EnrollConfig  # noqa: PLC0415
+    from pipeline.enroll.config import EnrollConfig  # noqa: PLC0415
 
     if not (SAMPLES / "obama_01.jpg").exists():
         raise ConfigProblem(f"no sample photos in {SAMPLES}: run `make setup` first")

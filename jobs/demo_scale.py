@@ -18,6 +18,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,7 +50,8 @@ def _start_replica(store_url: str, log: Path) -> tuple[subprocess.Popen[str], st
     return proc, line.rsplit(" ", 1)[1]
 
 
-def _stats(url: str) -> dict[str, int]:
+def _stats(url: str) -> dict[str, Any]:
+    """The engine's /admin/stats: users, faces (ints) and calls (interface -> count)."""
     with urllib.request.urlopen(url + "/admin/stats", timeout=10) as reply:
         return dict(json.load(reply))
 

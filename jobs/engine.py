@@ -35,6 +35,9 @@ def engine() -> None:
                    "first). Also FACEFLOW_ENGINE_STORE, which keeps a password out of `ps`.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Model processes (one per core is the most useful).")
+@click.option("--store-threads", type=click.IntRange(0, 256), default=16, show_default=True,
+              help="With --store: requests served side by side, each on its own thread and "
+                   "PostgreSQL connection (0: on the event loop, one connection).")
 @click.option("--qps", type=float, default=None, help="Emulated QPS limit per interface (18).")
 @click.option("--daily-quota", type=click.IntRange(0), default=None,
               help="Emulated daily calls per interface (17 when spent).")
@@ -53,8 +56,9 @@ def engine() -> None:
               help="Seconds a 'slow' fault delays the reply.")
 @click.option("--seed", type=int, default=None, help="Seed of the fault draws.")
 def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: int,
-          qps: float | None, daily_quota: int | None, token_ttl: float, detector: str,
-          model: str, faults: tuple[str, ...], delay: float, seed: int | None) -> None:
+          store_threads: int, qps: float | None, daily_quota: int | None, token_ttl: float,
+          detector: str, model: str, faults: tuple[str, ...], delay: float,
+          seed: int | None) -> None:
     """Serve the face API until SIGTERM or Ctrl-C.
 
     \b
@@ -73,7 +77,7 @@ def serve(host: str, port: int, data_dir: Path, store_url: str | None, workers: 
         config = build_config(data_dir, workers=workers, qps=qps, daily_quota=daily_quota,
                               token_ttl=token_ttl, detector=detector,
                               faults=_parse_faults(faults), delay=delay, seed=seed,
-                              store_url=store_url, model=model)
+                              store_url=store_url, model=model, store_threads=store_threads)
         run(config, host, port)
     except (ValueError, PostgresUnavailable, ListenError, ModelUnavailable) as exc:
         raise ConfigProblem(str(exc)) from None

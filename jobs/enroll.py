@@ -32,16 +32,11 @@ from jobs.options import (
 )
 from pipeline.api.errors import ConfigError
 from pipeline.client.config import Settings
-from pipeline.enroll.job import (
-    MODES,
-    EnrollConfig,
-    EnrollObserver,
-    RunResult,
-    RunStart,
-    resume_enroll_config,
-    run_enroll,
-)
-from pipeline.enroll.job import Progress as RunProgress
+from pipeline.enroll.config import EnrollConfig, resume_enroll_config
+from pipeline.enroll.decide import MODES
+from pipeline.enroll.events import EnrollObserver, RunResult, RunStart
+from pipeline.enroll.events import Progress as RunProgress
+from pipeline.enroll.job import run_enroll
 from pipeline.enroll.rerun import RunNotFinishedError, plan_rerun
 from pipeline.frame import StopReason
 from pipeline.runs.outcomes import STATUSES, SUCCESS_STATUSES, Outcome
@@ -244,7 +239,7 @@ def _stop_advice(result: RunResult, resume_hint: str) -> str:
                 "the app's settings, then resume",
         "interrupted": "Interrupted. Outcomes so far are saved; resume",
         "budget": "The shared QPS budget (--qps-budget) could not be reached. Outcomes so "
-                  "far are saved; when the database is back, resume",
+                  "far are saved; when its store is back, resume",
         "credentials": "The service refused the credentials before any call (nothing was "
                        "sent). Fix --api-key/--secret-key (or FACEFLOW_API_KEY/"
                        "FACEFLOW_SECRET_KEY), then run",
@@ -292,12 +287,12 @@ def _run_options(func: Any) -> Any:
         click.option("--qps", default=None, metavar="N | NAME=N,...",
                      help="Calls per second: one number for every interface, or per "
                           "interface, e.g. detect=10,add=5."),
-        click.option("--qps-budget", default=None, metavar="postgresql://...",
+        click.option("--qps-budget", default=None, metavar="postgresql://... | redis://...",
                      envvar="FACEFLOW_QPS_BUDGET",
                      help="Share one QPS budget with every process using this API key "
-                          "(any host): --qps is then the account's total. If the database "
-                          "cannot be reached the run stops (exit 3) to be resumed [env "
-                          "FACEFLOW_QPS_BUDGET]."),
+                          "(any host), in PostgreSQL or Redis: --qps is then the account's "
+                          "total. If the store cannot be reached the run stops (exit 3) to "
+                          "be resumed [env FACEFLOW_QPS_BUDGET]."),
         click.option("--thresholds", "thresholds_file", default=None, metavar="FILE",
                      type=click.Path(path_type=Path, dir_okay=False),
                      help="Quality thresholds (TOML) instead of the reference defaults."),

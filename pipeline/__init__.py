@@ -36,9 +36,9 @@ _EXPORTS: dict[str, str] = {
     "Status": "pipeline.runs.reasons",
     "open_manifest": "pipeline.runs.manifest",
     # enroll
-    "EnrollConfig": "pipeline.enroll.job",
-    "EnrollObserver": "pipeline.enroll.job",
-    "RunResult": "pipeline.enroll.job",
+    "EnrollConfig": "pipeline.enroll.config",
+    "EnrollObserver": "pipeline.enroll.events",
+    "RunResult": "pipeline.enroll.events",
     "enroll": "pipeline.enroll.job",
     "run_enroll": "pipeline.enroll.job",
     "plan_rerun": "pipeline.enroll.rerun",
@@ -75,7 +75,9 @@ if TYPE_CHECKING:
     from pipeline.audit.outputs import read_findings
     from pipeline.client.config import Secret, Settings
     from pipeline.client.faceclient import FaceClient
-    from pipeline.enroll.job import EnrollConfig, EnrollObserver, RunResult, enroll, run_enroll
+    from pipeline.enroll.config import EnrollConfig
+    from pipeline.enroll.events import EnrollObserver, RunResult
+    from pipeline.enroll.job import enroll, run_enroll
     from pipeline.enroll.report import summarize
     from pipeline.enroll.rerun import plan_rerun
     from pipeline.frame.faceapi import FaceApi

@@ -60,6 +60,27 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def without_password(url: str) -> str:
+    """A ``postgresql://`` URL with no password at all (what run.json records); other
+    values (a SQLite ledger's path) unchanged.
+
+    Not :func:`redact`'s ``***``: libpq takes a URL's password, even ``***``, before
+    ``PGPASSWORD`` or ``~/.pgpass``, so a resume from a redacted URL could never log in.
+    """
+    if not is_postgres_url(url):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def _psycopg() -> Any:
     try:
         import psycopg  # noqa: PLC0415

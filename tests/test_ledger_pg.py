@@ -126,6 +126,22 @@ async def test_enroll_with_a_postgresql_ledger_skips_known_rows_next_time(
     with open_ledger(pg_url) as book:
         (stats,) = book.stats()
     assert stats.faces == 3 and stats.events == {"enrolled": 3}
-    redacted = EnrollConfig(manifest=manifest, settings=double.settings(), group="g",
+    recorded = EnrollConfig(manifest=manifest, settings=double.settings(), group="g",
                             ledger=secret_url).options()["ledger"]
-    assert ":pw@" not in redacted and ":***@" in redacted
+    # No password at all in run.json, not "***": libpq would send "***" rather than read
+    # PGPASSWORD or ~/.pgpass, and a resume could never log in.
+    assert recorded == pg_url
+    from pipeline.enroll.config import config_options
+
+    older = secret_url.replace(":pw@", ":***@")  # as runs recorded it before
+    assert config_options({"ledger": older})["ledger"] == pg_url
+
+
+def test_run_json_urls_lose_their_password_entirely() -> None:
+    from pipeline.postgres import without_password
+
+    assert without_password("postgresql://u:s3@db:5433/f?sslmode=require") == \
+        "postgresql://u@db:5433/f?sslmode=require"
+    assert without_password("postgresql://u:s3@[::1]:5432/f") == "postgresql://u@[::1]:5432/f"
+    assert without_password("postgresql://u@/f?host=/run/pg") == "postgresql://u@/f?host=/run/pg"
+    assert without_password("runs/ledger.sqlite3") == "runs/ledger.sqlite3"

@@ -13,6 +13,7 @@ from pipeline.api.errors import (
 )
 from pipeline.client.budget import check_budget_options
 from pipeline.client.config import Settings
+from pipeline.postgres import without_password
 
 #: The reference allows at most 5 users per identify.
 MAX_TOP_K = 5
@@ -76,7 +77,9 @@ class AuditConfig:
                 "before_enroll": self.before_enroll, "confirm_photos": self.confirm_photos,
                 "run_dirs": [str(p) for p in self.run_dirs],
                 "manifest": str(self.manifest) if self.manifest else None,
-                "ledger": self.ledger, "api": self.api, "encoding": self.encoding,
+                # No password in run.json: a resume takes it from PGPASSWORD / ~/.pgpass.
+                "ledger": without_password(self.ledger) if self.ledger else None,
+                "api": self.api, "encoding": self.encoding,
                 "delimiter": self.delimiter}
 
 

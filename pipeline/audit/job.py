@@ -77,7 +77,7 @@ from pipeline.audit.plan import build_plan, file_sha256, read_plan, write_plan
 from pipeline.audit.probe import Loader, PhotoCache, Prober, default_loader
 from pipeline.audit.report import write_audit_report
 from pipeline.audit.scratch import ScratchGroup, scratch_pending
-from pipeline.client.budget import PgBudget, open_budget
+from pipeline.client.budget import Budget, open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -94,6 +94,7 @@ from pipeline.frame import (
     open_held,
     outage_pause,
 )
+from pipeline.postgres import without_password
 from pipeline.runs.rundir import (
     ManifestRef,
     RecordStore,
@@ -305,7 +306,7 @@ async def _run_held(run: _Audit) -> AuditResult:
     return finish_audit(run, already, session, stopped)
 
 
-def _client_options(budget: PgBudget | None, api: str = "v2") -> dict[str, Any]:
+def _client_options(budget: Budget | None, api: str = "v2") -> dict[str, Any]:
     """Factory keywords beyond (settings, qps): only those in use."""
     options: dict[str, Any] = {"limiter": budget} if budget else {}
     if api != "v2":
@@ -401,7 +402,7 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     if info.options.get("manifest"):
         saved["manifest"] = Path(info.options["manifest"])
     if info.options.get("ledger"):
-        saved["ledger"] = info.options["ledger"]
+        saved["ledger"] = without_password(info.options["ledger"])
     return AuditConfig(settings=settings, run_dir=Path(run_dir), **{**saved, **overrides})
 
 

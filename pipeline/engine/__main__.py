@@ -24,10 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog")
     parser.add_argument("--store", default=None, help="postgresql:// URL of a shared store")
     parser.add_argument("--model", choices=("dlib", "sface"), default="dlib")
+    parser.add_argument("--store-threads", type=int, default=16)
     args = parser.parse_args(argv)
     config = build_config(args.data_dir, workers=args.workers, qps=args.qps,
                           daily_quota=args.daily_quota, token_ttl=args.token_ttl,
-                          detector=args.detector, store_url=args.store, model=args.model)
+                          detector=args.detector, store_url=args.store, model=args.model,
+                          store_threads=args.store_threads)
     serve(config, args.host, args.port)
 
 

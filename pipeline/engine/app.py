@@ -11,7 +11,9 @@ Order of work for a face call (``POST /rest/2.0/face/v2/<path>``):
 3. emulation (QPS 18, quota 17, injected faults; emulation.py) - before any work;
 4. the form body (``client_max_size`` 25 MiB; larger -> 216103 param too long, as JSON
    on every endpoint, the token and admin ones included);
-5. the interface (interfaces.py); API errors are HTTP 200 JSON (contract §1.5).
+5. the interface (interfaces.py); API errors are HTTP 200 JSON (contract §1.5). With the
+   shared PostgreSQL store the interface and the token lookup run on the engine's store
+   threads (:meth:`EngineState.run`), so a slow query never stalls the loop.
 
 Anything unexpected becomes 216401 ``internal error`` as JSON, never a traceback. Unknown
 paths answer HTTP 200 with 216102 ``service not support: unknown path ...`` and a log_id.
@@ -136,7 +138,8 @@ def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Rep
             early = await _gate(request, state, name)
             if early is not None:
                 return early
-            reply = await handler(state, await _form(request))
+            params = await _form(request)
+            reply = await state.run(lambda: handler(state, params))
         except Failure as failure:
             state.errors[str(failure.code)] += 1
             return _error_reply(failure.code, failure.message, log_id)
@@ -147,7 +150,7 @@ def _face_call(name: str, handler: Callable[[EngineState, Params], Awaitable[Rep
 
 async def _gate(request: web.Request, state: EngineState, name: str) -> web.StreamResponse | None:
     """Token check, then emulation; returns a reply to send instead of doing the work."""
-    _check_token(state, request.query.get("access_token", ""))
+    await _check_token(state, request.query.get("access_token", ""))
     verdict = state.emulation.admit(name)
     if verdict.kind == "error":
         raise Failure(int(verdict.code or 0))
@@ -164,8 +167,8 @@ async def _gate(request: web.Request, state: EngineState, name: str) -> web.Stre
     return None
 
 
-def _check_token(state: EngineState, token: str) -> None:
-    expires = state.store.token_expiry(token) if token else None
+async def _check_token(state: EngineState, token: str) -> None:
+    expires = await state.call(state.store.token_expiry, token) if token else None
     if expires is None:
         raise Failure(110)
     if expires <= state.now():
@@ -239,7 +242,8 @@ def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], a
             early = await _gate(request, state, interface)
             if early is not None:
                 return early
-            result = await handler(state, await _v3_body(request, array))
+            body = await _v3_body(request, array)
+            result = await state.run(lambda: handler(state, body))
         except Failure as failure:
             failure = _as_v3(failure)
             state.errors[str(failure.code)] += 1
@@ -285,7 +289,7 @@ async def _token(request: web.Request) -> web.Response:
                                   "error_description": "Client authentication failed"}, status=401)
     ttl = state.config.token_ttl
     token = f"24.{secrets.token_hex(16)}.{int(ttl)}.{int(state.now())}-faceflow"
-    state.store.put_token(token, state.now() + ttl)
+    await state.call(state.store.put_token, token, state.now() + ttl)
     return web.json_response({
         "refresh_token": f"25.{secrets.token_hex(16)}.315360000.{int(state.now())}-faceflow",
         "expires_in": max(1, int(ttl)),
@@ -323,7 +327,8 @@ async def _admin_emulation(request: web.Request) -> web.Response:
 
 async def _admin_stats(request: web.Request) -> web.Response:
     _loopback_only(request)
-    return web.json_response(request.app[STATE].stats())
+    state = request.app[STATE]
+    return web.json_response(await state.call(state.stats))
 
 
 async def _unknown_path(request: web.Request) -> web.Response:

@@ -23,3 +23,8 @@ class EngineConfig:
     store_url: str | None = None
     #: Descriptor model (models.MODELS); a faceset holds one model's descriptors.
     model: str = "dlib"
+    #: With ``store_url``: threads running the interfaces off the event loop, each with
+    #: its own PostgreSQL connection (requests beyond this many wait their turn). 0 runs
+    #: them on the loop with one connection, as before (benchmarks/scale_replicas.py
+    #: compares both).
+    store_threads: int = 16

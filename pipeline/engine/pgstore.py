@@ -32,6 +32,7 @@ whose schema is older or newer than this code refuses to start and says what to 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ import numpy as np
 from pipeline.engine.index import Hit, rank_users
 from pipeline.engine.store import Change, FaceRow, Membership, Person, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
+
+log = logging.getLogger("faceflow.engine")
 
 #: Groups with at least this many faces get their own HNSW index (smaller: exact search).
 #: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
@@ -152,13 +155,30 @@ def index_name(group_id: str) -> str:
     return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
 
 
+#: Bytes of pgvector's in-memory HNSW graph per 128-d face at m=16: pgvector 0.8 said
+#: "hnsw graph no longer fits into maintenance_work_mem after 13669 tuples" at 16 MB
+#: (1,227 bytes each; 6,846 at 8 MB). The index on disk takes ~830 bytes per face.
+GRAPH_BYTES_PER_FACE = 1230
+
+
+def build_memory_mb(faces: int) -> int:
+    """``maintenance_work_mem`` (MB) for building one group's HNSW graph in memory.
+
+    pgvector builds fast only while the whole graph fits (else it goes on, much slower,
+    writing pages as it inserts, and says so in a notice, logged here as a warning).
+    Twice :data:`GRAPH_BYTES_PER_FACE` per face, at least 1 GB: 2.3 GB for 1M faces.
+    """
+    return max(1024, -(-2 * GRAPH_BYTES_PER_FACE * faces // 2**20))
+
+
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
                        ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
     """Build the HNSW index of every group with >= ``min_faces`` faces that lacks one.
 
     Built ``CONCURRENTLY`` (writes go on), one replica at a time (advisory lock; others
-    return at once). An index left invalid by a build that died is dropped and rebuilt.
-    Returns the groups indexed now.
+    return at once), with ``maintenance_work_mem`` sized to the group
+    (:func:`build_memory_mb`). An index left invalid by a build that died is dropped and
+    rebuilt. Returns the groups indexed now.
     """
     from psycopg import sql  # noqa: PLC0415
 
@@ -166,14 +186,15 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
     with connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
             return done
+        conn.add_notice_handler(_build_notice)
         try:
-            # The graph must fit while it is built (~80 MB per 100k faces), else it is slow.
-            conn.execute("SET maintenance_work_mem = '1GB'")
             rows = conn.execute(
-                "SELECT group_id FROM engine_groups WHERE faces >= %s AND hnsw_index IS NULL "
-                "ORDER BY group_id", (min_faces,)).fetchall()
-            for (group,) in rows:
+                "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
+                "hnsw_index IS NULL ORDER BY group_id", (min_faces,)).fetchall()
+            for group, faces in rows:
                 name = index_name(group)
+                # The graph must fit while it is built, else the build is far slower.
+                conn.execute(f"SET maintenance_work_mem = '{build_memory_mb(int(faces))}MB'")
                 conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
                     sql.Identifier(name)))
                 conn.execute(sql.SQL(
@@ -192,21 +213,33 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
     return done
 
 
+def _build_notice(notice: Any) -> None:
+    # "hnsw graph no longer fits into maintenance_work_mem": the build slows down a lot.
+    text = str(notice.message_primary)
+    log.log(logging.WARNING if "maintenance_work_mem" in text else logging.DEBUG,
+            "building an HNSW index: %s", text)
+
+
 # -- the store -----------------------------------------------------------------------------
 
 
 class PgStore:
     """The faceset at ``url`` (schema created by :func:`migrate`); same methods as Store.
 
-    One connection guarded by a lock (the engine calls from its loop thread; tests read
-    from others). Every write is one transaction, committed before it returns.
+    One connection per thread, opened on first use: the engine runs its interfaces on a
+    bounded pool of threads (:class:`pipeline.engine.state.EngineState`), so queries of
+    concurrent requests run side by side, never on the event loop; tests read from their
+    own thread. Every write is one transaction on the calling thread's connection,
+    committed before it returns (a read inside it sees it).
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._lock = threading.RLock()
+        self._guard = threading.Lock()
+        self._local = threading.local()
+        self._open_conns: list[Any] = []
         self._closed = False
-        self._db = self._open()
+        self._conn()  # the schema is checked now: a bad URL or schema fails at start
 
     def _open(self) -> Any:
         db = connect(self.url, autocommit=True, vector=True)
@@ -231,26 +264,45 @@ class PgStore:
         # call that meets it (the engine answers 216401; clients retry); the next call
         # reconnects here. Nothing is retried blindly: a write whose commit was in flight
         # may or may not have happened.
-        if self._db.broken and not self._closed:
-            self._db.close()
-            self._db = self._open()
-        return self._db
+        db = getattr(self._local, "db", None)
+        if db is not None and not db.broken:
+            return db
+        if self._closed:
+            raise PostgresUnavailable("the engine's store is closed")
+        fresh = self._open()
+        with self._guard:
+            if db is not None:
+                db.close()
+                self._open_conns.remove(db)
+            self._open_conns.append(fresh)
+        self._local.db = fresh
+        return fresh
+
+    @property
+    def _db(self) -> Any:
+        """The calling thread's connection."""
+        return self._conn()
+
+    def connections(self) -> int:
+        """Connections this store holds open (one per thread that used it)."""
+        with self._guard:
+            return len(self._open_conns)
 
     def close(self) -> None:
-        with self._lock:
+        with self._guard:
             self._closed = True
-            self._db.close()
+            conns, self._open_conns = self._open_conns, []
+        for db in conns:
+            db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            db = self._conn()
-            with db.transaction():
-                yield db
+        db = self._conn()
+        with db.transaction():
+            yield db
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn().execute(sql, args).fetchall()
+        return self._conn().execute(sql, args).fetchall()
 
     # -- reads -------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class EngineServer:
         seed: int | None = None,
         store_url: str | None = None,
         model: str = "dlib",
+        store_threads: int = 16,
     ) -> None:
         self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="faceflow-engine-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp or ".")
@@ -88,7 +89,7 @@ class EngineServer:
         emulation = EmulationConfig(qps=_qps_config(qps), daily_quota=daily_quota,
                                     faults=dict(faults or {}), seed=seed)
         self.config = EngineConfig(self.data_dir, api_key, secret_key, workers, token_ttl,
-                                   detector, emulation, store_url, model)
+                                   detector, emulation, store_url, model, store_threads)
         self.state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -214,13 +215,14 @@ def build_config(
     env: Mapping[str, str] | None = None,
     store_url: str | None = None,
     model: str = "dlib",
+    store_threads: int = 16,
 ) -> EngineConfig:
     """The configuration ``faceflow engine serve`` builds from its flags and environment."""
     api_key, secret_key = credentials_from_env(env)
     emulation = EmulationConfig(qps=qps, daily_quota=daily_quota, faults=dict(faults or {}),
                                 delay=delay, seed=seed)
     return EngineConfig(Path(data_dir), api_key, secret_key, workers, token_ttl, detector,
-                        emulation, store_url, model)
+                        emulation, store_url, model, store_threads)
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import multiprocessing
 import sys
@@ -18,9 +19,9 @@ import threading
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.api.errors import error_message
 from pipeline.engine.config import EngineConfig
@@ -41,14 +42,19 @@ from pipeline.engine.store import Change
 from pipeline.engine.tokens import FaceTokens
 
 log = logging.getLogger("faceflow.engine")
+T = TypeVar("T")
 
 
 class EngineState:
     """Everything one running engine holds: store, index, pool, emulation, counters.
 
-    Used from the event loop's thread only (the store has its own lock for readers).
-    ``clock_offset`` (seconds) shifts the engine's clocks so tests can expire tokens and
-    move QPS windows without sleeping.
+    The embedded store (SQLite, in-memory index) is used from the event loop's thread
+    only. With the shared PostgreSQL store every query waits on the network and the
+    database (15-50 ms for a search on a busy host), which on the loop would stall every
+    other request of the replica: :meth:`run` and :meth:`call` then run the interface
+    (and the token check) on a bounded pool of threads (``config.store_threads``), each
+    with its own event loop and database connection. ``clock_offset`` (seconds) shifts
+    the engine's clocks so tests can expire tokens and move QPS windows without sleeping.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -63,6 +69,12 @@ class EngineState:
         #: request body bytes received per interface (what clients upload)
         self.request_bytes: Counter[str] = Counter()
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread_loops: list[asyncio.AbstractEventLoop] = []
+        self._thread_local = threading.local()
+        if config.store_url and config.store_threads > 0:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                config.store_threads, thread_name_prefix="faceflow-store")
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -91,7 +103,34 @@ class EngineState:
         for future in futures:
             future.result(timeout=180)
 
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work()`` (an interface): on the loop with the embedded store, else on
+        one of the store threads (in this context: the scoring model follows)."""
+        if self._threads is None:
+            return await work()
+        context = contextvars.copy_context()
+        return await asyncio.wrap_future(
+            self._threads.submit(context.run, self._in_thread, work))
+
+    async def call(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` (a store call): on the loop or on a store thread, as :meth:`run`."""
+        if self._threads is None:
+            return func(*args)
+        return await asyncio.wrap_future(self._threads.submit(func, *args))
+
+    def _in_thread(self, work: Callable[[], Awaitable[T]]) -> T:
+        loop = getattr(self._thread_local, "loop", None)
+        if loop is None:
+            loop = self._thread_local.loop = asyncio.new_event_loop()
+            self._thread_loops.append(loop)
+        return loop.run_until_complete(work())
+
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            for loop in self._thread_loops:
+                loop.close()
+            self._thread_loops.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None

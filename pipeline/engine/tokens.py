@@ -3,6 +3,7 @@ for an hour (:data:`TOKEN_TTL`) so later calls can use the face without its pict
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,27 +29,31 @@ class TokenFace:
 
 class FaceTokens:
     """Tokens issued by detect/search/match: kept ``ttl`` seconds of ``now()``, at most
-    ``capacity`` (the oldest go first). Not thread-safe: the engine's loop thread only."""
+    ``capacity`` (the oldest go first). Thread-safe: with the shared store the
+    interfaces run on several threads."""
 
-    __slots__ = ("_now", "_ttl", "_capacity", "_items")
+    __slots__ = ("_now", "_ttl", "_capacity", "_items", "_lock")
 
     def __init__(self, now: Callable[[], float], ttl: float = TOKEN_TTL,
                  capacity: int = 200_000) -> None:
         self._now, self._ttl, self._capacity = now, ttl, capacity
         self._items: OrderedDict[str, tuple[float, TokenFace]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def put(self, face: TokenFace) -> None:
         # A re-issued token lives 60 min from its latest issue (same picture, same token).
-        self._items.pop(face.token, None)
-        self._items[face.token] = (self._now() + self._ttl, face)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items.pop(face.token, None)
+            self._items[face.token] = (self._now() + self._ttl, face)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
 
     def get(self, token: str) -> TokenFace | None:
-        item = self._items.get(token)
-        if item is None:
-            return None
-        if item[0] <= self._now():
-            del self._items[token]
-            return None
-        return item[1]
+        with self._lock:
+            item = self._items.get(token)
+            if item is None:
+                return None
+            if item[0] <= self._now():
+                del self._items[token]
+                return None
+            return item[1]

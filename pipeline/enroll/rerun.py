@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pipeline.api.errors import (
-    ConfigError,
-)
+from pipeline.api.errors import ConfigError
 from pipeline.client.config import Settings
-from pipeline.runs.outcomes import (
-    OUTCOME_SCHEMA,
-)
-from pipeline.runs.rundir import (
-    RunDir,
-    RunInfo,
-    new_run_id,
-)
-
-if TYPE_CHECKING:
-    pass
+from pipeline.enroll.config import EnrollConfig, config_options
 from pipeline.enroll.failures import FAILURES_CSV, _non_success, write_manifest_rows
-from pipeline.enroll.job import EnrollConfig, _config_options
+from pipeline.runs.outcomes import OUTCOME_SCHEMA
+from pipeline.runs.rundir import RunDir, RunInfo, new_run_id
 
 RERUN_MANIFEST = "rerun-manifest.csv"
 
@@ -69,7 +58,7 @@ def plan_rerun(
 
     old = RunDir(old_run_dir)
     info = old.read_info()
-    options = {**_config_options(info.options), **(overrides or {})}
+    options = {**config_options(info.options), **(overrides or {})}
     target = Path(run_dir) if run_dir else old.path.parent / new_run_id()
     manifest_path = target / RERUN_MANIFEST
     if not (RunDir(target).exists() and manifest_path.exists()):  # else: resume that rerun

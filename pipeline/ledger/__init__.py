@@ -18,6 +18,8 @@ Modules:
 
 - :mod:`pipeline.ledger.base`: the records (:class:`Entry`, :class:`KnownFace`,
   :class:`GroupStats`), the :class:`Ledger` protocol, :func:`endpoint_key`;
+- :mod:`pipeline.ledger.sql`: the statements both SQL backends share (dialect
+  differences are class attributes and hooks);
 - :mod:`pipeline.ledger.sqlite`: the SQLite backend (WAL; survives kill -9; two
   processes may write at once);
 - :mod:`pipeline.ledger.pg`: the PostgreSQL backend (shards and hosts share it);

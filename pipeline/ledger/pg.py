@@ -19,19 +19,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC
 from typing import Any
 
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.base import (
-    ENROLL_ACTIONS,
-    REPLACING_ACTIONS,
-    Entry,
-    GroupStats,
-    KnownFace,
-    PathMatch,
-    PathProbe,
-)
+from pipeline.ledger.base import PathMatch, PathProbe
+from pipeline.ledger.sql import SqlLedger, log_id_in
 from pipeline.postgres import PostgresUnavailable, connect, redact
 
 SCHEMA_VERSION = 1
@@ -58,13 +50,13 @@ CREATE TABLE IF NOT EXISTS ledger_faces (
     PRIMARY KEY (endpoint, group_id, uid, image_sha256));
 """
 
-_FACE_SELECT = ("f.endpoint, f.group_id, f.uid, f.image_sha256, f.image_path, f.image_size, "
-                "f.image_mtime_ns, f.user_info, f.face_count, f.detect_log_id, "
-                "f.write_log_id, f.run_id, f.\"row\", f.action, f.recorded_at")
-
-
-class PgLedger:
+class PgLedger(SqlLedger):
     """The :class:`~pipeline.ledger.base.Ledger` in the PostgreSQL database at ``url``."""
+
+    events_table = "ledger_events"
+    faces_table = "ledger_faces"
+    placeholder = "%s"
+    uid_order = 'uid COLLATE "C"'
 
     def __init__(self, url: str) -> None:
         self.location = redact(url)
@@ -102,25 +94,13 @@ class PgLedger:
         with self._lock, self._conn.transaction():
             yield self._conn
 
-    # -- writes -----------------------------------------------------------------
-
-    def record(self, entries: Sequence[Entry]) -> int:
-        new = 0
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A transaction holding the ledger's advisory lock: concurrent writers apply
+        their batches one after the other."""
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_RECORD_LOCK,))
-            for e in entries:
-                if _insert_event(conn, e):
-                    _apply(conn, e)
-                    new += 1
-        return new
-
-    def refresh_stat(self, face: KnownFace, image_path: str, size: int, mtime_ns: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE ledger_faces SET image_path=%s, image_size=%s, image_mtime_ns=%s "
-                "WHERE endpoint=%s AND group_id=%s AND uid=%s AND image_sha256=%s",
-                (image_path, size, mtime_ns, face.endpoint, face.group_id, face.uid,
-                 face.image_sha256))
+            yield conn
 
     # -- reads ------------------------------------------------------------------
 
@@ -142,103 +122,5 @@ class PgLedger:
                 "AND f.group_id=p.group_id AND f.uid=p.uid AND f.image_path=p.image_path "
                 "AND f.image_size=p.size AND f.image_mtime_ns=p.mtime",
                 (endpoint,)).fetchall()
-        return [(int(k), g, sha, count, _log_id(d), _log_id(w))
+        return [(int(k), g, sha, count, log_id_in(d), log_id_in(w))
                 for k, g, sha, count, d, w in rows]
-
-    def known_image(self, endpoint: str, group_id: str, uid: str, sha256: str
-                    ) -> KnownFace | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_FACE_SELECT} FROM ledger_faces f WHERE endpoint=%s AND group_id=%s "
-                "AND uid=%s AND image_sha256=%s", (endpoint, group_id, uid, sha256)).fetchone()
-        return None if row is None else _face(row)
-
-    def faces(self, endpoint: str, group_id: str, uid: str | None = None
-              ) -> Iterator[KnownFace]:
-        where, args = "endpoint=%s AND group_id=%s", [endpoint, group_id]
-        if uid is not None:
-            where, args = where + " AND uid=%s", [*args, uid]
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_FACE_SELECT} FROM ledger_faces f WHERE {where} "
-                "ORDER BY uid COLLATE \"C\", recorded_at", args).fetchall()
-        return iter([_face(r) for r in rows])
-
-    def stats(self) -> list[GroupStats]:
-        with self._lock:
-            held = self._conn.execute(
-                "SELECT endpoint, group_id, COUNT(DISTINCT uid), COUNT(*) FROM ledger_faces "
-                "GROUP BY endpoint, group_id").fetchall()
-            events = self._conn.execute(
-                "SELECT endpoint, group_id, action, COUNT(*), MAX(at) FROM ledger_events "
-                "GROUP BY endpoint, group_id, action").fetchall()
-        table: dict[tuple[str, str], dict[str, Any]] = {}
-        for endpoint, group, uids, faces in held:
-            table[(endpoint, group)] = {"uids": uids, "faces": faces, "events": {}, "last": None}
-        for endpoint, group, action, n, last in events:
-            line = table.setdefault((endpoint, group),
-                                    {"uids": 0, "faces": 0, "events": {}, "last": None})
-            line["events"][action] = n
-            text = last.astimezone(UTC).isoformat()
-            line["last"] = max(filter(None, (line["last"], text)), default=None)
-        return [GroupStats(e, g, v["uids"], v["faces"], v["events"], v["last"])
-                for (e, g), v in sorted(table.items())]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> PgLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"PgLedger({self.location!r})"
-
-
-def _log_id(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _insert_event(conn: Any, e: Entry) -> bool:
-    cur = conn.execute(
-        'INSERT INTO ledger_events (endpoint, group_id, uid, image_sha256, action, run_id, '
-        '"row", at, face_count, detect_log_id, write_log_id, image_path, user_info) '
-        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-        'ON CONFLICT (run_id, "row", group_id, action) DO NOTHING',
-        (e.endpoint, e.group_id, e.uid, e.image_sha256, e.action, e.run_id, e.row,
-         e.at.astimezone(UTC), e.face_count, e.detect_log_id, e.write_log_id, e.image_path,
-         e.user_info))
-    return bool(cur.rowcount == 1)
-
-
-def _apply(conn: Any, e: Entry) -> None:
-    key = (e.endpoint, e.group_id, e.uid)
-    if e.action not in ENROLL_ACTIONS:
-        conn.execute("DELETE FROM ledger_faces WHERE endpoint=%s AND group_id=%s AND uid=%s",
-                     key)
-        return
-    if e.action in REPLACING_ACTIONS:
-        conn.execute("DELETE FROM ledger_faces WHERE endpoint=%s AND group_id=%s AND uid=%s "
-                     "AND image_sha256 <> %s", (*key, e.image_sha256))
-    conn.execute(
-        "INSERT INTO ledger_faces VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-        "ON CONFLICT (endpoint, group_id, uid, image_sha256) DO UPDATE SET "
-        "image_path=excluded.image_path, image_size=excluded.image_size, "
-        "image_mtime_ns=excluded.image_mtime_ns, user_info=excluded.user_info, "
-        "face_count=excluded.face_count, detect_log_id=excluded.detect_log_id, "
-        "write_log_id=excluded.write_log_id, run_id=excluded.run_id, "
-        '"row"=excluded."row", action=excluded.action, recorded_at=excluded.recorded_at',
-        (*key, e.image_sha256, e.image_path, e.image_size, e.image_mtime_ns, e.user_info,
-         e.face_count, e.detect_log_id, e.write_log_id, e.run_id, e.row, e.action,
-         e.at.astimezone(UTC)))
-
-
-def _face(row: Sequence[Any], key: int | None = None) -> KnownFace:
-    (endpoint, group, uid, sha, path, size, mtime, info, count, detect, write, run_id, row_n,
-     action, recorded) = row
-    return KnownFace(endpoint, group, uid, sha, path, size, mtime, info, count,
-                     _log_id(detect), _log_id(write), run_id, int(row_n), action,
-                     recorded.astimezone(UTC).isoformat(), key)

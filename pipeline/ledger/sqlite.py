@@ -26,18 +26,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pipeline.api.errors import ConfigError
-from pipeline.ledger.base import (
-    ENROLL_ACTIONS,
-    REPLACING_ACTIONS,
-    Entry,
-    GroupStats,
-    KnownFace,
-    PathMatch,
-    PathProbe,
-)
+from pipeline.ledger.base import PathMatch, PathProbe
+from pipeline.ledger.sql import SqlLedger, Stored
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_MS = 60_000
@@ -65,22 +57,20 @@ CREATE TABLE IF NOT EXISTS faces (
 ) WITHOUT ROWID;
 """
 
-_FACE_COLUMNS = ("endpoint", "group_id", "uid", "image_sha256", "image_path", "image_size",
-                 "image_mtime_ns", "user_info", "face_count", "detect_log_id", "write_log_id",
-                 "run_id", '"row"', "action", "recorded_at")
-_FACE_SELECT = ", ".join(f"f.{c}" for c in _FACE_COLUMNS)
-
-
-def _log_id(value: int | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def _read_log_id(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-class SqliteLedger:
+class SqliteLedger(SqlLedger):
     """The :class:`~pipeline.ledger.base.Ledger` on one SQLite file (created when missing)."""
+
+    @staticmethod
+    def _log_id_out(value: int | None) -> Stored:
+        return None if value is None else str(value)  # uint64 is beyond SQLite's integer
+
+    @staticmethod
+    def _time_out(at: datetime) -> Stored:
+        return at.astimezone(UTC).isoformat()
+
+    @staticmethod
+    def _time_in(value: Stored) -> str:
+        return str(value)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -153,57 +143,6 @@ class SqliteLedger:
                 raise
             self._conn.execute("COMMIT")
 
-    # -- writes -----------------------------------------------------------------
-
-    def record(self, entries: Sequence[Entry]) -> int:
-        new = 0
-        with self._write() as conn:
-            for e in entries:
-                if self._insert_event(conn, e):
-                    self._apply(conn, e)
-                    new += 1
-        return new
-
-    @staticmethod
-    def _insert_event(conn: sqlite3.Connection, e: Entry) -> bool:
-        cur = conn.execute(
-            'INSERT OR IGNORE INTO events (endpoint, group_id, uid, image_sha256, action, '
-            'run_id, "row", at, face_count, detect_log_id, write_log_id, image_path, user_info) '
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (e.endpoint, e.group_id, e.uid, e.image_sha256, e.action, e.run_id, e.row,
-             e.at.astimezone(UTC).isoformat(), e.face_count, _log_id(e.detect_log_id),
-             _log_id(e.write_log_id), e.image_path, e.user_info))
-        return cur.rowcount == 1
-
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, e: Entry) -> None:
-        key = (e.endpoint, e.group_id, e.uid)
-        if e.action not in ENROLL_ACTIONS:
-            conn.execute("DELETE FROM faces WHERE endpoint=? AND group_id=? AND uid=?", key)
-            return
-        if e.action in REPLACING_ACTIONS:
-            conn.execute("DELETE FROM faces WHERE endpoint=? AND group_id=? AND uid=? "
-                         "AND image_sha256 != ?", (*key, e.image_sha256))
-        conn.execute(
-            "INSERT INTO faces VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (endpoint, group_id, uid, image_sha256) DO UPDATE SET "
-            "image_path=excluded.image_path, image_size=excluded.image_size, "
-            "image_mtime_ns=excluded.image_mtime_ns, user_info=excluded.user_info, "
-            "face_count=excluded.face_count, detect_log_id=excluded.detect_log_id, "
-            "write_log_id=excluded.write_log_id, run_id=excluded.run_id, "
-            '"row"=excluded."row", action=excluded.action, recorded_at=excluded.recorded_at',
-            (*key, e.image_sha256, e.image_path, e.image_size, e.image_mtime_ns, e.user_info,
-             e.face_count, _log_id(e.detect_log_id), _log_id(e.write_log_id), e.run_id, e.row,
-             e.action, e.at.astimezone(UTC).isoformat()))
-
-    def refresh_stat(self, face: KnownFace, image_path: str, size: int, mtime_ns: int) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE faces SET image_path=?, image_size=?, image_mtime_ns=? WHERE endpoint=? "
-                "AND group_id=? AND uid=? AND image_sha256=?",
-                (image_path, size, mtime_ns, face.endpoint, face.group_id, face.uid,
-                 face.image_sha256))
-
     # -- reads ------------------------------------------------------------------
 
     def known_paths(self, endpoint: str, probes: Sequence[PathProbe]) -> list[PathMatch]:
@@ -233,62 +172,3 @@ class SqliteLedger:
             finally:
                 conn.execute("COMMIT")
         return rows
-
-    def known_image(self, endpoint: str, group_id: str, uid: str, sha256: str
-                    ) -> KnownFace | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_FACE_SELECT} FROM faces f WHERE endpoint=? AND group_id=? AND uid=? "
-                "AND image_sha256=?", (endpoint, group_id, uid, sha256)).fetchone()
-        return None if row is None else _face(row)
-
-    def faces(self, endpoint: str, group_id: str, uid: str | None = None
-              ) -> Iterator[KnownFace]:
-        where, args = "endpoint=? AND group_id=?", [endpoint, group_id]
-        if uid is not None:
-            where, args = where + " AND uid=?", [*args, uid]
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_FACE_SELECT} FROM faces f WHERE {where} "
-                "ORDER BY uid, recorded_at", args).fetchall()
-        return iter([_face(r) for r in rows])
-
-    def stats(self) -> list[GroupStats]:
-        with self._lock:
-            held = self._conn.execute(
-                "SELECT endpoint, group_id, COUNT(DISTINCT uid), COUNT(*) FROM faces "
-                "GROUP BY endpoint, group_id").fetchall()
-            events = self._conn.execute(
-                "SELECT endpoint, group_id, action, COUNT(*), MAX(at) FROM events "
-                "GROUP BY endpoint, group_id, action").fetchall()
-        table: dict[tuple[str, str], dict[str, Any]] = {}
-        for endpoint, group, uids, faces in held:
-            table[(endpoint, group)] = {"uids": uids, "faces": faces, "events": {}, "last": None}
-        for endpoint, group, action, n, last in events:
-            line = table.setdefault((endpoint, group),
-                                    {"uids": 0, "faces": 0, "events": {}, "last": None})
-            line["events"][action] = n
-            line["last"] = max(filter(None, (line["last"], last)), default=None)
-        return [GroupStats(e, g, v["uids"], v["faces"], v["events"], v["last"])
-                for (e, g), v in sorted(table.items())]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> SqliteLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"SqliteLedger({self.location!r})"
-
-
-def _face(row: Sequence[Any], key: int | None = None) -> KnownFace:
-    (endpoint, group, uid, sha, path, size, mtime, info, count, detect, write, run_id, row_n,
-     action, recorded) = row
-    return KnownFace(endpoint, group, uid, sha, path, size, mtime, info, count,
-                     _read_log_id(detect), _read_log_id(write), run_id, row_n, action, recorded,
-                     key)
