@@ -146,7 +146,8 @@ class Tuning:
     ``evidence_window``: seconds of replies a rejection is compared with (3).
     ``test_seconds`` / ``test_settle`` / ``test_replies``: a cut of more than 10 % is
     tested in phases of at least ``test_seconds`` (2.5), each judged on the replies
-    (30; 60 above the cut) to calls sent after its first ``test_settle`` second (1);
+    (30 below the cut, 60 above it) to calls sent after its first ``test_settle``
+    second (1);
     random rejections found: for ``noise_hold`` seconds (20, doubling with each such
     test up to ``noise_hold_max``, 160) only a share above the random one plus
     ``noise_margin`` (0.2) counts as a quota.
@@ -533,13 +534,14 @@ class _Lane:
         # nothing rejected: judged on fewer replies, unless a storm may be on
         quiet = share == 0.0 and replies >= self.t.test_replies // (
             1 if now < self._stormy_until else 3)
-        # the phase before the cut is measured with more replies: its share decides
+        # The phase above the cut decides between a quota and random rejections: twice
+        # test_replies, fewer when far more are rejected than below the cut already.
         enough = (
             self.t.test_replies if test.low is None else 2 * self.t.test_replies)
         if test.low is not None and replies >= 2 * self.t.test_replies // 3 \
                 and share - test.low[0] >= max(0.2, 3 * math.sqrt(
                     share * (1 - share) / replies + test.low[0] * (1 - test.low[0]) / test.low[1])):
-            enough = 0  # far more rejected above the cut already: no need to wait for more
+            enough = 0
         if (replies < enough and now < since + 2.5 * self.t.test_seconds
                 and not quiet) or now < since + 1.0:
             return  # too few replies yet to judge
@@ -590,20 +592,27 @@ class _Lane:
             self._verdict_quota(low if below else 0.0, now)
             return
         # the same share at both paces: random, not a quota; back to the pace before the
-        # cut, or to the pace measured if that was lower (above it nothing is known)
+        # cut (a limit given, or one a test confirmed: nothing showed a quota below it;
+        # the lane may well have sent less than its pace, fed by an earlier interface),
+        # or at most twice the pace measured
         held = self.rate
         self.found, self.rate = test.found, test.rate
-        if held is not None and (test.rate is None or held < 0.99 * test.rate):
-            # Above the pace measured nothing is known. A lane that was still searching
-            # goes on from it by probes (+50 % every probe_wait while the share rejected
+        if test.rate is None and held is not None:
+            # A lane still searching: above the pace measured nothing is known. It goes
+            # on from there by probes (+50 % every probe_wait while the share rejected
             # stays near the random one) rather than by doubling every second, which
             # random rejections would let run far past a quota.
             self.found = held / (1 - self.t.headroom)
             self._set_rate()
-            self._searching = test.rate is None
-        elif self._anchor is not None and (self.found is None or self.found < self._anchor):
-            self.found = self._anchor  # small steps before the test were random too
-            self._set_rate()
+            self._searching = True
+        else:
+            if self._anchor is not None and (self.found is None or self.found < self._anchor):
+                self.found = self._anchor  # small steps before the test were random too
+                self._set_rate()
+            if held is not None and self.rate is not None and self.rate > 2 * held:
+                # far above the pace measured (a limit set 3x too high): not all the way
+                self.found = 2 * held / (1 - self.t.headroom)
+                self._set_rate()
         self._end_test(now)
         self._anchor = self.quota()
         self._hold(pooled, now)
