@@ -151,6 +151,9 @@ class Tuning:
     random rejections found: for ``noise_hold`` seconds (20, doubling with each such
     test up to ``noise_hold_max``, 160) only a share above the random one plus
     ``noise_margin`` (0.2) counts as a quota.
+    ``jitter_share``: at a quota the lane found itself, rejections at about it that are no
+    more than this share of the replies of the last ``history`` seconds (12) are jitter:
+    no step down (1 %).
     ``min_rate``: the pace never goes below this (0.1).
     ``start_rate`` / ``slow_start`` / ``slow_start_max``: a lane with no limit configured
     starts at 8 calls/s and doubles every second until a quota shows (unpaced from 4096).
@@ -172,6 +175,7 @@ class Tuning:
     test_replies: int = 30
     test_pace: float = 0.85
     history: float = 12.0
+    jitter_share: float = 0.01
     min_rate: float = 0.1
     start_rate: float = 8.0
     slow_start: float = 1.0
@@ -458,7 +462,15 @@ class _Lane:
             self._probe_wait = min(self.t.probe_wait_max, self._probe_wait * 2)
         elif current is not None and quota >= current - min(1.5, 0.15 * current):
             # About the quota held to: jitter squeezed a call into one second, or the
-            # count of this rejection is a call short. Step down a little.
+            # count of this rejection is a call short. Step down a little; but not for
+            # rare ones at a quota the lane found itself (a busy machine delays a call
+            # onto the next second's now and then; a quota below the pace would reject
+            # a share of every second's calls), or it drifts below the quota, each probe
+            # back drawing the next such rejection.
+            found_itself = self.ceiling is None or (self.found or math.inf) < self.ceiling
+            if found_itself and self._share(now - self.t.history)[0] <= self.t.jitter_share:
+                self._last_evidence = now
+                return
             quota = max(min(quota, 0.98 * current), 0.96 * current)
         self._quiet = None
         self._searching = False
