@@ -241,7 +241,7 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                     by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
                 out["builds"][str(ef_construction)] = {
                     "build_s": build, "index_mb": round(size / 2**20),
-                    "build_memory_mb": build_memory_mb(n), "hnsw": by_ef,
+                    "build_memory_mb": build_memory_mb(n, m), "hnsw": by_ef,
                     "chosen_ef_search": choose_ef(by_ef, len(probes))}
                 if ef_construction == builds[0]:  # the headline figures: the first build's
                     out.update(ef_construction=ef_construction, build_s=build, hnsw=by_ef,
@@ -304,10 +304,12 @@ def choose_ef(by_ef: dict[str, dict[str, Any]], probes: int) -> int | None:
     return min(good) if good else None
 
 
-def result_name(sizes: list[int]) -> str:
+def result_name(sizes: list[int], m: int = HNSW_M) -> str:
     """``scale_engine`` (make bench: 100k) or ``scale_engine_large`` (past 100k, run with
-    ``benchmarks/run_all.py --large``), so neither run overwrites the other's figures."""
-    return "scale_engine" if max(sizes) <= 100_000 else "scale_engine_large"
+    ``benchmarks/run_all.py --large``), so neither run overwrites the other's figures;
+    ``_m<M>`` added for another m than the engine's."""
+    name = "scale_engine" if max(sizes) <= 100_000 else "scale_engine_large"
+    return name if m == HNSW_M else f"{name}_m{m}"
 
 
 def main() -> None:
@@ -328,7 +330,7 @@ def main() -> None:
         "same_person_median_d": round(gen.same_median, 3),
         "different_person_median_d": round(gen.diff_median, 3),
         "engine_ef_search": EF_SEARCH, "engine_large_group": LARGE_GROUP, "sizes": {}}
-    name = result_name(args.sizes)
+    name = result_name(args.sizes, args.m)
     started = time.perf_counter()
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)
