@@ -19,11 +19,21 @@ real different people do (median matched), then normalised like dlib's. Generate
 same-person probes sit at the median real same-person distance from their face.
 Random unit vectors (the usual stand-in) are far easier to tell apart than real faces.
 
-    .venv/bin/python benchmarks/scale_engine.py [--sizes 100000] [--queries 300]
-        [--ef 40 64 100 200]
+    .venv/bin/python benchmarks/scale_engine.py [--sizes 100000 [1000000]] [--queries 300]
+        [--ef 100 200 400 800] [--m 16] [--ef-construction 200 [64 ...]] [--exact-sizes ...]
 
-Prints a table; writes benchmarks/results/scale_engine.json. The PostgreSQL cluster is a
-temporary local one (pipeline.postgres.LocalCluster), removed afterwards.
+Each ``--ef-construction`` value is one HNSW build on the same load, measured at every
+``--ef`` and dropped (the first value's figures are the headline ones). Prints a table;
+writes benchmarks/results/scale_engine.json (sizes up to 100k, what make bench runs) or
+scale_engine_large.json (``--sizes 100000 1000000``: run_all.py --large), with ``_m<M>``
+appended for another m than the engine's; a long run writes what it has after every build.
+The PostgreSQL cluster is a temporary local one (pipeline.postgres.LocalCluster, shared
+buffers sized to the table and index), removed afterwards.
+
+How long, on 2 cores with other work (2026-11-29): 100k with one build about 3 minutes
+(build ~1 minute); ``--sizes 100000 1000000`` about 30 minutes, most of it the 1M build
+(22 minutes under nice 19 at load 4-9; 2.3 GB of maintenance_work_mem), plus ~3 minutes
+for each further ``--ef-construction`` at 100k and ~15-20 at 1M.
 """
 
 from __future__ import annotations
