@@ -19,11 +19,21 @@ real different people do (median matched), then normalised like dlib's. Generate
 same-person probes sit at the median real same-person distance from their face.
 Random unit vectors (the usual stand-in) are far easier to tell apart than real faces.
 
-    .venv/bin/python benchmarks/scale_engine.py [--sizes 100000] [--queries 300]
-        [--ef 40 64 100 200]
+    .venv/bin/python benchmarks/scale_engine.py [--sizes 100000 [1000000]] [--queries 300]
+        [--ef 100 200 400 800] [--m 16] [--ef-construction 200 [64 ...]] [--exact-sizes ...]
 
-Prints a table; writes benchmarks/results/scale_engine.json. The PostgreSQL cluster is a
-temporary local one (pipeline.postgres.LocalCluster), removed afterwards.
+Each ``--ef-construction`` value is one HNSW build on the same load, measured at every
+``--ef`` and dropped (the first value's figures are the headline ones). Prints a table;
+writes benchmarks/results/scale_engine.json (sizes up to 100k, what make bench runs) or
+scale_engine_large.json (``--sizes 100000 1000000``: run_all.py --large), with ``_m<M>``
+appended for another m than the engine's; a long run writes what it has after every build.
+The PostgreSQL cluster is a temporary local one (pipeline.postgres.LocalCluster, shared
+buffers sized to the table and index), removed afterwards.
+
+How long, on 2 cores with other work (2026-11-29): 100k with one build about 3 minutes
+(build ~1 minute); ``--sizes 100000 1000000`` about 30 minutes, most of it the 1M build
+(22 minutes under nice 19 at load 4-9; 2.3 GB of maintenance_work_mem), plus ~3 minutes
+for each further ``--ef-construction`` at 100k and ~15-20 at 1M.
 """
 
 from __future__ import annotations
@@ -241,7 +251,7 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, efs: list[int],
                     by_ef[str(ef)] = {**result, "same_top_as_exact": round(agree / len(tops), 4)}
                 out["builds"][str(ef_construction)] = {
                     "build_s": build, "index_mb": round(size / 2**20),
-                    "build_memory_mb": build_memory_mb(n), "hnsw": by_ef,
+                    "build_memory_mb": build_memory_mb(n, m), "hnsw": by_ef,
                     "chosen_ef_search": choose_ef(by_ef, len(probes))}
                 if ef_construction == builds[0]:  # the headline figures: the first build's
                     out.update(ef_construction=ef_construction, build_s=build, hnsw=by_ef,
@@ -304,10 +314,12 @@ def choose_ef(by_ef: dict[str, dict[str, Any]], probes: int) -> int | None:
     return min(good) if good else None
 
 
-def result_name(sizes: list[int]) -> str:
+def result_name(sizes: list[int], m: int = HNSW_M) -> str:
     """``scale_engine`` (make bench: 100k) or ``scale_engine_large`` (past 100k, run with
-    ``benchmarks/run_all.py --large``), so neither run overwrites the other's figures."""
-    return "scale_engine" if max(sizes) <= 100_000 else "scale_engine_large"
+    ``benchmarks/run_all.py --large``), so neither run overwrites the other's figures;
+    ``_m<M>`` added for another m than the engine's."""
+    name = "scale_engine" if max(sizes) <= 100_000 else "scale_engine_large"
+    return name if m == HNSW_M else f"{name}_m{m}"
 
 
 def main() -> None:
@@ -328,7 +340,7 @@ def main() -> None:
         "same_person_median_d": round(gen.same_median, 3),
         "different_person_median_d": round(gen.diff_median, 3),
         "engine_ef_search": EF_SEARCH, "engine_large_group": LARGE_GROUP, "sizes": {}}
-    name = result_name(args.sizes)
+    name = result_name(args.sizes, args.m)
     started = time.perf_counter()
     for size in args.sizes:
         faces, probes = build_set(size, args.queries, real, gen)

@@ -155,20 +155,25 @@ def index_name(group_id: str) -> str:
     return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
 
 
-#: Bytes of pgvector's in-memory HNSW graph per 128-d face at m=16: pgvector 0.8 said
-#: "hnsw graph no longer fits into maintenance_work_mem after 13669 tuples" at 16 MB
-#: (1,227 bytes each; 6,846 at 8 MB). The index on disk takes ~830 bytes per face.
-GRAPH_BYTES_PER_FACE = 1230
+def graph_bytes_per_face(m: int = HNSW_M) -> int:
+    """Bytes of pgvector's in-memory HNSW graph per 128-d face.
+
+    pgvector 0.8 said "hnsw graph no longer fits into maintenance_work_mem after 13669
+    tuples" at 16 MB with m=16 (1,227 bytes each) and after 9,655 with m=32 (1,738): 715
+    bytes plus 32 per unit of m (2m neighbour slots of 16 bytes). On disk the index
+    takes ~830 bytes per face at m=16.
+    """
+    return 715 + 32 * m
 
 
-def build_memory_mb(faces: int) -> int:
+def build_memory_mb(faces: int, m: int = HNSW_M) -> int:
     """``maintenance_work_mem`` (MB) for building one group's HNSW graph in memory.
 
     pgvector builds fast only while the whole graph fits (else it goes on, much slower,
     writing pages as it inserts, and says so in a notice, logged here as a warning).
-    Twice :data:`GRAPH_BYTES_PER_FACE` per face, at least 1 GB: 2.3 GB for 1M faces.
+    Twice :func:`graph_bytes_per_face`, at least 1 GB: 2.3 GB for 1M faces at m=16.
     """
-    return max(1024, -(-2 * GRAPH_BYTES_PER_FACE * faces // 2**20))
+    return max(1024, -(-2 * graph_bytes_per_face(m) * faces // 2**20))
 
 
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
@@ -194,7 +199,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
             for group, faces in rows:
                 name = index_name(group)
                 # The graph must fit while it is built, else the build is far slower.
-                conn.execute(f"SET maintenance_work_mem = '{build_memory_mb(int(faces))}MB'")
+                conn.execute(f"SET maintenance_work_mem = '{build_memory_mb(int(faces), m)}MB'")
                 conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
                     sql.Identifier(name)))
                 conn.execute(sql.SQL(
