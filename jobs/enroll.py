@@ -118,8 +118,17 @@ class ConsoleObserver(EnrollObserver):
         self.bar: Progress | None = None
         self.task_id: Any = None
         self._last_line = time.monotonic()
+        self._start: RunStart | None = None
 
     def started(self, start: RunStart) -> None:
+        # Said once the service has answered (the first row or tick, the ledger's count,
+        # a stop, or the end): an endpoint that is not the service gets one error line.
+        self._start = start
+
+    def _show_start(self, bar: bool = True) -> None:
+        start, self._start = self._start, None
+        if start is None:
+            return
         if start.resumed:
             self.console.print(f"Resuming run {start.run_id} in {start.run_dir}: "
                                f"{start.already_done} of {start.total_rows} rows already have an "
@@ -138,7 +147,7 @@ class ConsoleObserver(EnrollObserver):
             self.console.print(f"Recovered {start.recovered} outcomes from the journal of an "
                                "interrupted session.", highlight=False, soft_wrap=True,
                                markup=False)
-        if self.console.is_terminal:
+        if bar and self.console.is_terminal:
             self.bar = Progress(TextColumn("enroll"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
                                 TextColumn("{task.fields[counts]}"), console=self.console,
@@ -148,10 +157,12 @@ class ConsoleObserver(EnrollObserver):
             self.bar.start()
 
     def row_done(self, outcome: Outcome, progress: RunProgress) -> None:
+        self._show_start()
         if self.bar is not None:
             self._update(progress)
 
     def tick(self, progress: RunProgress) -> None:
+        self._show_start()
         if self.bar is not None:
             self._update(progress)
         elif time.monotonic() - self._last_line >= self.interval:
@@ -169,6 +180,7 @@ class ConsoleObserver(EnrollObserver):
                         rate=f"{rate:.1f}", counts=_counts_text(progress.counts))
 
     def known_skipped(self, rows: int) -> None:
+        self._show_start()
         if rows:
             self.console.print(f"Ledger: {rows} rows are enrolled already (same uid, group and "
                                "file): skipped_known, not sent.", highlight=False,
@@ -176,12 +188,15 @@ class ConsoleObserver(EnrollObserver):
 
     def stopping(self, reason: str, message: str) -> None:
         if reason == StopReason.UNREACHABLE:
-            return  # said once, as the error line, when the run ends
+            self._start = None  # nothing was sent: the error line alone, when the run ends
+            return
+        self._show_start()
         # escape: service codes in brackets ("[invalid_client] ...") are text, not markup.
         self.console.print(f"[bold yellow]Stopping ({reason}):[/] {escape(message)}; no new "
                            "rows start.", soft_wrap=True)
 
     def close(self) -> None:
+        self._show_start(bar=False)
         if self.bar is not None:
             self.bar.stop()
             self.bar = None

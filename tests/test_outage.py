@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support.doubles import API_KEY, SECRET_KEY, ProtocolDouble
+from support.doubles import API_KEY, SECRET_KEY, ProtocolDouble, http
 
 from jobs.cli import main
 from pipeline.enroll.job import EnrollConfig, run_enroll
@@ -124,25 +124,53 @@ def test_an_outage_that_lasts_exits_5_and_the_printed_command_finishes(
     assert df["row"].tolist() == list(range(ROWS)) and set(df["status"]) == {"enrolled"}
 
 
-@pytest.mark.parametrize("kind", ["refused", "tls", "wrong-path"])
+#: RFC 6761: names under .invalid never resolve (a real resolver failure, no network used)
+NO_SUCH_HOST = "faceflow-test.invalid"
+
+
+def resolver_answers(seconds: float = 3.0) -> bool:
+    """Does this machine's resolver say 'no such name' for NO_SUCH_HOST within ``seconds``?
+    (On a machine without DNS the lookup may hang until the resolver gives up.)"""
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(NO_SUCH_HOST, 80)
+        except OSError:
+            done.set()
+
+    threading.Thread(target=lookup, daemon=True).start()
+    return done.wait(seconds)
+
+
+@pytest.mark.parametrize("kind", ["refused", "dns", "tls", "wrong-path", "html"])
 def test_an_endpoint_that_is_not_the_service_is_one_line_and_exit_2(
         served: ThreadedDouble, tmp_path: Path, kind: str) -> None:
+    """What the user sees is the error line alone (no run header before it), exit 2."""
+    if kind == "dns" and not resolver_answers():
+        pytest.skip("this machine's resolver does not answer (no DNS): the lookup would hang")
     url = served.double.url
-    endpoint = {"refused": f"http://127.0.0.1:{closed_port()}", "tls": url.replace("http://", "https://"),
-                "wrong-path": url + "/wrong"}[kind]
+    if kind == "html":  # a web server at the endpoint: its token path answers an HTML page
+        served.double.script_token(http(200, "<html><body>It works!</body></html>"))
+    endpoint = {"refused": f"http://127.0.0.1:{closed_port()}", "dns": f"http://{NO_SUCH_HOST}",
+                "tls": url.replace("http://", "https://"), "wrong-path": url + "/wrong",
+                "html": url}[kind]
     env = {"FACEFLOW_ENDPOINT": endpoint, "FACEFLOW_API_KEY": API_KEY,
            "FACEFLOW_SECRET_KEY": SECRET_KEY}
     out = CliRunner().invoke(main, ["enroll", str(manifest(tmp_path)), "--group", "g",
                                     "--run-dir", str(tmp_path / "run")], env=env)
     assert out.exit_code == 2, out.output
-    errors = [line for line in out.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and endpoint in errors[0]
-    assert "Traceback" not in out.output
-    cause = {"refused": "connection refused", "tls": "TLS handshake failed",
-             "wrong-path": "answered HTTP 40"}[kind]
-    assert cause in errors[0]
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), out.output
+    assert endpoint in lines[0]
+    cause = {"refused": "connection refused", "dns": "host name not resolved",
+             "tls": "TLS handshake failed", "wrong-path": "answered HTTP 40",
+             "html": "not JSON"}[kind]
+    assert cause in lines[0]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (info["exit_code"], info["stop_reason"]) == (2, "unreachable")
+    parts = tmp_path / "run" / "outcomes"
+    assert not parts.exists() or len(pd.read_parquet(parts)) == 0  # no row got an outcome
 
 
 async def test_the_runner_pauses_on_ready_and_stops_when_it_says_outage() -> None:

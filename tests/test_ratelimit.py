@@ -224,15 +224,37 @@ def test_rate_recovers_when_the_quota_grows() -> None:
 # -- random rejections are not a quota ---------------------------------------------------
 
 
+STORM = 0.27  # the share of admitted calls answered 18 at random (quota.py's storm: 20 % 18,
+#               5 % 4, 2 % HTTP 500 on admitted calls)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stall", [0.0, 0.04], ids=["idle", "busy"])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_a_storm_does_not_drive_the_rate_down(seed: int) -> None:
-    """30 % of admitted calls answer 18 at random on top of a known quota (four storms):
-    the lane keeps sending near the quota (what the storm leaves of it: 0.7 Q) and the
-    rate does not fall over the run. (15-s windows of ~90 calls vary by ~10 % by
-    themselves: the last quarter is asked to keep 0.7x the first, not the same.)"""
-    _, service = serve(10, "sliding", seconds=60, noise=0.3, seed=seed)
-    assert service.rate(10, 60) >= 0.8 * 0.7 * 10
-    assert service.rate(45, 60) >= 0.7 * service.rate(0, 15)
+def test_a_storm_does_not_drive_the_rate_down(shape: str, stall: float, seed: int) -> None:
+    """27 % of admitted calls answer 18 at random on top of a known quota: the lane keeps
+    the quota's pace, so the successes sit at the ceiling the storm leaves (0.73 of the
+    pace, 0.98 Q), and the rate does not fall over a 90-s run."""
+    _, service = serve(10, shape, seconds=90, noise=STORM, stall=stall, seed=seed)
+    ceiling = (1 - STORM) * 10 * (1 - HEADROOM)
+    assert service.rate(10, 90) >= 0.93 * ceiling
+    assert service.rate(67.5, 90) >= 0.9 * service.rate(0, 22.5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("qps", [30, None], ids=["qps-3Q", "no-qps"])
+def test_a_storm_with_the_quota_unknown_keeps_most_of_what_it_leaves(
+        shape: str, qps: float | None) -> None:
+    """The same storm while the lane searches for the quota (four storms each): random
+    rejections and quota ones mix, the hardest case. The lane keeps most of what the
+    storm leaves of Q, in the second half of the run as well (it does not collapse).
+    (It tends to run somewhat over the quota here: successes are not lost by that on
+    these shapes, rejected calls are; benchmarks/quota.py runs the storm with --qps Q.)"""
+    ceiling = (1 - STORM) * 10
+    for seed in (1, 2, 3, 4):
+        _, service = serve(qps, shape, seconds=90, noise=STORM, seed=seed)
+        assert service.rate(10, 90) >= 0.7 * ceiling, seed
+        assert service.rate(45, 90) >= 0.6 * ceiling, seed
 
 
 def test_random_rejections_without_a_quota_do_not_collapse_the_rate() -> None:

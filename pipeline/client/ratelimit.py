@@ -41,14 +41,21 @@ Finding the quota (no ``--qps``, or one set too high)
 Random rejections are not a quota
     A quota accepts about Q calls/s however fast the lane sends; random rejections
     (an error storm, cluster-wide 4s) take the same share at any pace. So a cut of
-    more than a call or so per second is a test: for a while the lane sends below
-    the quota the rejections suggest (``test_pace`` of it, and of the calls accepted
-    lately). If clearly fewer calls are then rejected, it was a quota. If about as
-    many are, the rejections are random: the cut is undone, and while the share
-    rejected stays near the random one (``noise_hold``, renewed while it lasts) only
-    a clearly higher share counts as a quota (found from counts corrected for the
-    random share). Random ones are left to the retries: the rate is not driven down
-    by them (tests/test_ratelimit.py, storm cases).
+    more than a call or so per second is a test, judged on calls *sent* in each phase
+    (after a settling second): first ``low``, below the quota the rejections suggest
+    (``test_pace`` of it, and of the calls accepted per second lately). Nothing
+    rejected there: a quota. Rejections went on there: a fresh sample at a pace above
+    the cut (the pace before it, at most twice the low one) decides, since the share
+    that set the cut off is high by selection (a cluster of random rejections is what
+    sets a cut off). Clearly more rejected above than below: a quota, taken from what
+    was *delivered* above it (accepted calls/s over the share the random rejections
+    leave, as BBR estimates a bottleneck from its delivery rate, not its losses); the
+    same share at both: random, the cut is undone, and while the share rejected
+    stays near the random one (``noise_hold``, renewed while it lasts; the share
+    measured over at least ``2 * test_replies`` replies) only a clearly higher share
+    counts as a quota. Random ones are left to the retries: the rate is not driven
+    down by them (tests/test_ratelimit.py, storm cases: the successes sit at what the
+    storm leaves of the quota).
 
 Time is the event loop's clock (``loop.time()``), so tests drive everything with a
 loop whose clock they control (tests/support/doubles.py ``run_virtual``).
@@ -137,10 +144,16 @@ class Tuning:
     ``probe_step`` / ``probe_max``: the first probe's increase and the largest one
     (1 %, 25 %; each quiet probe doubles the step).
     ``evidence_window``: seconds of replies a rejection is compared with (3).
-    ``test_seconds``: a cut of more than 10 % is judged this long after it (2.5): if
-    the share rejected did not fall by half, the rejections are random and the cut is
-    undone; then for ``noise_hold`` seconds (20) only a share above the random one plus
+    ``test_seconds`` / ``test_settle`` / ``test_replies``: a cut of more than 10 % is
+    tested in phases of at least ``test_seconds`` (2.5), each judged on the replies
+    (30 below the cut, 60 above it) to calls sent after its first ``test_settle``
+    second (1);
+    random rejections found: for ``noise_hold`` seconds (20, doubling with each such
+    test up to ``noise_hold_max``, 160) only a share above the random one plus
     ``noise_margin`` (0.2) counts as a quota.
+    ``jitter_share``: at a quota the lane found itself, rejections at about it that are no
+    more than this share of the replies of the last ``history`` seconds (12) are jitter:
+    no step down (1 %).
     ``min_rate``: the pace never goes below this (0.1).
     ``start_rate`` / ``slow_start`` / ``slow_start_max``: a lane with no limit configured
     starts at 8 calls/s and doubles every second until a quota shows (unpaced from 4096).
@@ -155,11 +168,14 @@ class Tuning:
     probe_max: float = 0.25
     evidence_window: float = 3.0
     test_seconds: float = 2.5
+    test_settle: float = 1.0
     noise_hold: float = 20.0
+    noise_hold_max: float = 160.0
     noise_margin: float = 0.2
     test_replies: int = 30
     test_pace: float = 0.85
     history: float = 12.0
+    jitter_share: float = 0.01
     min_rate: float = 0.1
     start_rate: float = 8.0
     slow_start: float = 1.0
@@ -170,6 +186,21 @@ class Tuning:
 Aimd = Tuning
 #: Share of the quota kept free by default (see :class:`Tuning`).
 HEADROOM = Tuning().headroom
+
+
+class _Test:
+    """A large cut under test: when it and its current phase began (and were last
+    judged), the found quota and pace before the cut, and once the ``low`` phase is
+    judged: (its share rejected, replies, the found quota and pace of the cut, calls/s
+    accepted in it)."""
+
+    __slots__ = ("started", "phase_start", "checked", "found", "rate", "low")
+
+    def __init__(self, start: float, found: float | None, rate: float | None) -> None:
+        self.started = self.phase_start = start
+        self.checked = -math.inf
+        self.found, self.rate = found, rate
+        self.low: tuple[float, int, float | None, float | None, float] | None = None
 
 
 class Ticket:
@@ -225,7 +256,7 @@ class _Lane:
         "t", "ceiling", "found", "rate", "backoffs", "_lock", "_next", "_sends", "_rejects",
         "_accepted", "_rejected", "_last_evidence", "_last_probe", "_probe_wait", "_step",
         "_test", "_noise", "_noise_until", "_history", "_quiet", "_changed", "_born",
-        "_anchor", "_noise_cap",
+        "_anchor", "_noise_cap", "_hold_for", "_searching", "_stormy_until",
     )
 
     def __init__(self, qps: float | None, tuning: Tuning, now: float) -> None:
@@ -240,12 +271,16 @@ class _Lane:
         self._accepted: deque[tuple[float, int]] = deque()  # (reply time, A) of accepted calls
         #: (reply time, A if the rejection was quota evidence else None) of rejections
         self._rejected: deque[tuple[float, int | None]] = deque()
-        #: a large cut under test: (time, found and rate before it, share rejected and
-        #: replies before it, calls/s accepted before it)
-        self._test: tuple[float, float | None, float | None, float, int, float] | None = None
+        #: a large cut under test (see :class:`_Test`), None when none is
+        self._test: _Test | None = None
         self._noise, self._noise_until, self._noise_cap = 0.0, -math.inf, 0.0
-        #: (reply time, rate limited?) of the replies of the last ``history`` seconds
-        self._history: deque[tuple[float, bool]] = deque()
+        self._hold_for = tuning.noise_hold  # doubles with each test that found random
+        #: a lane that was searching when random rejections showed: it goes on by probes
+        self._searching = False
+        #: random rejections were seen lately: a test needs its full count of replies
+        self._stormy_until = -math.inf
+        #: (reply time, send time, rate limited?) of the replies of the last ``history`` s
+        self._history: deque[tuple[float, float, bool]] = deque()
         #: the found quota the current run of probes started from (it drew no rejection)
         self._quiet: float | None = None
         self._changed = -math.inf  # when the pace last went down
@@ -329,18 +364,20 @@ class _Lane:
             self._rejects.add(ticket.sent)
         # A: calls of its second admitted before it (it counts itself as sent, not admitted)
         shown = self.behind(ticket)
-        self._history.append((now, True))
+        self._history.append((now, ticket.sent, True))
         self._forget(now)
         evidence = self._is_evidence(shown)
         self._rejected.append((now, shown if evidence else None))
-        if self._test is not None or ticket.sent < self._changed:
-            return  # a cut is under test (its result decides), or it left at the old pace
+        if self._test is not None or ticket.sent < self._changed + 1.0:
+            # a cut is under test (its result decides), or it left at the old pace or
+            # within a second of the change (its count still holds calls of the old pace)
+            return
         if evidence and not self._noise_hides(now):
             self._learn(now)
 
     def on_answered(self, ticket: Ticket, now: float) -> None:
         self._accepted.append((now, self.behind(ticket)))
-        self._history.append((now, False))
+        self._history.append((now, ticket.sent, False))
         self._forget(now)
 
     def _forget(self, now: float) -> None:
@@ -351,7 +388,10 @@ class _Lane:
             self._rejected.popleft()
         while self._history and self._history[0][0] < now - self.t.history:
             self._history.popleft()
-        if self._test is not None and now >= self._test[0] + self.t.test_seconds:
+        test = self._test
+        if test is not None and now >= test.checked + 0.1 and now >= test.phase_start + (
+                self.t.test_seconds if test.low is None else 1.5):
+            test.checked = now
             self._judge_test(now)
 
     def _share(self, since: float, until: float = math.inf, least: int = 0
@@ -359,7 +399,7 @@ class _Lane:
         """(share rejected, replies) of the replies in ``(since, until]``; reaching further
         back than ``since`` (within the history) until there are ``least`` replies."""
         rej = n = 0
-        for t, limited in reversed(self._history):
+        for t, _, limited in reversed(self._history):
             if t > until:
                 continue
             if t <= since and n >= least:
@@ -383,20 +423,28 @@ class _Lane:
         return shown >= counts[len(counts) // 4] - 1
 
     def _noise_hides(self, now: float) -> bool:
-        """While random rejections are known to run at share ``noise``, only more counts."""
+        """While random rejections are known to run at share ``noise``, only more counts.
+
+        The share is taken over at least ``2 * test_replies`` replies (a few seconds'
+        worth: a short cluster of random rejections is not a quota). A share clearly
+        above the random one is not hidden: it sets off a test, whose verdict sets the
+        random share afresh. The estimate follows the storm down as it calms (and ends
+        it below 3 %); upward only a little above what a test measured, so a quota met
+        during a storm is not taken for more of the storm.
+        """
         if self._noise_until == -math.inf:
             return False
-        share, replies = self._share(now - self.t.evidence_window)
+        share, replies = self._share(now - self.t.evidence_window, least=2 * self.t.test_replies)
         spread = 2.5 * math.sqrt(self._noise * (1 - self._noise) / max(1, replies))
-        hidden = share <= self._noise + max(self.t.noise_margin, spread)
+        if share > self._noise + max(self.t.noise_margin, spread):
+            return False
         if now >= self._noise_until:
-            if not hidden:
-                self._noise, self._noise_until = 0.0, -math.inf
-                return False
-            self._noise_until = now + self.t.noise_hold  # still the same random share
-        # follow the storm as it calms down; it rises again only as far as a test measured
-        self._noise = min(self._noise_cap, 0.95 * self._noise + 0.05 * share)
-        return hidden
+            self._noise_until = now + self._hold_for  # still the same random share
+        longer, _ = self._share(now - self.t.history)
+        self._noise = min(self._noise_cap + 0.1, 0.95 * self._noise + 0.05 * longer)
+        if self._noise < 0.03:
+            self._noise, self._noise_until = 0.0, -math.inf  # the storm is over
+        return True
 
     def _learn(self, now: float) -> None:
         """Quota rejections: hold to the median count they showed (at most that)."""
@@ -414,9 +462,18 @@ class _Lane:
             self._probe_wait = min(self.t.probe_wait_max, self._probe_wait * 2)
         elif current is not None and quota >= current - min(1.5, 0.15 * current):
             # About the quota held to: jitter squeezed a call into one second, or the
-            # count of this rejection is a call short. Step down a little.
+            # count of this rejection is a call short. Step down a little; but not for
+            # rare ones at a quota the lane found itself (a busy machine delays a call
+            # onto the next second's now and then; a quota below the pace would reject
+            # a share of every second's calls), or it drifts below the quota, each probe
+            # back drawing the next such rejection.
+            found_itself = self.ceiling is None or (self.found or math.inf) < self.ceiling
+            if found_itself and self._share(now - self.t.history)[0] <= self.t.jitter_share:
+                self._last_evidence = now
+                return
             quota = max(min(quota, 0.98 * current), 0.96 * current)
         self._quiet = None
+        self._searching = False
         self._last_evidence = now
         self._step = self.t.probe_step
         if self.found is not None and quota >= self.found:
@@ -435,56 +492,169 @@ class _Lane:
                 and (before[1] is None or self.rate < 0.97 * before[1]):
             # A large cut is a test: sent a little below the quota it suggests, a quota
             # leaves (nearly) nothing to reject; random rejections go on at their share.
-            share, replies = self._share(now - self.t.evidence_window, least=self.t.test_replies)
             # The counts may include calls still unanswered or a token bucket's burst: test
             # below the calls accepted per second lately too, whichever is fewer.
-            lately = max(1.0, sum(1 for t, _ in self._accepted if t > now - 2.0) / 2.0)
-            self._test = (now, before[0], before[1], share, replies, lately)
+            lately = self._accepted_per_second(now)
+            self._test = _Test(now, before[0], before[1])
             self.rate = max(self.t.min_rate, self.t.test_pace * min(self.rate, lately))
         log.debug("quota shown: %.0f calls/s; pace %s -> %.3f", quota,
                   "unlimited" if before[1] is None else f"{before[1]:.3f}", self.rate or 0.0)
 
+    def _accepted_per_second(self, now: float) -> float:
+        """Calls accepted per second lately: the median of the three whole seconds before
+        the last (by send time; the last one's replies are still coming). A token
+        bucket's burst fills one of them, not the median."""
+        bins = [0, 0, 0]
+        for _, sent, limited in self._history:
+            k = math.floor(now - 1.0 - sent)
+            if not limited and 0 <= k < 3:
+                bins[k] += 1
+        if now - self._born < 4.0:
+            # a young lane: accepted in its last two seconds, halved (low on purpose: its
+            # first second may hold a token bucket's burst or a calendar second's 2Q)
+            return max(1.0, sum(1 for t, _ in self._accepted if t > now - 2.0) / 2.0)
+        return max(1.0, float(sorted(bins)[1]))
+
+    def _sent_share(self, since: float) -> tuple[float, int, int]:
+        """(share rejected, replies, accepted) of the calls sent after ``since`` answered
+        so far."""
+        rej = n = 0
+        for _, sent, limited in self._history:
+            if sent > since:
+                n += 1
+                rej += limited
+        return (rej / n if n else 0.0), n, n - rej
+
     def _judge_test(self, now: float) -> None:
-        """A large cut was made: if the share rejected did not fall, it was not a quota."""
-        assert self._test is not None
-        start, found, rate, share0, replies0, _ = self._test
-        share1, replies1 = self._share(start + 0.5)
-        quiet = replies1 >= self.t.test_replies // 3 and share1 == 0.0
-        if replies1 < self.t.test_replies and now < start + 4 * self.t.test_seconds and not quiet:
+        """A large cut was made: if the share rejected did not fall, it was not a quota.
+
+        Two phases, each judged on the calls *sent* in it: ``low`` (the cut pace) and,
+        when rejections went on there, ``recheck`` (the pace before the cut again). The
+        share that set the cut off is not the one compared: a cluster of random
+        rejections is what sets a cut off, so the share before it is high by selection
+        and any later share looks lower. Only two fresh samples, below and at the pace
+        in question, tell a quota (fewer rejected below it) from random rejections (the
+        same share at both paces).
+        """
+        test = self._test
+        assert test is not None
+        # the calls sent in the phase after its first second: a quota window still full
+        # of the calls sent before the change rejects the first ones whatever the pace
+        since = test.phase_start + (self.t.test_settle if test.low is None else 0.5)
+        share, replies, accepted = self._sent_share(since)
+        delivered = accepted / max(0.5, now - since)  # accepted calls/s
+        # nothing rejected: judged on fewer replies, unless a storm may be on
+        quiet = share == 0.0 and replies >= self.t.test_replies // (
+            1 if now < self._stormy_until else 3)
+        # The phase above the cut decides between a quota and random rejections: twice
+        # test_replies, fewer when far more are rejected than below the cut already.
+        enough = (
+            self.t.test_replies if test.low is None else 2 * self.t.test_replies)
+        if test.low is not None and replies >= 2 * self.t.test_replies // 3 \
+                and share - test.low[0] >= max(0.2, 3 * math.sqrt(
+                    share * (1 - share) / replies + test.low[0] * (1 - test.low[0]) / test.low[1])):
+            enough = 0
+        if (replies < enough and now < since + 2.5 * self.t.test_seconds
+                and not quiet) or now < since + 1.0:
             return  # too few replies yet to judge
+        if test.low is None:
+            if share <= 0.05:  # (nearly) nothing rejected below it: a quota, no storm
+                self._verdict_quota(share, now)
+                return
+            # rejections went on below it: measure a pace above the cut afresh
+            log.debug("test: %.0f %% rejected below the cut; a pace above it again",
+                      share * 100)
+            test.low = (share, replies, self.found, self.rate, delivered)
+            test.phase_start = now
+            low_rate, cut = self.rate or 0.0, self.found
+            if test.rate is not None:
+                self.found, self.rate = test.found, test.rate
+                if self._anchor is not None and (self.found is None
+                                                 or self.found < self._anchor):
+                    self.found = self._anchor  # small steps before the test: above them
+                    self._set_rate()
+            # The pace before the cut, but not far above the cut (a limit set 3x too high,
+            # or a lane still searching): there a quota would reject most calls, and a
+            # pace a little above the cut and the test's tells them apart as well.
+            if cut is not None:
+                high = max(2.0 * low_rate, cut * (1 - self.t.headroom))
+                self.rate = high if test.rate is None else min(self.rate or high, high)
+            return
+        low, low_replies, found, rate, low_delivered = test.low
+        pooled = (low * low_replies + share * replies) / max(1, low_replies + replies)
+        spread = math.sqrt(pooled * (1 - pooled) * (1 / max(1, low_replies) + 1 / max(1, replies)))
+        # Below a quota only the random share is rejected; above it, more.
+        if share - low >= max(2.5 * spread, 0.05) and low <= 0.6 * share:
+            # A quota. What was accepted per second above it (a sending rate's delivery, as
+            # BBR's) measures it better than the counts of the rejections that set the cut
+            # off (they may hold a token bucket's burst or a calendar second's 2Q).
+            self.found, self.rate = found, rate
+            below = low_delivered < 0.9 * delivered
+            if below:
+                # Fewer accepted below the cut than above it: the cut was below the quota,
+                # what it still saw rejected is the random share, and the quota is the
+                # delivery above it over what that share leaves.
+                measured = delivered / max(0.05, 1 - low)
+            else:
+                # As many accepted at both paces: both were above the quota, which is what
+                # they delivered (the rejections below the cut were the quota's own).
+                measured = max(low_delivered, delivered)
+            if self.found is not None:
+                self.found = min(self.found, max(1.0, measured))
+            self._verdict_quota(low if below else 0.0, now)
+            return
+        # the same share at both paces: random, not a quota; back to the pace before the
+        # cut (a limit given, or one a test confirmed: nothing showed a quota below it;
+        # the lane may well have sent less than its pace, fed by an earlier interface),
+        # or at most twice the pace measured
+        held = self.rate
+        self.found, self.rate = test.found, test.rate
+        if test.rate is None and held is not None:
+            # A lane still searching: above the pace measured nothing is known. It goes
+            # on from there by probes (+50 % every probe_wait while the share rejected
+            # stays near the random one) rather than by doubling every second, which
+            # random rejections would let run far past a quota.
+            self.found = held / (1 - self.t.headroom)
+            self._set_rate()
+            self._searching = True
+        else:
+            if self._anchor is not None and (self.found is None or self.found < self._anchor):
+                self.found = self._anchor  # small steps before the test were random too
+                self._set_rate()
+            if held is not None and self.rate is not None and self.rate > 2 * held:
+                # far above the pace measured (a limit set 3x too high): not all the way
+                self.found = 2 * held / (1 - self.t.headroom)
+                self._set_rate()
+        self._end_test(now)
+        self._anchor = self.quota()
+        self._hold(pooled, now)
+        # the same storm again and again: test it less often
+        self._hold_for = min(self.t.noise_hold_max, 2 * self._hold_for)
+        log.debug("rejections at %.0f %% whatever the rate: random, not a quota", pooled * 100)
+
+    def _end_test(self, now: float) -> None:
         self._test = None
         # evidence seen at the test's pace says nothing of the pace that follows
         self._rejected = deque((t, None) for t, _ in self._rejected)
         self._changed = now
-        pooled = (share0 * replies0 + share1 * replies1) / max(1, replies0 + replies1)
-        spread = math.sqrt(pooled * (1 - pooled) * (1 / max(1, replies0) + 1 / replies1))
-        # Below a quota (nearly) nothing is rejected; random rejections go on at their
-        # share (a cut never makes a quota reject more: if more are, they are random too).
-        fewer = share1 <= 0.05 or (replies0 >= self.t.test_replies * 2 // 3
-                                   and share0 - share1 >= 2 * spread and share1 <= 0.6 * share0)
-        random = not fewer and share1 >= 0.1
-        if random:
-            # not clearly fewer rejected below the quota it suggested: random, not a quota
-            self.found, self.rate = found, rate
-            if self._anchor is not None and (found is None or found < self._anchor):
-                self.found = self._anchor  # small steps before the test were random too
-                self._set_rate()
-            self._anchor = self.quota()
-            # The lower share: if more were rejected after the cut than before, the
-            # random share is no more than before (a burst may have ended meanwhile).
-            self._hold(pooled if share1 <= share0 else share0, now)
-            log.debug("rejections at %.0f %% whatever the rate: random, not a quota", share1 * 100)
-            return
-        # Fewer rejected: a quota. What is still rejected below it is the random share.
+
+    def _verdict_quota(self, share: float, now: float) -> None:
+        """Fewer rejected below the cut: a quota. What is still rejected is random."""
+        self._searching = False
+        log.debug("test: a quota of %.1f calls/s (%.0f %% still rejected below it)",
+                  self.found or 0.0, share * 100)
+        self._end_test(now)
         self._anchor = self.quota()
-        if share1 < 0.05:
+        self._hold_for = self.t.noise_hold
+        if share < 0.05:
             self._noise, self._noise_until = 0.0, -math.inf
         else:
-            self._hold(share1, now)
+            self._hold(share, now)
         self._set_rate()
 
     def _hold(self, share: float, now: float) -> None:
-        self._noise, self._noise_until = share, now + self.t.noise_hold
+        self._stormy_until = now + 60.0
+        self._noise, self._noise_until = share, now + self._hold_for
         self._noise_cap = share
 
     def _maybe_probe(self, now: float) -> None:
@@ -501,8 +671,11 @@ class _Lane:
         self._last_probe = now
         if self._quiet is None:
             self._quiet = self.found
-        self.found *= 1 + self._step
-        self._step = min(self.t.probe_max, self._step * 2)
+        if self._searching:  # the search goes on, by steps a storm's share can check
+            self.found *= 1.5
+        else:
+            self.found *= 1 + self._step
+            self._step = min(self.t.probe_max, self._step * 2)
         self._set_rate()
 
     def _set_rate(self) -> None:
