@@ -417,8 +417,9 @@ class _Lane:
         """
         if shown < 1:
             return False  # nothing admitted in its second: no quota said no
-        if len(self._accepted) < 5 or len(self._history) < self.t.test_replies * 2 // 3:
-            return False  # too little seen to tell
+        if len(self._accepted) < 5 or len(self._history) < 12:
+            return False  # too little seen to tell (12 replies: a lane sent at 3Q must
+            # not wait much longer for its first cut, each 0.1 s costs two rejections)
         counts = sorted(a for _, a in self._accepted)
         return shown >= counts[len(counts) // 4] - 1
 
@@ -611,9 +612,9 @@ class _Lane:
         self.found, self.rate = test.found, test.rate
         if test.rate is None and held is not None:
             # A lane still searching: above the pace measured nothing is known. It goes
-            # on from there by probes (+50 % every probe_wait while the share rejected
-            # stays near the random one) rather than by doubling every second, which
-            # random rejections would let run far past a quota.
+            # on from there by probes (doubling every second while the share rejected
+            # stays near the random one) rather than by the slow start's doubling, which
+            # does not look at the share and would run far past a quota.
             self.found = held / (1 - self.t.headroom)
             self._set_rate()
             self._searching = True
@@ -666,13 +667,14 @@ class _Lane:
         noisy = self._noise + 0.05 if self._noise_until != -math.inf else 0.0
         if self._share(now - self._probe_wait)[0] > noisy + 0.05:
             return  # not quiet: more rejected than the random share
-        if now - max(self._last_evidence, self._last_probe) < self._probe_wait:
+        wait = self.t.slow_start if self._searching else self._probe_wait
+        if now - max(self._last_evidence, self._last_probe) < wait:
             return
         self._last_probe = now
         if self._quiet is None:
             self._quiet = self.found
         if self._searching:  # the search goes on, by steps a storm's share can check
-            self.found *= 1.5
+            self.found *= 2.0
         else:
             self.found *= 1 + self._step
             self._step = min(self.t.probe_max, self._step * 2)

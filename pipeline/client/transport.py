@@ -21,8 +21,16 @@ Timeouts
     ``Settings.read_timeout`` fixes it, follows the latency the service shows:
     :data:`TIMEOUT_MULTIPLE` times the p99 of the last :data:`LATENCY_WINDOW` answered
     requests, within :data:`TIMEOUT_FLOOR` and :data:`TIMEOUT_CEILING` seconds
-    (:data:`TIMEOUT_START` until 20 have been answered). A call that hangs then frees its
-    slot after seconds, not after the SDK's 60 s, and costs its row one attempt.
+    (:data:`TIMEOUT_START` until 20 have been answered: a few fast answers say nothing of
+    the queue the next call may meet). A call that hangs then frees its slot after
+    seconds, not after the SDK's 60 s, and costs its row one attempt.
+
+    A slow service is not a hung call. Past that limit a call is given up only when the
+    service answers others and not it (a call sent after it was answered), or when
+    nothing at all has been answered since it was sent. A call waiting in a queue that
+    moves (earlier calls are being answered, none has overtaken it) waits on, up to the
+    ceiling: giving it up would not make the service faster, and the retry would queue
+    the same work a second time behind it.
 
 Wire format (contract §1.4)
     ``POST endpoint + path ? access_token=..&aipSdk=python&aipVersion=2_2_2`` with an
@@ -76,35 +84,65 @@ TIMEOUT_CODE = "SDK108"
 TIMEOUT_MSG = "connection or read data timeout"
 NEEDED_SCOPE = "brain_all_scope"
 #: The adaptive read timeout (seconds): a multiple of the recent p99, floor, ceiling.
-TIMEOUT_MULTIPLE, TIMEOUT_FLOOR, TIMEOUT_CEILING, TIMEOUT_START = 4.0, 2.0, 60.0, 10.0
+#: The start value holds until 20 answers were seen: 30 s, half the SDK's 60 s, as a first
+#: call may meet a queue of other clients' work (a local engine on a laptop).
+TIMEOUT_MULTIPLE, TIMEOUT_FLOOR, TIMEOUT_CEILING, TIMEOUT_START = 4.0, 2.0, 60.0, 30.0
 LATENCY_WINDOW = 200
 
 
 class ReadTimeout:
-    """The read timeout for the next request: fixed, or following observed latency."""
+    """The read timeout: fixed, or following observed latency and the order of answers."""
 
-    __slots__ = ("fixed", "_latencies", "_cached", "_dirty")
+    __slots__ = ("fixed", "_latencies", "_cached", "_dirty", "_newest_sent_answered",
+                 "_last_answer")
 
     def __init__(self, fixed: float | None) -> None:
         self.fixed = fixed
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._cached, self._dirty = TIMEOUT_START, 0
+        #: The send time of the newest call answered, and when the last answer came.
+        self._newest_sent_answered = self._last_answer = float("-inf")
 
-    def observe(self, seconds: float) -> None:
-        """A request was answered after ``seconds``."""
+    def observe(self, seconds: float, sent_at: float | None = None) -> None:
+        """A request sent at ``sent_at`` (monotonic) was answered after ``seconds``."""
         self._latencies.append(seconds)
         self._dirty += 1
+        if sent_at is not None:
+            self._newest_sent_answered = max(self._newest_sent_answered, sent_at)
+            self._last_answer = max(self._last_answer, sent_at + seconds)
 
     def seconds(self) -> float:
+        """The limit past which a call may be given up (see :meth:`overdue`)."""
         if self.fixed is not None:
             return self.fixed
-        if len(self._latencies) >= 20 and self._dirty:
-            if self._dirty >= 10 or len(self._latencies) < LATENCY_WINDOW:
-                ordered = sorted(self._latencies)
-                p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-                self._cached = min(TIMEOUT_CEILING, max(TIMEOUT_FLOOR, TIMEOUT_MULTIPLE * p99))
-                self._dirty = 0
+        seen = len(self._latencies)
+        if seen < 20:
+            return TIMEOUT_START
+        if self._dirty and (self._dirty >= 10 or seen < LATENCY_WINDOW):
+            ordered = sorted(self._latencies)
+            p99 = ordered[min(seen - 1, int(0.99 * seen))]
+            self._cached = _clamp(TIMEOUT_MULTIPLE * p99)
+            self._dirty = 0
         return self._cached
+
+    def overdue(self, sent_at: float, now: float) -> bool:
+        """Whether a call sent at ``sent_at`` and unanswered at ``now`` is given up: past
+        the limit, and overtaken by a later call or met by no answer at all since it was
+        sent; past the ceiling whatever the others do. A fixed timeout is just that."""
+        age = now - sent_at
+        if self.fixed is not None or age >= TIMEOUT_CEILING:
+            return age >= (self.fixed or TIMEOUT_CEILING)
+        if age < self.seconds():
+            return False
+        return self._newest_sent_answered > sent_at or self._last_answer < sent_at
+
+
+def _clamp(seconds: float) -> float:
+    return min(TIMEOUT_CEILING, max(TIMEOUT_FLOOR, seconds))
+
+
+#: How often a call past its limit but still in a moving queue is looked at again (s).
+RECHECK_EVERY = 0.5
 
 
 def describe_failure(exc: BaseException, read_timeout: float | None = None) -> str:
@@ -337,23 +375,69 @@ class Transport:
         """Send one request; (status, JSON value or None when the body is not JSON)."""
         if self._session is None:
             raise RuntimeError("the client is not open")
-        read = self.read_timeout.seconds()
+        clock, fixed = self.read_timeout, self.read_timeout.fixed
+        # --read-timeout: aiohttp's own socket timeout; else ours (_Watch), the ceiling behind it
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._settings.connect_timeout,
-                                        sock_read=read)
+                                        sock_read=fixed or TIMEOUT_CEILING)
         started = time.monotonic()
+        watch = _Watch(clock, started) if fixed is None else None
         try:
             async with self._session.request(method, url, timeout=timeout, **kwargs) as resp:
                 body = await resp.read()
                 status = resp.status
+        except asyncio.CancelledError:
+            if watch is not None and watch.gave_up():
+                log.debug("%s %s: no answer after %.1f s", method, what, watch.age())
+                raise network_error(TimeoutError(), what, watch.age()) from None
+            raise
         except (aiohttp.ClientError, TimeoutError, UnicodeError) as exc:
             # UnicodeError: a host name no resolver could look up (idna refuses it)
             log.debug("%s %s failed: %s", method, what, type(exc).__name__)
-            raise network_error(exc, what, read) from None
-        self.read_timeout.observe(time.monotonic() - started)
+            raise network_error(exc, what, fixed or time.monotonic() - started) from None
+        finally:
+            if watch is not None:
+                watch.stop()
+        clock.observe(time.monotonic() - started, started)
         try:
             return status, json.loads(body)
         except ValueError:
             return status, None
+
+
+class _Watch:
+    """Gives up the current task's request when :meth:`ReadTimeout.overdue` says so.
+
+    One timer per request, set for when its limit runs out; a call found still waiting
+    in a moving queue is looked at again every :data:`RECHECK_EVERY` seconds. Giving up
+    cancels the task (as :func:`asyncio.timeout` does) and :meth:`gave_up` turns that
+    cancellation into a timeout, leaving any other cancellation alone."""
+
+    __slots__ = ("_clock", "_started", "_task", "_loop", "_handle", "_fired")
+
+    def __init__(self, clock: ReadTimeout, started: float) -> None:
+        self._clock, self._started = clock, started
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._fired = False
+        self._handle = self._loop.call_at(started + clock.seconds(), self._check)
+
+    def _check(self) -> None:
+        if self._clock.overdue(self._started, time.monotonic()):
+            self._fired = True
+            if self._task is not None:
+                self._task.cancel()
+        else:
+            self._handle = self._loop.call_later(RECHECK_EVERY, self._check)
+
+    def gave_up(self) -> bool:
+        """True when the cancellation being handled is ours (then it is taken back)."""
+        return self._fired and self._task is not None and self._task.uncancel() == 0
+
+    def age(self) -> float:
+        return time.monotonic() - self._started
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def check_reply(reply: dict[str, Any], status: int, scrub: Callable[[str], str],
