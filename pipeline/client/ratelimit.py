@@ -36,7 +36,10 @@ Finding the quota (no ``--qps``, or one set too high)
     while no rejection comes, at most 25 %, never above the configured ceiling); a
     probe that draws a rejection goes back to the level the probes started from, and
     the next one waits twice as long (up to ``probe_wait_max``). Rejections of calls
-    sent before the last cut are not counted against the new pace.
+    sent before the last cut, or within a second after it (their count still holds
+    calls of the old pace), are not counted against the new pace; nor are rare ones
+    (``jitter_share``) at a quota the lane found itself: a busy machine delays a call
+    into the next second now and then.
 
 Random rejections are not a quota
     A quota accepts about Q calls/s however fast the lane sends; random rejections
@@ -45,12 +48,15 @@ Random rejections are not a quota
     (after a settling second): first ``low``, below the quota the rejections suggest
     (``test_pace`` of it, and of the calls accepted per second lately). Nothing
     rejected there: a quota. Rejections went on there: a fresh sample at a pace above
-    the cut (the pace before it, at most twice the low one) decides, since the share
+    the cut (the pace before it, but no more than the cut or twice the low pace,
+    whichever is higher) decides, since the share
     that set the cut off is high by selection (a cluster of random rejections is what
     sets a cut off). Clearly more rejected above than below: a quota, taken from what
     was *delivered* above it (accepted calls/s over the share the random rejections
     leave, as BBR estimates a bottleneck from its delivery rate, not its losses); the
-    same share at both: random, the cut is undone, and while the share rejected
+    same share at both: random, the cut is undone (at most twice the pace measured;
+    a lane still searching goes on by probes that look at the share), and while the
+    share rejected
     stays near the random one (``noise_hold``, renewed while it lasts; the share
     measured over at least ``2 * test_replies`` replies) only a clearly higher share
     counts as a quota. Random ones are left to the retries: the rate is not driven
