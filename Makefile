@@ -41,7 +41,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline jobs tests benchmarks data
-	$(VENV)/bin/mypy pipeline
+	$(VENV)/bin/mypy pipeline jobs
 
 clean:
 	rm -rf $(VENV) data/samples runs .pytest_cache

@@ -61,13 +61,13 @@ def redact(url: str) -> str:
 
 
 def without_password(url: str) -> str:
-    """A ``postgresql://`` URL with no password at all (what run.json records); other
-    values (a SQLite ledger's path) unchanged.
+    """A URL (``postgresql://``, ``redis://``) with no password at all (what run.json
+    records); other values (a SQLite ledger's path) unchanged.
 
     Not :func:`redact`'s ``***``: libpq takes a URL's password, even ``***``, before
     ``PGPASSWORD`` or ``~/.pgpass``, so a resume from a redacted URL could never log in.
     """
-    if not is_postgres_url(url):
+    if "://" not in url:
         return url
     parts = urlsplit(url)
     if parts.password is None:

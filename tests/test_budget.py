@@ -32,8 +32,10 @@ from pipeline.client.budget import (
     check_budget_options,
     make_budget,
 )
+from pipeline.enroll.config import resume_enroll_config
 from pipeline.enroll.job import EnrollConfig, run_enroll
-from pipeline.postgres import connect
+from pipeline.postgres import connect, without_password
+from pipeline.runs.rundir import RunDir
 
 ACCOUNT = account_key("http://127.0.0.1:1", "ak-test")
 
@@ -260,6 +262,38 @@ async def test_enroll_stops_when_the_budget_goes_away_mid_run_and_resumes(
     assert resumed.stop_reason is None and resumed.remaining == 0
     assert sorted(c.form["uid"] for c in double.calls("add")) == sorted(
         f"u{i}" for i in range(12))
+
+
+async def test_a_resume_not_given_the_budget_again_keeps_the_runs_budget(
+    double: ProtocolDouble, store: Store, tmp_path: Path  # noqa: F811
+) -> None:
+    manifest = _manifest(tmp_path, 8)
+    config = EnrollConfig(manifest=manifest, settings=double.settings(), group="g", qps=4,
+                          qps_budget=store.url, run_dir=tmp_path / "run", concurrency=2)
+    task = asyncio.create_task(run_enroll(config))
+    while len(double.calls("detect")) < 2 and not task.done():
+        await asyncio.sleep(0.02)
+    store.go_away()
+    assert (await task).stop_reason == "budget"
+    store.come_back()
+    recorded = RunDir(tmp_path / "run").read_info().options["qps_budget"]
+    assert recorded == without_password(store.url)
+    # the resume command as a user types it: no --qps-budget
+    resumed_config = resume_enroll_config(tmp_path / "run", manifest, double.settings(), {})
+    assert resumed_config.qps_budget == recorded
+    before = [r[2] for r in store.records() if r[1] == "detect"]  # Redis came back empty
+    resumed = await run_enroll(resumed_config)
+    assert resumed.stop_reason is None and resumed.remaining == 0
+    assert store.tat() > max(before, default=0.0)  # its calls were paced by the budget
+
+
+def test_a_budget_url_is_recorded_without_its_password() -> None:
+    for url, kept in (("postgresql://app:s3cret@db.example/faces?sslmode=require",
+                       "postgresql://app@db.example/faces?sslmode=require"),
+                      ("redis://:s3cret@cache.example:6379/0", "redis://cache.example:6379/0"),
+                      ("rediss://user:s3cret@cache.example/1?prefix=ff",
+                       "rediss://user@cache.example/1?prefix=ff")):
+        assert without_password(url) == kept
 
 
 async def test_interfaces_without_a_ceiling_go_to_the_process_limiter(store: Store) -> None:

@@ -79,6 +79,7 @@ class AuditConfig:
                 "manifest": str(self.manifest) if self.manifest else None,
                 # No password in run.json: a resume takes it from PGPASSWORD / ~/.pgpass.
                 "ledger": without_password(self.ledger) if self.ledger else None,
+                "qps_budget": without_password(self.qps_budget) if self.qps_budget else None,
                 "api": self.api, "encoding": self.encoding,
                 "delimiter": self.delimiter}
 

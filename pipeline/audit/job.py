@@ -395,7 +395,7 @@ def resume_config(run_dir: Path, settings: Settings, **overrides: Any) -> AuditC
     if info.job != "audit":
         raise ConfigError(f"{run_dir} holds a {info.job} run, not an audit")
     saved = {k: info.options[k] for k in (*_SAME_OPTIONS, "concurrency", "qps", "api",
-                                          "encoding", "delimiter")
+                                          "encoding", "delimiter", "qps_budget")
              if k in info.options and info.options[k] is not None}
     saved["groups"] = tuple(saved.get("groups", ()))
     saved["run_dirs"] = tuple(Path(p) for p in info.options.get("run_dirs") or ())

@@ -138,6 +138,10 @@ class EnrollConfig:
             # A postgresql:// ledger is written without its password: a resume or rerun
             # takes it from PGPASSWORD or ~/.pgpass (libpq), as the run did if it had none.
             "ledger": without_password(self.ledger) if self.ledger else None,
+            # The shared QPS budget, also without its password: a resume (or rerun) that is
+            # not given --qps-budget again keeps the account's budget instead of pacing
+            # alone at the full --qps beside the other processes.
+            "qps_budget": without_password(self.qps_budget) if self.qps_budget else None,
             "block_duplicates": self.block_duplicates,
             "duplicate_score": self.duplicate_score,
             "encoding": self.encoding, "delimiter": self.delimiter,
@@ -154,7 +158,8 @@ _FLAGS = {"group": "--group", "mode": "--mode", "concurrency": "--concurrency", 
           "encoding": "--encoding", "delimiter": "--delimiter", "ledger": "--ledger",
           "block_duplicates": "--block-duplicates", "duplicate_score": "--duplicate-score",
           "shard": "--shard", "api": "--api", "server_quality": "--server-quality",
-          "outage_after": "--outage-after", "outage_wait": "--outage-wait"}
+          "outage_after": "--outage-after", "outage_wait": "--outage-wait",
+          "qps_budget": "--qps-budget"}
 #: Judged through the resolved limits (``thresholds``), not as written.
 _THRESHOLD_OPTIONS = ("thresholds_file", "threshold_overrides")
 
@@ -168,9 +173,9 @@ def option_differences(info: RunInfo, options: Mapping[str, Any],
     for key, value in options.items():
         if key in _THRESHOLD_OPTIONS or key not in info.options or info.options[key] == value:
             continue
-        if key == "ledger" and value and info.options[key] and without_password(
-                str(info.options[key])) == without_password(str(value)):
-            continue  # recorded with "***" for a password before
+        if key in ("ledger", "qps_budget") and value and info.options[key] and \
+                without_password(str(info.options[key])) == without_password(str(value)):
+            continue  # the same URL (a ledger's password was recorded as "***" before)
         out.append(f"{_FLAGS.get(key, key)}: {_shown(info.options[key])} in the run, "
                    f"{_shown(value)} now")
     if info.thresholds is not None and limits is not None:
