@@ -87,9 +87,10 @@ def scenarios(q: float) -> list[dict[str, Any]]:
             runs.append({"name": f"{shape}: {label}", "shape": shape, "faults": {},
                          "client": client, "qps": qps, "kind": "known" if qps == q else
                          "unknown" if client == "faceflow" else "naive", "length": 1})
-    runs.append({"name": "fixed: faceflow, no --qps (unknown quota)", "shape": "fixed",
-                 "faults": {}, "client": "faceflow", "qps": None, "kind": "unknown",
-                 "length": 1})
+    for shape in ("bucket", "fixed", "sliding"):  # no ceiling at all: it starts at 8/s
+        runs.append({"name": f"{shape}: faceflow, no --qps (unknown quota)", "shape": shape,
+                     "faults": {}, "client": "faceflow", "qps": None, "kind": "unknown",
+                     "length": 1})
     for client, qps, label in (("faceflow", q, "faceflow --qps Q"), ("naive", None, NAIVE)):
         runs.append({"name": f"storm: {label}", "shape": "fixed", "faults": STORM,
                      "client": client, "qps": qps, "kind": "storm", "length": 2})

@@ -377,9 +377,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-def markdown(results: dict[str, Any], facts: dict[str, Any], wall: float, full: bool) -> str:
+def markdown(results: dict[str, Any], facts: dict[str, Any], wall: float, full: bool,
+             rerun: list[str] | None = None) -> str:
     took = (f"`make bench` took {wall:.0f} s" if full
-            else f"rerun of {', '.join(results)} took {wall:.0f} s")
+            else f"rerun of {', '.join(rerun or results)} took {wall:.0f} s (the other "
+                 "figures kept from the last run)")
     lines = [f"Measured {facts['date']} on {facts['cpu']} ({facts['cores']} cores), "
              f"{facts['platform']}, Python {facts['python']}; {took} "
              f"(load average {facts['loadavg_1m']} at the end).",
@@ -416,7 +418,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps({"machine": facts, "wall_s": round(wall, 1), "full_run": full,
                                   "results": results}, indent=2) + "\n")
-    table = markdown(results, facts, wall, full)
+    table = markdown(results, facts, wall, full, list(fresh))
     (RESULTS / "latest.md").write_text(table)
     print("\n" + table)
     return 0 if all(e["status"] == "ok" for e in fresh.values()) else 1
