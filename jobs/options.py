@@ -39,7 +39,8 @@ def connection_options(func: F) -> F:
                      help="Connect timeout in seconds [default 10]."),
         click.option("--read-timeout", type=float, default=None, metavar="SECONDS",
                      help="Read timeout in seconds [default: follow the service: 4x its "
-                          "recent p99 latency, within 2-60 s]."),
+                          "recent p99 latency, within 2-60 s; a call waiting in a queue "
+                          "that moves waits up to 60 s]."),
     ]
     for option in reversed(options):
         func = option(func)
