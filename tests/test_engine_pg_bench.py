@@ -1,6 +1,6 @@
-"""benchmarks/scale_engine.py at a tiny size: two HNSW builds on one load, each measured,
-and the figures make bench's table reads (the 1M run takes half an hour; this checks its
-machinery in seconds on a real local PostgreSQL)."""
+"""benchmarks/scale_engine.py at a tiny size: the engine's IVFFlat build and an HNSW build
+on one load, each measured, and the figures make bench's table reads (the 1M run takes
+minutes; this checks its machinery in seconds on a real local PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import run_all
 from benchmarks import scale_engine as bench
+from pipeline.engine.pgstore import ivf_lists, ivf_probes
 from pipeline.postgres import PostgresUnavailable
 
 
@@ -23,7 +24,7 @@ def _fake_real(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def test_two_builds_on_one_load_each_measured_and_tabled() -> None:
+def test_ivfflat_and_hnsw_on_one_load_each_measured_and_tabled() -> None:
     real = _fake_real(np.random.default_rng(5))
     gen = bench.Generator(real)
     faces, probes = bench.build_set(1500, 20, real, gen)
@@ -32,21 +33,33 @@ def test_two_builds_on_one_load_each_measured_and_tabled() -> None:
     written: list[dict] = []
     out: dict = {}
     try:
-        bench.postgres(faces, probes, [40, 100], tops, 8, [32, 16], out,
-                       lambda _: written.append(dict(out)))
+        bench.postgres(faces, probes, tops, widths=[4, 8, 500], efs=[40, 100],
+                       hnsw=[(8, 32)], out=out, progress=lambda _: written.append(dict(out)))
     except PostgresUnavailable as exc:
         pytest.skip(f"no local PostgreSQL: {exc}")
-    assert list(out["builds"]) == ["32", "16"] and len(written) == 2
-    for build in out["builds"].values():
-        assert set(build["hnsw"]) == {"40", "100"}
-        assert build["index_mb"] >= 0 and build["build_memory_mb"] == 1024
-        for result in build["hnsw"].values():
-            assert 0 <= result["same_top_as_exact"] <= 1 and 0 <= result["rank1"] <= 1
-    # The headline figures are the first build's (the engine's ef_construction first).
-    assert out["ef_construction"] == 32 and out["hnsw"] == out["builds"]["32"]["hnsw"]
-    report = {"engine_ef_search": 100, "sizes": {"1500": {
-        "faces": 1500, "probes": 20, "embedded": emb, "postgresql": out}}}
+    assert len(written) == 2  # after each build
+    ivf = out["ivfflat"]
+    engine = ivf_probes(ivf_lists(1500))
+    assert ivf["lists"] == ivf_lists(1500) and ivf["engine_probes"] == engine
+    # The sweep, without widths past the lists, plus the engine's own.
+    assert set(ivf["probes"]) == {"4", "8", str(engine)}
+    assert list(out["hnsw"]) == ["8:32"] and set(out["hnsw"]["8:32"]["ef_search"]) == {"40", "100"}
+    for result in [*ivf["probes"].values(), *out["hnsw"]["8:32"]["ef_search"].values()]:
+        assert 0 <= result["same_top_as_exact"] <= 1 and 0 <= result["rank1"] <= 1
+    # At 20 probes nothing may be missed for a width to be chosen; exact-like widths agree.
+    assert ivf["probes"][str(engine)]["same_top_as_exact"] >= 0.9
+    assert ivf["chosen_probes"] is None or ivf["chosen_probes"] in (4, 8, engine)
+    report = {"sizes": {"1500": {"faces": 1500, "probes": 20, "embedded": emb,
+                                 "postgresql": out}}}
     rows = run_all._scale_engine(report)
-    assert any("HNSW build (m=8, ef_construction=32)" in r[0] for r in rows)
-    assert bench.result_name([100_000]) == "scale_engine"
-    assert bench.result_name([100_000, 1_000_000]) == "scale_engine_large"
+    assert any(f"IVFFlat ({ivf['lists']} lists, {engine} probed)" in r[0] for r in rows)
+    assert any("HNSW (m:ef_construction 8:32)" in r[0] for r in rows)
+
+
+def test_choose_width_keeps_a_margin() -> None:
+    def by(*shares: float) -> dict[str, dict[str, float]]:
+        return {w: {"same_top_as_exact": v} for w, v in zip(("8", "16", "32"), shares)}
+
+    assert bench.choose_width(by(0.997, 0.999, 1.0), 1000) == 16  # 1 miss in 1,000 allowed
+    assert bench.choose_width(by(0.99, 0.9967, 1.0), 300) == 32  # none in 300
+    assert bench.choose_width(by(0.9), 1000) is None

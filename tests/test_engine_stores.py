@@ -1,13 +1,14 @@
 """Both faceset backends, the same tests: SQLite + in-memory index, PostgreSQL + pgvector.
 
 The ``faceset`` fixture gives a (store, index) pair of either backend; every test that
-uses it runs on both. PostgreSQL-only behaviour (migrations, HNSW per large group, two
+uses it runs on both. PostgreSQL-only behaviour (migrations, an index per large group, two
 stores on one database) follows. The PostgreSQL runs skip, with the reason, only when no
 server can be started (see tests/support/pg_fixtures.py; FACEFLOW_TEST_PG uses a site's server).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,15 @@ import pytest
 
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.pgstore import (
+    MIN_LISTS,
     SCHEMA_VERSION,
+    GroupIndex,
     PgIndex,
     PgStore,
+    drop_group_index,
     index_large_groups,
     index_name,
+    ivf_lists,
     migrate,
 )
 from pipeline.engine.store import Change, Person, Store, face_token_of
@@ -243,7 +248,14 @@ def test_two_stores_on_one_database_see_each_others_writes(pg_url: str) -> None:
         two.close()
 
 
-def test_a_large_group_gets_its_own_hnsw_index_and_finds_planted_faces(pg_url: str) -> None:
+def _group_indexes(url: str) -> list[str]:
+    with connect(url) as conn:
+        return sorted(r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'engine_faces' "
+            "AND indexdef LIKE '%%group_id = %%'").fetchall())
+
+
+def test_a_large_group_gets_its_own_index_and_finds_planted_faces(pg_url: str) -> None:
     migrate(pg_url)
     rng = np.random.default_rng(8)
     vecs = unit(rng, 3000)
@@ -253,16 +265,95 @@ def test_a_large_group_gets_its_own_hnsw_index_and_finds_planted_faces(pg_url: s
         store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
         assert index_large_groups(pg_url, min_faces=1000) == ["big"]
         assert index_large_groups(pg_url, min_faces=1000) == []  # built once
-        assert store.group_info("big") == (3000, index_name("big"))
+        built = GroupIndex(index_name("big", 3000), "ivfflat", ivf_lists(3000))
+        assert store.group_info("big") == (3000, built) and built.lists == MIN_LISTS
         assert store.group_info("small") == (10, None)
-        assert index_name("big") in store.explain_nearest("big", vecs[0], 32, True)
-        assert "hnsw" not in store.explain_nearest("small", vecs[0], 32, False)
+        assert built.name in store.explain_nearest("big", vecs[0], 32, built)
+        assert "ann" not in store.explain_nearest("small", vecs[0], 32, None)
         index = PgIndex(store)
         probes = [(i, near(vecs[i], rng, 0.02)) for i in range(0, 3000, 150)]
         assert all(index.search(p, ["big"], 1)[0].uid == f"b{i}" for i, p in probes)
         store.add_face(["big"], "new", "", "", vecs[5])  # the index follows new writes
         hits = index.search(vecs[5], ["big"], top_users=2)
         assert {h.uid for h in hits} == {"b5", "new"}
+        # More faces than the probed lists hold: the scan goes on to further lists.
+        assert len(store.nearest("big", vecs[0], 2500, built, width=1)) == 2500
+    finally:
+        store.close()
+
+
+def test_a_grown_group_is_indexed_again_and_the_old_index_dropped(pg_url: str) -> None:
+    migrate(pg_url)
+    rng = np.random.default_rng(9)
+    vecs = unit(rng, 2600)
+    store = PgStore(pg_url)
+    try:
+        store.seed_faces("g", [(f"a{i}", "", v) for i, v in enumerate(vecs[:1200])])
+        assert index_large_groups(pg_url, min_faces=1000) == ["g"]
+        first = store.group_info("g")[1]
+        assert first is not None and _group_indexes(pg_url) == [first.name]
+        store.seed_faces("g", [(f"b{i}", "", v) for i, v in enumerate(vecs[1200:2300])])
+        assert index_large_groups(pg_url, min_faces=1000) == []  # 2,300 < 2 x 1,200
+        store.seed_faces("g", [(f"c{i}", "", v) for i, v in enumerate(vecs[2300:])])
+        assert index_large_groups(pg_url, min_faces=1000) == ["g"]  # 2,600 >= 2 x 1,200
+        second = store.group_info("g")[1]
+        assert second == GroupIndex(index_name("g", 2600), "ivfflat", ivf_lists(2600))
+        assert _group_indexes(pg_url) == [second.name]
+        probe = near(vecs[2500], rng, 0.02)
+        assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"
+        drop_group_index(pg_url, "g")
+        assert store.group_info("g") == (2600, None) and _group_indexes(pg_url) == []
+        assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"  # exact now
+    finally:
+        store.close()
+
+
+def test_an_index_a_dead_build_left_behind_is_dropped_at_the_next_build(pg_url: str) -> None:
+    migrate(pg_url)
+    vecs = unit(np.random.default_rng(10), 1500)
+    store = PgStore(pg_url)
+    try:
+        store.seed_faces("g", [(f"u{i}", "", v) for i, v in enumerate(vecs)])
+        with connect(pg_url, autocommit=True) as conn:  # built, never recorded: died there
+            conn.execute(f"CREATE INDEX {index_name('g', 1400)} ON engine_faces "
+                         "USING ivfflat (descriptor vector_l2_ops) WITH (lists = 10) "
+                         "WHERE group_id = 'g'")
+        assert index_large_groups(pg_url, min_faces=1000) == ["g"]
+        assert _group_indexes(pg_url) == [index_name("g", 1500)]
+    finally:
+        store.close()
+
+
+def test_an_hnsw_index_of_schema_3_is_searched_until_the_group_grows(pg_url: str) -> None:
+    from pipeline.engine.pgstore import MIGRATIONS
+
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 2400)
+    with connect(pg_url, autocommit=True) as conn:  # a database of schema 3
+        conn.execute("CREATE TABLE engine_schema (version int PRIMARY KEY, "
+                     "applied timestamptz NOT NULL DEFAULT now())")
+        for version, step in enumerate(MIGRATIONS[:3], 1):
+            step(conn) if callable(step) else conn.execute(step)
+            conn.execute("INSERT INTO engine_schema (version) VALUES (%s)", (version,))
+    assert migrate(pg_url) == (3, SCHEMA_VERSION)
+    store = PgStore(pg_url)
+    try:
+        store.seed_faces("g", [(f"u{i}", "", v) for i, v in enumerate(vecs[:1100])])
+        old = "engine_faces_hnsw_" + hashlib.sha1(b"g").hexdigest()[:16]
+        with connect(pg_url, autocommit=True) as conn:  # as schema 3 built and recorded it
+            conn.execute(f"CREATE INDEX {old} ON engine_faces USING hnsw "
+                         "(descriptor vector_l2_ops) WHERE group_id = 'g'")
+            conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind='hnsw', "
+                         "ann_faces=faces WHERE group_id='g'", (old,))
+        hnsw = GroupIndex(old, "hnsw", None)
+        assert store.group_info("g") == (1100, hnsw)
+        assert old in store.explain_nearest("g", vecs[0], 32, hnsw)
+        assert PgIndex(store).search(near(vecs[7], rng), ["g"], 1)[0].uid == "u7"
+        store.seed_faces("g", [(f"v{i}", "", v) for i, v in enumerate(vecs[1100:])])
+        assert index_large_groups(pg_url, min_faces=1000) == ["g"]
+        assert store.group_info("g")[1] == GroupIndex(index_name("g", 2400), "ivfflat",
+                                                      ivf_lists(2400))
+        assert _group_indexes(pg_url) == [index_name("g", 2400)]
     finally:
         store.close()
 

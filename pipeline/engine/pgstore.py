@@ -13,15 +13,21 @@ rebuild. Tokens live here too, so a token issued by one replica works on all.
 
 Search (:class:`PgIndex`): descriptors are ``vector(128)`` unit vectors, compared by L2
 distance (``<->``, the same d as the embedded index). A group with at least
-:data:`LARGE_GROUP` faces gets its own HNSW index, a *partial* index ``WHERE group_id =
-'<group>'``: its graph holds that group's faces only, so a search is not a filtered walk
-of one global graph (a global index filtered to a group of ten missed most results).
+:data:`LARGE_GROUP` faces gets its own IVFFlat index, a *partial* index ``WHERE group_id =
+'<group>'``: its lists hold that group's faces only, so a search is not a filtered scan
+of one global index (a global index filtered to a group of ten missed most results).
 Partial indexes do what one partition per group would, without moving rows: they are
 built ``CONCURRENTLY`` beside live writes, by the serving replicas
-(:func:`index_large_groups`, one at a time under an advisory lock). Smaller groups are
-searched exactly (btree on group_id, then every distance). ``hnsw.ef_search`` is :data:`EF_SEARCH`
-(chosen by ``benchmarks/scale_engine.py``, see the README), raised to the number of
-faces a query needs. The best-face-per-user and top-k rules are the embedded index's
+(:func:`index_large_groups`, one at a time under an advisory lock), and built again with
+more lists once the group has grown :data:`REBUILD_GROWTH` times. Smaller groups are
+searched exactly (btree on group_id, then every distance). A search scans
+:func:`ivf_probes` of the index's :func:`ivf_lists` lists, a rule chosen by
+``benchmarks/scale_engine.py`` (see the README). IVFFlat, not HNSW: on descriptors shaped
+like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face for 97 %
+of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat built in
+under a minute and found it for every probe but 0.1 % at 15 ms. An HNSW index built by an
+older faceflow (schema 3) is still searched as HNSW until the group's rebuild. The
+best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
 
 Schema: versioned (:data:`MIGRATIONS`, table ``engine_schema``); ``faceflow engine
@@ -33,9 +39,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,18 +54,22 @@ from pipeline.postgres import PostgresUnavailable, connect
 
 log = logging.getLogger("faceflow.engine")
 
-#: Groups with at least this many faces get their own HNSW index (smaller: exact search).
+#: Groups with at least this many faces get their own index (smaller: exact search).
 #: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
-#: 8 ms at 5,000 and 16-24 ms at 10,000 on 2 busy cores, as much as an HNSW search at
-#: 100,000 (ef_search 400): from about 10,000 faces an index pays.
+#: 8 ms at 5,000 and 16-24 ms at 10,000 on 2 busy cores, as much as an indexed search at
+#: 100,000: from about 10,000 faces an index pays.
 LARGE_GROUP = 10_000
-#: hnsw.ef_search for large groups (a query needing more candidates raises it), and the
-#: HNSW build parameters. Measured by benchmarks/scale_engine.py at 100k faces shaped like
-#: real dlib descriptors (300 identify probes): with pgvector's default build
-#: (ef_construction 64) no ef_search found exact search's nearest face for more than
-#: 99.33 % of probes (the graph misses some); with ef_construction 200, ef_search 200
-#: found it for 99.67 % and 400 for all. 400 keeps a margin over the 99.5 % bound that
-#: 300 probes cannot resolve finer; the build takes about twice as long.
+#: A group's index is built again (k-means on its faces now, more lists) once the group
+#: holds this many times the faces it was built on: its lists, and so each search, have
+#: doubled by then, and a build costs seconds per 100k faces.
+REBUILD_GROWTH = 2.0
+#: IVFFlat lists: the square root of the group's faces (k-means cells of ~sqrt(n) faces),
+#: within these bounds. Searches scan PROBES_PER_ROOT * sqrt(lists) of them
+#: (:func:`ivf_probes`): measured by benchmarks/scale_engine.py, see ivf_probes.
+MIN_LISTS, MAX_LISTS = 100, 10_000
+PROBES_PER_ROOT = 2.0
+#: The HNSW comparison (benchmarks/scale_engine.py --hnsw) and indexes of schema 3:
+#: hnsw.ef_search, m and ef_construction.
 EF_SEARCH = 400
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 200
 #: Advisory lock keys: schema migration, index building.
@@ -93,6 +105,13 @@ MIGRATIONS: list[str | Callable[[Any], None]] = [
     """,
     # 3: the face tokens of faces stored before version 2 (computed as the SQLite store does).
     lambda conn: _fill_face_tokens(conn),
+    # 4: a group's index is IVFFlat (or HNSW, built by schema 3), rebuilt as the group grows.
+    """
+    ALTER TABLE engine_groups RENAME COLUMN hnsw_index TO ann_index;
+    ALTER TABLE engine_groups ADD COLUMN ann_kind text, ADD COLUMN ann_lists int,
+        ADD COLUMN ann_faces bigint;
+    UPDATE engine_groups SET ann_kind = 'hnsw', ann_faces = faces WHERE ann_index IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,9 +169,40 @@ def _newer(version: int) -> str:
             f"({SCHEMA_VERSION}); upgrade faceflow")
 
 
-def index_name(group_id: str) -> str:
-    """The HNSW index of one group (a hash: group ids may not be valid identifiers)."""
-    return "engine_faces_hnsw_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class GroupIndex:
+    """A group's approximate index: its name, kind (``ivfflat`` or ``hnsw``), IVFFlat lists."""
+
+    name: str
+    kind: str
+    lists: int | None = None
+
+
+def index_name(group_id: str, faces: int) -> str:
+    """The index of one group built on ``faces`` faces (a hash: group ids may not be valid
+    identifiers; the count tells a rebuild from the index it replaces)."""
+    return f"{_index_prefix(group_id)}_{faces}"
+
+
+def _index_prefix(group_id: str) -> str:
+    return "engine_faces_ann_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
+
+
+def ivf_lists(faces: int) -> int:
+    """IVFFlat lists for a group of ``faces``: sqrt(faces), within MIN_LISTS..MAX_LISTS."""
+    return max(MIN_LISTS, min(MAX_LISTS, round(math.sqrt(faces))))
+
+
+def ivf_probes(lists: int) -> int:
+    """Lists one search scans: PROBES_PER_ROOT * sqrt(lists) (20 of 100, 64 of 1,000).
+
+    benchmarks/scale_engine.py, descriptors shaped like dlib's, the share of identify
+    probes whose exact nearest face the index found: 100k faces in 316 lists, 16 probes
+    99.83 %, 32 all; 1M in 1,000 lists, 32 probes 99.9 %, 64 all (README, Scaling out).
+    The lists a match may sit in grow more slowly than the lists (cells shrink), hence a
+    root rather than a share.
+    """
+    return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
 
 def graph_bytes_per_face(m: int = HNSW_M) -> int:
@@ -176,17 +226,23 @@ def build_memory_mb(faces: int, m: int = HNSW_M) -> int:
     return max(1024, -(-2 * graph_bytes_per_face(m) * faces // 2**20))
 
 
-def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
+def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "ivfflat",
+                       lists: int | None = None, m: int = HNSW_M,
                        ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
-    """Build the HNSW index of every group with >= ``min_faces`` faces that lacks one.
+    """Build the index of every group with >= ``min_faces`` faces that lacks one, or has
+    grown :data:`REBUILD_GROWTH` times since its index was built.
 
-    Built ``CONCURRENTLY`` (writes go on), one replica at a time (advisory lock; others
-    return at once), with ``maintenance_work_mem`` sized to the group
-    (:func:`build_memory_mb`). An index left invalid by a build that died is dropped and
-    rebuilt. Returns the groups indexed now.
+    ``kind``: ``ivfflat`` (the engine's; ``lists`` default :func:`ivf_lists` of the group)
+    or ``hnsw`` (``m``, ``ef_construction``: the benchmark's comparison). Built
+    ``CONCURRENTLY`` (writes go on) under a new name, recorded in ``engine_groups``, then
+    the group's other indexes are dropped: the one replaced, and any left by a build that
+    died (invalid, or valid but never recorded). One replica builds at a time (advisory
+    lock; others return at once). Returns the groups indexed now.
     """
     from psycopg import sql  # noqa: PLC0415
 
+    if kind not in ("ivfflat", "hnsw"):
+        raise ValueError(f"index kind {kind!r}: ivfflat or hnsw")
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
@@ -195,21 +251,32 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
         try:
             rows = conn.execute(
                 "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
-                "hnsw_index IS NULL ORDER BY group_id", (min_faces,)).fetchall()
+                "(ann_index IS NULL OR faces >= %s * ann_faces) ORDER BY group_id",
+                (min_faces, REBUILD_GROWTH)).fetchall()
             for group, faces in rows:
-                name = index_name(group)
-                # The graph must fit while it is built, else the build is far slower.
-                conn.execute(f"SET maintenance_work_mem = '{build_memory_mb(int(faces), m)}MB'")
+                name = index_name(group, int(faces))
                 conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
                     sql.Identifier(name)))
+                if kind == "hnsw":
+                    # The graph must fit while it is built, else the build is far slower.
+                    memory, method = build_memory_mb(int(faces), m), sql.SQL(
+                        "hnsw (descriptor vector_l2_ops) WITH (m = {}, ef_construction = {})"
+                    ).format(sql.Literal(m), sql.Literal(ef_construction))
+                    n_lists = None
+                else:
+                    n_lists = lists or ivf_lists(int(faces))
+                    # k-means runs on a sample of 50 rows per list, held in memory.
+                    memory = max(256, -(-n_lists * 50 * 600 * 2 // 2**20))
+                    method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})"
+                                     ).format(sql.Literal(n_lists))
+                conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
                 conn.execute(sql.SQL(
-                    "CREATE INDEX CONCURRENTLY {} ON engine_faces USING hnsw "
-                    "(descriptor vector_l2_ops) WITH (m = {}, ef_construction = {}) "
-                    "WHERE group_id = {}").format(
-                        sql.Identifier(name), sql.Literal(m),
-                        sql.Literal(ef_construction), sql.Literal(group)))
-                conn.execute("UPDATE engine_groups SET hnsw_index=%s WHERE group_id=%s",
-                             (name, group))
+                    "CREATE INDEX CONCURRENTLY {} ON engine_faces USING {} WHERE group_id = {}"
+                ).format(sql.Identifier(name), method, sql.Literal(group)))
+                conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind=%s, ann_lists=%s, "
+                             "ann_faces=%s WHERE group_id=%s",
+                             (name, kind, n_lists, faces, group))
+                _drop_other_indexes(conn, group, name)
                 done.append(group)
             if done:
                 conn.execute("ANALYZE engine_faces")
@@ -218,11 +285,34 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, m: int = HNSW_M,
     return done
 
 
+def drop_group_index(url: str, group_id: str) -> None:
+    """Drop a group's index (it is searched exactly until the next build)."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE engine_groups SET ann_index=NULL, ann_kind=NULL, ann_lists=NULL, "
+                     "ann_faces=NULL WHERE group_id=%s", (group_id,))
+        _drop_other_indexes(conn, group_id, None)
+
+
+def _drop_other_indexes(conn: Any, group_id: str, keep: str | None) -> None:
+    """Drop the group's indexes but ``keep`` (schema 3 named them engine_faces_hnsw_...)."""
+    from psycopg import sql  # noqa: PLC0415
+
+    digest = hashlib.sha1(group_id.encode()).hexdigest()[:16]
+    names = [r[0] for r in conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'engine_faces' AND "
+        "(indexname LIKE %s OR indexname = %s)",
+        (_index_prefix(group_id) + "\\_%", "engine_faces_hnsw_" + digest)).fetchall()]
+    for name in names:
+        if name != keep:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                sql.Identifier(name)))
+
+
 def _build_notice(notice: Any) -> None:
     # "hnsw graph no longer fits into maintenance_work_mem": the build slows down a lot.
     text = str(notice.message_primary)
     log.log(logging.WARNING if "maintenance_work_mem" in text else logging.DEBUG,
-            "building an HNSW index: %s", text)
+            "building a group's index: %s", text)
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -249,7 +339,7 @@ class PgStore:
     def _open(self) -> Any:
         db = connect(self.url, autocommit=True, vector=True)
         # Custom plans: the group id is known when planning, so the planner can pick
-        # that group's partial HNSW index.
+        # that group's partial index.
         db.execute("SET plan_cache_mode = force_custom_plan")
         version = schema_version(db)
         if version != SCHEMA_VERSION:
@@ -535,49 +625,61 @@ class PgStore:
 
     # -- search (used by PgIndex) --------------------------------------------------------
 
-    def group_info(self, group_id: str) -> tuple[int, str | None]:
-        """(faces, name of its HNSW index or None) of one group."""
-        rows = self._query("SELECT faces, hnsw_index FROM engine_groups WHERE group_id=%s",
-                           (group_id,))
-        return (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+    def group_info(self, group_id: str) -> tuple[int, GroupIndex | None]:
+        """(faces, its index or None) of one group."""
+        rows = self._query("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
+                           "WHERE group_id=%s", (group_id,))
+        if not rows:
+            return 0, None
+        faces, name, kind, lists = rows[0]
+        return int(faces), (GroupIndex(name, kind, lists) if name else None)
 
-    def nearest(self, group_id: str, probe: np.ndarray, limit: int, approximate: bool,
-                ef_search: int = EF_SEARCH) -> list[tuple[str, float]]:
+    def nearest(self, group_id: str, probe: np.ndarray, limit: int, index: GroupIndex | None,
+                width: int | None = None) -> list[tuple[str, float]]:
         """(uid, distance) of the ``limit`` faces nearest ``probe`` in a group, nearest first.
 
-        ``approximate``: through the group's HNSW index with ``ef_search`` (raised to
-        ``limit``; past pgvector's 1000, iterative scan); else exact, ties by face_id.
+        Through the group's ``index`` when given, scanning ``width`` lists (IVFFlat; default
+        :func:`ivf_probes`) or with ``hnsw.ef_search`` = ``width`` (HNSW; default
+        :data:`EF_SEARCH`); iterative scans go on past those when ``limit`` needs more
+        faces. Without an index: exact, ties by face_id.
         """
         with self._tx() as db:
-            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, approximate,
-                                                 ef_search)).fetchall()
+            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, index,
+                                                 width)).fetchall()
         found = [(uid, float(d)) for uid, d in rows]
-        # An HNSW walk may return slightly out of order (iterative scan): sort here.
-        return sorted(found, key=lambda r: r[1]) if approximate else found
+        # An iterative scan may return slightly out of order: sort here.
+        return sorted(found, key=lambda r: r[1]) if index else found
 
     def explain_nearest(self, group_id: str, probe: np.ndarray, limit: int,
-                        approximate: bool) -> str:
-        """PostgreSQL's plan of one :meth:`nearest` query (which index it walks)."""
+                        index: GroupIndex | None) -> str:
+        """PostgreSQL's plan of one :meth:`nearest` query (which index it scans)."""
         with self._tx() as db:
-            sql, args = self._nearest_sql(db, group_id, probe, limit, approximate, EF_SEARCH)
+            sql, args = self._nearest_sql(db, group_id, probe, limit, index, None)
             return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, args).fetchall())
 
     @staticmethod
-    def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int, approximate: bool,
-                     ef_search: int) -> tuple[str, tuple]:
+    def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int,
+                     index: GroupIndex | None, width: int | None) -> tuple[str, tuple]:
         # Settings are SET LOCAL: they end with the transaction.
         vec = _vec(probe)
-        if approximate:
-            # The group's partial HNSW index is the one ordered path left: the planner
+        if index is not None:
+            # The group's partial index is the one ordered path left: the planner
             # would otherwise pick btree + sort on stale statistics.
             db.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
                        "SET LOCAL enable_sort = off")
-            db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(ef_search, limit))}")
-            if limit > 1000:
-                db.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            if index.kind == "hnsw":
+                ef = width or EF_SEARCH
+                db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(ef, limit))}")
+                if limit > 1000:
+                    db.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            else:
+                probes = width or ivf_probes(index.lists or MIN_LISTS)
+                # Iterative: more lists when these hold fewer than ``limit`` faces.
+                db.execute(f"SET LOCAL ivfflat.probes = {int(probes)}; "
+                           "SET LOCAL ivfflat.iterative_scan = relaxed_order")
             return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
                     "ORDER BY descriptor <-> %s LIMIT %s", (vec, group_id, vec, limit))
-        db.execute("SET LOCAL enable_indexscan = off")  # exact: never an HNSW walk
+        db.execute("SET LOCAL enable_indexscan = off")  # exact: never an index scan
         return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
                 "ORDER BY d, face_id LIMIT %s", (vec, group_id, limit))
 
@@ -594,12 +696,13 @@ class PgIndex:
     """Search over a :class:`PgStore`; the methods of the embedded SearchIndex.
 
     ``load`` and ``apply`` do nothing: the database's tables and indexes are the index,
-    already up to date when a write commits (on every replica).
+    already up to date when a write commits (on every replica). ``width``: lists scanned
+    (IVFFlat) or ef_search (HNSW) instead of the engine's rule (the benchmark's sweep).
     """
 
-    def __init__(self, store: PgStore, ef_search: int = EF_SEARCH) -> None:
+    def __init__(self, store: PgStore, width: int | None = None) -> None:
         self.store = store
-        self.ef_search = ef_search
+        self.width = width
 
     def load(self, faces: object) -> None:
         return None
@@ -618,19 +721,18 @@ class PgIndex:
         """The ``top_users`` nearest (group, uid) pairs over ``groups``, nearest first."""
         hits: list[Hit] = []
         for name in dict.fromkeys(groups):
-            size, hnsw = self.store.group_info(name)
+            size, index = self.store.group_info(name)
             if size:
-                hits += self._search_group(name, size, hnsw is not None, probe, top_users,
-                                           per_user)
+                hits += self._search_group(name, size, index, probe, top_users, per_user)
         hits.sort(key=lambda hit: hit.distances[0])
         return hits[:top_users]
 
-    def _search_group(self, name: str, size: int, approximate: bool, probe: np.ndarray,
+    def _search_group(self, name: str, size: int, index: GroupIndex | None, probe: np.ndarray,
                       top_users: int, per_user: int) -> list[Hit]:
         # As the embedded index: the nearest faces first, widening until enough users.
         want = min(size, max(32, 8 * top_users * per_user))
         while True:
-            rows = self.store.nearest(name, probe, want, approximate, self.ef_search)
+            rows = self.store.nearest(name, probe, want, index, self.width)
             found = rank_users(rows, top_users, per_user)
             if len(found) >= top_users or want >= size:
                 break

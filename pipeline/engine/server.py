@@ -293,12 +293,13 @@ async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
         await runner.cleanup()
 
 
-#: Seconds between two looks for shared-store groups grown large enough for an HNSW index.
+#: Seconds between two looks for shared-store groups grown large enough for an index, or
+#: grown enough since theirs was built to build it again.
 INDEX_EVERY = 60.0
 
 
 async def _index_large_groups(url: str) -> None:
-    """Build the HNSW index of groups that grew large (pgstore.index_large_groups).
+    """Build the index of groups that grew large, or grew since (pgstore.index_large_groups).
 
     Every replica looks; an advisory lock lets one build at a time, off the loop thread.
     A failed look is logged and retried at the next one: search stays exact meanwhile.
@@ -309,7 +310,7 @@ async def _index_large_groups(url: str) -> None:
         try:
             built = await asyncio.to_thread(index_large_groups, url)
             if built:
-                log.info("built the HNSW index of %d group(s)", len(built))
+                log.info("built the index of %d group(s): %s", len(built), ", ".join(built))
         except Exception as exc:  # noqa: BLE001 - a background chore must not die
             log.warning("indexing large groups failed: %s", exc)
         await asyncio.sleep(INDEX_EVERY)
