@@ -108,3 +108,46 @@ async def test_kill_9_mid_write_loses_no_acknowledged_write(
         assert all(len(store.faces_of("crash", uid)) == 1 for uid in acked)
     finally:
         store.close()
+
+
+async def test_a_replica_indexes_a_group_grown_large_and_identify_goes_through_it(
+    store_url: str, samples_dir: Path, tmp_path: Path
+) -> None:
+    """The serving replica's own look (at start, then every minute) builds the IVFFlat
+    index of a group of LARGE_GROUP faces; identify over HTTP then searches through it."""
+    import time
+
+    import numpy as np
+
+    from pipeline.engine.pgstore import LARGE_GROUP, ivf_lists
+
+    one = Replica(store_url, tmp_path)
+    try:
+        async with Api(one) as a:
+            added = await a.call("faceset/user/add", uid="obama", user_info="B",
+                                 group_id="big", image=b64(samples_dir / "obama_01.jpg"))
+            assert "error_code" not in added, added
+    finally:
+        assert one.stop() == 0
+    rng = np.random.default_rng(3)
+    others = rng.normal(size=(LARGE_GROUP, 128)).astype(np.float32)
+    others /= np.linalg.norm(others, axis=1, keepdims=True)
+    store = PgStore(store_url)
+    try:
+        store.seed_faces("big", [(f"g{i}", "", v) for i, v in enumerate(others)])
+        two = Replica(store_url, tmp_path)  # its first look finds the group large
+        try:
+            deadline = time.monotonic() + 60
+            while store.group_info("big")[1] is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            size, index = store.group_info("big")
+            assert size == LARGE_GROUP + 1 and index is not None, "no index was built"
+            assert index.kind == "ivfflat" and index.lists == ivf_lists(size)
+            async with Api(two) as b:
+                found = await b.call("identify", group_id="big",
+                                     image=b64(samples_dir / "obama_02.jpg"))
+            assert found["result"][0]["uid"] == "obama", found
+        finally:
+            assert two.stop() == 0
+    finally:
+        store.close()
