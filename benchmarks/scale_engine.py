@@ -23,8 +23,8 @@ same-person probes sit at the median real same-person distance from their face.
 Random unit vectors (the usual stand-in) are far easier to tell apart than real faces.
 
     .venv/bin/python benchmarks/scale_engine.py [--sizes 100000 1000000] [--queries 1000]
-        [--probes 8 16 32 64] [--hnsw [16:200 ...]] [--hnsw-up-to 100000] [--ef 200 400 800]
-        [--exact-sizes ...] [--name scale_engine]
+        [--probes 16 32 48 64 96] [--lists 1000 ...] [--hnsw [16:200 ...]]
+        [--hnsw-up-to 100000] [--ef 200 400 800] [--exact-sizes ...] [--name scale_engine]
 
 Prints a table; writes benchmarks/results/NAME.json (make bench: scale_engine; the HNSW
 comparison at 1M, ``run_all.py --large``: scale_engine_large), and what it has after
@@ -223,12 +223,14 @@ def measure(store: PgStore, probes: list, exact_tops: list[float], width: int
 
 def postgres(faces: list[tuple[str, np.ndarray]], probes: list, exact_tops: list[float], *,
              widths: list[int], efs: list[int], hnsw: list[tuple[int, int]],
-             out: dict[str, Any] | None = None, progress: Any = None) -> dict[str, Any]:
+             lists: tuple[int, ...] = (), out: dict[str, Any] | None = None,
+             progress: Any = None) -> dict[str, Any]:
     """Load the faces into a local PostgreSQL; build the group's index as the engine does
     (IVFFlat, :func:`ivf_lists` lists) and measure it at the engine's probes and at each
-    of ``widths``; then, for each (m, ef_construction) in ``hnsw``, an HNSW build measured
-    at every ef_search in ``efs``. Each index is dropped before the next. Figures go into
-    ``out`` as they come (``progress`` is called after each build)."""
+    of ``widths``; the same for an IVFFlat build of each other count in ``lists``; then,
+    for each (m, ef_construction) in ``hnsw``, an HNSW build measured at every ef_search
+    in ``efs``. Each index is dropped before the next. Figures go into ``out`` as they
+    come (``progress`` is called after each build)."""
     n = len(faces)
     # Room for the table and the index in shared buffers.
     settings = {"shared_buffers": f"{max(512, n * 3 // 1000)}MB",
@@ -249,18 +251,23 @@ def postgres(faces: list[tuple[str, np.ndarray]], probes: list, exact_tops: list
             out["exact_60_queries"] = exact
             _say(progress, f"{n:,}: loaded in {out['load_s']} s; exact p50 {exact['p50_ms']} ms")
 
-            build = _build(cluster.url, store)
-            lists = int(build["lists"])
-            engine = ivf_probes(lists)
-            by_probes = {str(w): measure(store, probes, exact_tops, w)
-                         for w in sorted({*(w for w in widths if w <= lists), engine})}
-            out["ivfflat"] = {**build, "engine_probes": engine, "probes": by_probes,
-                              "chosen_probes": choose_width(by_probes, len(probes))}
-            _say(progress, f"{n:,}: IVFFlat {lists} lists built in {build['build_s']} s; "
-                 + _summary("probes", by_probes))
-            if progress is not None:
-                progress(None)
-            drop_group_index(cluster.url, GROUP)
+            for n_lists in (None, *lists):
+                build = _build(cluster.url, store, lists=n_lists)
+                built = int(build["lists"])
+                engine = ivf_probes(built)
+                by_probes = {str(w): measure(store, probes, exact_tops, w)
+                             for w in sorted({*(w for w in widths if w <= built), engine})}
+                entry = {**build, "engine_probes": engine, "probes": by_probes,
+                         "chosen_probes": choose_width(by_probes, len(probes))}
+                if n_lists is None:
+                    out["ivfflat"] = entry
+                else:
+                    out.setdefault("ivfflat_other_lists", {})[str(built)] = entry
+                _say(progress, f"{n:,}: IVFFlat {built} lists built in {build['build_s']} s; "
+                     + _summary("probes", by_probes))
+                if progress is not None:
+                    progress(None)
+                drop_group_index(cluster.url, GROUP)
             for m, ef_construction in hnsw:
                 build = _build(cluster.url, store, kind="hnsw", m=m,
                                ef_construction=ef_construction)
@@ -347,10 +354,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--probes", type=int, nargs="+", default=[8, 16, 32, 64],
+    parser.add_argument("--probes", type=int, nargs="+", default=[16, 32, 48, 64, 96],
                         help="IVFFlat lists scanned, besides the engine's rule")
     parser.add_argument("--ef", type=int, nargs="+", default=[200, 400, 800],
                         help="hnsw.ef_search values of each HNSW build")
+    parser.add_argument("--lists", type=int, nargs="*", default=[],
+                        help="IVFFlat builds with these list counts besides the engine's")
     parser.add_argument("--hnsw", type=_hnsw_spec, nargs="*", default=[(HNSW_M, 200)],
                         metavar="M:EF_CONSTRUCTION", help="HNSW builds to compare (none: "
                         "--hnsw alone)")
@@ -386,7 +395,7 @@ def main() -> None:
         entry["postgresql"] = {}
         postgres(faces, probes, tops, widths=args.probes, efs=args.ef,
                  hnsw=args.hnsw if size <= args.hnsw_up_to else [],
-                 out=entry["postgresql"], progress=partial)
+                 lists=tuple(args.lists), out=entry["postgresql"], progress=partial)
         entry.pop("partial", None)
         print_size(size, entry)
         del faces
@@ -415,6 +424,8 @@ def print_size(size: int, r: dict[str, Any]) -> None:
     ivf = pg["ivfflat"]
     rows = [(f"ivfflat probes={w}" + (" (engine)" if w == str(ivf["engine_probes"]) else ""), h)
             for w, h in ivf["probes"].items()]
+    for n_lists, b in pg.get("ivfflat_other_lists", {}).items():
+        rows += [(f"ivfflat lists={n_lists} probes={w}", h) for w, h in b["probes"].items()]
     for spec, b in pg["hnsw"].items():
         rows += [(f"hnsw m:efc={spec} ef={w}", h) for w, h in b["ef_search"].items()]
     for label, h in rows:
@@ -423,6 +434,9 @@ def print_size(size: int, r: dict[str, Any]) -> None:
     print(f"  postgres load {pg['load_s']} s, table {pg['table_mb']} MB")
     print(f"  IVFFlat build, {ivf['lists']} lists: {ivf['build_s']} s, index {ivf['index_mb']} "
           f"MB; smallest probes within 0.1 % of exact: {ivf['chosen_probes']}")
+    for n_lists, b in pg.get("ivfflat_other_lists", {}).items():
+        print(f"  IVFFlat build, {n_lists} lists: {b['build_s']} s, index {b['index_mb']} MB; "
+              f"smallest probes within 0.1 %: {b['chosen_probes']}")
     for spec, b in pg["hnsw"].items():
         print(f"  HNSW build m:ef_construction={spec}: {b['build_s']} s, index "
               f"{b['index_mb']} MB (maintenance_work_mem {b['build_memory_mb']} MB); "

@@ -58,7 +58,8 @@ def test_ivfflat_and_hnsw_on_one_load_each_measured_and_tabled() -> None:
 
 def test_choose_width_keeps_a_margin() -> None:
     def by(*shares: float) -> dict[str, dict[str, float]]:
-        return {w: {"same_top_as_exact": v} for w, v in zip(("8", "16", "32"), shares)}
+        widths = ("8", "16", "32")[: len(shares)]
+        return {w: {"same_top_as_exact": v} for w, v in zip(widths, shares, strict=True)}
 
     assert bench.choose_width(by(0.997, 0.999, 1.0), 1000) == 16  # 1 miss in 1,000 allowed
     assert bench.choose_width(by(0.99, 0.9967, 1.0), 300) == 32  # none in 300

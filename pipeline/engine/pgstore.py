@@ -21,13 +21,13 @@ built ``CONCURRENTLY`` beside live writes, by the serving replicas
 (:func:`index_large_groups`, one at a time under an advisory lock), and built again with
 more lists once the group has grown :data:`REBUILD_GROWTH` times. Smaller groups are
 searched exactly (btree on group_id, then every distance). A search scans
-:func:`ivf_probes` of the index's :func:`ivf_lists` lists, a rule chosen by
+:func:`ivf_probes` of the index's :func:`ivf_lists` lists, rules chosen by
 ``benchmarks/scale_engine.py`` (see the README). IVFFlat, not HNSW: on descriptors shaped
 like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face for 97 %
-of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat built in
-under a minute and found it for every probe but 0.1 % at 15 ms. An HNSW index built by an
-older faceflow (schema 3) is still searched as HNSW until the group's rebuild. The
-best-face-per-user and top-k rules are the embedded index's
+of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat (2,000
+lists) built in under a minute and found it for every probe at 64 probes, 15 ms p50.
+An HNSW index built by an older faceflow (schema 3) is still searched as HNSW until the
+group's rebuild. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
 
 Schema: versioned (:data:`MIGRATIONS`, table ``engine_schema``); ``faceflow engine
@@ -63,11 +63,11 @@ LARGE_GROUP = 10_000
 #: holds this many times the faces it was built on: its lists, and so each search, have
 #: doubled by then, and a build costs seconds per 100k faces.
 REBUILD_GROWTH = 2.0
-#: IVFFlat lists: the square root of the group's faces (k-means cells of ~sqrt(n) faces),
-#: within these bounds. Searches scan PROBES_PER_ROOT * sqrt(lists) of them
-#: (:func:`ivf_probes`): measured by benchmarks/scale_engine.py, see ivf_probes.
+#: IVFFlat lists: LISTS_PER_ROOT * sqrt(faces) (:func:`ivf_lists`), within these bounds;
+#: a search scans PROBES_PER_ROOT * sqrt(lists) of them (:func:`ivf_probes`). Chosen by
+#: benchmarks/scale_engine.py, see both functions.
 MIN_LISTS, MAX_LISTS = 100, 10_000
-PROBES_PER_ROOT = 2.0
+LISTS_PER_ROOT, PROBES_PER_ROOT = 2.0, 1.5
 #: The HNSW comparison (benchmarks/scale_engine.py --hnsw) and indexes of schema 3:
 #: hnsw.ef_search, m and ef_construction.
 EF_SEARCH = 400
@@ -189,18 +189,25 @@ def _index_prefix(group_id: str) -> str:
 
 
 def ivf_lists(faces: int) -> int:
-    """IVFFlat lists for a group of ``faces``: sqrt(faces), within MIN_LISTS..MAX_LISTS."""
-    return max(MIN_LISTS, min(MAX_LISTS, round(math.sqrt(faces))))
+    """IVFFlat lists for a group of ``faces``: 2 sqrt(faces) (200 at 10,000, 2,000 at 1M).
+
+    More, smaller lists cost k-means time at the build and save scanning at every
+    search: at 1M faces (benchmarks/scale_engine.py --lists 1000), 1,000 lists built in
+    25 s and needed 48-64 probes (22-35 ms p50) where 2,000 built in 45 s and needed 64
+    (15 ms) to find exact search's nearest face as often.
+    """
+    return max(MIN_LISTS, min(MAX_LISTS, round(LISTS_PER_ROOT * math.sqrt(faces))))
 
 
 def ivf_probes(lists: int) -> int:
-    """Lists one search scans: PROBES_PER_ROOT * sqrt(lists) (20 of 100, 64 of 1,000).
+    """Lists one search scans: 1.5 sqrt(lists), rounded up (38 of 632, 68 of 2,000).
 
-    benchmarks/scale_engine.py, descriptors shaped like dlib's, the share of identify
-    probes whose exact nearest face the index found: 100k faces in 316 lists, 16 probes
-    99.83 %, 32 all; 1M in 1,000 lists, 32 probes 99.9 %, 64 all (README, Scaling out).
-    The lists a match may sit in grow more slowly than the lists (cells shrink), hence a
-    root rather than a share.
+    The cells a same-person match may fall in grow more slowly than the lists (cells
+    shrink), hence a root rather than a share. Measured (benchmarks/scale_engine.py,
+    descriptors shaped like dlib's, 2,000 identify probes unless said): the smallest probes
+    finding exact search's nearest face for all probes but 0.1 % was 24-32 of 548 lists
+    (300k faces), 48 of 1,000 and 48-64 of 2,000 (1M), 16-32 of 300 (100k, 600 probes);
+    1.5 sqrt(lists) lies at or above each.
     """
     return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
