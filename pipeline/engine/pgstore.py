@@ -27,7 +27,7 @@ like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face 
 of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat (2,000
 lists) built in under a minute and found it for every probe at 64 probes, 15 ms p50.
 An HNSW index built by an older faceflow (schema 3) is still searched as HNSW until the
-group's rebuild. The best-face-per-user and top-k rules are the embedded index's
+replicas' next look replaces it. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
 
 Schema: versioned (:data:`MIGRATIONS`, table ``engine_schema``); ``faceflow engine
@@ -66,7 +66,8 @@ REBUILD_GROWTH = 2.0
 #: IVFFlat lists: LISTS_PER_ROOT * sqrt(faces) (:func:`ivf_lists`), within these bounds;
 #: a search scans PROBES_PER_ROOT * sqrt(lists) of them (:func:`ivf_probes`). Chosen by
 #: benchmarks/scale_engine.py, see both functions.
-MIN_LISTS, MAX_LISTS = 100, 10_000
+#: MAX_LISTS: 4,000 (4M faces and more) takes 3.8 GB to build (:func:`ivf_build_memory_mb`).
+MIN_LISTS, MAX_LISTS = 100, 4_000
 LISTS_PER_ROOT, PROBES_PER_ROOT = 2.0, 1.5
 #: The HNSW comparison (benchmarks/scale_engine.py --hnsw) and indexes of schema 3:
 #: hnsw.ef_search, m and ef_construction.
@@ -212,6 +213,18 @@ def ivf_probes(lists: int) -> int:
     return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
 
+def ivf_build_memory_mb(lists: int) -> int:
+    """``maintenance_work_mem`` (MB) for building an IVFFlat index of ``lists`` lists.
+
+    pgvector's k-means holds a sample of 50 rows per list and, for each, a bound per list
+    (4 bytes): 200 lists^2 bytes. pgvector 0.8 refused 2,000 lists in 256 MB saying
+    "memory required is 832 MB" (800 MB of bounds, 52 MB of sample). A fifth more, at
+    least 256 MB: 1 GB at 2,000 lists (1M faces), 3.8 GB at 4,000.
+    """
+    need = 200 * lists * lists + 50 * lists * (128 * 4 + 8)
+    return max(256, -(-need * 6 // 5 // 2**20))
+
+
 def graph_bytes_per_face(m: int = HNSW_M) -> int:
     """Bytes of pgvector's in-memory HNSW graph per 128-d face.
 
@@ -236,8 +249,9 @@ def build_memory_mb(faces: int, m: int = HNSW_M) -> int:
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "ivfflat",
                        lists: int | None = None, m: int = HNSW_M,
                        ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
-    """Build the index of every group with >= ``min_faces`` faces that lacks one, or has
-    grown :data:`REBUILD_GROWTH` times since its index was built.
+    """Build the index of every group with >= ``min_faces`` faces that lacks one, has one
+    of another kind (an HNSW index of schema 3), or has grown :data:`REBUILD_GROWTH` times
+    since its index was built.
 
     ``kind``: ``ivfflat`` (the engine's; ``lists`` default :func:`ivf_lists` of the group)
     or ``hnsw`` (``m``, ``ef_construction``: the benchmark's comparison). Built
@@ -258,8 +272,8 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
         try:
             rows = conn.execute(
                 "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
-                "(ann_index IS NULL OR faces >= %s * ann_faces) ORDER BY group_id",
-                (min_faces, REBUILD_GROWTH)).fetchall()
+                "(ann_index IS NULL OR ann_kind IS DISTINCT FROM %s OR faces >= %s * ann_faces) "
+                "ORDER BY group_id", (min_faces, kind, REBUILD_GROWTH)).fetchall()
             for group, faces in rows:
                 name = index_name(group, int(faces))
                 conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
@@ -272,8 +286,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
                     n_lists = None
                 else:
                     n_lists = lists or ivf_lists(int(faces))
-                    # k-means runs on a sample of 50 rows per list, held in memory.
-                    memory = max(256, -(-n_lists * 50 * 600 * 2 // 2**20))
+                    memory = ivf_build_memory_mb(n_lists)
                     method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})"
                                      ).format(sql.Literal(n_lists))
                 conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
