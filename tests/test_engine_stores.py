@@ -323,7 +323,7 @@ def test_an_index_a_dead_build_left_behind_is_dropped_at_the_next_build(pg_url: 
         store.close()
 
 
-def test_an_hnsw_index_of_schema_3_is_searched_until_the_next_build_replaces_it(pg_url: str) -> None:
+def test_an_hnsw_index_of_schema_3_is_searched_until_the_next_build(pg_url: str) -> None:
     from pipeline.engine.pgstore import MIGRATIONS
 
     rng = np.random.default_rng(12)
