@@ -25,7 +25,7 @@ searched exactly (btree on group_id, then every distance). A search scans
 ``benchmarks/scale_engine.py`` (see the README). IVFFlat, not HNSW: on descriptors shaped
 like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face for 97 %
 of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat (2,000
-lists) built in under a minute and found it for every probe at 64 probes, 15 ms p50.
+lists) built in under a minute and found it for every probe at 68 probes, 17 ms p50.
 An HNSW index built by an older faceflow (schema 3) is still searched as HNSW until the
 replicas' next look replaces it. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
@@ -55,9 +55,10 @@ from pipeline.postgres import PostgresUnavailable, connect
 log = logging.getLogger("faceflow.engine")
 
 #: Groups with at least this many faces get their own index (smaller: exact search).
-#: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
-#: 8 ms at 5,000 and 16-24 ms at 10,000 on 2 busy cores, as much as an indexed search at
-#: 100,000: from about 10,000 faces an index pays.
+#: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 1.0 ms at 2,000 faces,
+#: 1.4 ms at 5,000, 4.0 ms at 10,000 and 9.2 ms at 20,000 on 2 quiet cores (16-24 ms at
+#: 10,000 on busy ones), as long as the index's search at 100,000 (3.75 ms): from about
+#: 10,000 faces an index pays.
 LARGE_GROUP = 10_000
 #: A group's index is built again (k-means on its faces now, more lists) once the group
 #: holds this many times the faces it was built on: its lists, and so each search, have
@@ -193,9 +194,9 @@ def ivf_lists(faces: int) -> int:
     """IVFFlat lists for a group of ``faces``: 2 sqrt(faces) (200 at 10,000, 2,000 at 1M).
 
     More, smaller lists cost k-means time at the build and save scanning at every
-    search: at 1M faces (benchmarks/scale_engine.py --lists 1000), 1,000 lists built in
-    25 s and needed 48-64 probes (22-35 ms p50) where 2,000 built in 45 s and needed 64
-    (15 ms) to find exact search's nearest face as often.
+    search. At 1M faces (benchmarks/scale_engine.py --sizes 1000000 --lists 1000): 2,000
+    lists built in 48 s and found exact search's nearest face for every probe from 48
+    probes on (12.4 ms p50); 1,000 lists built in 20 s and needed 64 (33.9 ms).
     """
     return max(MIN_LISTS, min(MAX_LISTS, round(LISTS_PER_ROOT * math.sqrt(faces))))
 
@@ -204,11 +205,10 @@ def ivf_probes(lists: int) -> int:
     """Lists one search scans: 1.5 sqrt(lists), rounded up (38 of 632, 68 of 2,000).
 
     The cells a same-person match may fall in grow more slowly than the lists (cells
-    shrink), hence a root rather than a share. Measured (benchmarks/scale_engine.py,
-    descriptors shaped like dlib's, 2,000 identify probes unless said): the smallest probes
-    finding exact search's nearest face for all probes but 0.1 % was 24-32 of 548 lists
-    (300k faces), 48 of 1,000 and 48-64 of 2,000 (1M), 16-32 of 300 (100k, 600 probes);
-    1.5 sqrt(lists) lies at or above each.
+    shrink), hence a root rather than a share. benchmarks/scale_engine.py (1,000 identify
+    probes, descriptors shaped like dlib's): the smallest probes finding exact search's
+    nearest face for all probes but 0.1 % were 16-32 of 632 lists (100k faces, two runs),
+    48 of 2,000 and 32 of 1,000 (1M); 1.5 sqrt(lists) lies above each.
     """
     return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
