@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.pgstore import (
+    LARGE_GROUP,
     SCHEMA_VERSION,
     GroupIndex,
     PgIndex,
@@ -439,6 +440,42 @@ def test_cli_migrate_and_serve_refusals(pg_url: str) -> None:
     down = runner.invoke(main, ["engine", "migrate", "--store",
                                 "postgresql://app:pw@/x?host=/nonexistent-dir"])
     assert down.exit_code == 2 and "cannot reach" in down.output and "pw@" not in down.output
+
+
+def test_cli_reindex_builds_what_is_due_or_the_named_groups(pg_url: str) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    migrate(pg_url)
+    vecs = unit(np.random.default_rng(13), LARGE_GROUP)
+    store = PgStore(pg_url)
+    try:
+        store.seed_faces("big", [(f"b{i}", "", v) for i, v in enumerate(vecs)])
+        store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
+        runner = CliRunner()
+        due = runner.invoke(main, ["engine", "reindex", "--store", pg_url])
+        lists = ivf_lists(LARGE_GROUP)
+        assert due.exit_code == 0, due.output
+        assert f"big: {LARGE_GROUP:,} faces, ivfflat index with {lists:,} lists built" in due.output
+        first = store.group_info("big")[1]
+        assert first is not None and "small" not in due.output
+        assert "nothing to build" in runner.invoke(
+            main, ["engine", "reindex", "--store", pg_url]).output
+        named = runner.invoke(main, ["engine", "reindex", "--store", pg_url,
+                                     "--group", "big", "--group", "small"])
+        assert named.exit_code == 0, named.output
+        assert "small: 10 faces, not built: under 10,000 faces" in named.output
+        second = store.group_info("big")[1]  # built again beside the first, then swapped
+        assert second is not None and second.name != first.name
+        assert _group_indexes(pg_url) == [second.name]
+        assert PgIndex(store).search(vecs[3], ["big"], 1)[0].uid == "b3"
+        unknown = runner.invoke(main, ["engine", "reindex", "--store", pg_url,
+                                       "--group", "big", "--group", "nope"])
+        assert unknown.exit_code == 2 and "no such group: nope" in unknown.output
+        assert store.group_info("big")[1] == second  # nothing built before the refusal
+    finally:
+        store.close()
 
 
 def test_replicas_writing_one_user_in_two_groups_in_opposite_orders_do_not_deadlock(

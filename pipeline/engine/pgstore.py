@@ -41,6 +41,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,54 +249,51 @@ def build_memory_mb(faces: int, m: int = HNSW_M) -> int:
 
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "ivfflat",
                        lists: int | None = None, m: int = HNSW_M,
-                       ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
+                       ef_construction: int = HNSW_EF_CONSTRUCTION,
+                       groups: Sequence[str] | None = None) -> list[str]:
     """Build the index of every group with >= ``min_faces`` faces that lacks one, has one
     of another kind (an HNSW index of schema 3), or has grown :data:`REBUILD_GROWTH` times
-    since its index was built.
+    since its index was built; or, given ``groups``, of those groups with >= ``min_faces``
+    faces, whatever their index (``faceflow engine reindex``).
 
     ``kind``: ``ivfflat`` (the engine's; ``lists`` default :func:`ivf_lists` of the group)
     or ``hnsw`` (``m``, ``ef_construction``: the benchmark's comparison). Built
     ``CONCURRENTLY`` (writes go on) under a new name, recorded in ``engine_groups``, then
-    the group's other indexes are dropped: the one replaced, and any left by a build that
-    died (invalid, or valid but never recorded). One replica builds at a time (advisory
-    lock; others return at once). Returns the groups indexed now.
+    the group's other indexes are dropped: the one replaced (searches use it until then),
+    and any left by a build that died (invalid, or valid but never recorded). One build at
+    a time across replicas (advisory lock): without ``groups`` a replica that finds
+    another building returns at once; with them it waits its turn. Returns the groups
+    indexed now.
     """
-    from psycopg import sql  # noqa: PLC0415
-
     if kind not in ("ivfflat", "hnsw"):
         raise ValueError(f"index kind {kind!r}: ivfflat or hnsw")
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
+        if groups is not None:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_INDEX_LOCK,))
+        elif not conn.execute("SELECT pg_try_advisory_lock(%s)",
+                              (_INDEX_LOCK,)).fetchone()[0]:
             return done
         conn.add_notice_handler(_build_notice)
         try:
-            rows = conn.execute(
-                "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
-                "(ann_index IS NULL OR ann_kind IS DISTINCT FROM %s OR faces >= %s * ann_faces) "
-                "ORDER BY group_id", (min_faces, kind, REBUILD_GROWTH)).fetchall()
-            for group, faces in rows:
-                name = index_name(group, int(faces))
-                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(name)))
-                if kind == "hnsw":
-                    # The graph must fit while it is built, else the build is far slower.
-                    memory, method = build_memory_mb(int(faces), m), sql.SQL(
-                        "hnsw (descriptor vector_l2_ops) WITH (m = {}, ef_construction = {})"
-                    ).format(sql.Literal(m), sql.Literal(ef_construction))
-                    n_lists = None
-                else:
-                    n_lists = lists or ivf_lists(int(faces))
-                    memory = ivf_build_memory_mb(n_lists)
-                    method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})"
-                                     ).format(sql.Literal(n_lists))
-                conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
-                conn.execute(sql.SQL(
-                    "CREATE INDEX CONCURRENTLY {} ON engine_faces USING {} WHERE group_id = {}"
-                ).format(sql.Identifier(name), method, sql.Literal(group)))
-                conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind=%s, ann_lists=%s, "
-                             "ann_faces=%s WHERE group_id=%s",
-                             (name, kind, n_lists, faces, group))
+            if groups is None:
+                rows = conn.execute(
+                    "SELECT group_id, faces, ann_index FROM engine_groups WHERE faces >= %s "
+                    "AND (ann_index IS NULL OR ann_kind IS DISTINCT FROM %s "
+                    "OR faces >= %s * ann_faces) ORDER BY group_id",
+                    (min_faces, kind, REBUILD_GROWTH)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT group_id, faces, ann_index FROM engine_groups WHERE faces >= %s "
+                    "AND group_id = ANY(%s) ORDER BY group_id", (min_faces, list(groups))
+                ).fetchall()
+            for group, faces, current in rows:
+                # Never the name of the index in use: it serves searches until replaced.
+                name = next(n for n in (index_name(group, int(faces)),
+                                        index_name(group, int(faces)) + "_r") if n != current)
+                _build_index(conn, group, int(faces), name, kind,
+                             (lists or ivf_lists(int(faces))) if kind == "ivfflat" else None,
+                             m, ef_construction)
                 _drop_other_indexes(conn, group, name)
                 done.append(group)
             if done:
@@ -303,6 +301,75 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_INDEX_LOCK,))
     return done
+
+
+def _build_index(conn: Any, group: str, faces: int, name: str, kind: str, lists: int | None,
+                 m: int, ef_construction: int) -> None:
+    """CREATE INDEX CONCURRENTLY one group's index ``name``, then record it."""
+    from psycopg import sql  # noqa: PLC0415
+
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    if lists is None:
+        # The graph must fit while it is built, else the build is far slower.
+        memory, method = build_memory_mb(faces, m), sql.SQL(
+            "hnsw (descriptor vector_l2_ops) WITH (m = {}, ef_construction = {})"
+        ).format(sql.Literal(m), sql.Literal(ef_construction))
+    else:
+        memory = ivf_build_memory_mb(lists)
+        method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})").format(
+            sql.Literal(lists))
+    conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
+    conn.execute(sql.SQL(
+        "CREATE INDEX CONCURRENTLY {} ON engine_faces USING {} WHERE group_id = {}"
+    ).format(sql.Identifier(name), method, sql.Literal(group)))
+    conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind=%s, ann_lists=%s, "
+                 "ann_faces=%s WHERE group_id=%s", (name, kind, lists, faces, group))
+
+
+@dataclass(frozen=True)
+class Reindexed:
+    """One group named to :func:`reindex`: its faces, its index now (None: none), the
+    build's seconds (0: not built) and why not when it was not."""
+
+    group: str
+    faces: int
+    index: GroupIndex | None
+    seconds: float
+    skipped: str = ""
+
+
+def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
+    """Build now, one group after the other: the named ``groups`` (whatever their index),
+    else what the replicas would build at their next look (:func:`index_large_groups`).
+    Waits for a build another replica is running. Groups under :data:`LARGE_GROUP` faces
+    are reported, not built; an unknown group is a ValueError, before any build."""
+    with connect(url, autocommit=True) as conn:
+        if groups is None:
+            groups = [r[0] for r in conn.execute(
+                "SELECT group_id FROM engine_groups WHERE faces >= %s AND (ann_index IS NULL "
+                "OR ann_kind IS DISTINCT FROM 'ivfflat' OR faces >= %s * ann_faces) "
+                "ORDER BY group_id", (LARGE_GROUP, REBUILD_GROWTH)).fetchall()]
+        sizes = dict(conn.execute("SELECT group_id, faces FROM engine_groups "
+                                  "WHERE group_id = ANY(%s)", (list(groups),)).fetchall())
+    missing = [g for g in dict.fromkeys(groups) if g not in sizes]
+    if missing:  # before any build
+        raise ValueError("no such group: " + ", ".join(missing))
+    out: list[Reindexed] = []
+    for group in dict.fromkeys(groups):
+        faces = int(sizes[group])
+        if faces < LARGE_GROUP:
+            out.append(Reindexed(group, faces, None, 0.0,
+                                 f"under {LARGE_GROUP:,} faces: searched exactly"))
+            continue
+        start = time.monotonic()
+        index_large_groups(url, groups=[group])
+        with connect(url) as conn:
+            row = conn.execute("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
+                               "WHERE group_id=%s", (group,)).fetchone()
+        index = GroupIndex(row[1], row[2], row[3]) if row and row[1] else None
+        out.append(Reindexed(group, int(row[0]) if row else faces, index,
+                             round(time.monotonic() - start, 1)))
+    return out
 
 
 def drop_group_index(url: str, group_id: str) -> None:
