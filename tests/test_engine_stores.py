@@ -29,6 +29,7 @@ from pipeline.engine.pgstore import (
     index_name,
     ivf_lists,
     migrate,
+    pgvector_version,
 )
 from pipeline.engine.store import Change, Person, Store, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
@@ -288,6 +289,13 @@ def test_a_large_group_gets_its_own_index_and_finds_planted_faces(
     assert {h.uid for h in hits} == {"b5", "new"}
     # More faces than the probed lists hold: the scan goes on to further lists.
     assert len(store.nearest("big", vecs[0], 2500, built, width=1)) == 2500
+    # pgvector before 0.8 has no iterative scans: such a query is answered exactly.
+    assert store.iterative and pgvector_version(store._db) >= (0, 8)
+    store.iterative = False
+    assert built.name in store.explain_nearest("big", vecs[0], 32, built)
+    assert store.nearest("big", vecs[0], 32, built)[0] == ("b0", 0.0)
+    exact = store.nearest("big", vecs[0], 2500, built, width=1)
+    assert len(exact) == 2500 and exact == store.nearest("big", vecs[0], 2500, None)
 
 
 def test_a_grown_group_is_indexed_again_and_the_old_index_dropped(

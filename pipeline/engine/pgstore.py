@@ -167,6 +167,15 @@ def _fill_face_tokens(conn: Any) -> None:
                          for fid, sha, vec in rows])
 
 
+def pgvector_version(conn: Any) -> tuple[int, ...]:
+    """The installed pgvector extension's version, e.g. (0, 8, 1); () when absent."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                       ).fetchone()
+    if not row:
+        return ()
+    return tuple(int(part) for part in row[0].split(".") if part.isdigit())
+
+
 def _newer(version: int) -> str:
     return (f"the database's engine schema is version {version}, newer than this faceflow "
             f"({SCHEMA_VERSION}); upgrade faceflow")
@@ -421,7 +430,11 @@ class PgStore:
         self._local = threading.local()
         self._open_conns: list[Any] = []
         self._closed = False
-        self._conn()  # the schema is checked now: a bad URL or schema fails at start
+        db = self._conn()  # the schema is checked now: a bad URL or schema fails at start
+        #: pgvector >= 0.8 goes on scanning past ivfflat.probes / hnsw.ef_search when a
+        #: query needs more faces (iterative scans); with an older one such a query is
+        #: answered exactly instead (:meth:`nearest`).
+        self.iterative = pgvector_version(db) >= (0, 8)
 
     def _open(self) -> Any:
         db = connect(self.url, autocommit=True, vector=True)
@@ -731,8 +744,15 @@ class PgStore:
         faces. Without an index: exact, ties by face_id.
         """
         with self._tx() as db:
-            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, index,
-                                                 width)).fetchall()
+            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, index, width,
+                                                 self.iterative)).fetchall()
+        if index is not None and not self.iterative and len(rows) < limit:
+            # The probed lists held fewer faces than asked and this pgvector cannot scan
+            # on: exact search, in a transaction of its own (the settings are LOCAL).
+            with self._tx() as db:
+                rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, None, None,
+                                                     False)).fetchall()
+            index = None
         found = [(uid, float(d)) for uid, d in rows]
         # An iterative scan may return slightly out of order: sort here.
         return sorted(found, key=lambda r: r[1]) if index else found
@@ -741,12 +761,14 @@ class PgStore:
                         index: GroupIndex | None) -> str:
         """PostgreSQL's plan of one :meth:`nearest` query (which index it scans)."""
         with self._tx() as db:
-            sql, args = self._nearest_sql(db, group_id, probe, limit, index, None)
+            sql, args = self._nearest_sql(db, group_id, probe, limit, index, None,
+                                          self.iterative)
             return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, args).fetchall())
 
     @staticmethod
     def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int,
-                     index: GroupIndex | None, width: int | None) -> tuple[str, tuple]:
+                     index: GroupIndex | None, width: int | None,
+                     iterative: bool) -> tuple[str, tuple]:
         # Settings are SET LOCAL: they end with the transaction.
         vec = _vec(probe)
         if index is not None:
@@ -757,13 +779,13 @@ class PgStore:
             if index.kind == "hnsw":
                 ef = width or EF_SEARCH
                 db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(ef, limit))}")
-                if limit > 1000:
+                if limit > 1000 and iterative:
                     db.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             else:
                 probes = width or ivf_probes(index.lists or MIN_LISTS)
-                # Iterative: more lists when these hold fewer than ``limit`` faces.
-                db.execute(f"SET LOCAL ivfflat.probes = {int(probes)}; "
-                           "SET LOCAL ivfflat.iterative_scan = relaxed_order")
+                db.execute(f"SET LOCAL ivfflat.probes = {int(probes)}")
+                if iterative:  # more lists when these hold fewer than ``limit`` faces
+                    db.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
             return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
                     "ORDER BY descriptor <-> %s LIMIT %s", (vec, group_id, vec, limit))
         db.execute("SET LOCAL enable_indexscan = off")  # exact: never an index scan
