@@ -37,7 +37,7 @@ from pipeline.enroll.job import EnrollConfig, run_enroll
 from pipeline.postgres import connect, without_password
 from pipeline.runs.rundir import RunDir
 
-ACCOUNT = account_key("http://127.0.0.1:1", "ak-test")
+ACCOUNT = account_key("ak-test")
 
 
 @dataclass
@@ -143,7 +143,7 @@ async def test_a_rejection_in_one_process_slows_the_other(store: Store) -> None:
 
 
 async def test_other_accounts_are_not_slowed(store: Store) -> None:
-    other = account_key("http://127.0.0.1:1", "ak-other")
+    other = account_key("ak-other")
     async with _budget(store) as one, _budget(store, account=other) as two:
         for _ in range(10):
             await one.reserve("detect")
@@ -205,7 +205,7 @@ async def test_enroll_paced_by_the_shared_budget(
     assert result.stop_reason is None and result.remaining == 0
     assert len(double.calls("detect")) == 6 and len(double.calls("add")) == 6
     records = store.records()
-    account = account_key(double.url, API_KEY)
+    account = account_key(API_KEY)
     assert [(r[0], r[1]) for r in records] == [(account, "add"), (account, "detect")]
     # The secrets are nowhere: not in the store's keys or values, run.json or the logs.
     stored = store.dump()
@@ -213,6 +213,23 @@ async def test_enroll_paced_by_the_shared_budget(
         assert secret not in stored
         assert secret not in (tmp_path / "run" / "run.json").read_text()
         assert secret not in caplog.text
+
+
+async def test_processes_reaching_the_service_by_other_addresses_share_one_budget(
+    double: ProtocolDouble, store: Store, tmp_path: Path  # noqa: F811
+) -> None:
+    """The account is the API key: a shard sent through another address of the same
+    service (a replica, a balancer, localhost) is paced by the same budget."""
+    settings = double.settings()
+    other = double.settings(endpoint=settings.endpoint.replace("127.0.0.1", "localhost"))
+    assert other.endpoint != settings.endpoint
+    for name, shard in (("a", settings), ("b", other)):
+        (tmp_path / name).mkdir()
+        config = EnrollConfig(manifest=_manifest(tmp_path / name, 3), settings=shard,
+                              group="g", qps=40, qps_budget=store.url,
+                              run_dir=tmp_path / name / "run")
+        assert (await run_enroll(config)).remaining == 0
+    assert {r[0] for r in store.records()} == {account_key(API_KEY)}
 
 
 async def test_enroll_stops_resumably_when_the_budget_is_unreachable(

@@ -104,9 +104,14 @@ class Budget(Protocol):
     def on_answered(self, interface: str, ticket: Any = None) -> None: ...
 
 
-def account_key(endpoint: str, api_key: str) -> str:
-    """A stable, non-reversible name for one account at one endpoint."""
-    return hashlib.sha256(f"{endpoint}\0{api_key}".encode()).hexdigest()[:24]
+def account_key(api_key: str) -> str:
+    """A stable, non-reversible name for one account: its API key's hash.
+
+    Not the endpoint: a quota belongs to the application (the key), so processes that
+    reach the service through different addresses (engine replicas, a balancer, ``localhost``
+    or ``127.0.0.1``) still share one budget.
+    """
+    return hashlib.sha256(f"faceflow-account\0{api_key}".encode()).hexdigest()[:24]
 
 
 def is_redis_url(value: str) -> bool:
@@ -506,7 +511,7 @@ async def open_budget(url: str | None, settings: Any,
                       ) -> AsyncIterator[Budget | None]:
     """The open budget for ``--qps-budget URL`` (None without one); closed afterwards.
 
-    The account is ``settings``' endpoint and API key (hashed). Raises
+    The account is ``settings``' API key (hashed; not the endpoint). Raises
     :class:`BudgetUnavailable` when the store cannot be reached.
     """
     if url is None:
@@ -514,7 +519,7 @@ async def open_budget(url: str | None, settings: Any,
         return
     from pipeline.client.ratelimit import RateLimiter  # noqa: PLC0415
 
-    budget = make_budget(url, account_key(settings.endpoint, settings.api_key.reveal()), qps,
+    budget = make_budget(url, account_key(settings.api_key.reveal()), qps,
                          fallback=RateLimiter(None))
     await budget.open()
     try:
