@@ -114,6 +114,41 @@ def migrate(store_url: str) -> None:
     click.echo(f"engine schema at version {after} ({state}) on {redact(store_url)}")
 
 
+@engine.command()
+@click.option("--store", "store_url", required=True, metavar="postgresql://...",
+              envvar="FACEFLOW_ENGINE_STORE",
+              help="The shared store's database (also FACEFLOW_ENGINE_STORE).")
+@click.option("--group", "groups", multiple=True, metavar="GROUP",
+              help="Build this group's index again now, whatever it has (repeatable); "
+                   "e.g. after most of its faces were replaced.")
+def reindex(store_url: str, groups: tuple[str, ...]) -> None:
+    """Build the search indexes of large groups now, instead of at the replicas' next
+    look (once a minute): without --group, what they would build (groups that reached
+    10,000 faces or doubled since their index); with it, those groups. Searches go on
+    meanwhile; a build another replica is running is waited for.
+
+    \b
+    Example:
+      faceflow engine reindex --store postgresql://faceflow@db/faces --group staff
+    """
+    from pipeline.engine.pgstore import reindex as run
+    from pipeline.postgres import PostgresUnavailable
+
+    _check_store_url(store_url)
+    try:
+        done = run(store_url, list(groups) or None)
+    except (PostgresUnavailable, ValueError) as exc:
+        raise ConfigProblem(str(exc)) from None
+    if not done:
+        click.echo("nothing to build: every group of 10,000+ faces has a current index")
+    for r in done:
+        if r.index is None:
+            click.echo(f"{r.group}: {r.faces:,} faces, not built: {r.skipped}")
+        else:
+            click.echo(f"{r.group}: {r.faces:,} faces, {r.index.kind} index with "
+                       f"{r.index.lists:,} lists built in {r.seconds:g} s")
+
+
 def _parse_faults(items: tuple[str, ...]) -> dict[str, float]:
     faults = {}
     for item in items:

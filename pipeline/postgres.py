@@ -188,7 +188,9 @@ class LocalCluster:
                  database: str = "faceflow", settings: dict[str, str] | None = None) -> None:
         self._tmp = folder is None
         # Short path: a Unix socket path must fit in 107 bytes.
-        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="ffpg-"))
+        # Absolute: the server runs in its data folder, where a relative socket folder
+        # (``-k runs/...``, as `faceflow demo-scale` passed) does not exist.
+        self.folder = Path(folder).absolute() if folder else Path(tempfile.mkdtemp(prefix="ffpg-"))
         self.fsync = fsync
         self.database = database
         #: Extra server settings (``-c name=value``), e.g. shared_buffers for benchmarks.

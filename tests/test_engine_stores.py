@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.engine.index import SearchIndex
 from pipeline.engine.pgstore import (
+    LARGE_GROUP,
     SCHEMA_VERSION,
     GroupIndex,
     PgIndex,
@@ -28,6 +29,7 @@ from pipeline.engine.pgstore import (
     index_name,
     ivf_lists,
     migrate,
+    pgvector_version,
 )
 from pipeline.engine.store import Change, Person, Store, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
@@ -247,6 +249,17 @@ def test_two_stores_on_one_database_see_each_others_writes(pg_url: str) -> None:
         two.close()
 
 
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[PgStore]:
+    """A store on a migrated database, closed afterwards."""
+    migrate(pg_url)
+    store = PgStore(pg_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _group_indexes(url: str) -> list[str]:
     with connect(url) as conn:
         return sorted(r[0] for r in conn.execute(
@@ -254,73 +267,71 @@ def _group_indexes(url: str) -> list[str]:
             "AND indexdef LIKE '%%group_id = %%'").fetchall())
 
 
-def test_a_large_group_gets_its_own_index_and_finds_planted_faces(pg_url: str) -> None:
-    migrate(pg_url)
+def test_a_large_group_gets_its_own_index_and_finds_planted_faces(
+        pg_url: str, pg_store: PgStore) -> None:
     rng = np.random.default_rng(8)
     vecs = unit(rng, 3000)
-    store = PgStore(pg_url)
-    try:
-        store.seed_faces("big", [(f"b{i}", "", v) for i, v in enumerate(vecs)])
-        store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
-        assert index_large_groups(pg_url, min_faces=1000) == ["big"]
-        assert index_large_groups(pg_url, min_faces=1000) == []  # built once
-        built = GroupIndex(index_name("big", 3000), "ivfflat", ivf_lists(3000))
-        assert store.group_info("big") == (3000, built)
-        assert store.group_info("small") == (10, None)
-        assert built.name in store.explain_nearest("big", vecs[0], 32, built)
-        assert "ann" not in store.explain_nearest("small", vecs[0], 32, None)
-        index = PgIndex(store)
-        probes = [(i, near(vecs[i], rng, 0.02)) for i in range(0, 3000, 150)]
-        assert all(index.search(p, ["big"], 1)[0].uid == f"b{i}" for i, p in probes)
-        store.add_face(["big"], "new", "", "", vecs[5])  # the index follows new writes
-        hits = index.search(vecs[5], ["big"], top_users=2)
-        assert {h.uid for h in hits} == {"b5", "new"}
-        # More faces than the probed lists hold: the scan goes on to further lists.
-        assert len(store.nearest("big", vecs[0], 2500, built, width=1)) == 2500
-    finally:
-        store.close()
+    store = pg_store
+    store.seed_faces("big", [(f"b{i}", "", v) for i, v in enumerate(vecs)])
+    store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
+    assert index_large_groups(pg_url, min_faces=1000) == ["big"]
+    assert index_large_groups(pg_url, min_faces=1000) == []  # built once
+    built = GroupIndex(index_name("big", 3000), "ivfflat", ivf_lists(3000))
+    assert store.group_info("big") == (3000, built)
+    assert store.group_info("small") == (10, None)
+    assert built.name in store.explain_nearest("big", vecs[0], 32, built)
+    assert "ann" not in store.explain_nearest("small", vecs[0], 32, None)
+    index = PgIndex(store)
+    probes = [(i, near(vecs[i], rng, 0.02)) for i in range(0, 3000, 150)]
+    assert all(index.search(p, ["big"], 1)[0].uid == f"b{i}" for i, p in probes)
+    store.add_face(["big"], "new", "", "", vecs[5])  # the index follows new writes
+    hits = index.search(vecs[5], ["big"], top_users=2)
+    assert {h.uid for h in hits} == {"b5", "new"}
+    # More faces than the probed lists hold: the scan goes on to further lists.
+    assert len(store.nearest("big", vecs[0], 2500, built, width=1)) == 2500
+    # pgvector before 0.8 has no iterative scans: such a query is answered exactly.
+    assert store.iterative and pgvector_version(store._db) >= (0, 8)
+    store.iterative = False
+    assert built.name in store.explain_nearest("big", vecs[0], 32, built)
+    assert store.nearest("big", vecs[0], 32, built)[0] == ("b0", 0.0)
+    exact = store.nearest("big", vecs[0], 2500, built, width=1)
+    assert len(exact) == 2500 and exact == store.nearest("big", vecs[0], 2500, None)
 
 
-def test_a_grown_group_is_indexed_again_and_the_old_index_dropped(pg_url: str) -> None:
-    migrate(pg_url)
+def test_a_grown_group_is_indexed_again_and_the_old_index_dropped(
+        pg_url: str, pg_store: PgStore) -> None:
     rng = np.random.default_rng(9)
     vecs = unit(rng, 2600)
-    store = PgStore(pg_url)
-    try:
-        store.seed_faces("g", [(f"a{i}", "", v) for i, v in enumerate(vecs[:1200])])
-        assert index_large_groups(pg_url, min_faces=1000) == ["g"]
-        first = store.group_info("g")[1]
-        assert first is not None and _group_indexes(pg_url) == [first.name]
-        store.seed_faces("g", [(f"b{i}", "", v) for i, v in enumerate(vecs[1200:2300])])
-        assert index_large_groups(pg_url, min_faces=1000) == []  # 2,300 < 2 x 1,200
-        store.seed_faces("g", [(f"c{i}", "", v) for i, v in enumerate(vecs[2300:])])
-        assert index_large_groups(pg_url, min_faces=1000) == ["g"]  # 2,600 >= 2 x 1,200
-        second = store.group_info("g")[1]
-        assert second == GroupIndex(index_name("g", 2600), "ivfflat", ivf_lists(2600))
-        assert _group_indexes(pg_url) == [second.name]
-        probe = near(vecs[2500], rng, 0.02)
-        assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"
-        drop_group_index(pg_url, "g")
-        assert store.group_info("g") == (2600, None) and _group_indexes(pg_url) == []
-        assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"  # exact now
-    finally:
-        store.close()
+    store = pg_store
+    store.seed_faces("g", [(f"a{i}", "", v) for i, v in enumerate(vecs[:1200])])
+    assert index_large_groups(pg_url, min_faces=1000) == ["g"]
+    first = store.group_info("g")[1]
+    assert first is not None and _group_indexes(pg_url) == [first.name]
+    store.seed_faces("g", [(f"b{i}", "", v) for i, v in enumerate(vecs[1200:2300])])
+    assert index_large_groups(pg_url, min_faces=1000) == []  # 2,300 < 2 x 1,200
+    store.seed_faces("g", [(f"c{i}", "", v) for i, v in enumerate(vecs[2300:])])
+    assert index_large_groups(pg_url, min_faces=1000) == ["g"]  # 2,600 >= 2 x 1,200
+    second = store.group_info("g")[1]
+    assert second == GroupIndex(index_name("g", 2600), "ivfflat", ivf_lists(2600))
+    assert _group_indexes(pg_url) == [second.name]
+    probe = near(vecs[2500], rng, 0.02)
+    assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"
+    drop_group_index(pg_url, "g")
+    assert store.group_info("g") == (2600, None) and _group_indexes(pg_url) == []
+    assert PgIndex(store).search(probe, ["g"], 1)[0].uid == "c200"  # exact now
 
 
-def test_an_index_a_dead_build_left_behind_is_dropped_at_the_next_build(pg_url: str) -> None:
-    migrate(pg_url)
+def test_an_index_a_dead_build_left_behind_is_dropped_at_the_next_build(
+        pg_url: str, pg_store: PgStore) -> None:
     vecs = unit(np.random.default_rng(10), 1500)
-    store = PgStore(pg_url)
-    try:
-        store.seed_faces("g", [(f"u{i}", "", v) for i, v in enumerate(vecs)])
-        with connect(pg_url, autocommit=True) as conn:  # built, never recorded: died there
-            conn.execute(f"CREATE INDEX {index_name('g', 1400)} ON engine_faces "
-                         "USING ivfflat (descriptor vector_l2_ops) WITH (lists = 10) "
-                         "WHERE group_id = 'g'")
-        assert index_large_groups(pg_url, min_faces=1000) == ["g"]
-        assert _group_indexes(pg_url) == [index_name("g", 1500)]
-    finally:
-        store.close()
+    store = pg_store
+    store.seed_faces("g", [(f"u{i}", "", v) for i, v in enumerate(vecs)])
+    with connect(pg_url, autocommit=True) as conn:  # built, never recorded: died there
+        conn.execute(f"CREATE INDEX {index_name('g', 1400)} ON engine_faces "
+                     "USING ivfflat (descriptor vector_l2_ops) WITH (lists = 10) "
+                     "WHERE group_id = 'g'")
+    assert index_large_groups(pg_url, min_faces=1000) == ["g"]
+    assert _group_indexes(pg_url) == [index_name("g", 1500)]
 
 
 def test_an_hnsw_index_of_schema_3_is_searched_until_the_next_build(pg_url: str) -> None:
@@ -439,6 +450,39 @@ def test_cli_migrate_and_serve_refusals(pg_url: str) -> None:
     down = runner.invoke(main, ["engine", "migrate", "--store",
                                 "postgresql://app:pw@/x?host=/nonexistent-dir"])
     assert down.exit_code == 2 and "cannot reach" in down.output and "pw@" not in down.output
+
+
+def test_cli_reindex_builds_what_is_due_or_the_named_groups(
+        pg_url: str, pg_store: PgStore) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    vecs = unit(np.random.default_rng(13), LARGE_GROUP)
+    store = pg_store
+    store.seed_faces("big", [(f"b{i}", "", v) for i, v in enumerate(vecs)])
+    store.seed_faces("small", [(f"s{i}", "", v) for i, v in enumerate(vecs[:10])])
+    runner = CliRunner()
+    due = runner.invoke(main, ["engine", "reindex", "--store", pg_url])
+    lists = ivf_lists(LARGE_GROUP)
+    assert due.exit_code == 0, due.output
+    assert f"big: {LARGE_GROUP:,} faces, ivfflat index with {lists:,} lists built" in due.output
+    first = store.group_info("big")[1]
+    assert first is not None and "small" not in due.output
+    assert "nothing to build" in runner.invoke(
+        main, ["engine", "reindex", "--store", pg_url]).output
+    named = runner.invoke(main, ["engine", "reindex", "--store", pg_url,
+                                 "--group", "big", "--group", "small"])
+    assert named.exit_code == 0, named.output
+    assert "small: 10 faces, not built: under 10,000 faces" in named.output
+    second = store.group_info("big")[1]  # built again beside the first, then swapped
+    assert second is not None and second.name != first.name
+    assert _group_indexes(pg_url) == [second.name]
+    assert PgIndex(store).search(vecs[3], ["big"], 1)[0].uid == "b3"
+    unknown = runner.invoke(main, ["engine", "reindex", "--store", pg_url,
+                                   "--group", "big", "--group", "nope"])
+    assert unknown.exit_code == 2 and "no such group: nope" in unknown.output
+    assert store.group_info("big")[1] == second  # nothing built before the refusal
 
 
 def test_replicas_writing_one_user_in_two_groups_in_opposite_orders_do_not_deadlock(

@@ -37,3 +37,26 @@ def test_the_test_server_has_pgvector_and_a_private_schema(pg_url: str) -> None:
     assert version is not None and tuple(map(int, version[0].split(".")[:2])) >= (0, 7)
     assert schema is not None and schema[0].startswith("t")
     assert tables == (1,)
+
+
+def test_a_cluster_in_a_relative_folder_starts(pg_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`faceflow demo-scale` runs one in runs/... relative to the current folder (pg_url:
+    skipped, with the reason, where no cluster can start at all)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.postgres import LocalCluster
+
+    base = Path(tempfile.mkdtemp(prefix="ffrel-"))  # under /tmp: the cluster user can enter
+    base.chmod(0o755)
+    monkeypatch.chdir(base)
+    try:
+        with LocalCluster(Path("runs") / "pg", fsync=False) as cluster:
+            assert cluster.folder == base / "runs" / "pg"
+            with connect(cluster.url) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        monkeypatch.undo()
+        shutil.rmtree(base, ignore_errors=True)

@@ -25,7 +25,7 @@ searched exactly (btree on group_id, then every distance). A search scans
 ``benchmarks/scale_engine.py`` (see the README). IVFFlat, not HNSW: on descriptors shaped
 like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face for 97 %
 of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat (2,000
-lists) built in under a minute and found it for every probe at 64 probes, 15 ms p50.
+lists) built in under a minute and found it for every probe at 68 probes, 17 ms p50.
 An HNSW index built by an older faceflow (schema 3) is still searched as HNSW until the
 replicas' next look replaces it. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
@@ -41,6 +41,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,9 +56,10 @@ from pipeline.postgres import PostgresUnavailable, connect
 log = logging.getLogger("faceflow.engine")
 
 #: Groups with at least this many faces get their own index (smaller: exact search).
-#: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 3.4 ms at 2,000 faces,
-#: 8 ms at 5,000 and 16-24 ms at 10,000 on 2 busy cores, as much as an indexed search at
-#: 100,000: from about 10,000 faces an index pays.
+#: benchmarks/scale_engine.py: exact search in PostgreSQL takes p50 1.0 ms at 2,000 faces,
+#: 1.4 ms at 5,000, 4.0 ms at 10,000 and 9.2 ms at 20,000 on 2 quiet cores (16-24 ms at
+#: 10,000 on busy ones), as long as the index's search at 100,000 (3.75 ms): from about
+#: 10,000 faces an index pays.
 LARGE_GROUP = 10_000
 #: A group's index is built again (k-means on its faces now, more lists) once the group
 #: holds this many times the faces it was built on: its lists, and so each search, have
@@ -165,6 +167,15 @@ def _fill_face_tokens(conn: Any) -> None:
                          for fid, sha, vec in rows])
 
 
+def pgvector_version(conn: Any) -> tuple[int, ...]:
+    """The installed pgvector extension's version, e.g. (0, 8, 1); () when absent."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                       ).fetchone()
+    if not row:
+        return ()
+    return tuple(int(part) for part in row[0].split(".") if part.isdigit())
+
+
 def _newer(version: int) -> str:
     return (f"the database's engine schema is version {version}, newer than this faceflow "
             f"({SCHEMA_VERSION}); upgrade faceflow")
@@ -193,9 +204,9 @@ def ivf_lists(faces: int) -> int:
     """IVFFlat lists for a group of ``faces``: 2 sqrt(faces) (200 at 10,000, 2,000 at 1M).
 
     More, smaller lists cost k-means time at the build and save scanning at every
-    search: at 1M faces (benchmarks/scale_engine.py --lists 1000), 1,000 lists built in
-    25 s and needed 48-64 probes (22-35 ms p50) where 2,000 built in 45 s and needed 64
-    (15 ms) to find exact search's nearest face as often.
+    search. At 1M faces (benchmarks/scale_engine.py --sizes 1000000 --lists 1000): 2,000
+    lists built in 48 s and found exact search's nearest face for every probe from 48
+    probes on (12.4 ms p50); 1,000 lists built in 20 s and needed 64 (33.9 ms).
     """
     return max(MIN_LISTS, min(MAX_LISTS, round(LISTS_PER_ROOT * math.sqrt(faces))))
 
@@ -204,11 +215,10 @@ def ivf_probes(lists: int) -> int:
     """Lists one search scans: 1.5 sqrt(lists), rounded up (38 of 632, 68 of 2,000).
 
     The cells a same-person match may fall in grow more slowly than the lists (cells
-    shrink), hence a root rather than a share. Measured (benchmarks/scale_engine.py,
-    descriptors shaped like dlib's, 2,000 identify probes unless said): the smallest probes
-    finding exact search's nearest face for all probes but 0.1 % was 24-32 of 548 lists
-    (300k faces), 48 of 1,000 and 48-64 of 2,000 (1M), 16-32 of 300 (100k, 600 probes);
-    1.5 sqrt(lists) lies at or above each.
+    shrink), hence a root rather than a share. benchmarks/scale_engine.py (1,000 identify
+    probes, descriptors shaped like dlib's): the smallest probes finding exact search's
+    nearest face for all probes but 0.1 % were 16-32 of 632 lists (100k faces, two runs),
+    48 of 2,000 and 32 of 1,000 (1M); 1.5 sqrt(lists) lies above each.
     """
     return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
@@ -248,54 +258,51 @@ def build_memory_mb(faces: int, m: int = HNSW_M) -> int:
 
 def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "ivfflat",
                        lists: int | None = None, m: int = HNSW_M,
-                       ef_construction: int = HNSW_EF_CONSTRUCTION) -> list[str]:
+                       ef_construction: int = HNSW_EF_CONSTRUCTION,
+                       groups: Sequence[str] | None = None) -> list[str]:
     """Build the index of every group with >= ``min_faces`` faces that lacks one, has one
     of another kind (an HNSW index of schema 3), or has grown :data:`REBUILD_GROWTH` times
-    since its index was built.
+    since its index was built; or, given ``groups``, of those groups with >= ``min_faces``
+    faces, whatever their index (``faceflow engine reindex``).
 
     ``kind``: ``ivfflat`` (the engine's; ``lists`` default :func:`ivf_lists` of the group)
     or ``hnsw`` (``m``, ``ef_construction``: the benchmark's comparison). Built
     ``CONCURRENTLY`` (writes go on) under a new name, recorded in ``engine_groups``, then
-    the group's other indexes are dropped: the one replaced, and any left by a build that
-    died (invalid, or valid but never recorded). One replica builds at a time (advisory
-    lock; others return at once). Returns the groups indexed now.
+    the group's other indexes are dropped: the one replaced (searches use it until then),
+    and any left by a build that died (invalid, or valid but never recorded). One build at
+    a time across replicas (advisory lock): without ``groups`` a replica that finds
+    another building returns at once; with them it waits its turn. Returns the groups
+    indexed now.
     """
-    from psycopg import sql  # noqa: PLC0415
-
     if kind not in ("ivfflat", "hnsw"):
         raise ValueError(f"index kind {kind!r}: ivfflat or hnsw")
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()[0]:
+        if groups is not None:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_INDEX_LOCK,))
+        elif not conn.execute("SELECT pg_try_advisory_lock(%s)",
+                              (_INDEX_LOCK,)).fetchone()[0]:
             return done
         conn.add_notice_handler(_build_notice)
         try:
-            rows = conn.execute(
-                "SELECT group_id, faces FROM engine_groups WHERE faces >= %s AND "
-                "(ann_index IS NULL OR ann_kind IS DISTINCT FROM %s OR faces >= %s * ann_faces) "
-                "ORDER BY group_id", (min_faces, kind, REBUILD_GROWTH)).fetchall()
-            for group, faces in rows:
-                name = index_name(group, int(faces))
-                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(name)))
-                if kind == "hnsw":
-                    # The graph must fit while it is built, else the build is far slower.
-                    memory, method = build_memory_mb(int(faces), m), sql.SQL(
-                        "hnsw (descriptor vector_l2_ops) WITH (m = {}, ef_construction = {})"
-                    ).format(sql.Literal(m), sql.Literal(ef_construction))
-                    n_lists = None
-                else:
-                    n_lists = lists or ivf_lists(int(faces))
-                    memory = ivf_build_memory_mb(n_lists)
-                    method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})"
-                                     ).format(sql.Literal(n_lists))
-                conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
-                conn.execute(sql.SQL(
-                    "CREATE INDEX CONCURRENTLY {} ON engine_faces USING {} WHERE group_id = {}"
-                ).format(sql.Identifier(name), method, sql.Literal(group)))
-                conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind=%s, ann_lists=%s, "
-                             "ann_faces=%s WHERE group_id=%s",
-                             (name, kind, n_lists, faces, group))
+            if groups is None:
+                rows = conn.execute(
+                    "SELECT group_id, faces, ann_index FROM engine_groups WHERE faces >= %s "
+                    "AND (ann_index IS NULL OR ann_kind IS DISTINCT FROM %s "
+                    "OR faces >= %s * ann_faces) ORDER BY group_id",
+                    (min_faces, kind, REBUILD_GROWTH)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT group_id, faces, ann_index FROM engine_groups WHERE faces >= %s "
+                    "AND group_id = ANY(%s) ORDER BY group_id", (min_faces, list(groups))
+                ).fetchall()
+            for group, faces, current in rows:
+                # Never the name of the index in use: it serves searches until replaced.
+                name = next(n for n in (index_name(group, int(faces)),
+                                        index_name(group, int(faces)) + "_r") if n != current)
+                _build_index(conn, group, int(faces), name, kind,
+                             (lists or ivf_lists(int(faces))) if kind == "ivfflat" else None,
+                             m, ef_construction)
                 _drop_other_indexes(conn, group, name)
                 done.append(group)
             if done:
@@ -303,6 +310,75 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_INDEX_LOCK,))
     return done
+
+
+def _build_index(conn: Any, group: str, faces: int, name: str, kind: str, lists: int | None,
+                 m: int, ef_construction: int) -> None:
+    """CREATE INDEX CONCURRENTLY one group's index ``name``, then record it."""
+    from psycopg import sql  # noqa: PLC0415
+
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    if lists is None:
+        # The graph must fit while it is built, else the build is far slower.
+        memory, method = build_memory_mb(faces, m), sql.SQL(
+            "hnsw (descriptor vector_l2_ops) WITH (m = {}, ef_construction = {})"
+        ).format(sql.Literal(m), sql.Literal(ef_construction))
+    else:
+        memory = ivf_build_memory_mb(lists)
+        method = sql.SQL("ivfflat (descriptor vector_l2_ops) WITH (lists = {})").format(
+            sql.Literal(lists))
+    conn.execute(f"SET maintenance_work_mem = '{memory}MB'")
+    conn.execute(sql.SQL(
+        "CREATE INDEX CONCURRENTLY {} ON engine_faces USING {} WHERE group_id = {}"
+    ).format(sql.Identifier(name), method, sql.Literal(group)))
+    conn.execute("UPDATE engine_groups SET ann_index=%s, ann_kind=%s, ann_lists=%s, "
+                 "ann_faces=%s WHERE group_id=%s", (name, kind, lists, faces, group))
+
+
+@dataclass(frozen=True)
+class Reindexed:
+    """One group named to :func:`reindex`: its faces, its index now (None: none), the
+    build's seconds (0: not built) and why not when it was not."""
+
+    group: str
+    faces: int
+    index: GroupIndex | None
+    seconds: float
+    skipped: str = ""
+
+
+def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
+    """Build now, one group after the other: the named ``groups`` (whatever their index),
+    else what the replicas would build at their next look (:func:`index_large_groups`).
+    Waits for a build another replica is running. Groups under :data:`LARGE_GROUP` faces
+    are reported, not built; an unknown group is a ValueError, before any build."""
+    with connect(url, autocommit=True) as conn:
+        if groups is None:
+            groups = [r[0] for r in conn.execute(
+                "SELECT group_id FROM engine_groups WHERE faces >= %s AND (ann_index IS NULL "
+                "OR ann_kind IS DISTINCT FROM 'ivfflat' OR faces >= %s * ann_faces) "
+                "ORDER BY group_id", (LARGE_GROUP, REBUILD_GROWTH)).fetchall()]
+        sizes = dict(conn.execute("SELECT group_id, faces FROM engine_groups "
+                                  "WHERE group_id = ANY(%s)", (list(groups),)).fetchall())
+    missing = [g for g in dict.fromkeys(groups) if g not in sizes]
+    if missing:  # before any build
+        raise ValueError("no such group: " + ", ".join(missing))
+    out: list[Reindexed] = []
+    for group in dict.fromkeys(groups):
+        faces = int(sizes[group])
+        if faces < LARGE_GROUP:
+            out.append(Reindexed(group, faces, None, 0.0,
+                                 f"under {LARGE_GROUP:,} faces: searched exactly"))
+            continue
+        start = time.monotonic()
+        index_large_groups(url, groups=[group])
+        with connect(url) as conn:
+            row = conn.execute("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
+                               "WHERE group_id=%s", (group,)).fetchone()
+        index = GroupIndex(row[1], row[2], row[3]) if row and row[1] else None
+        out.append(Reindexed(group, int(row[0]) if row else faces, index,
+                             round(time.monotonic() - start, 1)))
+    return out
 
 
 def drop_group_index(url: str, group_id: str) -> None:
@@ -354,7 +430,11 @@ class PgStore:
         self._local = threading.local()
         self._open_conns: list[Any] = []
         self._closed = False
-        self._conn()  # the schema is checked now: a bad URL or schema fails at start
+        db = self._conn()  # the schema is checked now: a bad URL or schema fails at start
+        #: pgvector >= 0.8 goes on scanning past ivfflat.probes / hnsw.ef_search when a
+        #: query needs more faces (iterative scans); with an older one such a query is
+        #: answered exactly instead (:meth:`nearest`).
+        self.iterative = pgvector_version(db) >= (0, 8)
 
     def _open(self) -> Any:
         db = connect(self.url, autocommit=True, vector=True)
@@ -664,8 +744,15 @@ class PgStore:
         faces. Without an index: exact, ties by face_id.
         """
         with self._tx() as db:
-            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, index,
-                                                 width)).fetchall()
+            rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, index, width,
+                                                 self.iterative)).fetchall()
+        if index is not None and not self.iterative and len(rows) < limit:
+            # The probed lists held fewer faces than asked and this pgvector cannot scan
+            # on: exact search, in a transaction of its own (the settings are LOCAL).
+            with self._tx() as db:
+                rows = db.execute(*self._nearest_sql(db, group_id, probe, limit, None, None,
+                                                     False)).fetchall()
+            index = None
         found = [(uid, float(d)) for uid, d in rows]
         # An iterative scan may return slightly out of order: sort here.
         return sorted(found, key=lambda r: r[1]) if index else found
@@ -674,12 +761,14 @@ class PgStore:
                         index: GroupIndex | None) -> str:
         """PostgreSQL's plan of one :meth:`nearest` query (which index it scans)."""
         with self._tx() as db:
-            sql, args = self._nearest_sql(db, group_id, probe, limit, index, None)
+            sql, args = self._nearest_sql(db, group_id, probe, limit, index, None,
+                                          self.iterative)
             return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, args).fetchall())
 
     @staticmethod
     def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int,
-                     index: GroupIndex | None, width: int | None) -> tuple[str, tuple]:
+                     index: GroupIndex | None, width: int | None,
+                     iterative: bool) -> tuple[str, tuple]:
         # Settings are SET LOCAL: they end with the transaction.
         vec = _vec(probe)
         if index is not None:
@@ -690,13 +779,13 @@ class PgStore:
             if index.kind == "hnsw":
                 ef = width or EF_SEARCH
                 db.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(ef, limit))}")
-                if limit > 1000:
+                if limit > 1000 and iterative:
                     db.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             else:
                 probes = width or ivf_probes(index.lists or MIN_LISTS)
-                # Iterative: more lists when these hold fewer than ``limit`` faces.
-                db.execute(f"SET LOCAL ivfflat.probes = {int(probes)}; "
-                           "SET LOCAL ivfflat.iterative_scan = relaxed_order")
+                db.execute(f"SET LOCAL ivfflat.probes = {int(probes)}")
+                if iterative:  # more lists when these hold fewer than ``limit`` faces
+                    db.execute("SET LOCAL ivfflat.iterative_scan = relaxed_order")
             return ("SELECT uid, descriptor <-> %s AS d FROM engine_faces WHERE group_id=%s "
                     "ORDER BY descriptor <-> %s LIMIT %s", (vec, group_id, vec, limit))
         db.execute("SET LOCAL enable_indexscan = off")  # exact: never an index scan
