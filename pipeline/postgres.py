@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -81,7 +82,7 @@ def without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _psycopg() -> Any:
+def _psycopg() -> ModuleType:
     try:
         import psycopg  # noqa: PLC0415
     except ImportError:
@@ -89,8 +90,10 @@ def _psycopg() -> Any:
     return psycopg
 
 
+# Really psycopg.Connection[TupleRow]; Any until the engine's store (pgstore.py) checks
+# fetchone() for None and annotates dict(fetchall()), which that type makes mypy ask for.
 def connect(url: str, *, autocommit: bool = True, vector: bool = False,
-            timeout: float = 10.0) -> Any:
+            timeout: float = 10.0) -> Any:  # noqa: ANN401 - see the comment above
     """A psycopg connection to ``url`` (see the module docstring).
 
     ``timeout`` (seconds) bounds the connection attempt; ``vector`` registers pgvector's

@@ -50,12 +50,20 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pipeline.api.errors import ConfigError, FaceflowError
-from pipeline.client.ratelimit import canonical_interface, normalise_qps
+from pipeline.client.ratelimit import RateLimiter, Ticket, canonical_interface, normalise_qps
 from pipeline.postgres import is_postgres_url, redact
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg.rows import TupleRow
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+    from pipeline.client.config import Settings
 
 log = logging.getLogger("faceflow.client")
 
@@ -95,13 +103,13 @@ class Budget(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
-    async def acquire(self, interface: str) -> Any: ...
+    async def acquire(self, interface: str) -> Ticket | None: ...
 
     async def reserve(self, interface: str) -> float: ...
 
-    def on_limited(self, interface: str, ticket: Any = None) -> None: ...
+    def on_limited(self, interface: str, ticket: Ticket | None = None) -> None: ...
 
-    def on_answered(self, interface: str, ticket: Any = None) -> None: ...
+    def on_answered(self, interface: str, ticket: Ticket | None = None) -> None: ...
 
 
 def account_key(api_key: str) -> str:
@@ -136,7 +144,7 @@ class SharedBudget:
     SCHEMES = ""
 
     def __init__(self, url: str, account: str, qps: float | Mapping[str, float] | None,
-                 tuning: BudgetTuning | None = None, fallback: Any = None) -> None:
+                 tuning: BudgetTuning | None = None, fallback: RateLimiter | None = None) -> None:
         if not self._accepts(url):
             raise ConfigError(f"--qps-budget: use a {self.SCHEMES} URL, not {redact(url)}")
         self.url, self.account = url, account
@@ -156,7 +164,7 @@ class SharedBudget:
     def _accepts(url: str) -> bool:
         raise NotImplementedError
 
-    async def open(self) -> Any:
+    async def open(self) -> Self:
         """Connect (and prepare the store); BudgetUnavailable when unreachable."""
         raise NotImplementedError
 
@@ -176,7 +184,7 @@ class SharedBudget:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._disconnect()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,7 +200,7 @@ class SharedBudget:
                 "gain": t.gain * ceiling, "hold": t.hold, "beta": t.beta,
                 "cooldown": t.cooldown, "min_rate": t.min_rate}
 
-    async def acquire(self, interface: str) -> Any:
+    async def acquire(self, interface: str) -> Ticket | None:
         """Reserve the account's next slot for ``interface`` and wait for it.
 
         Returns the fallback governor's ticket for an interface it paces, else None
@@ -216,7 +224,7 @@ class SharedBudget:
         self.rates[args["interface"]] = rate
         return max(0.0, wait)
 
-    def on_limited(self, interface: str, ticket: Any = None) -> None:
+    def on_limited(self, interface: str, ticket: Ticket | None = None) -> None:
         """A 4/18 for ``interface``: cut the shared rate (in the background)."""
         args = self._args(interface)
         if args is None:
@@ -227,7 +235,7 @@ class SharedBudget:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def on_answered(self, interface: str, ticket: Any = None) -> None:
+    def on_answered(self, interface: str, ticket: Ticket | None = None) -> None:
         """Any other answer: the fallback governor hears of its own calls' answers."""
         if self.fallback is not None and ticket is not None and self._args(interface) is None:
             self.fallback.on_answered(interface, ticket)
@@ -294,16 +302,16 @@ class PgBudget(SharedBudget):
     SCHEMES = "postgresql://"
 
     def __init__(self, url: str, account: str, qps: float | Mapping[str, float] | None,
-                 tuning: BudgetTuning | None = None, fallback: Any = None) -> None:
+                 tuning: BudgetTuning | None = None, fallback: RateLimiter | None = None) -> None:
         super().__init__(url, account, qps, tuning, fallback)
-        self._conn: Any = None
+        self._conn: AsyncConnection[TupleRow] | None = None
         self._lock = asyncio.Lock()
 
     @staticmethod
     def _accepts(url: str) -> bool:
         return is_postgres_url(url)
 
-    async def open(self) -> PgBudget:
+    async def open(self) -> Self:
         """Connect and create the table when missing; BudgetUnavailable when unreachable."""
         try:
             import psycopg  # noqa: PLC0415
@@ -329,12 +337,14 @@ class PgBudget(SharedBudget):
 
     async def _reserve(self, args: dict[str, Any]) -> tuple[float, float]:
         row = await self._execute(_ACQUIRE, args)
+        assert row is not None  # INSERT ... RETURNING answers one row
         return float(row[0]), float(row[1])
 
     async def _cut(self, args: dict[str, Any]) -> None:
         await self._execute(_CUT, args, fetch=False)
 
-    async def _execute(self, sql: str, args: dict[str, Any], fetch: bool = True) -> Any:
+    async def _execute(self, sql: str, args: dict[str, Any], fetch: bool = True
+                       ) -> TupleRow | None:
         import psycopg  # noqa: PLC0415
 
         if self._conn is None:
@@ -406,7 +416,7 @@ class RedisBudget(SharedBudget):
     SCHEMES = "redis://"
 
     def __init__(self, url: str, account: str, qps: float | Mapping[str, float] | None,
-                 tuning: BudgetTuning | None = None, fallback: Any = None) -> None:
+                 tuning: BudgetTuning | None = None, fallback: RateLimiter | None = None) -> None:
         super().__init__(url, account, qps, tuning, fallback)
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -418,8 +428,8 @@ class RedisBudget(SharedBudget):
         #: The URL redis-py is given (without our prefix=).
         self._client_url = urlunsplit(parts._replace(
             query=urlencode([(k, v) for k, v in query if k != "prefix"])))
-        self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
 
     @staticmethod
     def _accepts(url: str) -> bool:
@@ -428,7 +438,7 @@ class RedisBudget(SharedBudget):
     def key(self, interface: str) -> str:
         return redis_key(self.prefix, self.account, canonical_interface(interface))
 
-    async def open(self) -> RedisBudget:
+    async def open(self) -> Self:
         """Connect and load the two scripts; BudgetUnavailable when unreachable."""
         try:
             import redis.asyncio as aioredis  # noqa: PLC0415
@@ -464,8 +474,9 @@ class RedisBudget(SharedBudget):
                 log.debug("closing the QPS budget's Redis connection: %s", exc)
 
     async def _reserve(self, args: dict[str, Any]) -> tuple[float, float]:
-        wait, rate = await self._run("acquire", args["interface"], (
+        reply = await self._run("acquire", args["interface"], (
             args["pace"], args["gain"], args["hold"], REDIS_TTL))
+        wait, rate = cast("list[bytes | str]", reply)  # the script's {wait, rate}, as text
         return float(wait), float(rate)
 
     async def _cut(self, args: dict[str, Any]) -> None:
@@ -473,7 +484,8 @@ class RedisBudget(SharedBudget):
             args["pace"], args["gain"], args["hold"], args["beta"], args["min_rate"],
             args["cooldown"]))
 
-    async def _run(self, script: str, interface: str, argv: tuple[float, ...]) -> Any:
+    async def _run(self, script: str, interface: str, argv: tuple[float, ...]) -> object:
+        """One EVALSHA of ``script``; its reply (what the Lua returns, as redis-py reads it)."""
         if self._client is None:
             raise BudgetUnavailable("the QPS budget is not open")
         from redis.exceptions import RedisError  # noqa: PLC0415
@@ -491,7 +503,8 @@ class RedisBudget(SharedBudget):
 
 
 def make_budget(url: str, account: str, qps: float | Mapping[str, float] | None,
-                tuning: BudgetTuning | None = None, fallback: Any = None) -> SharedBudget:
+                tuning: BudgetTuning | None = None, fallback: RateLimiter | None = None
+                ) -> SharedBudget:
     """The budget for ``url`` by its scheme (not yet open); ConfigError for another."""
     if is_postgres_url(url):
         return PgBudget(url, account, qps, tuning, fallback)
@@ -506,7 +519,7 @@ def check_budget_options(url: str, qps: float | Mapping[str, float] | None) -> N
 
 
 @asynccontextmanager
-async def open_budget(url: str | None, settings: Any,
+async def open_budget(url: str | None, settings: Settings,
                       qps: float | Mapping[str, float] | None
                       ) -> AsyncIterator[Budget | None]:
     """The open budget for ``--qps-budget URL`` (None without one); closed afterwards.
@@ -517,8 +530,6 @@ async def open_budget(url: str | None, settings: Any,
     if url is None:
         yield None
         return
-    from pipeline.client.ratelimit import RateLimiter  # noqa: PLC0415
-
     budget = make_budget(url, account_key(settings.api_key.reveal()), qps,
                          fallback=RateLimiter(None))
     await budget.open()

@@ -43,7 +43,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.api import validate as v
 from pipeline.api.errors import (
@@ -80,9 +80,12 @@ from pipeline.api.replies import as_num as _num
 from pipeline.api.replies import as_points as _points
 from pipeline.client.config import Settings
 from pipeline.client.health import Health
-from pipeline.client.ratelimit import Aimd, RateLimiter
+from pipeline.client.ratelimit import Aimd, RateLimiter, Ticket
 from pipeline.client.retry import CAUSES, FAULT, OUTAGE, RATE_LIMIT, Attempts, RetryPolicy
 from pipeline.client.transport import Transport, b64encode, check_reply, encode_form
+
+if TYPE_CHECKING:
+    from pipeline.client.budget import Budget
 
 log = logging.getLogger("faceflow.client")
 
@@ -167,7 +170,7 @@ class CallRecord:
     kind: str  # one of CALL_KINDS
 
 
-def _call_record(call: _Call, started: float, status: int | None, code: Any,
+def _call_record(call: _Call, started: float, status: int | None, code: object,
                  lid: int | None) -> CallRecord:
     code_text = None if code in (None, 0, "0") else str(code)
     if code_text is None and status is not None and status >= 500:
@@ -224,7 +227,8 @@ class FaceClient:
     ``qps``: per-interface rate limit (see :class:`~pipeline.client.ratelimit.RateLimiter`;
     None = unlimited until the service says 18). ``retry``: the policy (default
     :class:`RetryPolicy()`). ``connection_limit``: open connections at most.
-    ``limiter``: share one :class:`RateLimiter` between clients of a process
+    ``limiter``: share one :class:`RateLimiter` between clients of a process, or the
+    shared QPS budget (:class:`~pipeline.client.budget.Budget`) that stands in for one
     (overrides ``qps``/``aimd``). ``health``: the outage state (default
     :class:`~pipeline.client.health.Health()`: pause after 60 s of silence, give up
     300 s later). ``clock``: monotonic seconds for the token cache.
@@ -239,7 +243,7 @@ class FaceClient:
         qps: float | Mapping[str, float] | None = None,
         retry: RetryPolicy | None = None,
         connection_limit: int = 32,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | Budget | None = None,
         aimd: Aimd | None = None,
         health: Health | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -406,13 +410,14 @@ class FaceClient:
         if self.on_call is not None:
             self.on_call(record)
 
-    def _report(self, interface: str, ticket: Any, limited: bool) -> None:
+    def _report(self, interface: str, ticket: Ticket | None, limited: bool) -> None:
         """Tell the governor how the call of ``ticket`` was answered. A stand-in limiter
         (the shared QPS budget, pipeline/client/budget.py) has the same two methods and
-        passes the ticket on to the process's governor for the interfaces it leaves to it."""
+        passes the ticket on to the process's governor for the interfaces it leaves to it;
+        its ticket is None for the others, whose answers it has no use for."""
         if limited:
             self.limiter.on_limited(interface, ticket)
-        else:
+        elif ticket is not None:
             self.limiter.on_answered(interface, ticket)
 
     def _count_error(self, call: _Call, error: ApiError) -> None:
@@ -761,7 +766,7 @@ def log_id(reply: Mapping[str, Any]) -> int | None:
     return parse_log_id(reply.get("log_id"))
 
 
-def _qualities(raw: Any) -> Qualities | None:
+def _qualities(raw: object) -> Qualities | None:
     if not isinstance(raw, dict):
         return None
     occ, kind = raw.get("occlusion"), raw.get("type")

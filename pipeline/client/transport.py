@@ -185,7 +185,7 @@ def b64encode(data: bytes) -> bytes:
     return bytes(pybase64.b64encode(data))
 
 
-def usable_seconds(expires_in: Any) -> float:
+def usable_seconds(expires_in: object) -> float:
     """Seconds a token is used for: ``expires_in`` less min(30 s, half of it); 0 (fetch
     again for the next call) when ``expires_in`` is missing or not a positive number."""
     if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
@@ -318,7 +318,7 @@ class Transport:
         log.debug("token fetched (valid %.0f s)", token.renew_at - started)
         return token
 
-    def _read_token(self, status: int, reply: Any, started: float) -> Token:
+    def _read_token(self, status: int, reply: object, started: float) -> Token:
         """Decide what a token reply means: a Token, or the error to raise."""
         if not isinstance(reply, dict):
             raise TransientError(f"HTTP{status}", "token request: the reply is not JSON",
@@ -371,7 +371,7 @@ class Transport:
         return status, reply
 
     async def _exchange(self, method: str, url: URL, *, what: str, **kwargs: Any
-                        ) -> tuple[int, Any]:
+                        ) -> tuple[int, object]:
         """Send one request; (status, JSON value or None when the body is not JSON)."""
         if self._session is None:
             raise RuntimeError("the client is not open")

@@ -24,7 +24,7 @@ service's default never matters (contract §2.5).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from pipeline.api import validate_v3 as v
@@ -57,7 +57,7 @@ from pipeline.api.replies import as_list as _list
 from pipeline.api.replies import as_num as _num
 from pipeline.api.replies import as_points as _points
 from pipeline.client.config import Settings
-from pipeline.client.faceclient import FaceClient, log_id
+from pipeline.client.faceclient import CallRecord, FaceClient, log_id
 from pipeline.client.transport import b64encode
 
 _V3 = "/rest/2.0/face/v3"
@@ -105,11 +105,11 @@ class FaceClientV3:
         self.health = self._core.health  # the outage state (pause, probe, give up)
 
     @property
-    def on_call(self) -> Any:
+    def on_call(self) -> Callable[[CallRecord], None] | None:
         return self._core.on_call
 
     @on_call.setter
-    def on_call(self, hook: Any) -> None:
+    def on_call(self, hook: Callable[[CallRecord], None] | None) -> None:
         self._core.on_call = hook
 
     def __repr__(self) -> str:
@@ -125,7 +125,9 @@ class FaceClientV3:
     async def aclose(self) -> None:
         await self._core.aclose()
 
-    async def _call(self, interface: str, body: Any) -> tuple[dict[str, Any], int]:
+    async def _call(self, interface: str, body: dict[str, Any] | list[dict[str, Any]]
+                    ) -> tuple[dict[str, Any], int]:
+        """Send ``body``, a JSON object (or an array of them: match, faceverify)."""
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         return await self._core._request_body(interface, data, PATHS[interface])
 
@@ -439,7 +441,7 @@ def _users(raw: Mapping[str, Any]) -> tuple[SearchUser, ...]:
                  for u in _dicts(raw.get("user_list")))
 
 
-def _qualities(raw: Any) -> Qualities | None:
+def _qualities(raw: object) -> Qualities | None:
     """v3 ``quality``; ``chin_contour`` (and the tables' ``chin``) read as ``chin``."""
     if not isinstance(raw, dict):
         return None

@@ -29,8 +29,8 @@ so the jobs branch on the protocol only where the semantics differ. What it does
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from pipeline.api.errors import (
     EmptyGroupError,
@@ -52,10 +52,21 @@ from pipeline.api.records import (
     VerifyResult,
     WriteResult,
 )
+from pipeline.api.records_v3 import FaceWriteResult
 from pipeline.client.config import Settings
-from pipeline.client.v3 import FaceClientV3
+from pipeline.client.faceclient import CallRecord
+from pipeline.client.v3 import FaceClientV3, Image
 
 _ACTIONS = {"append": "APPEND", "replace": "REPLACE"}
+
+
+class _Register(Protocol):
+    """:meth:`FaceClientV3.add_user` or :meth:`FaceClientV3.update_user`."""
+
+    async def __call__(self, image: Image, group_id: str, user_id: str, *,
+                       user_info: str | None = None, action_type: str | None = None,
+                       quality_control: str | None = None,
+                       liveness_control: str | None = None) -> FaceWriteResult: ...
 
 
 class _Tokens:
@@ -98,11 +109,11 @@ class V3JobApi:
         self._tokens = _Tokens()
 
     @property
-    def on_call(self) -> Any:
+    def on_call(self) -> Callable[[CallRecord], None] | None:
         return self.client.on_call
 
     @on_call.setter
-    def on_call(self, hook: Any) -> None:
+    def on_call(self, hook: Callable[[CallRecord], None] | None) -> None:
         self.client.on_call = hook
 
     async def __aenter__(self) -> V3JobApi:
@@ -134,7 +145,7 @@ class V3JobApi:
         return await self._write(self.client.update_user, image, group_id, uid, user_info,
                                  action)
 
-    async def _write(self, call: Any, image: bytes, group: str, uid: str, info: str,
+    async def _write(self, call: _Register, image: bytes, group: str, uid: str, info: str,
                      action: str) -> WriteResult:
         token = self._tokens.take(image)
         spent = 0

@@ -254,7 +254,7 @@ def _v3_call(name: str, handler: Callable[[EngineState, Any], Awaitable[Any]], a
     return call
 
 
-async def _v3_body(request: web.Request, array: bool) -> Any:
+async def _v3_body(request: web.Request, array: bool) -> object:
     """JSON (object, or array for match/faceverify) or a form body on object paths."""
     raw = await request.read()
     if len(raw) > V3_REQUEST_LIMIT:

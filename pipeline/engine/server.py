@@ -25,9 +25,9 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("faceflow.engine")
+
+_T = TypeVar("_T")
 
 
 def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -170,11 +172,11 @@ class EngineServer:
         assert self.state is not None, "the engine is not running"
         return self.state.emulation
 
-    def call_in_loop(self, func: Any, *args: Any) -> Any:
+    def call_in_loop(self, func: Callable[..., _T], *args: object) -> _T:
         """Run ``func(*args)`` on the engine's loop thread and return its result."""
         assert self._loop is not None
 
-        async def run() -> Any:
+        async def run() -> _T:
             return func(*args)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(120)
@@ -254,7 +256,7 @@ class ListenError(OSError):
 
 
 def serve(
-    config: EngineConfig, host: str = "127.0.0.1", port: int = 8480, out: Any = None
+    config: EngineConfig, host: str = "127.0.0.1", port: int = 8480, out: TextIO | None = None
 ) -> None:
     """Run the engine in the foreground until SIGTERM/SIGINT (see the module docstring)."""
     out = out or sys.stdout
@@ -267,7 +269,7 @@ def serve(
         state.close()
 
 
-async def _serve(state: EngineState, host: str, port: int, out: Any) -> None:
+async def _serve(state: EngineState, host: str, port: int, out: TextIO) -> None:
     # Handlers first: a parent may send SIGTERM the moment it reads the "listening" line,
     # and the default action would kill us and orphan the model processes.
     stop = asyncio.Event()

@@ -295,7 +295,7 @@ def _token_json(face: TokenFace, fields: list[str]) -> dict[str, Any]:
     return out
 
 
-async def match(state: EngineState, params: Any) -> Result:
+async def match(state: EngineState, params: object) -> Result:
     if not isinstance(params, list) or len(params) != 2 or not all(
             isinstance(item, Mapping) for item in params):
         raise Failure(222208, "send a JSON array of exactly two image objects")
@@ -540,7 +540,7 @@ async def person_idmatch(state: EngineState, params: Params) -> Result:
     return None
 
 
-async def faceverify(state: EngineState, params: Any) -> Result:
+async def faceverify(state: EngineState, params: object) -> Result:
     raise Failure(3, "faceverify (online liveness) is not supported by the faceflow engine, "
                   "which computes no liveness")
 

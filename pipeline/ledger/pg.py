@@ -19,12 +19,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.api.errors import ConfigError
 from pipeline.ledger.base import PathMatch, PathProbe
 from pipeline.ledger.sql import SqlLedger, log_id_in
 from pipeline.postgres import PostgresUnavailable, connect, redact
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg.rows import TupleRow
 
 SCHEMA_VERSION = 1
 _RECORD_LOCK = 0x66616365_03
@@ -57,6 +61,7 @@ class PgLedger(SqlLedger):
     faces_table = "ledger_faces"
     placeholder = "%s"
     uid_order = 'uid COLLATE "C"'
+    _conn: Connection[TupleRow]
 
     def __init__(self, url: str) -> None:
         self.location = redact(url)
@@ -90,12 +95,12 @@ class PgLedger(SqlLedger):
                               f"({str(exc).strip().splitlines()[0]})") from None
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self) -> Iterator[Connection[TupleRow]]:
         with self._lock, self._conn.transaction():
             yield self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _write(self) -> Iterator[Connection[TupleRow]]:
         """A transaction holding the ledger's advisory lock: concurrent writers apply
         their batches one after the other."""
         with self._tx() as conn:

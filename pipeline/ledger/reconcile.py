@@ -55,6 +55,7 @@ from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
     ClientFactory,
+    FaceApi,
     Runner,
     Stopped,
     as_stop,
@@ -62,7 +63,7 @@ from pipeline.frame import (
     next_session,
     open_held,
 )
-from pipeline.ledger import Entry, KnownFace, endpoint_key, open_ledger
+from pipeline.ledger import Entry, KnownFace, Ledger, endpoint_key, open_ledger
 from pipeline.postgres import redact
 from pipeline.runs.rundir import (
     RUN_ID_RE,
@@ -296,7 +297,7 @@ def _saved_pages(rundir: RunDir) -> list[tuple[int, Path]]:
     return sorted((int(p.stem.split("-")[1]), p) for p in folder.glob("page-*.parquet"))
 
 
-async def list_group(client: Any, rundir: RunDir, group: str, page_size: int,
+async def list_group(client: FaceApi, rundir: RunDir, group: str, page_size: int,
                      observer: ReconcileObserver) -> dict[str, str]:
     """uid -> user_info of every user of ``group``, resuming after the saved pages."""
     users: dict[str, str] = {}
@@ -329,7 +330,7 @@ async def list_group(client: Any, rundir: RunDir, group: str, page_size: int,
 class _Detail:
     """Runs the calls of one plan row (shared by the rows of a session)."""
 
-    def __init__(self, config: ReconcileConfig, client: Any) -> None:
+    def __init__(self, config: ReconcileConfig, client: FaceApi) -> None:
         self.config, self.client = config, client
 
     async def run(self, plan: PlanRow) -> ReconcileRecord:
@@ -437,7 +438,7 @@ def _open_run(config: ReconcileConfig, rundir: RunDir) -> RunInfo:
     return info
 
 
-async def _run_held(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
+async def _run_held(config: ReconcileConfig, ledger: Ledger, rundir: RunDir, info: RunInfo,
                     client_factory: ClientFactory, observer: ReconcileObserver,
                     stop: asyncio.Event | None) -> ReconcileResult:
     faces = list(ledger.faces(endpoint_key(config.settings.endpoint), config.group))
@@ -465,7 +466,7 @@ class _Session:
         self.observer, self.stop = observer, stop
         self.service: dict[str, str] = {}
 
-    async def run(self, client: Any) -> Stopped | None:
+    async def run(self, client: FaceApi) -> Stopped | None:
         async def listing(_: int) -> None:
             self.service = await list_group(client, self.rundir, self.config.group,
                                             self.config.page_size, self.observer)
@@ -506,7 +507,7 @@ def _freeze_plan(rundir: RunDir, plan: list[PlanRow]) -> list[PlanRow]:
 # -- the end: files, ledger, exit code ----------------------------------------------------------
 
 
-def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
+def _finish(config: ReconcileConfig, ledger: Ledger, rundir: RunDir, info: RunInfo,
             faces: Sequence[KnownFace], service: Mapping[str, str], stopped: Stopped | None
             ) -> ReconcileResult:
     records = rundir.read_records(RECONCILE_SCHEMA).sort_by("row")
@@ -536,7 +537,7 @@ def _finish(config: ReconcileConfig, ledger: Any, rundir: RunDir, info: RunInfo,
                            counts, actions, repair, *paths)
 
 
-def _record(ledger: Any, endpoint: str, group: str, run_id: str, rows: list[dict[str, Any]]
+def _record(ledger: Ledger, endpoint: str, group: str, run_id: str, rows: list[dict[str, Any]]
             ) -> None:
     """Missing uids leave the ledger (so enroll sends them again); deletions are noted."""
     entries = []

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,15 @@ from pipeline.ledger.base import (
     endpoint_key,
 )
 from pipeline.runs.outcomes import OUTCOME_SCHEMA
-from pipeline.runs.rundir import RunDir, utc_now
+from pipeline.runs.rundir import RecordStore, RunDir, RunInfo, utc_now
+
+if TYPE_CHECKING:
+    from pipeline.runs.manifest import KeyChunk, Manifest
+    from pipeline.runs.outcomes import Outcome
+
+    #: What :func:`_lookup` hands to :func:`_confirm`: the chunk, the positions of its
+    #: candidate rows, the faces each needs, the ledger's matches.
+    _Lookup = tuple[KeyChunk, np.ndarray, list[int], list[PathMatch]]
 
 #: Manifest actions the enroll job sends (a row with another action is never "known").
 _SENDABLE = ("add", "update", "upsert")
@@ -66,7 +74,7 @@ def stat_file(path: str | Path) -> FileStat | None:
     return FileStat(str(path), st.st_size, st.st_mtime_ns)
 
 
-def entries_for(outcome: Mapping[str, Any] | Any, endpoint: str, *, image_path: str | None,
+def entries_for(outcome: Mapping[str, Any] | Outcome, endpoint: str, *, image_path: str | None,
                 stat: FileStat | None = None, user_info: str | None = None) -> list[Entry]:
     """The ledger entries of one outcome (a record or a dict with the outcome fields).
 
@@ -136,7 +144,7 @@ def import_runs(ledger: Ledger, run_dirs: Iterable[Path]) -> ImportResult:
     return ImportResult(tuple(done))
 
 
-def _user_infos(info: Any) -> dict[int, str]:
+def _user_infos(info: RunInfo) -> dict[int, str]:
     """row -> user_info from the run's manifest when it is unchanged, else {}."""
     from pipeline.runs.manifest import open_manifest  # noqa: PLC0415
 
@@ -176,7 +184,7 @@ class KnownRows:
         return len(self.rows)
 
 
-def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
+def known_rows(manifest: Manifest, ledger: Ledger, endpoint: str, *,
                skip: np.ndarray | None = None) -> Iterator[KnownRows]:
     """The rows that need not be sent (see the module docstring), one
     :class:`KnownRows` per manifest chunk (:meth:`~pipeline.manifest.Manifest.key_chunks`).
@@ -188,7 +196,7 @@ def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
     # The stat() calls and the ledger lookup of the next chunk run in a worker thread
     # while this one's outcomes are made: both release the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="ledger-lookup") as pool:
-        pending: Future[tuple[Any, ...]] | None = None
+        pending: Future[_Lookup] | None = None
         for chunk in manifest.key_chunks():
             ahead = pool.submit(_lookup, manifest, ledger, endpoint, chunk, skip)
             if pending is not None:
@@ -198,8 +206,8 @@ def known_rows(manifest: Any, ledger: Ledger, endpoint: str, *,
             yield _confirm(*pending.result())
 
 
-def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
-            skip: np.ndarray | None) -> tuple[Any, np.ndarray, list[int], list[PathMatch]]:
+def _lookup(manifest: Manifest, ledger: Ledger, endpoint: str, chunk: KeyChunk,
+            skip: np.ndarray | None) -> _Lookup:
     """The faces the ledger holds at the paths, sizes and mtimes of ``chunk``'s candidate
     rows (one stat per row; a file that cannot be stat'ed is no candidate)."""
     rows = chunk.rows
@@ -231,7 +239,7 @@ def _lookup(manifest: Any, ledger: Ledger, endpoint: str, chunk: Any,
     return chunk, index, need, found
 
 
-def _confirm(chunk: Any, index: np.ndarray, need: list[int], found: Sequence[PathMatch]
+def _confirm(chunk: KeyChunk, index: np.ndarray, need: list[int], found: Sequence[PathMatch]
              ) -> KnownRows:
     """Keep the rows found in every group of the row (a match's key is a position in
     ``index``, itself positions in ``chunk``)."""
@@ -261,7 +269,8 @@ def _uint64(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else int(v) for v in values], pa.uint64())
 
 
-def skip_known(manifest: Any, ledger: Ledger, endpoint: str, store: Any, run_id: str) -> int:
+def skip_known(manifest: Manifest, ledger: Ledger, endpoint: str, store: RecordStore,
+               run_id: str) -> int:
     """Give every known row not done yet its ``skipped_known`` outcome, written in bulk
     to ``store`` (a RecordStore: one part per batch); returns how many."""
     total = 0
