@@ -32,8 +32,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg.rows import TupleRow
 
 #: The system user a cluster runs as when faceflow runs as root.
 CLUSTER_USER = "faceflow-pg"
@@ -90,10 +94,8 @@ def _psycopg() -> ModuleType:
     return psycopg
 
 
-# Really psycopg.Connection[TupleRow]; Any until the engine's store (pgstore.py) checks
-# fetchone() for None and annotates dict(fetchall()), which that type makes mypy ask for.
 def connect(url: str, *, autocommit: bool = True, vector: bool = False,
-            timeout: float = 10.0) -> Any:  # noqa: ANN401 - see the comment above
+            timeout: float = 10.0) -> Connection[TupleRow]:
     """A psycopg connection to ``url`` (see the module docstring).
 
     ``timeout`` (seconds) bounds the connection attempt; ``vector`` registers pgvector's

@@ -45,13 +45,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.engine.index import Hit, rank_users
 from pipeline.engine.store import Change, FaceRow, Membership, Person, face_token_of
 from pipeline.postgres import PostgresUnavailable, connect
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg.errors import Diagnostic
+    from psycopg.rows import TupleRow
+
+    #: One connection of the store (psycopg's, rows as tuples).
+    Db = Connection[TupleRow]
 
 log = logging.getLogger("faceflow.engine")
 
@@ -122,13 +130,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # -- schema ---------------------------------------------------------------------------------
 
 
-def schema_version(conn: Any) -> int:
+def schema_version(conn: Db) -> int:
     """The applied schema version (0: none)."""
-    found = conn.execute("SELECT to_regclass('engine_schema')").fetchone()[0]
-    if found is None:
+    if _scalar(conn, "SELECT to_regclass('engine_schema')") is None:
         return 0
-    row = conn.execute("SELECT max(version) FROM engine_schema").fetchone()
-    return int(row[0] or 0)
+    version = _scalar(conn, "SELECT max(version) FROM engine_schema")
+    return int(version) if isinstance(version, int) else 0
 
 
 def migrate(url: str) -> tuple[int, int]:
@@ -158,7 +165,7 @@ def migrate(url: str) -> tuple[int, int]:
     return before, SCHEMA_VERSION
 
 
-def _fill_face_tokens(conn: Any) -> None:
+def _fill_face_tokens(conn: Db) -> None:
     rows = conn.execute("SELECT face_id, sha256, descriptor::real[] FROM engine_faces "
                         "WHERE face_token = ''").fetchall()
     with conn.cursor() as cur:
@@ -167,7 +174,15 @@ def _fill_face_tokens(conn: Any) -> None:
                          for fid, sha, vec in rows])
 
 
-def pgvector_version(conn: Any) -> tuple[int, ...]:
+def _scalar(conn: Db, sql: str, args: Sequence[object] = ()) -> object:
+    """The first column of a query's one row."""
+    row = conn.execute(sql, args).fetchone()
+    if row is None:
+        raise PostgresUnavailable(f"no row from: {sql}")
+    return row[0]
+
+
+def pgvector_version(conn: Db) -> tuple[int, ...]:
     """The installed pgvector extension's version, e.g. (0, 8, 1); () when absent."""
     row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
                        ).fetchone()
@@ -280,8 +295,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
     with connect(url, autocommit=True) as conn:
         if groups is not None:
             conn.execute("SELECT pg_advisory_lock(%s)", (_INDEX_LOCK,))
-        elif not conn.execute("SELECT pg_try_advisory_lock(%s)",
-                              (_INDEX_LOCK,)).fetchone()[0]:
+        elif not _scalar(conn, "SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)):
             return done
         conn.add_notice_handler(_build_notice)
         try:
@@ -312,7 +326,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
     return done
 
 
-def _build_index(conn: Any, group: str, faces: int, name: str, kind: str, lists: int | None,
+def _build_index(conn: Db, group: str, faces: int, name: str, kind: str, lists: int | None,
                  m: int, ef_construction: int) -> None:
     """CREATE INDEX CONCURRENTLY one group's index ``name``, then record it."""
     from psycopg import sql  # noqa: PLC0415
@@ -358,7 +372,7 @@ def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
                 "SELECT group_id FROM engine_groups WHERE faces >= %s AND (ann_index IS NULL "
                 "OR ann_kind IS DISTINCT FROM 'ivfflat' OR faces >= %s * ann_faces) "
                 "ORDER BY group_id", (LARGE_GROUP, REBUILD_GROWTH)).fetchall()]
-        sizes = dict(conn.execute("SELECT group_id, faces FROM engine_groups "
+        sizes: dict[str, int] = dict(conn.execute("SELECT group_id, faces FROM engine_groups "
                                   "WHERE group_id = ANY(%s)", (list(groups),)).fetchall())
     missing = [g for g in dict.fromkeys(groups) if g not in sizes]
     if missing:  # before any build
@@ -389,7 +403,7 @@ def drop_group_index(url: str, group_id: str) -> None:
         _drop_other_indexes(conn, group_id, None)
 
 
-def _drop_other_indexes(conn: Any, group_id: str, keep: str | None) -> None:
+def _drop_other_indexes(conn: Db, group_id: str, keep: str | None) -> None:
     """Drop the group's indexes but ``keep`` (schema 3 named them engine_faces_hnsw_...)."""
     from psycopg import sql  # noqa: PLC0415
 
@@ -404,7 +418,7 @@ def _drop_other_indexes(conn: Any, group_id: str, keep: str | None) -> None:
                 sql.Identifier(name)))
 
 
-def _build_notice(notice: Any) -> None:
+def _build_notice(notice: Diagnostic) -> None:
     # "hnsw graph no longer fits into maintenance_work_mem": the build slows down a lot.
     text = str(notice.message_primary)
     log.log(logging.WARNING if "maintenance_work_mem" in text else logging.DEBUG,
@@ -436,7 +450,7 @@ class PgStore:
         #: answered exactly instead (:meth:`nearest`).
         self.iterative = pgvector_version(db) >= (0, 8)
 
-    def _open(self) -> Any:
+    def _open(self) -> Db:
         db = connect(self.url, autocommit=True, vector=True)
         # Custom plans: the group id is known when planning, so the planner can pick
         # that group's partial index.
@@ -454,7 +468,7 @@ class PgStore:
         register_vector(db)
         return db
 
-    def _conn(self) -> Any:
+    def _conn(self) -> Db:
         # A connection the server dropped (restart, failover, idle timeout) fails the
         # call that meets it (the engine answers 216401; clients retry); the next call
         # reconnects here. Nothing is retried blindly: a write whose commit was in flight
@@ -474,7 +488,7 @@ class PgStore:
         return fresh
 
     @property
-    def _db(self) -> Any:
+    def _db(self) -> Db:
         """The calling thread's connection."""
         return self._conn()
 
@@ -766,7 +780,7 @@ class PgStore:
             return "\n".join(r[0] for r in db.execute("EXPLAIN " + sql, args).fetchall())
 
     @staticmethod
-    def _nearest_sql(db: Any, group_id: str, probe: np.ndarray, limit: int,
+    def _nearest_sql(db: Db, group_id: str, probe: np.ndarray, limit: int,
                      index: GroupIndex | None, width: int | None,
                      iterative: bool) -> tuple[str, tuple]:
         # Settings are SET LOCAL: they end with the transaction.
@@ -853,7 +867,7 @@ class PgIndex:
         return self.store.user_distances(probe, group_id, uid)
 
 
-def _vec(descriptor: np.ndarray) -> Any:
+def _vec(descriptor: np.ndarray) -> object:
     from pgvector import Vector  # noqa: PLC0415
 
     return Vector(np.asarray(descriptor, dtype=np.float32))
@@ -863,10 +877,10 @@ _FACE_COLUMNS = ("face_id, group_id, uid, sha256, descriptor, extract(epoch FROM
                  "face_token")
 
 
-def _array(value: Any) -> np.ndarray:
+def _array(value: object) -> np.ndarray:
     # pgvector's loader answers Vector objects (numpy arrays in older releases).
-    value = value.to_numpy() if hasattr(value, "to_numpy") else value
-    return np.asarray(value, dtype=np.float32)
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
 def _face(row: tuple) -> FaceRow:
@@ -874,13 +888,13 @@ def _face(row: tuple) -> FaceRow:
     return FaceRow(int(face_id), group, uid, sha, _array(vec), float(created), token)
 
 
-def _count(db: Any, group: str, delta: int) -> None:
+def _count(db: Db, group: str, delta: int) -> None:
     db.execute("INSERT INTO engine_groups (group_id, faces) VALUES (%s, %s) "
                "ON CONFLICT (group_id) DO UPDATE SET faces = engine_groups.faces + %s",
                (group, delta, delta))
 
 
-def _lock_groups(db: Any, groups: Sequence[str]) -> None:
+def _lock_groups(db: Db, groups: Sequence[str]) -> None:
     """Lock the groups' counter rows in one order (creating missing ones) before a write
     touches several groups: two replicas writing [a, b] and [b, a] then queue instead of
     deadlocking (PostgreSQL would abort one, an internal error for its client)."""
@@ -894,7 +908,7 @@ def _lock_groups(db: Any, groups: Sequence[str]) -> None:
                "ORDER BY group_id FOR UPDATE", (names,))
 
 
-def _upsert_membership(db: Any, group: str, uid: str, info: str) -> None:
+def _upsert_membership(db: Db, group: str, uid: str, info: str) -> None:
     # Every group with a membership has its row (v2's group list reads engine_groups).
     db.execute("INSERT INTO engine_groups (group_id) VALUES (%s) "
                "ON CONFLICT (group_id) DO NOTHING", (group,))
@@ -903,17 +917,18 @@ def _upsert_membership(db: Any, group: str, uid: str, info: str) -> None:
                (group, uid, info))
 
 
-def _insert_face(db: Any, group: str, uid: str, sha: str, descriptor: np.ndarray) -> FaceRow:
+def _insert_face(db: Db, group: str, uid: str, sha: str, descriptor: np.ndarray) -> FaceRow:
     vec = np.asarray(descriptor, dtype=np.float32)
     token = face_token_of(sha, vec)
     row = db.execute("INSERT INTO engine_faces (group_id, uid, sha256, descriptor, face_token) "
                      "VALUES (%s, %s, %s, %s, %s) RETURNING face_id, extract(epoch FROM created)",
                      (group, uid, sha, _vec(vec), token)).fetchone()
+    assert row is not None  # INSERT ... RETURNING answers its row
     _count(db, group, 1)
     return FaceRow(int(row[0]), group, uid, sha, vec, float(row[1]), token)
 
 
-def _delete_faces(db: Any, group: str, uid: str) -> list[int]:
+def _delete_faces(db: Db, group: str, uid: str) -> list[int]:
     ids = [int(r[0]) for r in db.execute(
         "DELETE FROM engine_faces WHERE group_id=%s AND uid=%s RETURNING face_id",
         (group, uid)).fetchall()]
