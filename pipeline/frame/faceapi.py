@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pipeline.api.records import (
     DetectResult,
@@ -28,7 +28,9 @@ from pipeline.api.records import (
 )
 
 if TYPE_CHECKING:
+    from pipeline.client.budget import Budget
     from pipeline.client.config import Settings
+    from pipeline.client.ratelimit import RateLimiter
 
 __all__ = ["ClientFactory", "FaceApi", "Qps", "default_client_factory"]
 
@@ -100,14 +102,14 @@ class ClientFactory(Protocol):
     """
 
     def __call__(
-        self, settings: Settings, qps: Qps, /, *, limiter: Any = None,  # noqa: ANN401
+        self, settings: Settings, qps: Qps, /, *, limiter: RateLimiter | Budget | None = None,
         api: str = "v2", server_quality: str | None = None,
     ) -> AbstractAsyncContextManager[FaceApi]:
         ...
 
 
 def default_client_factory(
-    settings: Settings, qps: Qps, /, *, limiter: Any = None,  # noqa: ANN401
+    settings: Settings, qps: Qps, /, *, limiter: RateLimiter | Budget | None = None,
     api: str = "v2", server_quality: str | None = None,
 ) -> AbstractAsyncContextManager[FaceApi]:
     """The client for ``api``: a :class:`~pipeline.client.faceclient.FaceClient` (v2), or a

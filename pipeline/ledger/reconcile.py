@@ -444,9 +444,10 @@ async def _run_held(config: ReconcileConfig, ledger: Ledger, rundir: RunDir, inf
     faces = list(ledger.faces(endpoint_key(config.settings.endpoint), config.group))
     session = _Session(config, rundir, faces, observer, stop)
     try:
-        async with client_factory(config.settings, config.qps,
-                                  **({"api": config.api} if config.api != "v2" else {})
-                                  ) as client:
+        # ``api`` only when not v2: a factory that never meets v3 may take two arguments.
+        client_cm = (client_factory(config.settings, config.qps, api=config.api)
+                     if config.api != "v2" else client_factory(config.settings, config.qps))
+        async with client_cm as client:
             stopped = await session.run(client)
     except STOPPING_ERRORS as exc:  # raised while opening the client (the token fetch)
         found = as_stop(exc)
