@@ -25,7 +25,7 @@ searched exactly (btree on group_id, then every distance). A search scans
 ``benchmarks/scale_engine.py`` (see the README). IVFFlat, not HNSW: on descriptors shaped
 like dlib's, HNSW (m 16, ef_construction 200) found exact search's nearest face for 97 %
 of probes at 1M faces even at ef_search 800, after a 22-minute build; IVFFlat (2,000
-lists) built in under a minute and, at 90 probes, found it for every probe: 22 ms p50.
+lists) built in under a minute and, at 90 probes, found it for every probe: 23 ms p50.
 An HNSW index built by an older faceflow (schema 3) is still searched as HNSW until the
 replicas' next look replaces it. The best-face-per-user and top-k rules are the embedded index's
 (:func:`pipeline.engine.index.rank_users`).
@@ -232,11 +232,11 @@ def ivf_probes(lists: int) -> int:
     The cells a same-person match may fall in grow more slowly than the lists (cells
     shrink), hence a root rather than a share. benchmarks/scale_engine.py (1,000 identify
     probes, descriptors shaped like dlib's): the smallest probes finding exact search's
-    nearest face for all probes but 0.1 % were 16-32 of 632 lists (100k faces, two
-    builds) and 48, 48 and 64 of 2,000 (1M, three builds: k-means samples at random, so
-    builds differ); 96 of 2,000 found it for every probe in all three. 1.5 sqrt(lists)
-    (68 of 2,000) left rank-1 at 99.8 % in the worst build, 0.3 points over the 99.5 %
-    bound; 2 sqrt(lists) buys a wider margin for about a third more search time.
+    nearest face for all probes but 0.1 % were 16-32 of 632 lists (100k faces, three
+    builds) and 48, 48, 64 and 64 of 2,000 (1M, four builds: k-means samples at random,
+    so builds differ); 96 of 2,000 found it for every probe in all four. 1.5 sqrt(lists)
+    (68 of 2,000) left rank-1 at 99.8 % in one build, 0.3 points over the 99.5 % bound;
+    2 sqrt(lists) buys a wider margin for about a third more search time.
     """
     return min(lists, math.ceil(PROBES_PER_ROOT * math.sqrt(lists)))
 
