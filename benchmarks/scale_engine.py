@@ -5,7 +5,7 @@ What it measures, for each size (default 100k and 1M faces in one group):
 * identify latency p50/p99 (the search an identify runs: top 1 user, up to 5 faces each)
   and the rank-1 hit rate: how often the planted same-person face is the top user;
 * PostgreSQL: load time (COPY); the group's IVFFlat index as the engine builds it
-  (``index_large_groups``: a partial index, sqrt(faces) lists), its build time, then
+  (``index_large_groups``: a partial index, 2 sqrt(faces) lists), its build time, then
   latency, rank-1 and how often it finds the exact search's nearest face, at the
   engine's probes (pipeline/engine/pgstore.py ``ivf_probes``) and at each ``--probes``;
   the smallest probes that does for all probes but 0.1 % (a margin over the 99.5 % bound)
@@ -32,8 +32,9 @@ every build. The PostgreSQL cluster is a temporary local one
 (pipeline.postgres.LocalCluster, shared buffers sized to the table), removed afterwards.
 
 How long, on 2 quiet cores (2026-11-29): 100k and 1M with HNSW at 100k about 6 minutes
-(load 50 s and IVFFlat build 25 s at 1M, HNSW build 1 minute at 100k); an HNSW build at
-1M takes 22 minutes (m 16, ef_construction 200) to 44 (m 32).
+(load 32-44 s and IVFFlat build 44-49 s at 1M, HNSW build under a minute at 100k); an
+HNSW build at 1M took 14 minutes (m 16, ef_construction 200; 22 on a busy machine) and
+44 (m 32).
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ def main() -> None:
                         metavar="M:EF_CONSTRUCTION", help="HNSW builds to compare (none: "
                         "--hnsw alone)")
     parser.add_argument("--hnsw-up-to", type=int, default=100_000,
-                        help="HNSW builds only at sizes up to this (22 minutes at 1M)")
+                        help="HNSW builds only at sizes up to this (14 minutes or more at 1M)")
     parser.add_argument("--exact-sizes", type=int, nargs="*", default=[2000, 5000, 10000, 20000])
     parser.add_argument("--name", default="scale_engine",
                         help="writes benchmarks/results/NAME.json")

@@ -8,8 +8,7 @@ the balancer, paced by one ``--qps-budget``: a table in the same database
 (``--budget postgresql``) or a throwaway local redis-server (``--budget redis``). Then
 ``faceflow merge`` combines the shards. The output shows the calls/s both shards made
 together against the budget, the budget's records in its store (one account: the
-budget is keyed by endpoint and API key, so both shards must name the same endpoint),
-and that each replica sees every enrolled user.
+budget is keyed by the API key), and that each replica sees every enrolled user.
 """
 
 from __future__ import annotations
@@ -70,9 +69,8 @@ class _Balancer:
     """A round-robin HTTP load balancer on 127.0.0.1: each request goes to the next
     replica in turn. It runs on a thread of this process (its own event loop).
 
-    The shards send to it rather than each to a replica of its own because the shared
-    budget's account is the endpoint and the API key: two endpoints would be two
-    accounts, each paced at the full rate.
+    The shards send to it as they would to a site's balancer; the shared budget is keyed
+    by the API key, so it would hold them to one rate whichever address they named.
     """
 
     #: Headers that describe one hop, not the request: aiohttp sets its own.
@@ -271,13 +269,16 @@ def _budget_records(store: str, url: str) -> list[tuple[str, str]]:
     if store == "redis":
         import redis  # noqa: PLC0415
 
-        with redis.Redis.from_url(url, decode_responses=True) as client:
-            # keys: faceflow:qps_budget:<account>:<interface> (pipeline/client/budget.py)
-            parts = [key.split(":") for key in client.scan_iter(match="faceflow:qps_budget:*")]
-        return sorted((p[2], p[3]) for p in parts)
-    import psycopg  # noqa: PLC0415
+        from pipeline.client.budget import redis_key  # noqa: PLC0415
 
-    with psycopg.connect(url) as conn:
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            # keys: faceflow:qps_budget:<account>:<interface>
+            pattern = redis_key("faceflow", "*", "*")
+            parts = [key.split(":") for key in client.scan_iter(match=pattern)]
+        return sorted((p[2], p[3]) for p in parts)
+    from pipeline.postgres import connect  # noqa: PLC0415
+
+    with connect(url) as conn:
         rows = conn.execute("SELECT account, interface FROM qps_budget").fetchall()
     return sorted((str(a), str(i)) for a, i in rows)
 

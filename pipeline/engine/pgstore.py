@@ -205,6 +205,19 @@ class GroupIndex:
     lists: int | None = None
 
 
+#: One group's faces and index (read by searches and by :func:`reindex`).
+_GROUP_INFO = ("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
+               "WHERE group_id=%s")
+#: A group whose index the replicas' next look builds (parameters: the kind wanted, the
+#: growth): none yet, another kind (an HNSW index of schema 3), or grown since.
+_DUE = "(ann_index IS NULL OR ann_kind IS DISTINCT FROM %s OR faces >= %s * ann_faces)"
+
+
+def _group_info(row: tuple[Any, ...]) -> tuple[int, GroupIndex | None]:
+    faces, name, kind, lists = row
+    return int(faces), (GroupIndex(name, kind, lists) if name else None)
+
+
 def index_name(group_id: str, faces: int) -> str:
     """The index of one group built on ``faces`` faces (a hash: group ids may not be valid
     identifiers; the count tells a rebuild from the index it replaces)."""
@@ -212,7 +225,12 @@ def index_name(group_id: str, faces: int) -> str:
 
 
 def _index_prefix(group_id: str) -> str:
-    return "engine_faces_ann_" + hashlib.sha1(group_id.encode()).hexdigest()[:16]
+    return "engine_faces_ann_" + _digest(group_id)
+
+
+def _digest(group_id: str) -> str:
+    """A group's short hash in its index names (schema 3's engine_faces_hnsw_<digest> too)."""
+    return hashlib.sha1(group_id.encode()).hexdigest()[:16]
 
 
 def ivf_lists(faces: int) -> int:
@@ -305,8 +323,7 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
             if groups is None:
                 rows = conn.execute(
                     "SELECT group_id, faces, ann_index FROM engine_groups WHERE faces >= %s "
-                    "AND (ann_index IS NULL OR ann_kind IS DISTINCT FROM %s "
-                    "OR faces >= %s * ann_faces) ORDER BY group_id",
+                    f"AND {_DUE} ORDER BY group_id",
                     (min_faces, kind, REBUILD_GROWTH)).fetchall()
             else:
                 rows = conn.execute(
@@ -315,8 +332,8 @@ def index_large_groups(url: str, min_faces: int = LARGE_GROUP, *, kind: str = "i
                 ).fetchall()
             for group, faces, current in rows:
                 # Never the name of the index in use: it serves searches until replaced.
-                name = next(n for n in (index_name(group, int(faces)),
-                                        index_name(group, int(faces)) + "_r") if n != current)
+                base = index_name(group, int(faces))
+                name = base if base != current else base + "_r"
                 _build_index(conn, group, int(faces), name, kind,
                              (lists or ivf_lists(int(faces))) if kind == "ivfflat" else None,
                              m, ef_construction)
@@ -372,9 +389,8 @@ def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
     with connect(url, autocommit=True) as conn:
         if groups is None:
             groups = [r[0] for r in conn.execute(
-                "SELECT group_id FROM engine_groups WHERE faces >= %s AND (ann_index IS NULL "
-                "OR ann_kind IS DISTINCT FROM 'ivfflat' OR faces >= %s * ann_faces) "
-                "ORDER BY group_id", (LARGE_GROUP, REBUILD_GROWTH)).fetchall()]
+                f"SELECT group_id FROM engine_groups WHERE faces >= %s AND {_DUE} "
+                "ORDER BY group_id", (LARGE_GROUP, "ivfflat", REBUILD_GROWTH)).fetchall()]
         sizes: dict[str, int] = dict(conn.execute("SELECT group_id, faces FROM engine_groups "
                                   "WHERE group_id = ANY(%s)", (list(groups),)).fetchall())
     missing = [g for g in dict.fromkeys(groups) if g not in sizes]
@@ -390,11 +406,9 @@ def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
         start = time.monotonic()
         index_large_groups(url, groups=[group])
         with connect(url) as conn:
-            row = conn.execute("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
-                               "WHERE group_id=%s", (group,)).fetchone()
-        index = GroupIndex(row[1], row[2], row[3]) if row and row[1] else None
-        out.append(Reindexed(group, int(row[0]) if row else faces, index,
-                             round(time.monotonic() - start, 1)))
+            row = conn.execute(_GROUP_INFO, (group,)).fetchone()
+        faces, index = _group_info(row) if row else (faces, None)
+        out.append(Reindexed(group, faces, index, round(time.monotonic() - start, 1)))
     return out
 
 
@@ -410,11 +424,11 @@ def _drop_other_indexes(conn: Db, group_id: str, keep: str | None) -> None:
     """Drop the group's indexes but ``keep`` (schema 3 named them engine_faces_hnsw_...)."""
     from psycopg import sql  # noqa: PLC0415
 
-    digest = hashlib.sha1(group_id.encode()).hexdigest()[:16]
     names = [r[0] for r in conn.execute(
         "SELECT indexname FROM pg_indexes WHERE tablename = 'engine_faces' AND "
         "(indexname LIKE %s OR indexname = %s)",
-        (_index_prefix(group_id) + "\\_%", "engine_faces_hnsw_" + digest)).fetchall()]
+        (_index_prefix(group_id) + "\\_%", "engine_faces_hnsw_" + _digest(group_id))
+    ).fetchall()]
     for name in names:
         if name != keep:
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
@@ -744,12 +758,8 @@ class PgStore:
 
     def group_info(self, group_id: str) -> tuple[int, GroupIndex | None]:
         """(faces, its index or None) of one group."""
-        rows = self._query("SELECT faces, ann_index, ann_kind, ann_lists FROM engine_groups "
-                           "WHERE group_id=%s", (group_id,))
-        if not rows:
-            return 0, None
-        faces, name, kind, lists = rows[0]
-        return int(faces), (GroupIndex(name, kind, lists) if name else None)
+        rows = self._query(_GROUP_INFO, (group_id,))
+        return _group_info(rows[0]) if rows else (0, None)
 
     def nearest(self, group_id: str, probe: np.ndarray, limit: int, index: GroupIndex | None,
                 width: int | None = None) -> list[tuple[str, float]]:
