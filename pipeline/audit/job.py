@@ -77,7 +77,7 @@ from pipeline.audit.plan import build_plan, file_sha256, read_plan, write_plan
 from pipeline.audit.probe import Loader, PhotoCache, Prober, default_loader
 from pipeline.audit.report import write_audit_report
 from pipeline.audit.scratch import ScratchGroup, scratch_pending
-from pipeline.client.budget import Budget, open_budget
+from pipeline.client.budget import open_budget
 from pipeline.client.config import Settings
 from pipeline.frame import (
     STOPPING_ERRORS,
@@ -90,6 +90,7 @@ from pipeline.frame import (
     as_stop,
     default_client_factory,
     disk_message,
+    factory_options,
     next_session,
     open_held,
     outage_pause,
@@ -293,7 +294,7 @@ async def _run_held(run: _Audit) -> AuditResult:
         try:
             async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                     run.client_factory(config.settings, config.qps,
-                                       **_client_options(budget, config.api)) as client:
+                                       **factory_options(budget, config.api)) as client:
                 stopped = await session.go(client, todo, already)
         except STOPPING_ERRORS as exc:  # raised while opening the budget or client (token)
             stop = as_stop(exc)
@@ -304,14 +305,6 @@ async def _run_held(run: _Audit) -> AuditResult:
             observer.stopping(stopped.reason, stopped.message)
     observer.phase("report", "findings, clusters and report.html")
     return finish_audit(run, already, session, stopped)
-
-
-def _client_options(budget: Budget | None, api: str = "v2") -> dict[str, Any]:
-    """Factory keywords beyond (settings, qps): only those in use."""
-    options: dict[str, Any] = {"limiter": budget} if budget else {}
-    if api != "v2":
-        options["api"] = api
-    return options
 
 
 def audit(

@@ -70,6 +70,7 @@ from pipeline.frame import (
     as_stop,
     default_client_factory,
     disk_message,
+    factory_options,
     next_session,
     open_held,
     outage_pause,
@@ -94,7 +95,6 @@ from pipeline.runs.rundir import (
 
 if TYPE_CHECKING:
     from pipeline.api.errors import ImageProblem
-    from pipeline.client.budget import Budget
     from pipeline.enroll.gate import FaceChoice, Thresholds
     from pipeline.ledger.base import Ledger
     from pipeline.ledger.runs import FileStat
@@ -549,7 +549,9 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
     try:
         async with open_budget(config.qps_budget, config.settings, config.qps) as budget, \
                 run.client_factory(config.settings, config.qps,
-                                   **_client_options(config, budget)) as client:
+                                   **factory_options(budget, config.api,
+                                                   server_quality=config.server_quality)
+                                   ) as client:
             if hasattr(client, "on_call"):  # the client's hook: per-second call counts
                 client.on_call = timeline.record
             if hasattr(client, "health"):  # the outage pause: --outage-after/--outage-wait
@@ -572,15 +574,6 @@ async def _run_session(run: _Run, store: RecordStore) -> tuple[Stopped | None, C
             _log.warning("timeline not saved: %s", exc)
     assert session is not None
     return stopped, session.counts
-
-
-def _client_options(config: EnrollConfig, budget: Budget | None) -> dict[str, Any]:
-    """Factory keywords beyond (settings, qps): only those in use, so a v2 run calls a
-    factory exactly as before."""
-    options: dict[str, Any] = {"limiter": budget} if budget else {}
-    if config.api != "v2":
-        options.update(api=config.api, server_quality=config.server_quality)
-    return options
 
 
 def _finish(run: _Run, store: RecordStore, already: int, elapsed: float,

@@ -11,7 +11,13 @@
 The library returns a stop reason; ``jobs/`` alone maps it to an exit code.
 """
 
-from pipeline.frame.faceapi import ClientFactory, FaceApi, Qps, default_client_factory
+from pipeline.frame.faceapi import (
+    ClientFactory,
+    FaceApi,
+    Qps,
+    default_client_factory,
+    factory_options,
+)
 from pipeline.frame.run import next_session, open_held
 from pipeline.frame.runner import Runner, Stopped, outage_pause
 from pipeline.frame.stop import (
@@ -25,6 +31,6 @@ from pipeline.frame.stop import (
 
 __all__ = [
     "STOPPING_ERRORS", "ClientFactory", "FaceApi", "Qps", "Runner", "StopReason", "StopRun",
-    "Stopped", "as_stop", "default_client_factory", "disk_message", "next_session", "open_held",
-    "outage_pause", "stop_for",
+    "Stopped", "as_stop", "default_client_factory", "disk_message", "factory_options",
+    "next_session", "open_held", "outage_pause", "stop_for",
 ]

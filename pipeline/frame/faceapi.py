@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pipeline.api.records import (
     DetectResult,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.client.config import Settings
     from pipeline.client.ratelimit import RateLimiter
 
-__all__ = ["ClientFactory", "FaceApi", "Qps", "default_client_factory"]
+__all__ = ["ClientFactory", "FaceApi", "Qps", "default_client_factory", "factory_options"]
 
 #: A QPS option: one number for every interface, a mapping per interface name
 #: (``{"detect": 5, "add": 2}``), or None for the client's defaults.
@@ -106,6 +106,17 @@ class ClientFactory(Protocol):
         api: str = "v2", server_quality: str | None = None,
     ) -> AbstractAsyncContextManager[FaceApi]:
         ...
+
+
+def factory_options(limiter: RateLimiter | Budget | None = None, api: str = "v2",
+                    **v3_options: object) -> dict[str, Any]:
+    """The keywords a job passes its :class:`ClientFactory` beyond (settings, qps): only
+    those in use, so a v2 run without a shared budget calls a factory with two arguments.
+    ``v3_options`` (e.g. ``server_quality``) go with ``api`` when it is not v2."""
+    options: dict[str, Any] = {"limiter": limiter} if limiter else {}
+    if api != "v2":
+        options.update(api=api, **v3_options)
+    return options
 
 
 def default_client_factory(

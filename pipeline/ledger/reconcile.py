@@ -60,6 +60,7 @@ from pipeline.frame import (
     Stopped,
     as_stop,
     default_client_factory,
+    factory_options,
     next_session,
     open_held,
 )
@@ -444,10 +445,8 @@ async def _run_held(config: ReconcileConfig, ledger: Ledger, rundir: RunDir, inf
     faces = list(ledger.faces(endpoint_key(config.settings.endpoint), config.group))
     session = _Session(config, rundir, faces, observer, stop)
     try:
-        # ``api`` only when not v2: a factory that never meets v3 may take two arguments.
-        client_cm = (client_factory(config.settings, config.qps, api=config.api)
-                     if config.api != "v2" else client_factory(config.settings, config.qps))
-        async with client_cm as client:
+        async with client_factory(config.settings, config.qps,
+                                  **factory_options(api=config.api)) as client:
             stopped = await session.run(client)
     except STOPPING_ERRORS as exc:  # raised while opening the client (the token fetch)
         found = as_stop(exc)
