@@ -441,6 +441,8 @@ def test_cli_migrate_and_serve_refusals(pg_url: str) -> None:
     runner = CliRunner()
     unmigrated = runner.invoke(main, ["engine", "serve", "--store", pg_url, "--port", "0"])
     assert unmigrated.exit_code == 2 and "faceflow engine migrate" in unmigrated.output
+    unindexed = runner.invoke(main, ["engine", "reindex", "--store", pg_url])
+    assert unindexed.exit_code == 2 and "faceflow engine migrate" in unindexed.output
     first = runner.invoke(main, ["engine", "migrate", "--store", pg_url])
     assert first.exit_code == 0 and "upgraded from version 0" in first.output
     again = runner.invoke(main, ["engine", "migrate"], env={"FACEFLOW_ENGINE_STORE": pg_url})

@@ -191,6 +191,18 @@ def pgvector_version(conn: Db) -> tuple[int, ...]:
     return tuple(int(part) for part in row[0].split(".") if part.isdigit())
 
 
+def require_schema(conn: Db) -> None:
+    """Raise PostgresUnavailable, saying what to run, unless the schema at ``conn`` is
+    this code's (:data:`SCHEMA_VERSION`)."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise PostgresUnavailable(_newer(version))
+    if version < SCHEMA_VERSION:
+        raise PostgresUnavailable(
+            f"the engine schema is at version {version}, this faceflow needs "
+            f"{SCHEMA_VERSION}: run `faceflow engine migrate --store URL` first")
+
+
 def _newer(version: int) -> str:
     return (f"the database's engine schema is version {version}, newer than this faceflow "
             f"({SCHEMA_VERSION}); upgrade faceflow")
@@ -385,8 +397,10 @@ def reindex(url: str, groups: Sequence[str] | None = None) -> list[Reindexed]:
     """Build now, one group after the other: the named ``groups`` (whatever their index),
     else what the replicas would build at their next look (:func:`index_large_groups`).
     Waits for a build another replica is running. Groups under :data:`LARGE_GROUP` faces
-    are reported, not built; an unknown group is a ValueError, before any build."""
+    are reported, not built; an unknown group is a ValueError, before any build. A
+    schema other than this code's is refused (PostgresUnavailable) before anything."""
     with connect(url, autocommit=True) as conn:
+        require_schema(conn)
         if groups is None:
             groups = [r[0] for r in conn.execute(
                 f"SELECT group_id FROM engine_groups WHERE faces >= %s AND {_DUE} "
@@ -472,14 +486,11 @@ class PgStore:
         # Custom plans: the group id is known when planning, so the planner can pick
         # that group's partial index.
         db.execute("SET plan_cache_mode = force_custom_plan")
-        version = schema_version(db)
-        if version != SCHEMA_VERSION:
+        try:
+            require_schema(db)
+        except PostgresUnavailable:
             db.close()
-            if version > SCHEMA_VERSION:
-                raise PostgresUnavailable(_newer(version))
-            raise PostgresUnavailable(
-                f"the engine schema is at version {version}, this faceflow needs "
-                f"{SCHEMA_VERSION}: run `faceflow engine migrate --store URL` first")
+            raise
         from pgvector.psycopg import register_vector  # noqa: PLC0415
 
         register_vector(db)
